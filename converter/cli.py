@@ -1,0 +1,161 @@
+"""The command line: the only place that prints for users and chooses exit codes.
+
+Exit codes: 0 ok, 1 a gate failed, 2 bad recipe/usage/input, 3 a pipeline step failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import ConverterError
+
+EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_STEP = 0, 1, 2, 3
+
+
+def _quiet_tensorflow() -> None:
+    # TensorFlow's C++ logging and oneDNN banners drown the summary; errors still surface.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def _guarded(debug: bool, fn: Callable[[], int]) -> None:
+    """Run ``fn``; turn our errors into one paragraph and an exit code (tracebacks only with --debug)."""
+    try:
+        code = fn()
+    except ConverterError as e:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted; nothing was written for the unfinished step", err=True)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the last line of defence for a clean message
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: unexpected failure ({type(e).__name__}: {e}); rerun with --debug for the traceback", err=True)
+        sys.exit(EXIT_STEP)
+    sys.exit(code)
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("tensorflow", "absl", "h5py", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if debug else logging.ERROR)
+
+
+recipe_option = click.option(
+    "--recipe", "recipe_path", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Recipe YAML file."
+)
+set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. calibration.samples=100."
+)
+debug_option = click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgeconv")
+def main() -> None:
+    """edgeconv: convert TensorFlow/Keras models to full-integer TFLite for MCUs and NPUs."""
+
+
+@main.command()
+@recipe_option
+@set_option
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Output folder [build/<name>].")
+@click.option("--force", is_flag=True, help="Overwrite an output folder that holds another recipe's artifacts.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout instead of the summary.")
+@debug_option
+def convert(
+    recipe_path: Path, overrides: tuple[str, ...], out_dir: Path | None, force: bool, as_json: bool, debug: bool
+) -> None:
+    """Convert the recipe's model to full-integer TFLite and measure it."""
+    _quiet_tensorflow()
+    _setup_logging(debug)
+
+    def run() -> int:
+        from .pipeline import convert as run_pipeline
+        from .recipe import load_recipe
+
+        recipe = load_recipe(recipe_path, list(overrides))
+        result = run_pipeline(recipe, out_dir, force=force)
+        if as_json:
+            click.echo(json.dumps(result.report, indent=2))
+        else:
+            click.echo(summary(result.out_dir, result.report))
+        return EXIT_OK if result.report["passed"] else EXIT_GATE
+
+    _guarded(debug, run)
+
+
+@main.command()
+@recipe_option
+@set_option
+@debug_option
+def validate(recipe_path: Path, overrides: tuple[str, ...], debug: bool) -> None:
+    """Check a recipe without converting anything."""
+
+    def run() -> int:
+        from .recipe import load_recipe
+
+        recipe = load_recipe(recipe_path, list(overrides))
+        click.echo(f"{recipe_path}: ok (recipe '{recipe.name}', targets: {', '.join(recipe.targets)})")
+        return EXIT_OK
+
+    _guarded(debug, run)
+
+
+@main.command()
+def schema() -> None:
+    """Print the recipe JSON Schema (for editor completion)."""
+    from .recipe import recipe_json_schema
+
+    click.echo(json.dumps(recipe_json_schema(), indent=2))
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def summary(out_dir: Path, report: dict[str, Any]) -> str:
+    """A few lines for humans: sizes, accuracy, where the files are."""
+    art = report["artifacts"]
+    f_bytes, q_bytes = art["float"]["bytes"], art["int8"]["bytes"]
+    q = report["quantization"]
+    lines = [
+        f"edgeconv {report['tool']['version']} · {report['recipe']['name']}",
+        f"  float  {art['float']['path']:<20} {f_bytes:>11,} bytes",
+        f"  int8   {art['int8']['path']:<20} {q_bytes:>11,} bytes ({100 * q_bytes / f_bytes:.1f}% of float)",
+        f"  I/O    {q['input']['dtype']} in (scale {q['input']['scale']}, zero point {q['input']['zero_point']}), "
+        f"{q['output']['dtype']} out",
+        f"  calibration {report['calibration']['method']} on {report['calibration']['samples']} samples "
+        f"in {report['calibration']['seconds']:.1f}s",
+    ]
+    acc = report["accuracy"]
+    if acc["metric"]:
+        lines.append(
+            f"  accuracy ({acc['where']}, {acc['metric']}, {acc['samples']} samples): float {_pct(acc['float'])}, "
+            f"int8 {_pct(acc['int8'])}, drop {100 * acc['drop']:.2f} points, agreement {_pct(acc['agreement'])}"
+        )
+    elif acc["agreement"] is not None:
+        lines.append(f"  float/int8 top-1 agreement ({acc['samples']} samples): {_pct(acc['agreement'])}")
+    else:
+        lines.append("  accuracy: not measured (no evaluation data with labels)")
+    lines.append(f"  files in {out_dir}/")
+    return "\n".join(lines)

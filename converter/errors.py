@@ -1,0 +1,39 @@
+"""Every error the library raises on purpose; only ``cli.py`` turns them into exit codes."""
+
+from __future__ import annotations
+
+
+class ConverterError(Exception):
+    """Base class. ``exit_code`` follows the CLI contract: 2 bad input, 3 a step failed."""
+
+    exit_code = 3
+
+
+class UserInputError(ConverterError):
+    """The user's recipe, model or data is wrong; fixing the input fixes the run."""
+
+    exit_code = 2
+
+
+class RecipeError(UserInputError):
+    """A recipe or device profile is missing, malformed or inconsistent."""
+
+
+class ModelLoadError(UserInputError):
+    """The model file is missing, corrupt or in a format we cannot read."""
+
+
+class DataError(UserInputError):
+    """Calibration or evaluation data is missing, empty, non-finite or the wrong shape."""
+
+
+class OutputError(UserInputError):
+    """The output folder cannot be used (e.g. it holds another recipe's artifacts)."""
+
+
+class ConversionError(ConverterError):
+    """TensorFlow failed to produce a model from valid input."""
+
+
+class EvaluationError(ConverterError):
+    """Running a converted model failed."""

@@ -1,0 +1,181 @@
+"""The recipe: one YAML file that drives the pipeline, validated before any work starts."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .devices import available_devices, devices_dir, load_device
+from .errors import RecipeError
+from .schema import Where, build, json_schema, suggest
+from .yamlio import load_yaml_file, load_yaml_text
+
+IoType = Literal["int8", "uint8", "int16", "float32"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Preprocessing contract applied to every sample: resize, then x * scale + offset."""
+
+    resize: tuple[int, int] | None = field(
+        default=None, metadata={"doc": "[height, width] to resize images to (bilinear); null keeps the size"}
+    )
+    scale: float = field(default=1.0, metadata={"doc": "Multiplier applied after resize"})
+    offset: float = field(default=0.0, metadata={"doc": "Added after scaling"})
+
+    def __post_init__(self) -> None:
+        if self.resize is not None and min(self.resize) < 1:
+            raise ValueError(f"resize: sizes must be positive, got {list(self.resize)}")
+        if self.scale == 0:
+            raise ValueError("scale: must not be 0 (every sample would become the offset)")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A dataset: .npz (x[, y]), .npy (x) or an image folder (class sub-folders give labels)."""
+
+    path: Path = field(metadata={"doc": "File or folder, relative to the recipe file"})
+    samples: int | None = field(
+        default=None, metadata={"doc": "How many samples to use (seeded random subset); null: all", "min": 1}
+    )
+    seed: int = field(default=0, metadata={"doc": "Seed of the subset selection"})
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Representative data for calibration, and optional labelled data for evaluation."""
+
+    calibration: DataSource = field(metadata={"doc": "Representative samples (a few hundred)"})
+    evaluation: DataSource | None = field(default=None, metadata={"doc": "Held-out samples; labels give accuracy"})
+
+
+@dataclass(frozen=True)
+class QuantizationSpec:
+    """Full-integer quantization options."""
+
+    input_type: IoType = field(default="int8", metadata={"doc": "Model input dtype"})
+    output_type: IoType = field(default="int8", metadata={"doc": "Model output dtype"})
+    per_channel: bool = field(default=True, metadata={"doc": "Per-channel (true) or per-tensor weight scales"})
+    activations: Literal["int8", "int16"] = field(
+        default="int8", metadata={"doc": "int8, or int16 activations with int8 weights (16x8)"}
+    )
+
+    def __post_init__(self) -> None:
+        allowed = ("float32", "int16") if self.activations == "int16" else ("float32", "int8", "uint8")
+        for key in ("input_type", "output_type"):
+            value = getattr(self, key)
+            if value not in allowed:
+                raise ValueError(
+                    f"{key}: {value} does not go with activations: {self.activations}; "
+                    f"use one of {', '.join(allowed)}"
+                )
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """How activation ranges are chosen from the calibration data."""
+
+    method: Literal["minmax"] = field(default="minmax", metadata={"doc": "minmax: the observed min and max"})
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A conversion recipe (version 1)."""
+
+    version: Literal[1] = field(metadata={"doc": "Recipe format version; 1"})
+    name: str = field(
+        metadata={
+            "doc": "Name of the model; the default output folder is build/<name>/",
+            "pattern": r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+            "pattern_doc": "letters, digits, '_', '.', '-'",
+        }
+    )
+    model: Path = field(metadata={"doc": ".keras, legacy .h5, SavedModel folder or float .tflite"})
+    data: DataSpec = field(metadata={"doc": "Calibration and evaluation data"})
+    input: InputSpec = field(default_factory=InputSpec, metadata={"doc": "Preprocessing contract"})
+    quantization: QuantizationSpec = field(default_factory=QuantizationSpec, metadata={"doc": "Quantization options"})
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec, metadata={"doc": "Range selection"})
+    targets: tuple[str, ...] = field(default=("host",), metadata={"doc": "Device profiles from devices/"})
+    custom_objects: tuple[str, ...] = field(
+        default=(),
+        metadata={"doc": "Keras custom objects as 'module:Name'; imported (code runs) only because you list them"},
+    )
+    source: Path = field(default=Path("recipe.yaml"), init=False, compare=False)
+    sha256: str = field(default="", init=False, compare=False)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``--set a.b=value`` into the key path and the YAML-parsed value."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set {text}: expected dotted.key=value, e.g. --set calibration.samples=100")
+    parts = key.strip().split(".")
+    if any(not p for p in parts):
+        raise RecipeError(f"--set {text}: empty part in key path '{key}'")
+    return parts, load_yaml_text(value, f"--set {key}") if value.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of ``raw`` with each ``dotted.key=value`` set (mappings created as needed)."""
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(f"--set {text}: '{'.'.join(parts[: i + 1])}' is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def recipe_sha256(raw: dict[str, Any]) -> str:
+    """Hash of the effective recipe (after overrides), independent of YAML formatting."""
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; every problem is a ``RecipeError`` naming file and key."""
+    path = Path(path)
+    raw = load_yaml_file(path, "recipe")
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: expected a mapping of recipe keys at the top level, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    where = Where(str(path), path.resolve().parent)
+    recipe: Recipe = build(Recipe, raw, where)
+    _check_targets(recipe, where)
+    object.__setattr__(recipe, "source", path)
+    object.__setattr__(recipe, "sha256", recipe_sha256(raw))
+    return recipe
+
+
+def _check_targets(recipe: Recipe, where: Where) -> None:
+    if not recipe.targets:
+        raise where.key("targets").error("empty list; name at least one device profile, e.g. [host]")
+    known = available_devices()
+    for i, name in enumerate(recipe.targets):
+        if name not in known:
+            raise where.key("targets").key(i).error(
+                f"unknown device '{name}'{suggest(name, known)}; profiles in {devices_dir()}: {', '.join(known)}"
+            )
+        try:
+            load_device(name)
+        except RecipeError as e:
+            raise where.key("targets").key(i).error(f"device profile is invalid: {e}") from e
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """JSON Schema of the recipe format, for editor completion (``edgeconv schema``)."""
+    schema = json_schema(Recipe)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "edgeconv recipe"
+    schema["properties"]["targets"]["items"] = {"enum": available_devices()}
+    return schema

@@ -1,0 +1,81 @@
+"""Run a .tflite model on float samples, whatever its I/O dtypes (float, int8, uint8, int16).
+
+Inputs are quantized with the model's own scale and zero point, outputs dequantized, so
+float and integer models are compared on the same float scale. numpy + interpreter only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .interpreter import make_interpreter
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One model input or output: name, shape, dtype and (scale, zero_point) when quantized."""
+
+    name: str
+    index: int
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float | None
+    zero_point: int | None
+
+    @classmethod
+    def from_details(cls, d: dict[str, Any]) -> TensorInfo:
+        scale, zero_point = d.get("quantization", (0.0, 0))
+        quantized = bool(scale) and np.dtype(d["dtype"]).kind in "iu"
+        return cls(
+            name=d["name"],
+            index=int(d["index"]),
+            shape=tuple(int(s) for s in d["shape"]),
+            dtype=np.dtype(d["dtype"]).name,
+            scale=float(scale) if quantized else None,
+            zero_point=int(zero_point) if quantized else None,
+        )
+
+
+def quantize(x: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """Real values to the tensor's dtype: q = clamp(round(x / S + Z)); a cast for float tensors."""
+    if info.scale is None or info.zero_point is None:
+        return np.asarray(x, dtype=info.dtype)
+    limits = np.iinfo(info.dtype)
+    q = np.round(np.asarray(x, dtype=np.float64) / info.scale + info.zero_point)
+    return np.clip(q, limits.min, limits.max).astype(info.dtype)
+
+
+def dequantize(q: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """The tensor's values as real numbers: r = (q - Z) * S."""
+    if info.scale is None or info.zero_point is None:
+        return np.asarray(q, dtype=np.float32)
+    return ((q.astype(np.float32) - np.float32(info.zero_point)) * np.float32(info.scale)).astype(np.float32)
+
+
+class TFLiteModel:
+    """A loaded model that takes and returns float arrays, one sample at a time or in loops."""
+
+    def __init__(self, model_content: bytes | None = None, model_path: str | None = None, num_threads: int | None = None):
+        self.interpreter = make_interpreter(model_content, model_path, num_threads)
+        self.inputs = [TensorInfo.from_details(d) for d in self.interpreter.get_input_details()]
+        self.outputs = [TensorInfo.from_details(d) for d in self.interpreter.get_output_details()]
+
+    def run(self, *samples: np.ndarray) -> list[np.ndarray]:
+        """One invocation; each sample has the input's full shape (batch included)."""
+        for info, x in zip(self.inputs, samples, strict=True):
+            self.interpreter.set_tensor(info.index, quantize(x, info))
+        self.interpreter.invoke()
+        return [dequantize(self.interpreter.get_tensor(o.index), o) for o in self.outputs]
+
+    def predict(self, x: np.ndarray) -> list[np.ndarray]:
+        """Outputs for every row of ``x`` (single-input models), stacked along axis 0."""
+        batch = self.inputs[0].shape[0] if self.inputs[0].shape else 1
+        rows: list[list[np.ndarray]] = [[] for _ in self.outputs]
+        for start in range(0, len(x), batch):
+            chunk = x[start : start + batch]
+            for out, value in zip(rows, self.run(chunk), strict=True):
+                out.append(value[: len(chunk)])
+        return [np.concatenate(r, axis=0) for r in rows]

@@ -1,0 +1,102 @@
+"""Shared fixtures: tiny Keras models built and trained in seconds, their data, recipe files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+REALDATA = Path(os.environ.get("EDGECONV_REALDATA", ROOT.parent / "shared" / "realdata"))
+
+
+def tiny_data(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """12x12x3 images in 0..255 whose class is the quadrant with the brightest blob (4 classes)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 80, size=(n, 12, 12, 3)).astype(np.float32)
+    y = rng.integers(0, 4, size=n)
+    for i, label in enumerate(y):
+        r, c = divmod(int(label), 2)
+        x[i, r * 6 + 1 : r * 6 + 5, c * 6 + 1 : c * 6 + 5, :] += 150
+    return np.round(x).astype(np.uint8), y.astype(np.int64)
+
+
+def build_tiny_model(seed: int = 0) -> Any:
+    """Conv → depthwise → pool → dense, trained to ~100% on ``tiny_data`` (about 3 s)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((12, 12, 3)),
+            keras.layers.Rescaling(1 / 255.0),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.DepthwiseConv2D(3, activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4, activation="softmax"),
+        ]
+    )
+    x, y = tiny_data()
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x.astype(np.float32), y, epochs=15, batch_size=32, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the tiny model in every source format and its data as .npz."""
+    import tensorflow as tf
+
+    folder = tmp_path_factory.mktemp("tiny")
+    model = build_tiny_model()
+    model.save(folder / "tiny.keras")
+    model.save(folder / "tiny.h5")
+    model.export(str(folder / "tiny_savedmodel"), verbose=False)
+    float_tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    (folder / "tiny.tflite").write_bytes(float_tflite)
+    x, y = tiny_data()
+    np.savez(folder / "train.npz", x=x[:300], y=y[:300])
+    np.savez(folder / "test.npz", x=x[300:], y=y[300:])
+    return folder
+
+
+@pytest.fixture
+def write_recipe(tmp_path: Path) -> Callable[..., Path]:
+    """Write a recipe dict (or text) to ``tmp_path/recipe.yaml`` and return its path."""
+
+    def write(content: dict[str, Any] | str, name: str = "recipe.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
+        return path
+
+    return write
+
+
+def tiny_recipe(model_dir: Path, model: str = "tiny.keras", **extra: Any) -> dict[str, Any]:
+    """A valid recipe for the tiny model, with absolute paths so it can live anywhere."""
+    recipe: dict[str, Any] = {
+        "version": 1,
+        "name": "tiny",
+        "model": str(model_dir / model),
+        "data": {
+            "calibration": {"path": str(model_dir / "train.npz"), "samples": 100},
+            "evaluation": {"path": str(model_dir / "test.npz")},
+        },
+    }
+    recipe.update(extra)
+    return recipe
+
+
+def assert_accuracy_drop_below(report: dict[str, Any], points: float) -> None:
+    """The int8 model loses at most ``points`` percentage points of top-1 on the host."""
+    acc = report["accuracy"]
+    assert acc["metric"] == "top1", acc
+    assert acc["drop"] * 100 <= points, f"int8 top-1 {acc['int8']:.4f} vs float {acc['float']:.4f}"

@@ -1,0 +1,131 @@
+"""Whole conversions of the tiny model from every source format, checked with the interpreter."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from converter.data import select
+from converter.pipeline import INT8_NAME, convert
+from converter.recipe import load_recipe
+from converter.runtime.model import TFLiteModel
+from tests.conftest import assert_accuracy_drop_below, tiny_data, tiny_recipe
+
+
+def _convert(write_recipe: Callable[..., Path], recipe: dict[str, Any], out: Path) -> dict[str, Any]:
+    return convert(load_recipe(write_recipe(recipe)), out).report
+
+
+def _int8_vs_float(out: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    f = TFLiteModel(model_path=str(out / "model_float.tflite")).predict(x)[0]
+    q = TFLiteModel(model_path=str(out / INT8_NAME)).predict(x)[0]
+    return f, q
+
+
+@pytest.mark.parametrize("source", ["tiny.keras", "tiny.h5", "tiny_savedmodel", "tiny.tflite"])
+def test_every_source_format_converts_to_full_integer(
+    source: str, tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    report = _convert(write_recipe, tiny_recipe(tiny_model_dir, source), tmp_path / "out")
+    out = tmp_path / "out"
+    q = TFLiteModel(model_path=str(out / INT8_NAME))
+    assert q.inputs[0].dtype == "int8" and q.outputs[0].dtype == "int8"
+    # Full integer: every tensor but none is int8/int32 (biases); no float op survived.
+    tensor_types = {d["dtype"].__name__ for d in q.interpreter.get_tensor_details()}
+    assert tensor_types <= {"int8", "int32"}, tensor_types
+    x, _ = tiny_data()
+    f_out, q_out = _int8_vs_float(out, x[300:].astype(np.float32))
+    # Softmax outputs quantized with scale 1/256: allow a few steps of accumulated error.
+    assert np.max(np.abs(f_out - q_out)) < 0.05
+    assert report["accuracy"]["float"] >= 0.95
+    assert report["accuracy"]["agreement"] >= 0.98
+    assert_accuracy_drop_below(report, 2.0)
+    assert report["model"]["format"] == {"tiny.keras": "keras", "tiny.h5": "h5"}.get(
+        source, "saved_model" if "savedmodel" in source else "tflite"
+    )
+    assert report["artifacts"]["int8"]["bytes"] == (out / INT8_NAME).stat().st_size
+    assert report["artifacts"]["int8"]["bytes"] < report["artifacts"]["float"]["bytes"]
+
+
+def test_report_has_the_promised_keys(tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path) -> None:
+    _convert(write_recipe, tiny_recipe(tiny_model_dir), tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["schema_version"] == 1
+    assert report["recipe"]["name"] == "tiny" and len(report["recipe"]["sha256"]) == 64
+    assert report["tool"]["version"]
+    for kind in ("float", "int8"):
+        assert set(report["artifacts"][kind]) == {"path", "bytes", "sha256"}
+    assert report["calibration"]["method"] == "minmax"
+    assert report["calibration"]["samples"] == 100
+    assert report["calibration"]["seconds"] >= 0
+    io = report["quantization"]
+    # The input range is the calibration subset's [min, max] (raw pixels; the model rescales
+    # inside): S = (rmax - rmin) / 255 and Z = -128 - round(rmin / S).
+    x, _ = tiny_data()
+    cal = x[:300][select(300, 100, 0)].astype(np.float32)
+    lo, hi = min(0.0, float(cal.min())), float(cal.max())
+    assert io["input"]["dtype"] == "int8"
+    assert io["input"]["scale"] == pytest.approx((hi - lo) / 255, rel=1e-6)
+    assert io["input"]["zero_point"] == -128 - round(lo / ((hi - lo) / 255))
+    assert io["output"] == {"dtype": "int8", "shape": [1, 4], "scale": 1 / 256, "zero_point": -128}
+    assert set(report["accuracy"]) >= {"metric", "float", "int8", "drop", "agreement", "samples"}
+    assert report["accuracy"]["samples"] == 100
+    assert report["targets"]["host"]["compatible"] is None
+    assert report["gates"] == [] and report["passed"] is True
+
+
+@pytest.mark.parametrize(
+    ("overrides", "in_dtype", "out_dtype"),
+    [
+        ({"input_type": "uint8", "output_type": "uint8"}, "uint8", "uint8"),
+        ({"input_type": "float32", "output_type": "float32"}, "float32", "float32"),
+        ({"per_channel": False}, "int8", "int8"),
+        ({"activations": "int16", "input_type": "int16", "output_type": "int16"}, "int16", "int16"),
+    ],
+)
+def test_quantization_options(
+    overrides: dict[str, Any],
+    in_dtype: str,
+    out_dtype: str,
+    tiny_model_dir: Path,
+    write_recipe: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    report = _convert(write_recipe, tiny_recipe(tiny_model_dir, quantization=overrides), tmp_path / "out")
+    assert report["quantization"]["input"]["dtype"] == in_dtype
+    assert report["quantization"]["output"]["dtype"] == out_dtype
+    assert_accuracy_drop_below(report, 2.0)
+    q = TFLiteModel(model_path=str(tmp_path / "out" / INT8_NAME))
+    details = q.interpreter.get_tensor_details()
+    weights = [d for d in details if len(d["shape"]) == 4 and d["dtype"] == np.int8 and "conv" in d["name"].lower()]
+    assert weights, [d["name"] for d in details]
+    per_channel = any(len(d["quantization_parameters"]["scales"]) > 1 for d in weights)
+    assert per_channel == overrides.get("per_channel", True)
+    if overrides.get("activations") == "int16":
+        assert any(d["dtype"] == np.int16 for d in details)
+
+
+def test_identical_inputs_give_identical_bytes(
+    tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    a = _convert(write_recipe, tiny_recipe(tiny_model_dir), tmp_path / "a")
+    b = _convert(write_recipe, tiny_recipe(tiny_model_dir), tmp_path / "b")
+    for name in ("model_float.tflite", INT8_NAME):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert a["artifacts"] == b["artifacts"]
+
+
+def test_calibration_subset_changes_with_seed(
+    tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    base = tiny_recipe(tiny_model_dir)
+    base["data"]["calibration"]["samples"] = 5
+    a = _convert(write_recipe, base, tmp_path / "a")
+    base["data"]["calibration"]["seed"] = 1
+    b = _convert(write_recipe, base, tmp_path / "b")
+    assert a["artifacts"]["int8"]["sha256"] != b["artifacts"]["int8"]["sha256"]

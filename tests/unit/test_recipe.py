@@ -1,0 +1,179 @@
+"""The recipe loader: every kind of bad input gives a RecipeError naming file and key path."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from converter.errors import RecipeError
+from converter.recipe import Recipe, load_recipe, recipe_json_schema
+from tests.conftest import ROOT
+
+GOOD: dict[str, Any] = {
+    "version": 1,
+    "name": "demo",
+    "model": "models/m.keras",
+    "data": {"calibration": {"path": "data/cal.npz", "samples": 50}},
+}
+
+
+def _with(**changes: Any) -> dict[str, Any]:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in GOOD.items()}
+    out.update(changes)
+    return out
+
+
+def _error(write: Callable[..., Path], content: dict[str, Any] | str, overrides: list[str] | None = None) -> str:
+    path = write(content)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, overrides)
+    return str(info.value)
+
+
+def test_good_recipe_defaults_and_relative_paths(write_recipe: Callable[..., Path], tmp_path: Path) -> None:
+    recipe = load_recipe(write_recipe(GOOD))
+    assert recipe.model == tmp_path / "models" / "m.keras"
+    assert recipe.data.calibration.path == tmp_path / "data" / "cal.npz"
+    assert recipe.data.calibration.samples == 50
+    assert recipe.data.evaluation is None
+    assert recipe.targets == ("host",)
+    assert (recipe.quantization.input_type, recipe.quantization.output_type) == ("int8", "int8")
+    assert recipe.quantization.per_channel is True
+    assert recipe.calibration.method == "minmax"
+    assert recipe.input.resize is None and recipe.input.scale == 1.0 and recipe.input.offset == 0.0
+    assert len(recipe.sha256) == 64
+
+
+def test_recipe_is_frozen(write_recipe: Callable[..., Path]) -> None:
+    recipe = load_recipe(write_recipe(GOOD))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.name = "other"  # type: ignore[misc]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match=r"nope\.yaml: recipe not found"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_malformed_yaml_names_line(write_recipe: Callable[..., Path]) -> None:
+    message = _error(write_recipe, "version: 1\nname: [unclosed\nmodel: x\n")
+    assert "recipe.yaml:" in message and "line 3" in message and "malformed YAML" in message
+
+
+def test_duplicate_key_is_an_error(write_recipe: Callable[..., Path]) -> None:
+    message = _error(write_recipe, "version: 1\nname: a\nname: b\n")
+    assert "duplicate key 'name'" in message and "line 3" in message
+
+
+def test_top_level_must_be_mapping(write_recipe: Callable[..., Path]) -> None:
+    assert "expected a mapping of recipe keys" in _error(write_recipe, "- 1\n- 2\n")
+
+
+def test_unknown_top_level_key_suggests(write_recipe: Callable[..., Path]) -> None:
+    message = _error(write_recipe, _with(calibraton={"method": "minmax"}))
+    assert "recipe.yaml: calibraton: unknown key (did you mean 'calibration'?)" in message
+
+
+def test_unknown_nested_key_suggests(write_recipe: Callable[..., Path]) -> None:
+    message = _error(write_recipe, _with(calibration={"methd": "minmax"}))
+    assert "recipe.yaml: calibration.methd: unknown key (did you mean 'method'?)" in message
+
+
+def test_enum_lists_choices(write_recipe: Callable[..., Path]) -> None:
+    message = _error(write_recipe, _with(calibration={"method": "minmaxx"}))
+    assert "recipe.yaml: calibration.method: expected one of minmax; got str 'minmaxx'" in message
+
+
+def test_wrong_type_names_key_path(write_recipe: Callable[..., Path]) -> None:
+    bad = _with(data={"calibration": {"path": "d.npz", "samples": "many"}})
+    assert "recipe.yaml: data.calibration.samples: expected an integer, got str 'many'" in _error(write_recipe, bad)
+
+
+def test_bool_is_not_an_integer(write_recipe: Callable[..., Path]) -> None:
+    bad = _with(data={"calibration": {"path": "d.npz", "samples": True}})
+    assert "data.calibration.samples: expected an integer, got boolean true" in _error(write_recipe, bad)
+
+
+def test_lower_bound(write_recipe: Callable[..., Path]) -> None:
+    bad = _with(data={"calibration": {"path": "d.npz", "samples": 0}})
+    assert "data.calibration.samples: must be at least 1, got 0" in _error(write_recipe, bad)
+
+
+def test_missing_required_key(write_recipe: Callable[..., Path]) -> None:
+    bad = {k: v for k, v in GOOD.items() if k != "model"}
+    assert "recipe.yaml: model: required key is missing" in _error(write_recipe, bad)
+
+
+def test_version_must_be_1(write_recipe: Callable[..., Path]) -> None:
+    assert "version: expected one of 1; got int 2" in _error(write_recipe, _with(version=2))
+
+
+def test_name_pattern(write_recipe: Callable[..., Path]) -> None:
+    assert "name: '../evil' does not match" in _error(write_recipe, _with(name="../evil"))
+
+
+def test_resize_shape(write_recipe: Callable[..., Path]) -> None:
+    assert "input.resize: expected a list of 2 items, got 3" in _error(write_recipe, _with(input={"resize": [1, 2, 3]}))
+    assert "input: resize: sizes must be positive" in _error(write_recipe, _with(input={"resize": [0, 2]}))
+
+
+def test_quantization_cross_field(write_recipe: Callable[..., Path]) -> None:
+    message = _error(write_recipe, _with(quantization={"activations": "int16", "input_type": "int8"}))
+    assert "quantization: input_type: int8 does not go with activations: int16; use one of float32, int16" in message
+
+
+def test_unknown_target_suggests(write_recipe: Callable[..., Path]) -> None:
+    message = _error(write_recipe, _with(targets=["hots"]))
+    assert "recipe.yaml: targets[0]: unknown device 'hots' (did you mean 'host'?)" in message
+
+
+def test_empty_targets(write_recipe: Callable[..., Path]) -> None:
+    assert "targets: empty list" in _error(write_recipe, _with(targets=[]))
+
+
+def test_overrides(write_recipe: Callable[..., Path]) -> None:
+    path = write_recipe(GOOD)
+    recipe = load_recipe(
+        path, ["data.calibration.samples=7", "quantization.input_type=uint8", "input.resize=[4, 5]", "name=other"]
+    )
+    assert recipe.data.calibration.samples == 7
+    assert recipe.quantization.input_type == "uint8"
+    assert recipe.input.resize == (4, 5)
+    assert recipe.name == "other"
+    assert recipe.sha256 != load_recipe(path).sha256
+
+
+def test_override_errors(write_recipe: Callable[..., Path]) -> None:
+    assert "expected dotted.key=value" in _error(write_recipe, GOOD, ["calibration.method"])
+    assert "'name' is not a mapping" in _error(write_recipe, GOOD, ["name.x=1"])
+    assert "calibration.method: expected one of minmax" in _error(write_recipe, GOOD, ["calibration.method=kl"])
+
+
+def test_sha256_ignores_formatting(write_recipe: Callable[..., Path]) -> None:
+    a = load_recipe(write_recipe(GOOD, "a.yaml"))
+    b = load_recipe(write_recipe("# comment\n" + "\n".join(["version: 1", "name: demo", "model: models/m.keras",
+                                 "data: {calibration: {samples: 50, path: data/cal.npz}}"]), "b.yaml"))
+    assert a.sha256 == b.sha256
+
+
+def test_every_shipped_recipe_validates() -> None:
+    recipes = sorted((ROOT / "recipes").glob("*.yaml"))
+    assert recipes, "no recipes shipped"
+    for path in recipes:
+        recipe = load_recipe(path)
+        assert recipe.model.exists(), f"{path}: model {recipe.model} is missing"
+        assert recipe.data.calibration.path.exists()
+
+
+def test_json_schema_matches_dataclasses() -> None:
+    schema = recipe_json_schema()
+    fields = {f.name for f in dataclasses.fields(Recipe) if f.init}
+    assert set(schema["properties"]) == fields
+    assert schema["additionalProperties"] is False
+    assert set(schema["required"]) == {"version", "name", "model", "data"}
+    assert schema["properties"]["calibration"]["properties"]["method"]["enum"] == ["minmax"]
+    assert "host" in schema["properties"]["targets"]["items"]["enum"]
