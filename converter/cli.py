@@ -44,7 +44,9 @@ def _guarded(debug: bool, fn: Callable[[], int]) -> None:
     except Exception as e:  # noqa: BLE001 - the last line of defence for a clean message
         if debug:
             traceback.print_exc()
-        click.echo(f"error: unexpected failure ({type(e).__name__}: {e}); rerun with --debug for the traceback", err=True)
+        click.echo(
+            f"error: unexpected failure ({type(e).__name__}: {e}); rerun with --debug for the traceback", err=True
+        )
         sys.exit(EXIT_STEP)
     sys.exit(code)
 
@@ -64,7 +66,11 @@ recipe_option = click.option(
     "--recipe", "recipe_path", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Recipe YAML file."
 )
 set_option = click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. calibration.samples=100."
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe key, e.g. calibration.samples=100.",
 )
 debug_option = click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 
@@ -78,7 +84,9 @@ def main() -> None:
 @main.command()
 @recipe_option
 @set_option
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Output folder [build/<name>].")
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Output folder [build/<name>]."
+)
 @click.option("--force", is_flag=True, help="Overwrite an output folder that holds another recipe's artifacts.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout instead of the summary.")
 @debug_option

@@ -53,7 +53,9 @@ def load_dataset(
     ``image_size`` lets folders of mixed-size images be resized on decode.
     """
     if not path.exists():
-        raise DataError(f"{where}.path: not found: {path}; check the path (relative paths start at the recipe's folder)")
+        raise DataError(
+            f"{where}.path: not found: {path}; check the path (relative paths start at the recipe's folder)"
+        )
     if path.is_dir():
         ds = _load_folder(path, where, samples, seed, channels, image_size)
     elif path.suffix == ".npz":
@@ -61,7 +63,9 @@ def load_dataset(
     elif path.suffix == ".npy":
         ds = _load_npy(path, where, samples, seed)
     else:
-        raise DataError(f"{where}.path: {path}: unsupported data file; use .npz (x, optional y), .npy or an image folder")
+        raise DataError(
+            f"{where}.path: {path}: unsupported data file; use .npz (x, optional y), .npy or an image folder"
+        )
     if len(ds.x) == 0:
         raise DataError(f"{where}.path: {path}: the dataset is empty; it needs at least one sample")
     if samples is not None and samples > ds.available:
@@ -85,7 +89,9 @@ def _check_array(x: np.ndarray, where: str, path: Path) -> None:
     if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise DataError(f"{where}.path: {path}: samples must be numeric, got dtype {x.dtype}")
     if x.ndim < 2:
-        raise DataError(f"{where}.path: {path}: samples have shape {x.shape}; expected [N, ...] with one sample per row")
+        raise DataError(
+            f"{where}.path: {path}: samples have shape {x.shape}; expected [N, ...] with one sample per row"
+        )
 
 
 def _load_npz(path: Path, where: str, samples: int | None, seed: int) -> Dataset:
@@ -93,7 +99,9 @@ def _load_npz(path: Path, where: str, samples: int | None, seed: int) -> Dataset
         with np.load(path, allow_pickle=False) as npz:
             keys = list(npz.keys())
             if "x" not in keys:
-                raise DataError(f"{where}.path: {path}: no array 'x' in the .npz (it has: {', '.join(keys) or 'nothing'})")
+                raise DataError(
+                    f"{where}.path: {path}: no array 'x' in the .npz (it has: {', '.join(keys) or 'nothing'})"
+                )
             x_all = npz["x"]
             y_all = npz["y"] if "y" in keys else None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:

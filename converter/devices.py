@@ -24,7 +24,8 @@ class DeviceProfile:
         metadata={"doc": "Interpreter on the device: LiteRT (TFLite), TFLite Micro, or LiteRT + Edge TPU delegate"}
     )
     kind: Literal["host", "ssh", "mcu"] = field(
-        default="ssh", metadata={"doc": "host: this machine; ssh: a Linux board reached over SSH; mcu: a microcontroller"}
+        default="ssh",
+        metadata={"doc": "host: this machine; ssh: a Linux board reached over SSH; mcu: a microcontroller"},
     )
     threads: int | None = field(default=None, metadata={"doc": "Interpreter threads (null: runtime default)", "min": 1})
 

@@ -9,16 +9,18 @@ import numpy as np
 
 from .runtime.model import TFLiteModel
 
+Fraction = float | None  # an alias: the field named ``float`` below would shadow the type
+
 
 @dataclass(frozen=True)
 class Accuracy:
     """Top-1 of both models against labels (when given) and their top-1 agreement."""
 
     metric: str | None
-    float: float | None
-    int8: float | None
-    drop: float | None
-    agreement: float | None
+    float: Fraction
+    int8: Fraction
+    drop: Fraction
+    agreement: Fraction
     samples: int
     where: str = "host"
 

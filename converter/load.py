@@ -45,7 +45,9 @@ def detect_format(path: Path) -> ModelFormat:
     if path.is_dir():
         if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
             return "saved_model"
-        raise ModelLoadError(f"model: {path} is a folder without saved_model.pb; point to a SavedModel folder or a file")
+        raise ModelLoadError(
+            f"model: {path} is a folder without saved_model.pb; point to a SavedModel folder or a file"
+        )
     suffix = path.suffix.lower()
     formats: dict[str, ModelFormat] = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".tflite": "tflite"}
     if suffix not in formats:
@@ -115,8 +117,15 @@ def _h5_has_lambda(path: Path) -> bool:
         config = f.attrs.get("model_config")
     if config is None:
         return False
-    text = config.decode() if isinstance(config, bytes) else str(config)
-    return '"class_name": "Lambda"' in text or "'class_name': 'Lambda'" in json.dumps(text)
+
+    def walk(node: Any) -> bool:
+        if isinstance(node, dict):
+            return node.get("class_name") == "Lambda" or any(walk(v) for v in node.values())
+        if isinstance(node, list):
+            return any(walk(v) for v in node)
+        return False
+
+    return walk(json.loads(config.decode() if isinstance(config, bytes) else str(config)))
 
 
 def _load_keras(path: Path, fmt: ModelFormat, objects: dict[str, Any]) -> tuple[Any, str]:
@@ -128,7 +137,9 @@ def _load_keras(path: Path, fmt: ModelFormat, objects: dict[str, Any]) -> tuple[
     except Exception as e:  # noqa: BLE001 - Keras raises many types for bad files
         first_error = e
     if fmt != "h5":
-        raise ModelLoadError(f"model: {path}: Keras cannot load it: {first_error}") from first_error
+        raise ModelLoadError(
+            f"model: {path}: Keras cannot load it ({first_error}); is the file complete and a Keras model?"
+        ) from first_error
     # Many real Keras 2 .h5 files (e.g. old DepthwiseConv2D configs) fail in Keras 3:
     # fall back to tf_keras, the Keras 2 line, which reads them as they were written.
     try:
@@ -144,7 +155,8 @@ def _load_keras(path: Path, fmt: ModelFormat, objects: dict[str, Any]) -> tuple[
         raise
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(
-            f"model: {path}: cannot load this .h5 with Keras 3 ({first_error}) nor with tf_keras ({e})"
+            f"model: {path}: cannot load this .h5 with Keras 3 ({first_error}) nor with tf_keras ({e}); "
+            "is the file complete and a Keras model?"
         ) from e
     log.info("Keras 3 could not read %s (%s); loaded with tf_keras %s", path.name, first_error, tf_keras.__version__)
     return model, f"tf_keras {tf_keras.__version__} (Keras 3 failed: {type(first_error).__name__})"

@@ -19,6 +19,7 @@ import numpy as np
 from .artifacts import check_output_dir, file_record, write_outputs
 from .data import load_dataset, prepare
 from .devices import load_device
+from .errors import ModelLoadError
 from .evaluate import Accuracy, evaluate_host
 from .load import LoadedModel, detect_format, load_model
 from .recipe import Recipe
@@ -70,12 +71,14 @@ def convert(recipe: Recipe, out_dir: Path | None = None, force: bool = False) ->
     out = out_dir or default_out_dir(recipe)
     where = f"{recipe.source}: data"
     # Cheap checks first, so bad input fails in milliseconds and writes nothing.
-    detect_format(recipe.model)
-    check_output_dir(out, recipe.name, force)
-    targets = {name: load_device(name) for name in recipe.targets}
-    steps: list[dict[str, Any]] = []
-
-    model: LoadedModel = _timed("load", steps, lambda: load_model(recipe.model, recipe.custom_objects))
+    try:
+        detect_format(recipe.model)
+        check_output_dir(out, recipe.name, force)
+        targets = {name: load_device(name) for name in recipe.targets}
+        steps: list[dict[str, Any]] = []
+        model: LoadedModel = _timed("load", steps, lambda: load_model(recipe.model, recipe.custom_objects))
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{recipe.source}: {e}") from e
     log.info("loaded %s (%s) with %s; input %s", recipe.model.name, model.format, model.loader, list(model.input_shape))
     prep = preprocess_of(recipe)
     channels = model.input_shape[-1] if len(model.input_shape) == 4 else None
@@ -83,8 +86,12 @@ def convert(recipe: Recipe, out_dir: Path | None = None, force: bool = False) ->
     def read(kind: str) -> tuple[np.ndarray, np.ndarray | None]:
         src = getattr(recipe.data, kind)
         ds = load_dataset(
-            src.path, where=f"{where}.{kind}", samples=src.samples, seed=src.seed,
-            channels=channels, image_size=recipe.input.resize,
+            src.path,
+            where=f"{where}.{kind}",
+            samples=src.samples,
+            seed=src.seed,
+            channels=channels,
+            image_size=recipe.input.resize,
         )
         return prepare(ds, prep, model.input_shape, f"{where}.{kind}"), ds.y
 
@@ -94,8 +101,12 @@ def convert(recipe: Recipe, out_dir: Path | None = None, force: bool = False) ->
     q = recipe.quantization
     with _step("calibrate", steps):
         quant = quantize_full_integer(
-            model.float_tflite, cal_x, input_type=q.input_type, output_type=q.output_type,
-            per_channel=q.per_channel, activations=q.activations,
+            model.float_tflite,
+            cal_x,
+            input_type=q.input_type,
+            output_type=q.output_type,
+            per_channel=q.per_channel,
+            activations=q.activations,
         )
     accuracy = (
         _timed("evaluate", steps, lambda: evaluate_host(model.float_tflite, quant, eval_x, eval_y))

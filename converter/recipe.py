@@ -70,8 +70,7 @@ class QuantizationSpec:
             value = getattr(self, key)
             if value not in allowed:
                 raise ValueError(
-                    f"{key}: {value} does not go with activations: {self.activations}; "
-                    f"use one of {', '.join(allowed)}"
+                    f"{key}: {value} does not go with activations: {self.activations}; use one of {', '.join(allowed)}"
                 )
 
 
@@ -163,8 +162,12 @@ def _check_targets(recipe: Recipe, where: Where) -> None:
     known = available_devices()
     for i, name in enumerate(recipe.targets):
         if name not in known:
-            raise where.key("targets").key(i).error(
-                f"unknown device '{name}'{suggest(name, known)}; profiles in {devices_dir()}: {', '.join(known)}"
+            raise (
+                where.key("targets")
+                .key(i)
+                .error(
+                    f"unknown device '{name}'{suggest(name, known)}; profiles in {devices_dir()}: {', '.join(known)}"
+                )
             )
         try:
             load_device(name)

@@ -32,10 +32,8 @@ class Where:
     def key(self, name: str | int) -> Where:
         """The location one level down (``a.b`` for keys, ``a[0]`` for list items)."""
         if isinstance(name, int):
-            child = f"{self.path}[{name}]"
-        else:
-            child = f"{self.path}.{name}" if self.path else name
-        return dataclasses.replace(self, path=child)
+            return dataclasses.replace(self, path=f"{self.path}[{name}]")
+        return dataclasses.replace(self, path=f"{self.path}.{name}" if self.path else name)
 
     def error(self, message: str) -> RecipeError:
         """A ``RecipeError`` that starts with ``file: key.path:``."""
@@ -72,22 +70,17 @@ def build(tp: Any, value: Any, where: Where, meta: typing.Mapping[str, Any] | No
         rest = [o for o in options if o is not type(None)]
         if len(rest) == 1:
             return build(rest[0], value, where, meta)
-        errors = []
         for option in rest:
             try:
                 return build(option, value, where, meta)
-            except RecipeError as e:
-                errors.append(str(e))
-        raise errors[0] if len(errors) == 1 else where.error(
-            f"expected {' or '.join(_type_name(o) for o in rest)}, got {_describe(value)}"
-        )
+            except RecipeError:
+                continue
+        raise where.error(f"expected {' or '.join(_type_name(o) for o in rest)}, got {_describe(value)}")
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
             hint = suggest(str(value), [str(c) for c in choices])
-            raise where.error(
-                f"expected one of {', '.join(str(c) for c in choices)}; got {_describe(value)}{hint}"
-            )
+            raise where.error(f"expected one of {', '.join(str(c) for c in choices)}; got {_describe(value)}{hint}")
         return value
     if dataclasses.is_dataclass(tp):
         return _build_dataclass(tp, value, where)
@@ -190,9 +183,7 @@ def json_schema(tp: Any, meta: typing.Mapping[str, Any] | None = None) -> dict[s
             props[f.name] = json_schema(hints[f.name], f.metadata)
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 required.append(f.name)
-            elif f.default is not dataclasses.MISSING and isinstance(
-                f.default, str | int | float | bool | type(None)
-            ):
+            elif f.default is not dataclasses.MISSING and isinstance(f.default, str | int | float | bool | type(None)):
                 props[f.name]["default"] = f.default
         out = {"type": "object", "properties": props, "additionalProperties": False}
         if required:

@@ -1,6 +1,6 @@
 """Regenerate the tiny models committed under tests/data (a few hundred bytes each).
 
-    python tools/make_test_models.py
+python tools/make_test_models.py
 """
 
 from __future__ import annotations

@@ -51,9 +51,7 @@ def main() -> None:
     xt, xv = prep(x_train), prep(x_test)
 
     keras.utils.set_random_seed(SEED)
-    model = keras.applications.MobileNetV2(
-        input_shape=(32, 32, 1), alpha=0.35, weights=None, classes=10
-    )
+    model = keras.applications.MobileNetV2(input_shape=(32, 32, 1), alpha=0.35, weights=None, classes=10)
     # The application's BatchNorm momentum (0.999) needs far more steps than this
     # small set gives before its moving statistics settle; 0.9 settles in a few epochs.
     for layer in model.layers:

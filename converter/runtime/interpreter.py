@@ -25,7 +25,7 @@ def interpreter_module() -> tuple[Any, str]:
     failures = []
     for module_name, package in _CANDIDATES:
         try:
-            module = importlib.import_module(module_name)
+            module: Any = importlib.import_module(module_name)
         except ImportError as e:  # includes tflite-runtime built against numpy 1
             failures.append(f"{package}: {e}")
             continue
@@ -33,7 +33,8 @@ def interpreter_module() -> tuple[Any, str]:
             module = SimpleNamespace(Interpreter=module.Interpreter, OpResolverType=module.experimental.OpResolverType)
         return module, package
     raise InterpreterUnavailable(
-        "no TFLite interpreter found; install ai-edge-litert (pip install ai-edge-litert). Tried: " + "; ".join(failures)
+        "no TFLite interpreter found; install ai-edge-litert (pip install ai-edge-litert). Tried: "
+        + "; ".join(failures)
     )
 
 

@@ -58,4 +58,5 @@ def resize_bilinear(batch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     wx = wx[None, None, :, None]
     top = x[:, y0][:, :, x0] * (1 - wx) + x[:, y0][:, :, x1] * wx
     bottom = x[:, y1][:, :, x0] * (1 - wx) + x[:, y1][:, :, x1] * wx
-    return (top * (1 - wy) + bottom * wy).astype(np.float32)
+    out: np.ndarray = (top * (1 - wy) + bottom * wy).astype(np.float32)
+    return out

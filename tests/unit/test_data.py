@@ -41,7 +41,9 @@ def test_npz_one_hot_labels(tmp_path: Path) -> None:
 
 def test_npz_without_x(tmp_path: Path) -> None:
     np.savez(tmp_path / "d.npz", images=np.zeros((3, 2)))
-    with pytest.raises(DataError, match=r"r\.yaml: data\.calibration\.path: .*no array 'x' in the \.npz \(it has: images\)"):
+    with pytest.raises(
+        DataError, match=r"r\.yaml: data\.calibration\.path: .*no array 'x' in the \.npz \(it has: images\)"
+    ):
         load_dataset(tmp_path / "d.npz", where=W)
 
 

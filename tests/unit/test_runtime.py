@@ -30,7 +30,9 @@ def test_quantize_known_values() -> None:
 def test_uint8_and_float_passthrough() -> None:
     assert quantize(np.array([0.0, 1.0]), _info("uint8", 1 / 255, 0)).tolist() == [0, 255]
     x = np.array([0.25, -3.0], dtype=np.float32)
-    np.testing.assert_array_equal(dequantize(quantize(x, _info("float32", None, None)), _info("float32", None, None)), x)
+    np.testing.assert_array_equal(
+        dequantize(quantize(x, _info("float32", None, None)), _info("float32", None, None)), x
+    )
 
 
 @given(
