@@ -170,3 +170,16 @@ def test_python_dash_m_entry_point() -> None:
         [sys.executable, "-m", "converter", "--version"], capture_output=True, text=True, cwd=ROOT, timeout=60
     )
     assert result.returncode == 0 and result.stdout.strip() == "edgeconv, version 0.1.0"
+
+
+def test_separate_processes_give_identical_models(
+    tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Byte-identical across processes too (Keras name counters and the like must not leak in)."""
+    recipe = write_recipe(tiny_recipe(tiny_model_dir))
+    assert _convert(recipe, tmp_path / "here").exit_code == 0
+    cmd = [sys.executable, "-m", "converter", "convert", "--recipe", str(recipe), "--out", str(tmp_path / "there")]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for name in ("model_float.tflite", "model_int8.tflite"):
+        assert (tmp_path / "here" / name).read_bytes() == (tmp_path / "there" / name).read_bytes()
