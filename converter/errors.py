@@ -37,3 +37,7 @@ class ConversionError(ConverterError):
 
 class EvaluationError(ConverterError):
     """Running a converted model failed."""
+
+
+class CalibrationError(ConverterError):
+    """Running the float model on the calibration data failed."""

@@ -16,24 +16,20 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .artifacts import check_output_dir, file_record, write_outputs
+from .artifacts import check_output_dir, write_outputs
 from .data import load_dataset, prepare
 from .devices import load_device
 from .errors import ModelLoadError
 from .evaluate import Accuracy, evaluate_host
 from .load import LoadedModel, detect_format, load_model
+from .plots import histogram_png, most_clipped
+from .quantize import quantize
 from .recipe import Recipe
-from .report import SCHEMA_VERSION, dumps, tool_info
-from .runtime.model import TFLiteModel
+from .report import FLOAT_NAME, HIST_NAME, INT8_NAME, REPORT_NAME, Outcome, build_report, dumps
 from .runtime.preprocess import Preprocess
-from .tflite_quantizer import quantize_full_integer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-FLOAT_NAME = "model_float.tflite"
-INT8_NAME = "model_int8.tflite"
-REPORT_NAME = "report.json"
 
 
 @dataclass(frozen=True)
@@ -83,7 +79,7 @@ def convert(recipe: Recipe, out_dir: Path | None = None, force: bool = False) ->
     prep = preprocess_of(recipe)
     channels = model.input_shape[-1] if len(model.input_shape) == 4 else None
 
-    def read(kind: str) -> tuple[np.ndarray, np.ndarray | None]:
+    def read(kind: str) -> tuple[np.ndarray, np.dtype[Any], np.ndarray | None]:
         src = getattr(recipe.data, kind)
         ds = load_dataset(
             src.path,
@@ -93,80 +89,24 @@ def convert(recipe: Recipe, out_dir: Path | None = None, force: bool = False) ->
             channels=channels,
             image_size=recipe.input.resize,
         )
-        return prepare(ds, prep, model.input_shape, f"{where}.{kind}"), ds.y
+        return prepare(ds, prep, model.input_shape, f"{where}.{kind}"), ds.x.dtype, ds.y
 
-    cal_x, _ = _timed("data", steps, lambda: read("calibration"))
-    eval_x, eval_y = read("evaluation") if recipe.data.evaluation else (None, None)
+    cal_x, cal_raw_dtype, _ = _timed("data", steps, lambda: read("calibration"))
+    eval_x, _, eval_y = read("evaluation") if recipe.data.evaluation else (None, None, None)
 
-    q = recipe.quantization
     with _step("calibrate", steps):
-        quant = quantize_full_integer(
-            model.float_tflite,
-            cal_x,
-            input_type=q.input_type,
-            output_type=q.output_type,
-            per_channel=q.per_channel,
-            activations=q.activations,
-        )
+        quant, calibration = quantize(model.float_tflite, cal_x, recipe, prep, eight_bit_data=cal_raw_dtype == np.uint8)
     accuracy = (
         _timed("evaluate", steps, lambda: evaluate_host(model.float_tflite, quant, eval_x, eval_y))
         if eval_x is not None
         else Accuracy(None, None, None, None, None, 0, where="host")
     )
-    report = _report(recipe, model, quant, len(cal_x), accuracy, targets, steps)
-    write_outputs(out, recipe.name, {FLOAT_NAME: model.float_tflite, INT8_NAME: quant, REPORT_NAME: dumps(report)})
+    files = {FLOAT_NAME: model.float_tflite, INT8_NAME: quant}
+    picture = histogram_png(most_clipped(calibration.records)) if calibration else None
+    if picture is not None:
+        files[HIST_NAME] = picture
+    report = build_report(
+        Outcome(recipe, model, quant, len(cal_x), accuracy, targets, steps, calibration, HIST_NAME if picture else None)
+    )
+    write_outputs(out, recipe.name, {**files, REPORT_NAME: dumps(report)})
     return RunResult(out, report)
-
-
-def _io_record(model: TFLiteModel) -> dict[str, Any]:
-    def one(info: Any) -> dict[str, Any]:
-        return {"dtype": info.dtype, "shape": list(info.shape), "scale": info.scale, "zero_point": info.zero_point}
-
-    return {"input": one(model.inputs[0]), "output": one(model.outputs[0])}
-
-
-def _report(
-    recipe: Recipe,
-    model: LoadedModel,
-    quant: bytes,
-    cal_samples: int,
-    accuracy: Accuracy,
-    targets: dict[str, Any],
-    steps: list[dict[str, Any]],
-) -> dict[str, Any]:
-    calibrate_seconds = next(s["seconds"] for s in steps if s["name"] == "calibrate")
-    q = recipe.quantization
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "tool": tool_info(),
-        "recipe": {"name": recipe.name, "sha256": recipe.sha256, "path": str(recipe.source)},
-        "model": {
-            "source": str(recipe.model),
-            "format": model.format,
-            "loader": model.loader,
-            "input_shape": list(model.input_shape),
-        },
-        "artifacts": {
-            "float": file_record(Path(FLOAT_NAME), model.float_tflite),
-            "int8": file_record(Path(INT8_NAME), quant),
-        },
-        "calibration": {"method": recipe.calibration.method, "samples": cal_samples, "seconds": calibrate_seconds},
-        "quantization": {
-            "activations": q.activations,
-            "per_channel": q.per_channel,
-            **_io_record(TFLiteModel(model_content=quant)),
-        },
-        "accuracy": accuracy.to_json(),
-        "targets": {
-            name: {
-                "runtime": profile.runtime,
-                "checked": False,
-                "compatible": None,
-                "reason": "device checks are not implemented in this version",
-            }
-            for name, profile in targets.items()
-        },
-        "gates": [],
-        "passed": True,
-        "steps": steps,
-    }

@@ -74,11 +74,55 @@ class QuantizationSpec:
                 )
 
 
+Method = Literal["minmax", "percentile", "entropy", "mse"]
+
+
+@dataclass(frozen=True)
+class CalibrationRule:
+    """Per-tensor override: tensors whose name matches the glob get this method."""
+
+    tensors: str = field(metadata={"doc": "Glob over tensor names (see calibration.tensors in report.json)"})
+    method: Method = field(metadata={"doc": "Range method for the matching tensors"})
+    percentile: float | None = field(
+        default=None, metadata={"doc": "Percentile for method percentile (0, 100]", "min": 0, "max": 100}
+    )
+
+    def __post_init__(self) -> None:
+        if self.percentile is not None and self.percentile <= 0:
+            raise ValueError(f"percentile: must be in (0, 100], got {self.percentile}")
+
+
 @dataclass(frozen=True)
 class CalibrationSpec:
     """How activation ranges are chosen from the calibration data."""
 
-    method: Literal["minmax"] = field(default="minmax", metadata={"doc": "minmax: the observed min and max"})
+    method: Method = field(
+        default="minmax",
+        metadata={
+            "doc": "minmax: observed range (stock converter); percentile: clip the tails; "
+            "entropy: TensorRT KL threshold; mse: least quantization error"
+        },
+    )
+    percentile: float = field(
+        default=99.99, metadata={"doc": "Percentile kept by method percentile, in (0, 100]", "min": 0, "max": 100}
+    )
+    rules: tuple[CalibrationRule, ...] = field(
+        default=(), metadata={"doc": "Ordered per-tensor overrides; a later matching rule wins"}
+    )
+    input_range: Literal["auto", "observed"] | tuple[float, float] = field(
+        default="auto",
+        metadata={
+            "doc": "Model input range: auto (the preprocessing contract's for 8-bit image data, else observed), "
+            "observed, or [lo, hi]"
+        },
+    )
+    cache: bool = field(default=True, metadata={"doc": "Reuse statistics for the same model and samples"})
+
+    def __post_init__(self) -> None:
+        if self.percentile <= 0:
+            raise ValueError(f"percentile: must be in (0, 100], got {self.percentile}")
+        if isinstance(self.input_range, tuple) and not self.input_range[0] < self.input_range[1]:
+            raise ValueError(f"input_range: lo must be below hi, got {list(self.input_range)}")
 
 
 @dataclass(frozen=True)
@@ -104,7 +148,16 @@ class Recipe:
         metadata={"doc": "Keras custom objects as 'module:Name'; imported (code runs) only because you list them"},
     )
     source: Path = field(default=Path("recipe.yaml"), init=False, compare=False)
+
     sha256: str = field(default="", init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        c = self.calibration
+        if self.quantization.activations == "int16" and (c.method != "minmax" or c.rules):
+            raise ValueError(
+                "calibration: 16x8 (activations: int16) supports method minmax only, without rules: TFLite's "
+                "16x8 quantizer takes no external ranges (and 16-bit steps make clipping matter far less)"
+            )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

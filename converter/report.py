@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .artifacts import file_record
+from .calibrate import Calibration
+from .devices import DeviceProfile
+from .evaluate import Accuracy
+from .load import LoadedModel
+from .recipe import Recipe
 from .runtime.interpreter import interpreter_module
+from .runtime.model import TFLiteModel
 
 SCHEMA_VERSION = 1
+FLOAT_NAME = "model_float.tflite"
+INT8_NAME = "model_int8.tflite"
+REPORT_NAME = "report.json"
+HIST_NAME = "calibration_histograms.png"
 
 
 def _version(package: str) -> str | None:
@@ -33,3 +46,98 @@ def tool_info() -> dict[str, Any]:
 def dumps(report: dict[str, Any]) -> bytes:
     """Stable JSON text of a report (keys in insertion order, 2-space indent)."""
     return (json.dumps(report, indent=2, allow_nan=False) + "\n").encode()
+
+
+def _calibration_json(
+    recipe: Recipe, cal_samples: int, seconds: float, calibration: Calibration | None, picture: str | None
+) -> dict[str, Any]:
+    c = recipe.calibration
+    out: dict[str, Any] = {"method": c.method, "samples": cal_samples, "seconds": seconds}
+    if calibration is None:
+        out.update(
+            {
+                "route": "tflite-16x8",
+                "cache": None,
+                "tensors": None,
+                "reason": "16x8 uses TFLite's own min/max calibration; per-tensor statistics are not exposed",
+            }
+        )
+        return out
+    out.update(
+        {
+            "route": "edgeconv",
+            "percentile": c.percentile
+            if c.method == "percentile" or any(r.method == "percentile" for r in c.rules)
+            else None,
+            "rules": [{"tensors": r.tensors, "method": r.method, "percentile": r.percentile} for r in c.rules],
+            "batch": calibration.batch,
+            "cache": {"enabled": c.cache, "hit": calibration.cache_hit, "key": calibration.cache_key},
+            "warnings": calibration.warnings(),
+            "histograms": picture,
+            "tensors": [r.to_json() for r in calibration.records],
+        }
+    )
+    return out
+
+
+def _io_record(model: TFLiteModel) -> dict[str, Any]:
+    def one(info: Any) -> dict[str, Any]:
+        return {"dtype": info.dtype, "shape": list(info.shape), "scale": info.scale, "zero_point": info.zero_point}
+
+    return {"input": one(model.inputs[0]), "output": one(model.outputs[0])}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Everything a conversion run produced that the report describes."""
+
+    recipe: Recipe
+    model: LoadedModel
+    quant: bytes
+    cal_samples: int
+    accuracy: Accuracy
+    targets: dict[str, DeviceProfile]
+    steps: list[dict[str, Any]]
+    calibration: Calibration | None
+    picture: str | None
+
+
+def build_report(o: Outcome) -> dict[str, Any]:
+    """report.json of a run; keys not measured are null."""
+    recipe, model, quant, steps = o.recipe, o.model, o.quant, o.steps
+    calibrate_seconds = next(s["seconds"] for s in steps if s["name"] == "calibrate")
+    q = recipe.quantization
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": tool_info(),
+        "recipe": {"name": recipe.name, "sha256": recipe.sha256, "path": str(recipe.source)},
+        "model": {
+            "source": str(recipe.model),
+            "format": model.format,
+            "loader": model.loader,
+            "input_shape": list(model.input_shape),
+        },
+        "artifacts": {
+            "float": file_record(Path(FLOAT_NAME), model.float_tflite),
+            "int8": file_record(Path(INT8_NAME), quant),
+        },
+        "calibration": _calibration_json(recipe, o.cal_samples, calibrate_seconds, o.calibration, o.picture),
+        "quantization": {
+            "activations": q.activations,
+            "per_channel": q.per_channel,
+            **_io_record(TFLiteModel(model_content=quant)),
+        },
+        "accuracy": o.accuracy.to_json(),
+        "targets": {
+            name: {
+                "runtime": profile.runtime,
+                "checked": False,
+                "compatible": None,
+                "reason": "device checks are not implemented in this version",
+            }
+            for name, profile in o.targets.items()
+        },
+        "gates": [],
+        "passed": True,
+        "steps": steps,
+    }

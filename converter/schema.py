@@ -159,6 +159,11 @@ def _build_dataclass(cls: Any, value: Any, where: Where) -> Any:
 def _type_name(tp: Any) -> str:
     if dataclasses.is_dataclass(tp):
         return "a mapping"
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(str(c) for c in get_args(tp))
+    if get_origin(tp) is tuple:
+        args = get_args(tp)
+        return "a list" if args[-1] is Ellipsis else f"a list of {len(args)} {_type_name(args[0]).split()[-1]}s"
     return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )

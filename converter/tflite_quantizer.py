@@ -1,13 +1,21 @@
 """The one place that touches TensorFlow's private quantization API.
 
 TensorFlow has no public call that quantizes an existing float .tflite. The stock
-``TFLiteConverter`` does it internally in three steps (``lite.py``, ``_quantize``):
-add intermediate tensors, calibrate with ``Calibrator`` (min/max of every tensor over
-the representative data), then ``mlir_quantize``. We call the same steps on our float
-reference model, so every source format (Keras, .h5, SavedModel and float .tflite,
-which the stock converter cannot quantize at all) takes one route and matches stock
-min/max results. Checked against TensorFlow 2.21 (see ``SUPPORTED_TF``); the tests
-in ``tests/integration/test_quantizer_api.py`` fail loudly when an upgrade breaks it.
+``TFLiteConverter`` does it internally (``lite.py``, ``_quantize``): calibrate with
+``Calibrator``, which writes each tensor's observed min/max into the flatbuffer's
+``QuantizationParameters.min/max``, then ``mlir_quantize`` turns those ranges into scales
+and zero points. We write *our* chosen ranges into the same fields
+(``schema_py_generated`` object API) and call the same ``mlir_quantize``, so every source
+format -- including float .tflite, which the stock converter cannot quantize -- takes one
+route, and with min/max ranges the result is the stock converter's, byte for byte.
+
+``fully_quantize`` stays False, as in the stock converter: True forces int8 model I/O
+whatever ``input_data_type`` says (seen on TF 2.21). Full-integer output is verified
+afterwards instead (``float_ops``). 16x8 has no MLIR route (its int32 biases fail to
+prepare), so it uses the stock calibrate-and-quantize path with min/max ranges.
+
+Checked against TensorFlow 2.16-2.21 (``SUPPORTED_TF``); ``tests/integration/
+test_quantizer_api.py`` fails loudly when an upgrade breaks any of this.
 """
 
 from __future__ import annotations
@@ -31,7 +39,42 @@ def _tf() -> Any:
     return tf
 
 
-def quantize_full_integer(
+def quantize_with_ranges(
+    float_tflite: bytes,
+    ranges: dict[int, tuple[float, float]],
+    *,
+    input_type: str,
+    output_type: str,
+    per_channel: bool,
+) -> bytes:
+    """Write ``ranges`` (tensor index of subgraph 0 -> (min, max)) into the model and quantize it."""
+    tf = _tf()
+    from tensorflow.lite.python import convert as tf_convert
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(float_tflite))
+    tensors = model.subgraphs[0].tensors
+    for index, (lo, hi) in sorted(ranges.items()):
+        params = tensors[index].quantization or schema.QuantizationParametersT()
+        params.min = [float(np.float32(lo))]
+        params.max = [float(np.float32(hi))]
+        tensors[index].quantization = params
+    calibrated = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    try:
+        result = tf_convert.mlir_quantize(
+            calibrated,
+            disable_per_channel=not per_channel,
+            fully_quantize=False,
+            input_data_type=tf.as_dtype(_DTYPES[input_type]),
+            output_data_type=tf.as_dtype(_DTYPES[output_type]),
+        )
+    except Exception as e:  # noqa: BLE001 - TF raises RuntimeError/ConverterError/ValueError
+        raise ConversionError(f"quantization failed in TensorFlow: {e}") from e
+    return _finish(bytes(result))
+
+
+def stock_quantize(
     float_tflite: bytes,
     samples: np.ndarray,
     *,
@@ -40,7 +83,7 @@ def quantize_full_integer(
     per_channel: bool,
     activations: str,
 ) -> bytes:
-    """Calibrate ``float_tflite`` on ``samples`` ([N, ...], one row per invocation) and quantize it."""
+    """The stock converter's own calibrate-and-quantize (min/max): the 16x8 route and the tests' reference."""
     tf = _tf()
     from tensorflow.lite.python import convert as tf_convert
     from tensorflow.lite.python import util as tf_util
@@ -79,7 +122,12 @@ def quantize_full_integer(
             )
     except Exception as e:  # noqa: BLE001 - TF raises RuntimeError/ConverterError/ValueError
         raise ConversionError(f"quantization failed in TensorFlow: {e}") from e
-    model_out = _deduplicate(bytes(result))
+    return _finish(bytes(result))
+
+
+def _finish(result: bytes) -> bytes:
+    """Deduplicate buffers and insist on a full-integer model."""
+    model_out = _deduplicate(result)
     left = float_ops(model_out)
     if left:
         names = ", ".join(sorted({f"{op.name} (op {op.index})" for op in left}))

@@ -100,3 +100,9 @@ def assert_accuracy_drop_below(report: dict[str, Any], points: float) -> None:
     acc = report["accuracy"]
     assert acc["metric"] == "top1", acc
     assert acc["drop"] * 100 <= points, f"int8 top-1 {acc['int8']:.4f} vs float {acc['float']:.4f}"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calibration statistics go to a per-session folder, never the user's ~/.cache."""
+    monkeypatch.setenv("EDGECONV_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "calibration-cache"))

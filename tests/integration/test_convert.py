@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converter.data import select
 from converter.pipeline import INT8_NAME, convert
 from converter.recipe import load_recipe
 from converter.runtime.model import TFLiteModel
@@ -64,14 +63,11 @@ def test_report_has_the_promised_keys(tiny_model_dir: Path, write_recipe: Callab
     assert report["calibration"]["samples"] == 100
     assert report["calibration"]["seconds"] >= 0
     io = report["quantization"]
-    # The input range is the calibration subset's [min, max] (raw pixels; the model rescales
-    # inside): S = (rmax - rmin) / 255 and Z = -128 - round(rmin / S).
-    x, _ = tiny_data()
-    cal = x[:300][select(300, 100, 0)].astype(np.float32)
-    lo, hi = min(0.0, float(cal.min())), float(cal.max())
+    # 8-bit data under a scale-1 contract: the input keeps the contract's [0, 255], so int8
+    # input is pixel - 128 exactly (S = 255 / 255, Z = -128), whatever the samples' max.
     assert io["input"]["dtype"] == "int8"
-    assert io["input"]["scale"] == pytest.approx((hi - lo) / 255, rel=1e-6)
-    assert io["input"]["zero_point"] == -128 - round(lo / ((hi - lo) / 255))
+    assert io["input"]["scale"] == pytest.approx(1.0, rel=1e-6)
+    assert io["input"]["zero_point"] == -128
     assert io["output"] == {"dtype": "int8", "shape": [1, 4], "scale": 1 / 256, "zero_point": -128}
     assert set(report["accuracy"]) >= {"metric", "float", "int8", "drop", "agreement", "samples"}
     assert report["accuracy"]["samples"] == 100

@@ -85,7 +85,10 @@ def test_unknown_nested_key_suggests(write_recipe: Callable[..., Path]) -> None:
 
 def test_enum_lists_choices(write_recipe: Callable[..., Path]) -> None:
     message = _error(write_recipe, _with(calibration={"method": "minmaxx"}))
-    assert "recipe.yaml: calibration.method: expected one of minmax; got str 'minmaxx'" in message
+    assert (
+        "recipe.yaml: calibration.method: expected one of minmax, percentile, entropy, mse; got str 'minmaxx' "
+        "(did you mean 'minmax'?)" in message
+    )
 
 
 def test_wrong_type_names_key_path(write_recipe: Callable[..., Path]) -> None:
@@ -150,7 +153,9 @@ def test_overrides(write_recipe: Callable[..., Path]) -> None:
 def test_override_errors(write_recipe: Callable[..., Path]) -> None:
     assert "expected dotted.key=value" in _error(write_recipe, GOOD, ["calibration.method"])
     assert "'name' is not a mapping" in _error(write_recipe, GOOD, ["name.x=1"])
-    assert "calibration.method: expected one of minmax" in _error(write_recipe, GOOD, ["calibration.method=kl"])
+    assert "calibration.method: expected one of minmax, percentile" in _error(
+        write_recipe, GOOD, ["calibration.method=kl"]
+    )
 
 
 def test_sha256_ignores_formatting(write_recipe: Callable[..., Path]) -> None:
@@ -189,5 +194,10 @@ def test_json_schema_matches_dataclasses() -> None:
     assert set(schema["properties"]) == fields
     assert schema["additionalProperties"] is False
     assert set(schema["required"]) == {"version", "name", "model", "data"}
-    assert schema["properties"]["calibration"]["properties"]["method"]["enum"] == ["minmax"]
+    assert schema["properties"]["calibration"]["properties"]["method"]["enum"] == [
+        "minmax",
+        "percentile",
+        "entropy",
+        "mse",
+    ]
     assert "host" in schema["properties"]["targets"]["items"]["enum"]

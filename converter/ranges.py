@@ -1,0 +1,137 @@
+"""Range selection: from a tensor's statistics to the [lo, hi] its int8 quantization covers.
+
+- ``minmax``: the observed range (what the stock TFLite converter does).
+- ``percentile``: drop the (100 - p)% tails on each side of the signed distribution.
+- ``entropy``: TensorRT's threshold T minimising KL(P || Q) between the |x| histogram
+  and its quantized version (Migacz, "8-bit Inference with TensorRT", 2017).
+- ``mse``: the T minimising the expected squared error, rounding noise inside the range
+  (step^2 / 12 per value) plus clipping error outside.
+
+The saturating methods give a threshold T and the range [max(min, -T), min(max, T)], so
+one-sided (post-ReLU) tensors keep all 256 levels on their side. The number of levels the
+search assumes follows from that: 256 over [0, T] for one-sided data, 128 for two-sided.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .stats import BINS, TensorStats
+
+N_CANDIDATES = 160  # thresholds tried per tensor by entropy and mse
+
+
+@dataclass(frozen=True)
+class RangeChoice:
+    """The chosen range of one tensor and how it was chosen."""
+
+    lo: float
+    hi: float
+    method: str
+    threshold: float | None = None
+
+
+def _one_sided(s: TensorStats) -> bool:
+    return s.min >= 0 or s.max <= 0
+
+
+def _abs_hist(s: TensorStats) -> np.ndarray:
+    """Histogram of |x| over [0, R] with BINS/2 bins, folded from the signed one."""
+    half = BINS // 2
+    folded: np.ndarray = s.hist[half:] + s.hist[:half][::-1]
+    return folded
+
+
+def _saturate(s: TensorStats, t: float, method: str) -> RangeChoice:
+    return RangeChoice(max(s.min, -t), min(s.max, t), method, t)
+
+
+def _candidates(s: TensorStats, first_bin: int) -> np.ndarray:
+    """Candidate thresholds as bin counts of the |x| histogram, up to the observed max magnitude."""
+    half = BINS // 2
+    top = int(np.ceil(max(abs(s.min), abs(s.max)) / s.half_range * half)) if s.half_range > 0 else half
+    top = min(max(top, first_bin), half)
+    return np.unique(np.linspace(first_bin, top, N_CANDIDATES).round().astype(int))
+
+
+def percentile(s: TensorStats, p: float) -> RangeChoice:
+    """Range between the (100 - p)th and pth percentiles (bin edges, outward)."""
+    total = s.hist.sum()
+    if total == 0 or s.half_range == 0:
+        return RangeChoice(s.min, s.max, "percentile")
+    cdf = np.cumsum(s.hist) / total
+    tail = (100.0 - p) / 100.0
+    edges = s.bin_edges()
+    lo_bin = int(np.searchsorted(cdf, tail, side="right"))  # first bin where the cdf passes the tail
+    hi_bin = int(np.searchsorted(cdf, 1.0 - tail, side="left"))
+    lo = max(s.min, float(edges[min(lo_bin, BINS - 1)]))
+    hi = min(s.max, float(edges[min(hi_bin + 1, BINS)]))
+    return RangeChoice(min(lo, hi), max(lo, hi), "percentile")
+
+
+def entropy(s: TensorStats) -> RangeChoice:
+    """TensorRT's KL-divergence threshold search over the |x| histogram."""
+    hist = _abs_hist(s).astype(np.float64)
+    if hist.sum() == 0 or s.half_range == 0:
+        return RangeChoice(s.min, s.max, "entropy")
+    levels = 256 if _one_sided(s) else 128
+    bin_width = s.half_range / (BINS // 2)
+    best_i, best_kl = None, np.inf
+    for i in _candidates(s, levels):
+        p = hist[:i].copy()
+        p[-1] += hist[i:].sum()  # outliers fold into the last bin
+        nonzero = p > 0
+        # Quantize the first i bins into `levels` groups; spread each group's mass over its nonzero bins.
+        group = (np.arange(i) * levels) // i
+        mass = np.bincount(group, weights=hist[:i], minlength=levels)
+        used = np.bincount(group, weights=nonzero.astype(np.float64), minlength=levels)
+        q = np.where(nonzero, mass[group] / np.maximum(used[group], 1), 0.0)
+        ps, qs = p.sum(), q.sum()
+        if qs == 0:
+            continue
+        pn, qn = p[nonzero] / ps, q[nonzero] / qs
+        kl = float(np.sum(pn * np.log(pn / np.maximum(qn, 1e-12))))
+        if kl < best_kl:
+            best_i, best_kl = i, kl
+    if best_i is None:
+        return RangeChoice(s.min, s.max, "entropy")
+    return _saturate(s, (best_i + 0.5) * bin_width, "entropy")
+
+
+def mse(s: TensorStats, dtype_levels: int = 256) -> RangeChoice:
+    """The threshold with the least expected quantization MSE (rounding + clipping)."""
+    if s.hist.sum() == 0 or s.half_range == 0:
+        return RangeChoice(s.min, s.max, "mse")
+    edges = s.bin_edges()
+    centres = (edges[:-1] + edges[1:]) / 2
+    counts = s.hist.astype(np.float64)
+    bin_width = s.half_range / (BINS // 2)
+    t = (_candidates(s, 8) + 0.5) * bin_width  # [K]
+    lo = np.minimum(np.maximum(s.min, -t), 0.0)[:, None]
+    hi = np.maximum(np.minimum(s.max, t), 0.0)[:, None]
+    step = (hi - lo) / (dtype_levels - 1)
+    clipped = np.clip(centres[None, :], lo, hi)
+    err = np.where(centres[None, :] == clipped, step**2 / 12, (centres[None, :] - clipped) ** 2)
+    cost = (err * counts[None, :]).sum(axis=1)
+    best = int(np.argmin(cost))
+    # Never wider than observed: the top candidate may exceed max|x| by part of a bin.
+    return _saturate(s, float(t[best]), "mse")
+
+
+def minmax(s: TensorStats) -> RangeChoice:
+    return RangeChoice(s.min, s.max, "minmax")
+
+
+def choose(s: TensorStats, method: str, percentile_value: float = 99.99) -> RangeChoice:
+    """Apply ``method`` to one tensor's statistics."""
+    if method == "minmax":
+        return minmax(s)
+    if method == "percentile":
+        return percentile(s, percentile_value)
+    if method == "entropy":
+        return entropy(s)
+    if method == "mse":
+        return mse(s)
+    raise ValueError(f"unknown calibration method {method!r}")
