@@ -146,3 +146,19 @@ def _deduplicate(model: bytes) -> bytes:
         return bytes(deduplicate_readonly_buffers(model))
     except Exception:  # noqa: BLE001 - a model that cannot be deduplicated is still valid
         return model
+
+
+def stock_ranges(float_tflite: bytes, samples: np.ndarray) -> dict[int, tuple[float, float]]:
+    """The min/max the stock ``Calibrator`` records per tensor index (the reference for our statistics)."""
+    from tensorflow.lite.python.optimize import calibrator
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    cal = calibrator.Calibrator(float_tflite)
+    calibrated = cal.calibrate(lambda: ([np.asarray(row[None], dtype=np.float32)] for row in samples))
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    out = {}
+    for i, t in enumerate(model.subgraphs[0].tensors):
+        q = t.quantization
+        if q is not None and q.min is not None and len(q.min) == 1:
+            out[i] = (float(q.min[0]), float(q.max[0]))
+    return out
