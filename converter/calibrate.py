@@ -24,6 +24,10 @@ from .stats import BINS, CalibrationStats, TensorStats, collect
 
 log = logging.getLogger(__name__)
 
+# Ops whose int8 output parameters TFLite's kernels fix (1/256 with -128 for [0, 1];
+# 1/128 with 0 for [-1, 1]), whatever is calibrated: report the range that applies.
+FIXED_OUTPUT_RANGES = {"SOFTMAX": (0.0, 1.0), "LOGISTIC": (0.0, 1.0), "TANH": (-1.0, 1.0)}
+
 
 @dataclass(frozen=True)
 class TensorRecord:
@@ -143,7 +147,9 @@ def choose_ranges(
             records.append(_record(s, RangeChoice(0.0, 1.0, "default"), unwritten))
             continue
         method, pct, by_rule = method_for(s.name, spec)
-        if s.index == stats.input_index and not by_rule:
+        if s.op in FIXED_OUTPUT_RANGES:
+            choice = RangeChoice(*FIXED_OUTPUT_RANGES[s.op], "fixed")
+        elif s.index == stats.input_index and not by_rule:
             choice = _input_choice(s, spec, contract)
         else:
             choice = choose(s, method, pct)

@@ -76,6 +76,9 @@ def entropy(s: TensorStats) -> RangeChoice:
     hist = _abs_hist(s).astype(np.float64)
     if hist.sum() == 0 or s.half_range == 0:
         return RangeChoice(s.min, s.max, "entropy")
+    # Post-ReLU tensors hold a spike of exact zeros that dominates P and drags T far down
+    # (10% clipped on MobileNetV2); flatten it as NVIDIA's pytorch-quantization does.
+    hist[0] = hist[1]
     levels = 256 if _one_sided(s) else 128
     bin_width = s.half_range / (BINS // 2)
     best_i, best_kl = None, np.inf

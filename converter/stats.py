@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 BINS = 4096  # signed: 2048 per side, TensorRT's resolution for |x|
 SUBSAMPLE = 4096  # histogram elements per tensor per sample
-STATS_VERSION = 1  # bump when anything above changes what is stored
+STATS_VERSION = 2  # bump when anything above changes what is stored
 
 
 @dataclass
@@ -35,6 +35,7 @@ class TensorStats:
     index: int
     name: str
     shape: tuple[int, ...]
+    op: str = ""  # the builtin op that writes the tensor ("" for model inputs)
     min: float = float("inf")
     max: float = float("-inf")
     count: int = 0
@@ -82,18 +83,21 @@ class CalibrationStats:
 
 
 def activation_tensors(interpreter: Any) -> list[dict[str, Any]]:
-    """Float tensors that carry activations: model inputs and every op's outputs (not constants)."""
+    """Float tensors that carry activations: model inputs and every op's outputs (not constants).
+
+    Each detail dict gains ``op``: the name of the op that writes it ("" for inputs).
+    """
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
-    wanted = [d["index"] for d in interpreter.get_input_details()]
+    wanted = [(d["index"], "") for d in interpreter.get_input_details()]
     for op in interpreter._get_ops_details():  # noqa: SLF001 - op listing; see inspect_model
-        wanted += [int(i) for i in op["outputs"] if int(i) >= 0]
+        wanted += [(int(i), str(op["op_name"])) for i in op["outputs"] if int(i) >= 0]
     seen: set[int] = set()
     out = []
-    for i in wanted:
+    for i, op_name in wanted:
         d = details.get(i)
         if d is not None and i not in seen and np.dtype(d["dtype"]) == np.float32:
             seen.add(i)
-            out.append(d)
+            out.append({**d, "op": op_name})
     return out
 
 
@@ -170,7 +174,8 @@ def collect(
         raise CalibrationError(f"the float model cannot run in the interpreter: {e}") from e
     batched = _pick_batch(model, x, threads, seed, batch)
     stats = {
-        d["index"]: TensorStats(d["index"], d["name"], tuple(int(s) for s in d["shape"][1:])) for d in single.tensors
+        d["index"]: TensorStats(d["index"], d["name"], tuple(int(s) for s in d["shape"][1:]), d["op"])
+        for d in single.tensors
     }
     n_batched = (len(x) // batch) * batch if batched else 0
     try:

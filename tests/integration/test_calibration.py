@@ -144,7 +144,8 @@ def test_every_method_end_to_end(
     ).report
     assert_accuracy_drop_below(report, 2.0)
     tensors = report["calibration"]["tensors"]
-    assert tensors and all(t["method"] in (method, "contract") for t in tensors)
+    assert tensors and all(t["method"] in (method, "contract", "fixed") for t in tensors)
+    assert tensors[-1]["method"] == "fixed" and tensors[-1]["range"] == [0.0, 1.0]  # the softmax output
     for t in tensors:
         lo, hi = t["range"]
         assert np.isfinite([lo, hi]).all() and lo <= hi
@@ -166,7 +167,7 @@ def test_rules_override_per_tensor_later_rule_wins(
     conv = [n for n in methods if "conv2d" in n.lower()]
     assert conv and all(methods[n] == "percentile" for n in conv if "conv2d" in n)
     others = [n for n in methods if "conv2d" not in n]
-    assert others and all(methods[n] in ("mse", "percentile") for n in others)
+    assert others and all(methods[n] in ("mse", "percentile", "fixed") for n in others)
     assert "mse" in methods.values()
 
 
