@@ -5,15 +5,37 @@ Skipped cleanly where that folder is absent; set EDGECONV_REALDATA to point else
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from converter.calibrate import choose_ranges
+from converter.data import load_dataset, prepare
+from converter.evaluate import evaluate_host
+from converter.load import load_model
 from converter.pipeline import convert
-from converter.recipe import load_recipe
+from converter.quantize import contract_range
+from converter.recipe import CalibrationSpec, Recipe, load_recipe
 from converter.runtime.model import TFLiteModel
-from tests.conftest import REALDATA, assert_accuracy_drop_below
+from converter.runtime.preprocess import Preprocess
+from converter.stats import collect
+from converter.tflite_quantizer import quantize_with_ranges
+from tests.conftest import REALDATA, ROOT, assert_accuracy_drop_below
+
+# Paths in recipes/realdata/*.yaml assume ../shared next to the repository; tests point them at REALDATA.
+REAL_PATHS = {
+    "resnet8": {
+        "model": "ic-resnet8/pretrainedResnet.h5",
+        "data.calibration.path": "ic-resnet8/calibration",
+        "data.evaluation.path": "ic-resnet8/evaluation",
+    },
+    "kws": {
+        "model": "kws-dscnn/kws_ref_model",
+        "data.calibration.path": "kws-dscnn/calibration.npz",
+        "data.evaluation.path": "kws-dscnn/evaluation.npz",
+    },
+}
 
 pytestmark = [
     pytest.mark.realdata,
@@ -21,22 +43,16 @@ pytestmark = [
 ]
 
 
-def test_resnet8_h5_to_int8_within_one_point(write_recipe: Callable[..., Path], tmp_path: Path) -> None:
-    root = REALDATA / "ic-resnet8"
-    recipe = write_recipe(
-        {
-            "version": 1,
-            "name": "resnet8",
-            "model": str(root / "pretrainedResnet.h5"),
-            "data": {
-                "calibration": {"path": str(root / "calibration"), "samples": 500},
-                "evaluation": {"path": str(root / "evaluation")},
-            },
-        }
-    )
-    report = convert(load_recipe(recipe), tmp_path / "out").report
+def real_recipe(name: str) -> Recipe:
+    """The shipped recipe of a real model, with its paths pointed at REALDATA."""
+    overrides = [f"{key}={REALDATA / path}" for key, path in REAL_PATHS[name].items()]
+    return load_recipe(ROOT / "recipes" / "realdata" / f"{name}.yaml", overrides)
+
+
+def test_resnet8_h5_to_int8_within_one_point(tmp_path: Path) -> None:
+    report = convert(real_recipe("resnet8"), tmp_path / "out").report
     acc = report["accuracy"]
-    assert acc["samples"] == 200
+    assert acc["samples"] == 200 and report["model"]["format"] == "h5"
     assert acc["float"] == pytest.approx(0.855, abs=0.005)  # the README's reference figure
     assert_accuracy_drop_below(report, 1.0)
     assert acc["agreement"] >= 0.93
@@ -44,31 +60,50 @@ def test_resnet8_h5_to_int8_within_one_point(write_recipe: Callable[..., Path], 
     assert report["quantization"]["input"]["scale"] == pytest.approx(1.0)
     assert report["quantization"]["input"]["zero_point"] == -128
     # Within a few percent of the upstream int8 model's size (98,496 bytes).
-    upstream = (root / "pretrainedResnet_quant.tflite").stat().st_size
+    upstream = (REALDATA / "ic-resnet8" / "pretrainedResnet_quant.tflite").stat().st_size
     assert abs(report["artifacts"]["int8"]["bytes"] - upstream) / upstream < 0.05
 
 
-def test_kws_savedmodel_to_int8_within_one_point(write_recipe: Callable[..., Path], tmp_path: Path) -> None:
-    root = REALDATA / "kws-dscnn"
-    recipe = write_recipe(
-        {
-            "version": 1,
-            "name": "kws",
-            "model": str(root / "kws_ref_model"),
-            "data": {
-                "calibration": {"path": str(root / "calibration.npz")},
-                "evaluation": {"path": str(root / "evaluation.npz")},
-            },
-        }
-    )
-    report = convert(load_recipe(recipe), tmp_path / "out").report
+def test_kws_savedmodel_to_int8_within_one_point(tmp_path: Path) -> None:
+    report = convert(real_recipe("kws"), tmp_path / "out").report
     acc = report["accuracy"]
-    assert acc["samples"] == 700
+    assert acc["samples"] == 700 and report["model"]["format"] == "saved_model"
     assert acc["float"] >= 0.88
     assert_accuracy_drop_below(report, 1.0)
     # The upstream reference int8 model's input quantization is scale 0.584703, zero point 83;
     # our calibration set differs, so the range is close but not identical.
-    upstream = TFLiteModel(model_path=str(root / "kws_ref_model.tflite")).inputs[0]
+    upstream = TFLiteModel(model_path=str(REALDATA / "kws-dscnn" / "kws_ref_model.tflite")).inputs[0]
     ours = report["quantization"]["input"]
     assert ours["scale"] == pytest.approx(upstream.scale, rel=0.05)
     assert abs(ours["zero_point"] - upstream.zero_point) <= 3
+
+
+@pytest.mark.parametrize("name", ["resnet8", "kws"])
+def test_every_calibration_method_on_real_models(name: str) -> None:
+    """All four methods from one set of statistics: each within 1.5 points of float top-1."""
+    recipe = real_recipe(name)
+    model = load_model(recipe.model)
+    prep = Preprocess(recipe.input.resize, recipe.input.scale, recipe.input.offset)
+    data = {}
+    for kind, src in (("calibration", recipe.data.calibration), ("evaluation", recipe.data.evaluation)):
+        assert src is not None
+        ds = load_dataset(src.path, where=name, samples=src.samples, seed=src.seed, channels=model.input_shape[-1])
+        data[kind] = (prepare(ds, prep, model.input_shape, name), ds.y, ds.x.dtype)
+    cal, _, raw_dtype = data["calibration"]
+    ev, labels, _ = data["evaluation"]
+    contract = contract_range(prep) if raw_dtype == np.uint8 else None
+    stats = collect(model.float_tflite, cal)
+    results = {}
+    for method in ("minmax", "percentile", "entropy", "mse"):
+        records = choose_ranges(stats, CalibrationSpec(method=method), contract)
+        quant = quantize_with_ranges(
+            model.float_tflite,
+            {r.stats.index: (r.choice.lo, r.choice.hi) for r in records},
+            input_type="int8",
+            output_type="int8",
+            per_channel=True,
+        )
+        acc = evaluate_host(model.float_tflite, quant, ev, labels)
+        assert acc.drop is not None and acc.drop <= 0.015, (method, acc)
+        results[method] = acc.int8
+    assert len(set(results.values())) >= 2, results  # the methods really choose different ranges
