@@ -125,3 +125,17 @@ def test_calibration_subset_changes_with_seed(
     base["data"]["calibration"]["seed"] = 1
     b = _convert(write_recipe, base, tmp_path / "b")
     assert a["artifacts"]["int8"]["sha256"] != b["artifacts"]["int8"]["sha256"]
+
+
+@pytest.mark.parametrize("source", ["tiny.keras", "tiny.h5", "tiny_savedmodel"])
+def test_float_reference_matches_keras(source: str, tiny_model_dir: Path) -> None:
+    import keras
+
+    from converter.load import load_model
+
+    x, _ = tiny_data()
+    expected = keras.models.load_model(tiny_model_dir / "tiny.keras").predict(x[:20].astype(np.float32), verbose=0)
+    loaded = load_model(tiny_model_dir / source)
+    got = TFLiteModel(model_content=loaded.float_tflite).predict(x[:20].astype(np.float32))[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert loaded.input_shape == (1, 12, 12, 3)
