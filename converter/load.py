@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from . import model_cache
 from .errors import ModelLoadError
 from .runtime.model import TFLiteModel
 
@@ -57,17 +58,29 @@ def detect_format(path: Path) -> ModelFormat:
     return formats[suffix]
 
 
-def load_model(path: Path, custom_objects: Iterable[str] = ()) -> LoadedModel:
-    """Load ``path`` and produce its float .tflite; every failure is a ``ModelLoadError``."""
+def load_model(path: Path, custom_objects: Iterable[str] = (), cache: bool = False) -> LoadedModel:
+    """Load ``path`` and produce its float .tflite; every failure is a ``ModelLoadError``.
+
+    With ``cache``, a Keras or SavedModel source converted before (same bytes, same
+    versions) is taken from the float model cache instead of being converted again.
+    """
     fmt = detect_format(path)
-    objects = _import_custom_objects(custom_objects)
+    custom_objects = tuple(custom_objects)
+    key = model_cache.source_key(path, custom_objects) if cache and fmt != "tflite" else None
+    cached = model_cache.load(key) if key else None
     if fmt == "tflite":
         content, loader = _read_float_tflite(path), "file"
-    elif fmt == "saved_model":
-        content, loader = _saved_model_to_tflite(path), "tf.lite.TFLiteConverter.from_saved_model"
+    elif cached is not None:
+        content, loader = cached[0], f"{cached[1]['loader']}, from the float model cache"
     else:
-        model, loader = _load_keras(path, fmt, objects)
-        content = _keras_to_tflite(model, path)
+        objects = _import_custom_objects(custom_objects)
+        if fmt == "saved_model":
+            content, loader = _saved_model_to_tflite(path), "tf.lite.TFLiteConverter.from_saved_model"
+        else:
+            model, loader = _load_keras(path, fmt, objects)
+            content = _keras_to_tflite(model, path)
+        if key:
+            model_cache.save(key, content, fmt, loader)
     try:
         ref = TFLiteModel(model_content=content)
     except Exception as e:  # noqa: BLE001 - the interpreter raises bare RuntimeError/ValueError

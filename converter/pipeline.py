@@ -72,7 +72,9 @@ def convert(recipe: Recipe, out_dir: Path | None = None, force: bool = False) ->
         check_output_dir(out, recipe.name, force)
         targets = {name: load_device(name) for name in recipe.targets}
         steps: list[dict[str, Any]] = []
-        model: LoadedModel = _timed("load", steps, lambda: load_model(recipe.model, recipe.custom_objects))
+        model: LoadedModel = _timed(
+            "load", steps, lambda: load_model(recipe.model, recipe.custom_objects, cache=recipe.calibration.cache)
+        )
     except ModelLoadError as e:
         raise ModelLoadError(f"{recipe.source}: {e}") from e
     log.info("loaded %s (%s) with %s; input %s", recipe.model.name, model.format, model.loader, list(model.input_shape))

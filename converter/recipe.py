@@ -116,7 +116,10 @@ class CalibrationSpec:
             "observed, or [lo, hi]"
         },
     )
-    cache: bool = field(default=True, metadata={"doc": "Reuse statistics for the same model and samples"})
+    cache: bool = field(
+        default=True,
+        metadata={"doc": "Reuse the float reference model and the statistics computed before for the same inputs"},
+    )
 
     def __post_init__(self) -> None:
         if self.percentile <= 0:

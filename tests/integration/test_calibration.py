@@ -191,12 +191,17 @@ def test_cache_hit_on_method_change_and_rebuild_when_corrupt(
 ) -> None:
     recipe = tiny_recipe(tiny_model_dir, name="cached")
     recipe["data"]["calibration"]["samples"] = 77  # a sample set no other test uses
-    first = convert(load_recipe(write_recipe(recipe)), tmp_path / "a").report["calibration"]
+    first_report = convert(load_recipe(write_recipe(recipe)), tmp_path / "a").report
+    first = first_report["calibration"]
     assert first["cache"]["hit"] is False
     entry = cache_dir() / f"{first['cache']['key']}.npz"
     assert entry.is_file()
     recipe["calibration"] = {"method": "entropy"}
-    second = convert(load_recipe(write_recipe(recipe)), tmp_path / "b").report["calibration"]
+    second_report = convert(load_recipe(write_recipe(recipe)), tmp_path / "b").report
+    second = second_report["calibration"]
+    # The float reference came from the model cache too, byte for byte.
+    assert "from the float model cache" in second_report["model"]["loader"]
+    assert second_report["artifacts"]["float"] == first_report["artifacts"]["float"]
     assert second["cache"] == {**first["cache"], "hit": True}
     assert [t["observed"] for t in second["tensors"]] == [t["observed"] for t in first["tensors"]]
     entry.write_bytes(entry.read_bytes()[:-40] + b"\x00" * 40)  # corrupt the tail

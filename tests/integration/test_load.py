@@ -73,8 +73,8 @@ def test_format_detection_errors(tmp_path: Path) -> None:
 
 
 def test_custom_objects_spec_errors(tmp_path: Path) -> None:
-    (tmp_path / "m.tflite").write_bytes(b"x")
+    (tmp_path / "m.keras").write_bytes(b"x")
     with pytest.raises(ModelLoadError, match="expected 'module:Name'"):
-        load_model(tmp_path / "m.tflite", ["no_colon"])
+        load_model(tmp_path / "m.keras", ["no_colon"])
     with pytest.raises(ModelLoadError, match="cannot import"):
-        load_model(tmp_path / "m.tflite", ["no_such_module_xyz:Thing"])
+        load_model(tmp_path / "m.keras", ["no_such_module_xyz:Thing"])

@@ -1,0 +1,71 @@
+"""Cache of float reference models, keyed by the source model's bytes.
+
+Converting a Keras/SavedModel source to the float .tflite reference costs seconds
+(TensorFlow tracing and conversion); re-running a recipe with only a different method
+or target then pays nothing but a hash of the source files. Entries carry their sha256
+and are rebuilt when they do not verify.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+
+from . import __version__
+from .artifacts import write_atomic
+from .calib_cache import cache_dir
+
+log = logging.getLogger(__name__)
+
+
+def _tf_version() -> str:
+    try:
+        return metadata.version("tensorflow")
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+def source_key(path: Path, custom_objects: Iterable[str]) -> str:
+    """sha256 over the source model's files, the custom objects named and the converting versions."""
+    h = hashlib.sha256(json.dumps(["float-reference-v1", __version__, _tf_version(), list(custom_objects)]).encode())
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with f.open("rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def load(key: str) -> tuple[bytes, dict[str, str]] | None:
+    """The cached float model and its metadata, or None (a corrupt entry is removed)."""
+    folder = cache_dir() / "float"
+    model_path, meta_path = folder / f"{key}.tflite", folder / f"{key}.json"
+    if not (model_path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        content = model_path.read_bytes()
+        if hashlib.sha256(content).hexdigest() != meta["sha256"]:
+            raise ValueError("sha256 mismatch")
+        return content, meta
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("float model cache entry %s is corrupt (%s); rebuilding it", model_path, e)
+        model_path.unlink(missing_ok=True)
+        meta_path.unlink(missing_ok=True)
+        return None
+
+
+def save(key: str, content: bytes, format: str, loader: str) -> None:
+    """Store a float model (model first, metadata last: an entry without metadata is ignored)."""
+    folder = cache_dir() / "float"
+    try:
+        write_atomic(folder / f"{key}.tflite", content)
+        meta = {"sha256": hashlib.sha256(content).hexdigest(), "format": format, "loader": loader}
+        write_atomic(folder / f"{key}.json", json.dumps(meta).encode())
+    except OSError as e:
+        log.warning("could not write the float model cache in %s: %s", folder, e)
