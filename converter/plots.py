@@ -44,7 +44,8 @@ def histogram_png(records: Sequence[TensorRecord]) -> bytes | None:
         ax.tick_params(labelsize=7)
     for ax in axes.ravel()[len(records) :]:
         ax.axis("off")
-    fig.tight_layout()
+    # Fixed margins: tight_layout measures every text box and took 1.3 s of a 3 s run.
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.92, bottom=0.14, hspace=0.7, wspace=0.25)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
     plt.close(fig)
