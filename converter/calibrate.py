@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,10 +67,15 @@ class Calibration:
     seconds: float
 
     def ranges(self) -> dict[int, tuple[float, float]]:
-        return {r.stats.index: (r.choice.lo, r.choice.hi) for r in self.records}
+        return ranges_of(self.records)
 
     def warnings(self) -> list[str]:
         return [f"{r.stats.name}: {r.note}" for r in self.records if r.note]
+
+
+def ranges_of(records: Iterable[TensorRecord]) -> dict[int, tuple[float, float]]:
+    """Tensor index -> chosen (lo, hi), the form the quantizer takes."""
+    return {r.stats.index: (r.choice.lo, r.choice.hi) for r in records}
 
 
 def gather_stats(
@@ -155,7 +161,8 @@ def choose_ranges(
             choice = choose(s, method, pct)
         note: str | None = None
         if choice.hi - choice.lo <= 0 and choice.lo == 0:
-            note = f"constant {s.min:g} during calibration; range set to [0, 1] (zero exact)"
+            seen = f"constant {s.min:g} during calibration" if s.min == s.max else f"{choice.method} chose [0, 0]"
+            note = f"{seen}; range set to [0, 1] (zero exact)"
             log.warning("calibration: tensor '%s' was %s", s.name, note)
             choice = RangeChoice(0.0, 1.0, "default")
         elif s.min == s.max:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from converter.calib_cache import cache_dir
-from converter.calibrate import choose_ranges
+from converter.calibrate import choose_ranges, ranges_of
 from converter.data import load_dataset, prepare, select
 from converter.errors import RecipeError
 from converter.inspect_model import list_ops
@@ -84,7 +84,7 @@ def test_minmax_model_equals_stock_model_except_add_inputs(demo: tuple[bytes, np
     records = choose_ranges(stats, spec)
     ours = quantize_with_ranges(
         model,
-        {r.stats.index: (r.choice.lo, r.choice.hi) for r in records},
+        ranges_of(records),
         input_type="int8",
         output_type="int8",
         per_channel=True,
@@ -107,7 +107,7 @@ def test_our_scale_and_zero_point_equal_what_tflite_wrote(demo: tuple[bytes, np.
     records = choose_ranges(collect(model, x), CalibrationSpec(method="entropy"))
     quant = quantize_with_ranges(
         model,
-        {r.stats.index: (r.choice.lo, r.choice.hi) for r in records},
+        ranges_of(records),
         input_type="int8",
         output_type="int8",
         per_channel=True,

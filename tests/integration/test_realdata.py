@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter.calibrate import choose_ranges
+from converter.calibrate import choose_ranges, ranges_of
 from converter.data import load_dataset, prepare
 from converter.evaluate import evaluate_host
 from converter.load import load_model
@@ -98,7 +98,7 @@ def test_every_calibration_method_on_real_models(name: str) -> None:
         records = choose_ranges(stats, CalibrationSpec(method=method), contract)
         quant = quantize_with_ranges(
             model.float_tflite,
-            {r.stats.index: (r.choice.lo, r.choice.hi) for r in records},
+            ranges_of(records),
             input_type="int8",
             output_type="int8",
             per_channel=True,
