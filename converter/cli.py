@@ -123,7 +123,9 @@ def validate(recipe_path: Path, overrides: tuple[str, ...], debug: bool) -> None
         from .recipe import load_recipe
 
         recipe = load_recipe(recipe_path, list(overrides))
-        click.echo(f"{recipe_path}: ok (recipe '{recipe.name}', targets: {', '.join(recipe.targets)})")
+        click.echo(
+            f"{recipe_path}: ok (recipe '{recipe.name}', targets: {', '.join(t.device for t in recipe.target_specs())})"
+        )
         return EXIT_OK
 
     _guarded(debug, run)
@@ -165,5 +167,13 @@ def summary(out_dir: Path, report: dict[str, Any]) -> str:
         lines.append(f"  float/int8 top-1 agreement ({acc['samples']} samples): {_pct(acc['agreement'])}")
     else:
         lines.append("  accuracy: not measured (no evaluation data with labels)")
+    for name, lat in (report.get("latency") or {}).items():
+        if lat is None:
+            lines.append(f"  latency {name}: not measured ({report['targets'][name]['reason']})")
+            continue
+        text = f"  latency {name} ({lat['where']}): int8 p50 {lat['int8']['p50_ms']:.3f} ms"
+        if lat.get("float"):
+            text += f", float p50 {lat['float']['p50_ms']:.3f} ms ({lat['int8_speedup_p50']:.2f}x)"
+        lines.append(text + f", {lat['int8']['threads']} threads, {lat['int8']['delegate']}")
     lines.append(f"  files in {out_dir}/")
     return "\n".join(lines)

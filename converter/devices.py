@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .budgets import Budgets
 from .errors import RecipeError
 from .schema import Where, build, suggest
 from .yamlio import load_yaml_file
@@ -27,7 +28,18 @@ class DeviceProfile:
         default="ssh",
         metadata={"doc": "host: this machine; ssh: a Linux board reached over SSH; mcu: a microcontroller"},
     )
-    threads: int | None = field(default=None, metadata={"doc": "Interpreter threads (null: runtime default)", "min": 1})
+    threads: int | None = field(default=None, metadata={"doc": "Interpreter threads (null: every core)", "min": 1})
+    delegate: Literal["xnnpack", "none", "edgetpu"] = field(
+        default="xnnpack", metadata={"doc": "xnnpack (LiteRT's CPU default), none (builtin kernels), edgetpu"}
+    )
+    cpu: str | None = field(default=None, metadata={"doc": "CPU, for humans and reports"})
+    cores: int | None = field(default=None, metadata={"doc": "CPU cores", "min": 1})
+    clock_mhz: int | None = field(default=None, metadata={"doc": "CPU clock in MHz", "min": 1})
+    python: str = field(default="python3", metadata={"doc": "Python on the device (ssh targets)"})
+    needs_compiled_model: bool = field(
+        default=False, metadata={"doc": "Runs only a model compiled for it (Edge TPU: edgetpu_compiler output)"}
+    )
+    budgets: Budgets = field(default_factory=Budgets, metadata={"doc": "Default budgets; a recipe's win"})
 
 
 def devices_dir() -> Path:

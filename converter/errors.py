@@ -41,3 +41,15 @@ class EvaluationError(ConverterError):
 
 class CalibrationError(ConverterError):
     """Running the float model on the calibration data failed."""
+
+
+class DeployError(ConverterError):
+    """Reaching, copying to or running on a device failed; the message names the step."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"{step}: {message}")
+        self.step = step
+
+
+class DeviceInputError(UserInputError):
+    """The device-side runtime rejected the model or data it was given."""

@@ -21,7 +21,7 @@ class OpInfo:
 
 def list_ops(model: bytes) -> list[OpInfo]:
     """Every operator of the model's main subgraph, in execution order."""
-    interpreter = make_interpreter(model_content=model, xnnpack=False)
+    interpreter = make_interpreter(model_content=model, delegate="none")
     dtypes = {d["index"]: np.dtype(d["dtype"]).name for d in interpreter.get_tensor_details()}
     ops = []
     for op in interpreter._get_ops_details():  # noqa: SLF001 - the only op listing both LiteRT and TF offer

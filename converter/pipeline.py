@@ -7,6 +7,7 @@ checked first, and nothing is written until every step has succeeded.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,14 +19,16 @@ import numpy as np
 
 from .artifacts import check_output_dir, write_outputs
 from .data import load_dataset, prepare
-from .devices import load_device
+from .devices import DeviceProfile, load_device
 from .errors import ModelLoadError
-from .evaluate import Accuracy, evaluate_host
+from .evaluate import evaluate_host
 from .load import LoadedModel, detect_format, load_model
+from .measure import TargetResult, measure_target
 from .plots import histogram_png, most_clipped
 from .quantize import quantize
 from .recipe import Recipe
 from .report import FLOAT_NAME, HIST_NAME, INT8_NAME, REPORT_NAME, Outcome, build_report, dumps
+from .runtime.accuracy import not_measured
 from .runtime.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -70,7 +73,7 @@ def convert(recipe: Recipe, out_dir: Path | None = None, force: bool = False) ->
     try:
         detect_format(recipe.model)
         check_output_dir(out, recipe.name, force)
-        targets = {name: load_device(name) for name in recipe.targets}
+        targets = {t.device: load_device(t.device) for t in recipe.target_specs()}
         steps: list[dict[str, Any]] = []
         model: LoadedModel = _timed(
             "load", steps, lambda: load_model(recipe.model, recipe.custom_objects, cache=recipe.calibration.cache)
@@ -81,7 +84,7 @@ def convert(recipe: Recipe, out_dir: Path | None = None, force: bool = False) ->
     prep = preprocess_of(recipe)
     channels = model.input_shape[-1] if len(model.input_shape) == 4 else None
 
-    def read(kind: str) -> tuple[np.ndarray, np.dtype[Any], np.ndarray | None]:
+    def read(kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         src = getattr(recipe.data, kind)
         ds = load_dataset(
             src.path,
@@ -91,24 +94,58 @@ def convert(recipe: Recipe, out_dir: Path | None = None, force: bool = False) ->
             channels=channels,
             image_size=recipe.input.resize,
         )
-        return prepare(ds, prep, model.input_shape, f"{where}.{kind}"), ds.x.dtype, ds.y
+        return prepare(ds, prep, model.input_shape, f"{where}.{kind}"), ds.x, ds.y
 
-    cal_x, cal_raw_dtype, _ = _timed("data", steps, lambda: read("calibration"))
-    eval_x, _, eval_y = read("evaluation") if recipe.data.evaluation else (None, None, None)
+    cal_x, cal_raw, _ = _timed("data", steps, lambda: read("calibration"))
+    eval_x, eval_raw, eval_y = read("evaluation") if recipe.data.evaluation else (None, None, None)
 
     with _step("calibrate", steps):
-        quant, calibration = quantize(model.float_tflite, cal_x, recipe, prep, eight_bit_data=cal_raw_dtype == np.uint8)
+        quant, calibration = quantize(model.float_tflite, cal_x, recipe, prep, eight_bit_data=cal_raw.dtype == np.uint8)
     accuracy = (
         _timed("evaluate", steps, lambda: evaluate_host(model.float_tflite, quant, eval_x, eval_y))
         if eval_x is not None
-        else Accuracy(None, None, None, None, None, 0, where="host")
+        else not_measured()
     )
+    with _step("benchmark", steps):
+        measured = measure_targets(recipe, targets, model.float_tflite, quant, eval_raw, eval_y, prep)
     files = {FLOAT_NAME: model.float_tflite, INT8_NAME: quant}
     picture = histogram_png(most_clipped(calibration.records)) if calibration else None
     if picture is not None:
         files[HIST_NAME] = picture
     report = build_report(
-        Outcome(recipe, model, quant, len(cal_x), accuracy, targets, steps, calibration, HIST_NAME if picture else None)
+        Outcome(
+            recipe,
+            model,
+            quant,
+            len(cal_x),
+            accuracy,
+            targets,
+            steps,
+            calibration,
+            HIST_NAME if picture else None,
+            measured,
+        )
     )
     write_outputs(out, recipe.name, {**files, REPORT_NAME: dumps(report)})
     return RunResult(out, report)
+
+
+def measure_targets(
+    recipe: Recipe,
+    profiles: dict[str, DeviceProfile],
+    float_tflite: bytes,
+    quant: bytes,
+    eval_raw: np.ndarray | None,
+    eval_y: np.ndarray | None,
+    prep: Preprocess,
+) -> dict[str, TargetResult]:
+    """Latency (and device accuracy) on every target, from temporary copies of the models."""
+    with tempfile.TemporaryDirectory(prefix="edgeconv-models-") as tmp:
+        models = {"float": Path(tmp) / FLOAT_NAME, "int8": Path(tmp) / INT8_NAME}
+        models["float"].write_bytes(float_tflite)
+        models["int8"].write_bytes(quant)
+        eval_data = (eval_raw, eval_y) if eval_raw is not None else None
+        return {
+            spec.device: measure_target(spec, profiles[spec.device], recipe.benchmark, models, eval_data, prep)
+            for spec in recipe.target_specs()
+        }

@@ -129,6 +129,29 @@ class CalibrationSpec:
 
 
 @dataclass(frozen=True)
+class TargetSpec:
+    """A device profile, and for SSH devices how to reach it."""
+
+    device: str = field(metadata={"doc": "Device profile name from devices/"})
+    host: str | None = field(default=None, metadata={"doc": "user@host to deploy to over SSH (ssh devices)"})
+    port: int | None = field(default=None, metadata={"doc": "SSH port", "min": 1, "max": 65535})
+    identity: Path | None = field(default=None, metadata={"doc": "SSH private key file"})
+    known_hosts: Path | None = field(default=None, metadata={"doc": "known_hosts file that verifies the host key"})
+    ssh_options: tuple[str, ...] = field(default=(), metadata={"doc": "Extra ssh -o options, e.g. ProxyJump=gw"})
+    python: str | None = field(default=None, metadata={"doc": "Python on the device (default: the profile's)"})
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """How latency is measured on each target."""
+
+    warmup: int = field(default=10, metadata={"doc": "Untimed runs first", "min": 0})
+    runs: int = field(default=50, metadata={"doc": "At least this many timed runs", "min": 1})
+    min_seconds: float = field(default=1.0, metadata={"doc": "And at least this long", "min": 0})
+    top_k: int | None = field(default=None, metadata={"doc": "Also report top-k accuracy", "min": 2})
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A conversion recipe (version 1)."""
 
@@ -145,7 +168,10 @@ class Recipe:
     input: InputSpec = field(default_factory=InputSpec, metadata={"doc": "Preprocessing contract"})
     quantization: QuantizationSpec = field(default_factory=QuantizationSpec, metadata={"doc": "Quantization options"})
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec, metadata={"doc": "Range selection"})
-    targets: tuple[str, ...] = field(default=("host",), metadata={"doc": "Device profiles from devices/"})
+    targets: tuple[str | TargetSpec, ...] = field(
+        default=("host",), metadata={"doc": "Device profiles from devices/: a name, or {device, host, ...} for SSH"}
+    )
+    benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec, metadata={"doc": "Latency measurement"})
     custom_objects: tuple[str, ...] = field(
         default=(),
         metadata={"doc": "Keras custom objects as 'module:Name'; imported (code runs) only because you list them"},
@@ -154,7 +180,14 @@ class Recipe:
 
     sha256: str = field(default="", init=False, compare=False)
 
+    def target_specs(self) -> tuple[TargetSpec, ...]:
+        """Every target as a ``TargetSpec`` (a bare name has no SSH host)."""
+        return tuple(TargetSpec(t) if isinstance(t, str) else t for t in self.targets)
+
     def __post_init__(self) -> None:
+        names = [t.device for t in self.target_specs()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"targets: a device is listed twice: {names}")
         c = self.calibration
         if self.quantization.activations == "int16" and (c.method != "minmax" or c.rules):
             raise ValueError(
@@ -216,19 +249,19 @@ def _check_targets(recipe: Recipe, where: Where) -> None:
     if not recipe.targets:
         raise where.key("targets").error("empty list; name at least one device profile, e.g. [host]")
     known = available_devices()
-    for i, name in enumerate(recipe.targets):
-        if name not in known:
-            raise (
-                where.key("targets")
-                .key(i)
-                .error(
-                    f"unknown device '{name}'{suggest(name, known)}; profiles in {devices_dir()}: {', '.join(known)}"
-                )
+    for i, spec in enumerate(recipe.target_specs()):
+        at = where.key("targets").key(i)
+        if spec.device not in known:
+            raise at.error(
+                f"unknown device '{spec.device}'{suggest(spec.device, known)}; "
+                f"profiles in {devices_dir()}: {', '.join(known)}"
             )
         try:
-            load_device(name)
+            profile = load_device(spec.device)
         except RecipeError as e:
-            raise where.key("targets").key(i).error(f"device profile is invalid: {e}") from e
+            raise at.error(f"device profile is invalid: {e}") from e
+        if spec.host and profile.kind != "ssh":
+            raise at.key("host").error(f"'{spec.device}' is a {profile.kind} device; only ssh devices take a host")
 
 
 def recipe_json_schema() -> dict[str, Any]:
@@ -236,5 +269,7 @@ def recipe_json_schema() -> dict[str, Any]:
     schema = json_schema(Recipe)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "edgeconv recipe"
-    schema["properties"]["targets"]["items"] = {"enum": available_devices()}
+    items = schema["properties"]["targets"]["items"]["anyOf"]
+    items[0]["enum"] = available_devices()
+    items[1]["properties"]["device"]["enum"] = available_devices()
     return schema

@@ -12,9 +12,10 @@ from . import __version__
 from .artifacts import file_record
 from .calibrate import Calibration
 from .devices import DeviceProfile
-from .evaluate import Accuracy
 from .load import LoadedModel
+from .measure import TargetResult
 from .recipe import Recipe
+from .runtime.accuracy import Accuracy
 from .runtime.interpreter import interpreter_module
 from .runtime.model import TFLiteModel
 
@@ -100,6 +101,7 @@ class Outcome:
     steps: list[dict[str, Any]]
     calibration: Calibration | None
     picture: str | None
+    measured: dict[str, TargetResult]
 
 
 def build_report(o: Outcome) -> dict[str, Any]:
@@ -128,16 +130,24 @@ def build_report(o: Outcome) -> dict[str, Any]:
             **_io_record(TFLiteModel(model_content=quant)),
         },
         "accuracy": o.accuracy.to_json(),
-        "targets": {
-            name: {
-                "runtime": profile.runtime,
-                "checked": False,
-                "compatible": None,
-                "reason": "device checks are not implemented in this version",
-            }
-            for name, profile in o.targets.items()
-        },
+        "latency": {name: r.latency for name, r in o.measured.items()},
+        "targets": {name: _target_json(profile, o.measured[name], o.accuracy) for name, profile in o.targets.items()},
         "gates": [],
         "passed": True,
         "steps": steps,
+    }
+
+
+def _target_json(profile: DeviceProfile, result: TargetResult, host_accuracy: Accuracy) -> dict[str, Any]:
+    measured_here = profile.kind == "host"
+    return {
+        "runtime": profile.runtime,
+        "kind": profile.kind,
+        "delegate": profile.delegate,
+        "threads": profile.threads,
+        "measured": result.latency is not None,
+        "reason": result.reason,
+        "accuracy": host_accuracy.to_json() if measured_here and host_accuracy.samples else result.accuracy,
+        "compatible": None,
+        "problems": None,
     }

@@ -70,6 +70,12 @@ def build(tp: Any, value: Any, where: Where, meta: typing.Mapping[str, Any] | No
         rest = [o for o in options if o is not type(None)]
         if len(rest) == 1:
             return build(rest[0], value, where, meta)
+        # A mapping or a list can only mean the one option of that shape: report its own error.
+        for option in rest:
+            if (isinstance(value, dict) and dataclasses.is_dataclass(option)) or (
+                isinstance(value, list) and get_origin(option) is tuple
+            ):
+                return build(option, value, where, meta)
         for option in rest:
             try:
                 return build(option, value, where, meta)

@@ -107,7 +107,7 @@ class _Observer:
     def __init__(self, model: bytes, batch: int, threads: int, seed: int) -> None:
         self.batch = batch
         self.interpreter = make_interpreter(
-            model_content=model, num_threads=threads, xnnpack=False, preserve_all_tensors=True
+            model_content=model, num_threads=threads, delegate="none", preserve_all_tensors=True
         )
         self.input = self.interpreter.get_input_details()[0]
         if batch != 1:

@@ -90,6 +90,7 @@ def tiny_recipe(model_dir: Path, model: str = "tiny.keras", **extra: Any) -> dic
             "calibration": {"path": str(model_dir / "train.npz"), "samples": 100},
             "evaluation": {"path": str(model_dir / "test.npz")},
         },
+        "benchmark": {"warmup": 1, "runs": 5, "min_seconds": 0.0},  # latency figures are not under test here
     }
     recipe.update(extra)
     return recipe

@@ -59,9 +59,14 @@ class TFLiteModel:
     """A loaded model that takes and returns float arrays, one sample at a time or in loops."""
 
     def __init__(
-        self, model_content: bytes | None = None, model_path: str | None = None, num_threads: int | None = None
+        self,
+        model_content: bytes | None = None,
+        model_path: str | None = None,
+        num_threads: int | None = None,
+        delegate: str = "xnnpack",
     ):
-        self.interpreter = make_interpreter(model_content, model_path, num_threads)
+        self.delegate = delegate
+        self.interpreter = make_interpreter(model_content, model_path, num_threads, delegate=delegate)
         self.inputs = [TensorInfo.from_details(d) for d in self.interpreter.get_input_details()]
         self.outputs = [TensorInfo.from_details(d) for d in self.interpreter.get_output_details()]
 

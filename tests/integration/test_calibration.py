@@ -37,7 +37,7 @@ def demo() -> tuple[bytes, np.ndarray]:
 
 def _add_outputs(model: bytes) -> dict[int, list[int]]:
     """For every tensor that feeds an ADD, the ADD's output tensor(s)."""
-    interpreter = make_interpreter(model_content=model, xnnpack=False)
+    interpreter = make_interpreter(model_content=model, delegate="none")
     out: dict[int, list[int]] = {}
     for op in interpreter._get_ops_details():
         if op["op_name"] == "ADD":
@@ -68,7 +68,7 @@ def test_minmax_statistics_equal_the_stock_calibrator(demo: tuple[bytes, np.ndar
 
 
 def _scales_by_name(model: bytes) -> dict[str, tuple[float, int]]:
-    interpreter = make_interpreter(model_content=model, xnnpack=False)
+    interpreter = make_interpreter(model_content=model, delegate="none")
     out = {}
     for d in interpreter.get_tensor_details():
         scales, zps = d["quantization_parameters"]["scales"], d["quantization_parameters"]["zero_points"]
@@ -115,7 +115,7 @@ def test_our_scale_and_zero_point_equal_what_tflite_wrote(demo: tuple[bytes, np.
     written = _scales_by_name(quant)
     # SOFTMAX, LOGISTIC and TANH outputs have fixed int8 parameters in TFLite's kernels
     # (1/256 with -128; 1/128 with 0) whatever the calibrated range: not ours to choose.
-    interpreter = make_interpreter(model_content=model, xnnpack=False)
+    interpreter = make_interpreter(model_content=model, delegate="none")
     names = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
     fixed = {
         names[int(o)]

@@ -200,4 +200,37 @@ def test_json_schema_matches_dataclasses() -> None:
         "entropy",
         "mse",
     ]
-    assert "host" in schema["properties"]["targets"]["items"]["enum"]
+    assert "host" in schema["properties"]["targets"]["items"]["anyOf"][0]["enum"]
+
+
+def test_ssh_targets(write_recipe: Callable[..., Path], tmp_path: Path) -> None:
+    recipe = load_recipe(
+        write_recipe(
+            _with(
+                targets=[
+                    "host",
+                    {"device": "raspberry-pi-4", "host": "pi@raspberrypi", "port": 2222, "known_hosts": "kh"},
+                ]
+            )
+        )
+    )
+    specs = recipe.target_specs()
+    assert [s.device for s in specs] == ["host", "raspberry-pi-4"]
+    assert specs[1].host == "pi@raspberrypi" and specs[1].port == 2222 and specs[1].known_hosts == tmp_path / "kh"
+    message = _error(write_recipe, _with(targets=[{"device": "raspberry-pi-4", "hots": "pi@x"}]))
+    assert "targets[0].hots: unknown key (did you mean 'host'?)" in message
+    assert "targets[0].host: 'host' is a host device; only ssh devices take a host" in _error(
+        write_recipe, _with(targets=[{"device": "host", "host": "me@there"}])
+    )
+    assert "a device is listed twice" in _error(write_recipe, _with(targets=["host", {"device": "host"}]))
+
+
+def test_every_device_profile_loads() -> None:
+    from converter.devices import available_devices, load_device
+
+    names = available_devices()
+    assert {"host", "raspberry-pi-4", "raspberry-pi-5", "coral-usb-accelerator", "coral-dev-board"} <= set(names)
+    for name in names:
+        profile = load_device(name)
+        assert profile.name == name
+        assert (profile.delegate == "edgetpu") == (profile.runtime == "edgetpu") == profile.needs_compiled_model

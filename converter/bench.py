@@ -1,0 +1,149 @@
+"""Measure models where they run: this machine, or a device over SSH -- with the same bundle.
+
+The host side only ships files and reads JSON back; every number comes from the
+runtime bundle (``converter/runtime`` as a zipapp) in a fresh process, so a host figure
+and a device figure are measured by the same code, and neither includes this process's
+TensorFlow in its memory.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle import write_bundle
+from .deploy import RemoteSession, SSHTarget, remote_session
+from .errors import DeployError, DeviceInputError, EvaluationError
+from .runtime.preprocess import Preprocess
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    """What to measure and how; paths are local."""
+
+    model: Path
+    float_model: Path | None = None
+    data: Path | None = None  # .npz of raw samples (x) and labels (y), preprocessed on the device
+    preprocess: Preprocess = Preprocess()
+    threads: int | None = None
+    delegate: str = "xnnpack"
+    warmup: int = 10
+    runs: int = 50
+    min_seconds: float = 1.0
+    top_k: int | None = None
+    label: str = "host"
+
+    def runtime_args(self, where: dict[Path, str]) -> list[str]:
+        """Arguments of the bundle's ``bench`` command, with files renamed by ``where``."""
+        args = [
+            "bench",
+            "--model",
+            where[self.model],
+            "--delegate",
+            self.delegate,
+            "--label",
+            self.label,
+            "--warmup",
+            str(self.warmup),
+            "--runs",
+            str(self.runs),
+            "--min-seconds",
+            str(self.min_seconds),
+        ]
+        if self.float_model:
+            args += ["--float", where[self.float_model]]
+            if self.delegate == "edgetpu":
+                args += ["--float-delegate", "xnnpack"]
+        if self.data:
+            args += [
+                "--data",
+                where[self.data],
+                "--scale",
+                repr(self.preprocess.scale),
+                "--offset",
+                repr(self.preprocess.offset),
+            ]
+            if self.preprocess.resize:
+                args += ["--resize", *map(str, self.preprocess.resize)]
+        if self.threads:
+            args += ["--threads", str(self.threads)]
+        if self.top_k:
+            args += ["--top-k", str(self.top_k)]
+        return args
+
+    def files(self) -> list[Path]:
+        return [p for p in (self.model, self.float_model, self.data) if p is not None]
+
+
+def write_eval_npz(path: Path, x: np.ndarray, y: np.ndarray | None) -> Path:
+    """Raw evaluation samples for a device (preprocessing happens there, by the runtime)."""
+    if y is None:
+        np.savez(path, x=x)
+    else:
+        np.savez(path, x=x, y=y)
+    return path
+
+
+def _parse(step: str, stdout: str, where: str) -> dict[str, Any]:
+    lines = [line for line in stdout.strip().splitlines() if line.startswith("{")]
+    if not lines:
+        raise DeployError(step, f"{where}: the runtime printed no result")
+    try:
+        doc: dict[str, Any] = json.loads(lines[-1])
+    except ValueError as e:
+        raise DeployError(step, f"{where}: unreadable result: {e}") from e
+    error = doc.get("error")
+    if error:
+        if error.get("kind") == "bad_input":
+            raise DeviceInputError(f"{where}: {error['message']}")
+        raise DeployError("run", f"{where}: {error['message']}")
+    return doc
+
+
+def run_local(request: BenchRequest) -> dict[str, Any]:
+    """Run the bundle on this machine in a fresh Python process."""
+    with tempfile.TemporaryDirectory(prefix="edgeconv-bench-") as tmp:
+        bundle = write_bundle(Path(tmp))
+        where = {p: str(p.resolve()) for p in request.files()}
+        cmd = [sys.executable, str(bundle), *request.runtime_args(where)]
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False)
+        except subprocess.TimeoutExpired as e:
+            raise EvaluationError(f"benchmark on this machine took longer than {e.timeout:.0f}s") from e
+    return _parse("run", result.stdout, "host") if result.stdout else _raise_local(result)
+
+
+def _raise_local(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    raise EvaluationError(f"the runtime failed on this machine: {result.stderr.strip()[-500:]}")
+
+
+def run_remote(request: BenchRequest, target: SSHTarget, keep: bool = False) -> dict[str, Any]:
+    """Copy the bundle, models and data to the device, run there, and bring the JSON back."""
+    with tempfile.TemporaryDirectory(prefix="edgeconv-deploy-") as tmp, remote_session(target, keep) as session:
+        bundle = write_bundle(Path(tmp))
+        files = [bundle, *request.files()]
+        _check_unique_names(files)
+        session.copy(files)
+        where = {p: f"{session.workdir}/{p.name}" for p in request.files()}
+        result = session.run("run", target.python, f"{session.workdir}/{bundle.name}", *request.runtime_args(where))
+        return _remote_result(session, result)
+
+
+def _remote_result(session: RemoteSession, result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    if result.stdout.strip():
+        return _parse("fetch", result.stdout, session.target.destination)
+    session.check("run", result)  # no JSON at all: report ssh's or Python's own error
+    raise DeployError("fetch", f"{session.target.destination}: the runtime printed no result")
+
+
+def _check_unique_names(files: list[Path]) -> None:
+    names = [p.name for p in files]
+    if len(set(names)) != len(names):
+        raise DeployError("copy", f"two files share a name in the remote folder: {names}")

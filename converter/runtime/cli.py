@@ -1,0 +1,163 @@
+"""The device-side command: latency and accuracy of .tflite models, printed as one JSON document.
+
+    python edgeconv_runtime.pyz bench --model model_int8.tflite --float model_float.tflite \\
+        --data eval.npz --scale 0.0039 --threads 4 --delegate xnnpack
+
+Stdlib at import time; numpy and the interpreter are imported inside ``main`` so a device
+that lacks them gets a JSON error naming the package to install, not a traceback.
+Exit codes: 0 ok, 2 bad input, 3 the device cannot run it (missing package, delegate, failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "edgeconv-runtime/1"
+
+
+class RuntimeInputError(Exception):
+    """Bad model file or data given to the runtime."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeconv-runtime", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("bench", help="latency (and accuracy with --data) of one or two models")
+    bench.add_argument("--model", required=True, type=Path, help="the model to measure (usually int8)")
+    bench.add_argument("--float", dest="float_model", type=Path, help="its float reference, measured alongside")
+    bench.add_argument("--data", type=Path, help=".npz with x (raw samples) and optional y (labels)")
+    bench.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"))
+    bench.add_argument("--scale", type=float, default=1.0)
+    bench.add_argument("--offset", type=float, default=0.0)
+    bench.add_argument("--threads", type=int, help="interpreter threads (default: every core)")
+    bench.add_argument("--delegate", default="xnnpack", choices=["xnnpack", "none", "edgetpu"])
+    bench.add_argument(
+        "--float-delegate", help="delegate for the float model (default: xnnpack; Edge TPU is int8 only)"
+    )
+    bench.add_argument("--warmup", type=int, default=10)
+    bench.add_argument("--runs", type=int, default=50)
+    bench.add_argument("--min-seconds", type=float, default=1.0)
+    bench.add_argument("--top-k", type=int)
+    bench.add_argument("--label", default="device", help="where this runs, recorded with the accuracy")
+    sub.add_parser("info", help="the machine and interpreter this would run with")
+    return parser
+
+
+def _load(path: Path, threads: int | None, delegate: str) -> Any:
+    from .model import TFLiteModel
+
+    if not path.is_file():
+        raise RuntimeInputError(f"{path}: model file not found")
+    head = path.read_bytes()[:8]
+    if len(head) < 8 or head[4:8] != b"TFL3":
+        raise RuntimeInputError(f"{path}: not a TFLite model (no 'TFL3' identifier)")
+    try:
+        return TFLiteModel(model_path=str(path), num_threads=threads, delegate=delegate)
+    except (ValueError, RuntimeError) as e:
+        if "delegate" in type(e).__name__.lower():
+            raise
+        raise RuntimeInputError(f"{path}: the interpreter cannot load it: {e}") from e
+
+
+def _samples(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[Any, Any]:
+    import numpy as np
+
+    from .preprocess import Preprocess
+
+    try:
+        with np.load(args.data, allow_pickle=False) as npz:
+            x, y = npz["x"], (npz["y"] if "y" in npz.files else None)
+    except (OSError, KeyError, ValueError) as e:
+        raise RuntimeInputError(f"{args.data}: cannot read x[, y] from it: {e}") from e
+    if x.ndim == len(shape) - 1 and shape[-1] == 1:
+        x = x[..., None]
+    prep = Preprocess(tuple(args.resize) if args.resize else None, args.scale, args.offset)
+    try:
+        x = prep(x)
+    except ValueError as e:
+        raise RuntimeInputError(f"{args.data}: preprocessing failed: {e}") from e
+    if tuple(x.shape[1:]) != tuple(shape[1:]):
+        raise RuntimeInputError(
+            f"{args.data}: samples have shape {list(x.shape[1:])} after preprocessing, "
+            f"the model expects {list(shape[1:])}"
+        )
+    if not np.isfinite(x).all():
+        raise RuntimeInputError(f"{args.data}: samples contain NaN or Inf after preprocessing")
+    return x, y
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Latency of each model, then accuracy on ``--data`` when given."""
+    import os
+
+    from .accuracy import compare
+    from .latency import measure
+    from .machine import machine_info, peak_rss_mb
+
+    args.threads = args.threads or os.cpu_count() or 1
+    models = {"model": _load(args.model, args.threads, args.delegate)}
+    if args.float_model:
+        models["float"] = _load(args.float_model, args.threads, args.float_delegate or "xnnpack")
+    data = _samples(args, models["model"].inputs[0].shape) if args.data else None
+    out: dict[str, Any] = {"schema": SCHEMA, "machine": machine_info(), "models": {}}
+    for key, model in models.items():
+        sample = data[0][:1] if data is not None else None
+        latency = measure(
+            model, sample, warmup=args.warmup, runs=args.runs, min_seconds=args.min_seconds, threads=args.threads
+        )
+        out["models"][key] = {
+            "path": args.model.name if key == "model" else args.float_model.name,
+            "input": {"dtype": model.inputs[0].dtype, "shape": list(model.inputs[0].shape)},
+            "latency": latency.to_json(),
+        }
+    if data is not None and "float" in models:
+        x, y = data
+        ref, test = models["float"], models["model"]
+        acc = compare(
+            ref.predict(x), test.predict(x), y, names=[o.name for o in ref.outputs], top_k=args.top_k, where=args.label
+        )
+        out["accuracy"] = acc.to_json()
+    else:
+        out["accuracy"] = None
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def _fail(kind: str, message: str, code: int) -> int:
+    print(json.dumps({"schema": SCHEMA, "error": {"kind": kind, "message": message}}))
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        return _fail("missing_package", "numpy is not installed on this device; install it: pip install numpy", 3)
+    from .interpreter import DelegateUnavailable, InterpreterUnavailable, interpreter_module
+
+    try:
+        interpreter_module()
+        if args.command == "info":
+            from .machine import machine_info
+
+            print(json.dumps({"schema": SCHEMA, "machine": machine_info()}))
+            return 0
+        print(json.dumps(bench(args)))
+        return 0
+    except InterpreterUnavailable as e:
+        return _fail("missing_package", str(e), 3)
+    except DelegateUnavailable as e:
+        return _fail("delegate", str(e), 3)
+    except RuntimeInputError as e:
+        return _fail("bad_input", str(e), 2)
+    except Exception as e:  # noqa: BLE001 - the device reports every failure as JSON
+        return _fail("failed", f"{type(e).__name__}: {e}", 3)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Latency of one model: warm-up, then timed invocations until enough runs and time have passed.
+
+numpy + interpreter only. Only ``invoke()`` is timed; the input is set once, as a camera
+loop would overwrite it in place.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from .model import TFLiteModel, quantize
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Milliseconds per invocation and how they were measured."""
+
+    runs: int
+    warmup: int
+    min_ms: float
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    std_ms: float
+    threads: int | None
+    delegate: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure(
+    model: TFLiteModel,
+    sample: np.ndarray | None = None,
+    *,
+    warmup: int = 10,
+    runs: int = 50,
+    min_seconds: float = 1.0,
+    max_runs: int = 100_000,
+    threads: int | None = None,
+) -> Latency:
+    """Time ``model`` on ``sample`` (float, the input's shape; zeros when None)."""
+    interpreter = model.interpreter
+    for info in model.inputs:
+        x = np.zeros(info.shape, dtype=np.float32) if sample is None else sample.reshape(info.shape)
+        interpreter.set_tensor(info.index, quantize(x, info))
+    for _ in range(warmup):
+        interpreter.invoke()
+    times: list[int] = []
+    start = time.perf_counter_ns()
+    deadline = start + int(min_seconds * 1e9)
+    while len(times) < max_runs and (len(times) < runs or time.perf_counter_ns() < deadline):
+        t0 = time.perf_counter_ns()
+        interpreter.invoke()
+        times.append(time.perf_counter_ns() - t0)
+    ms = np.asarray(times, dtype=np.float64) / 1e6
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return Latency(
+        runs=len(ms),
+        warmup=warmup,
+        min_ms=float(ms.min()),
+        mean_ms=float(ms.mean()),
+        p50_ms=float(p50),
+        p90_ms=float(p90),
+        p99_ms=float(p99),
+        std_ms=float(ms.std()),
+        threads=threads,
+        delegate=model.delegate,
+    )
