@@ -177,3 +177,6 @@ def summary(out_dir: Path, report: dict[str, Any]) -> str:
         lines.append(text + f", {lat['int8']['threads']} threads, {lat['int8']['delegate']}")
     lines.append(f"  files in {out_dir}/")
     return "\n".join(lines)
+
+
+from . import cli_device  # noqa: E402,F401 - registers bench and deploy on main

@@ -1,0 +1,187 @@
+"""``edgeconv bench`` and ``edgeconv deploy``: measurements on this machine or on a device."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .cli import EXIT_OK, _guarded, _setup_logging, debug_option, main, recipe_option, set_option
+from .errors import UserInputError
+
+ssh_options = [
+    click.option("--port", type=int, help="SSH port."),
+    click.option("--identity", type=click.Path(path_type=Path, dir_okay=False), help="SSH private key."),
+    click.option("--known-hosts", type=click.Path(path_type=Path, dir_okay=False), help="known_hosts to verify with."),
+    click.option("--ssh-option", "ssh_opts", multiple=True, metavar="KEY=VALUE", help="Extra ssh -o option."),
+    click.option("--python", "remote_python", help="Python on the device [the profile's, python3]."),
+    click.option("--keep", is_flag=True, help="Leave the working folder on the device."),
+    click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+]
+
+
+def _with_ssh_options(fn: Any) -> Any:
+    for option in reversed(ssh_options):
+        fn = option(fn)
+    return fn
+
+
+def _generic_ssh_profile() -> Any:
+    from .devices import DeviceProfile
+
+    return DeviceProfile(name="ssh", description="an unnamed Linux device over SSH", runtime="litert", kind="ssh")
+
+
+def _check_tflite(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise UserInputError(f"{what}: not found: {path}")
+    with path.open("rb") as f:
+        head = f.read(8)
+    if len(head) < 8 or head[4:8] != b"TFL3":
+        raise UserInputError(f"{what}: {path} is not a TFLite model (no 'TFL3' identifier)")
+
+
+def _latency_lines(name: str, record: dict[str, Any]) -> list[str]:
+    machine = record["machine"]
+    lines = [
+        f"{name} ({record['where']}: {machine['hostname']}, {machine['cpu']}, {machine['cpu_count']} cpus, "
+        f"{machine['interpreter']['package']} {machine['interpreter']['version']})"
+    ]
+    for key in ("int8", "float"):
+        lat = record.get(key)
+        if lat:
+            lines.append(
+                f"  {key:5} p50 {lat['p50_ms']:8.3f} ms  p90 {lat['p90_ms']:8.3f}  p99 {lat['p99_ms']:8.3f}  "
+                f"min {lat['min_ms']:8.3f}  std {lat['std_ms']:7.3f}  ({lat['runs']} runs, {lat['threads']} threads, "
+                f"{lat['delegate']})"
+            )
+    if record.get("peak_rss_mb") is not None:
+        lines.append(f"  peak RSS {record['peak_rss_mb']:.1f} MiB")
+    return lines
+
+
+def _accuracy_line(acc: dict[str, Any] | None) -> str | None:
+    if not acc:
+        return None
+    if acc["metric"]:
+        return (
+            f"  accuracy on {acc['where']} ({acc['samples']} samples): float {100 * acc['float']:.2f}%, "
+            f"int8 {100 * acc['int8']:.2f}%, agreement {100 * acc['agreement']:.2f}%"
+        )
+    sqnr = ", ".join(f"{o['name']} SQNR {o['sqnr_db']:.1f} dB" for o in acc["outputs"])
+    return f"  outputs on {acc['where']} ({acc['samples']} samples): {sqnr}"
+
+
+@main.command()
+@click.option("--model", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Model to measure.")
+@click.option("--float", "float_model", type=click.Path(path_type=Path, dir_okay=False), help="Float reference.")
+@click.option("--data", type=click.Path(path_type=Path, dir_okay=False), help=".npz of raw samples x (and labels y).")
+@click.option("--resize", nargs=2, type=int, help="Preprocessing: resize to H W.")
+@click.option("--scale", type=float, default=1.0, show_default=True, help="Preprocessing: x * scale + offset.")
+@click.option("--offset", type=float, default=0.0, show_default=True)
+@click.option("--device", help="Device profile (default: host locally, a generic Linux device with --host).")
+@click.option("--host", "ssh_host", metavar="USER@HOST", help="Measure on this device over SSH.")
+@click.option("--threads", type=int, help="Interpreter threads [profile's, else every core].")
+@click.option("--delegate", type=click.Choice(["xnnpack", "none", "edgetpu"]), help="Delegate [profile's].")
+@click.option("--warmup", type=int, default=10, show_default=True)
+@click.option("--runs", type=int, default=50, show_default=True)
+@click.option("--min-seconds", type=float, default=1.0, show_default=True)
+@click.option("--top-k", type=int)
+@_with_ssh_options
+@debug_option
+def bench(**kw: Any) -> None:
+    """Latency (and accuracy with --data and --float) of a .tflite model, here or on a device."""
+    _setup_logging(kw["debug"])
+
+    def run() -> int:
+        from .bench import BenchRequest, run_local, run_remote
+        from .devices import load_device
+        from .measure import latency_record, ssh_target
+        from .recipe import TargetSpec
+        from .runtime.preprocess import Preprocess
+
+        _check_tflite(kw["model"], "--model")
+        if kw["float_model"]:
+            _check_tflite(kw["float_model"], "--float")
+        if kw["data"] and not kw["data"].is_file():
+            raise UserInputError(f"--data: not found: {kw['data']}")
+        name = kw["device"] or ("host" if not kw["ssh_host"] else None)
+        profile = load_device(name) if name else _generic_ssh_profile()
+        if profile.kind == "ssh" and not kw["ssh_host"]:
+            raise UserInputError(f"--device {profile.name} is reached over SSH: add --host user@device")
+        if profile.kind != "ssh" and kw["ssh_host"]:
+            raise UserInputError(f"--device {profile.name} is a {profile.kind} device; drop --host or pick a device")
+        request = BenchRequest(
+            model=kw["model"],
+            float_model=kw["float_model"],
+            data=kw["data"],
+            preprocess=Preprocess(tuple(kw["resize"]) if kw["resize"] else None, kw["scale"], kw["offset"]),
+            threads=kw["threads"] or profile.threads,
+            delegate=kw["delegate"] or profile.delegate,
+            warmup=kw["warmup"],
+            runs=kw["runs"],
+            min_seconds=kw["min_seconds"],
+            top_k=kw["top_k"],
+            label=profile.name if kw["ssh_host"] else "host",
+        )
+        if kw["ssh_host"]:
+            spec = TargetSpec(
+                profile.name, kw["ssh_host"], kw["port"], kw["identity"], kw["known_hosts"], tuple(kw["ssh_opts"])
+            )
+            result = run_remote(request, ssh_target(spec, profile), keep=kw["keep"])
+        else:
+            result = run_local(request)
+        if kw["as_json"]:
+            click.echo(json.dumps(result, indent=2))
+        else:
+            record = latency_record(result, "device" if kw["ssh_host"] else "host")
+            lines = _latency_lines(profile.name, record)
+            accuracy = _accuracy_line(result.get("accuracy"))
+            click.echo("\n".join(lines + ([accuracy] if accuracy else [])))
+        return EXIT_OK
+
+    _guarded(kw["debug"], run)
+
+
+@main.command()
+@recipe_option
+@set_option
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Output folder [build/<name>]."
+)
+@click.option("--host", "ssh_host", required=True, metavar="USER@HOST", help="The device to deploy to.")
+@click.option("--device", help="Device profile [the recipe's first SSH target].")
+@_with_ssh_options
+@debug_option
+def deploy(**kw: Any) -> None:
+    """Measure a converted recipe's models on a device and record the result in report.json."""
+    _setup_logging(kw["debug"])
+
+    def run() -> int:
+        from .deploy_recipe import deploy_recipe
+        from .recipe import load_recipe
+
+        recipe = load_recipe(kw["recipe_path"], list(kw["overrides"]))
+        name, record, accuracy, report_path = deploy_recipe(
+            recipe,
+            kw["out_dir"],
+            kw["ssh_host"],
+            kw["device"],
+            port=kw["port"],
+            identity=kw["identity"],
+            known_hosts=kw["known_hosts"],
+            ssh_options=tuple(kw["ssh_opts"]),
+            keep=kw["keep"],
+        )
+        if kw["as_json"]:
+            click.echo(json.dumps({"latency": record, "accuracy": accuracy}, indent=2))
+        else:
+            line = _accuracy_line(accuracy)
+            click.echo(
+                "\n".join(_latency_lines(name, record) + ([line] if line else []) + [f"  updated {report_path}"])
+            )
+        return EXIT_OK
+
+    _guarded(kw["debug"], run)

@@ -1,0 +1,89 @@
+"""``edgeconv deploy``: a converted recipe's models measured on a device, recorded in its report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .artifacts import write_atomic
+from .data import load_dataset
+from .devices import load_device
+from .errors import OutputError, UserInputError
+from .measure import measure_target
+from .recipe import Recipe, TargetSpec
+from .report import FLOAT_NAME, INT8_NAME, REPORT_NAME, dumps
+from .runtime.model import TFLiteModel
+from .runtime.preprocess import Preprocess
+
+
+def _device_name(recipe: Recipe, device: str | None) -> str:
+    if device:
+        return device
+    for spec in recipe.target_specs():
+        if load_device(spec.device).kind == "ssh":
+            return spec.device
+    raise UserInputError("name the device profile with --device (the recipe has no SSH target)")
+
+
+def deploy_recipe(
+    recipe: Recipe,
+    out_dir: Path | None,
+    host: str,
+    device: str | None,
+    *,
+    port: int | None = None,
+    identity: Path | None = None,
+    known_hosts: Path | None = None,
+    ssh_options: tuple[str, ...] = (),
+    python: str | None = None,
+    keep: bool = False,
+) -> tuple[str, dict[str, Any], dict[str, Any] | None, Path]:
+    """Run the recipe's converted models on ``host``; returns (device, latency, accuracy, report path)."""
+    out = out_dir or Path("build") / recipe.name
+    report_path = out / REPORT_NAME
+    if not report_path.is_file():
+        raise OutputError(f"{out}: no report.json; run edgeconv convert --recipe {recipe.source} first")
+    report = json.loads(report_path.read_text())
+    if report.get("recipe", {}).get("name") != recipe.name:
+        raise OutputError(
+            f"{report_path}: belongs to recipe '{report.get('recipe', {}).get('name')}', not '{recipe.name}'"
+        )
+    name = _device_name(recipe, device)
+    profile = load_device(name)
+    if profile.kind != "ssh":
+        raise UserInputError(f"--device {name} is a {profile.kind} device, not one reached over SSH")
+    spec = TargetSpec(name, host, port, identity, known_hosts, ssh_options, python)
+    eval_data = None
+    if recipe.data.evaluation:
+        shape = TFLiteModel(model_path=str(out / INT8_NAME)).inputs[0].shape
+        src = recipe.data.evaluation
+        ds = load_dataset(
+            src.path,
+            where=f"{recipe.source}: data.evaluation",
+            samples=src.samples,
+            seed=src.seed,
+            channels=shape[-1] if len(shape) == 4 else None,
+            image_size=recipe.input.resize,
+        )
+        eval_data = (ds.x, ds.y)
+    prep = Preprocess(recipe.input.resize, recipe.input.scale, recipe.input.offset)
+    models = {"float": out / FLOAT_NAME, "int8": out / INT8_NAME}
+    result = measure_target(spec, profile, recipe.benchmark, models, eval_data, prep, keep=keep)
+    if result.latency is None:
+        raise UserInputError(f"{name}: {result.reason}")
+    report.setdefault("latency", {})[name] = result.latency
+    target = report.setdefault("targets", {}).setdefault(name, {})
+    target.update(
+        {
+            "runtime": profile.runtime,
+            "kind": profile.kind,
+            "delegate": profile.delegate,
+            "threads": profile.threads,
+            "measured": True,
+            "reason": None,
+            "accuracy": result.accuracy,
+        }
+    )
+    write_atomic(report_path, dumps(report))
+    return name, result.latency, result.accuracy, report_path
