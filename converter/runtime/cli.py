@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, help="interpreter threads (default: every core)")
     bench.add_argument("--delegate", default="xnnpack", choices=["xnnpack", "none", "edgetpu"])
     bench.add_argument(
-        "--float-delegate", help="delegate for the float model (default: xnnpack; Edge TPU is int8 only)"
+        "--float-delegate", help="delegate for the float model (default: --delegate; xnnpack with edgetpu)"
     )
     bench.add_argument("--warmup", type=int, default=10)
     bench.add_argument("--runs", type=int, default=50)
@@ -101,7 +101,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     args.threads = args.threads or os.cpu_count() or 1
     models = {"model": _load(args.model, args.threads, args.delegate)}
     if args.float_model:
-        models["float"] = _load(args.float_model, args.threads, args.float_delegate or "xnnpack")
+        # The Edge TPU runs int8 only: its float reference runs on the CPU (XNNPACK) beside it.
+        float_delegate = args.float_delegate or ("xnnpack" if args.delegate == "edgetpu" else args.delegate)
+        models["float"] = _load(args.float_model, args.threads, float_delegate)
     data = _samples(args, models["model"].inputs[0].shape) if args.data else None
     out: dict[str, Any] = {"schema": SCHEMA, "machine": machine_info(), "models": {}}
     for key, model in models.items():
