@@ -39,6 +39,26 @@ class DeviceProfile:
     needs_compiled_model: bool = field(
         default=False, metadata={"doc": "Runs only a model compiled for it (Edge TPU: edgetpu_compiler output)"}
     )
+    flash_bytes: int | None = field(default=None, metadata={"doc": "Flash for code + model (MCU)", "min": 1})
+    ram_bytes: int | None = field(
+        default=None, metadata={"doc": "RAM for the tensor arena and the rest (MCU)", "min": 1}
+    )
+    runtime_flash_bytes: int = field(
+        default=0,
+        metadata={"doc": "Flash the runtime and application take besides the model (stated estimate)", "min": 0},
+    )
+    runtime_ram_bytes: int = field(
+        default=0,
+        metadata={"doc": "RAM the runtime and application take besides the arena (stated estimate)", "min": 0},
+    )
+    supports_int16: bool = field(default=True, metadata={"doc": "Has 16x8 (int16 activation) kernels"})
+    per_channel_fully_connected: bool = field(
+        default=True, metadata={"doc": "Its kernels handle per-channel FULLY_CONNECTED weights correctly"}
+    )
+    float_io: bool = field(default=True, metadata={"doc": "Accepts float model inputs/outputs"})
+    cycles_per_mac: float | None = field(
+        default=None, metadata={"doc": "Cycles per int8 multiply-accumulate, for the latency estimate", "min": 0}
+    )
     budgets: Budgets = field(default_factory=Budgets, metadata={"doc": "Default budgets; a recipe's win"})
 
 

@@ -53,3 +53,7 @@ class DeployError(ConverterError):
 
 class DeviceInputError(UserInputError):
     """The device-side runtime rejected the model or data it was given."""
+
+
+class TargetError(ConverterError):
+    """A target check could not run (a tool or package it needs is missing or failed)."""

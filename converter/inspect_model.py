@@ -17,18 +17,53 @@ class OpInfo:
     name: str
     input_dtypes: tuple[str, ...]
     output_dtypes: tuple[str, ...]
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+    output_shapes: tuple[tuple[int, ...], ...] = ()
 
 
 def list_ops(model: bytes) -> list[OpInfo]:
     """Every operator of the model's main subgraph, in execution order."""
     interpreter = make_interpreter(model_content=model, delegate="none")
-    dtypes = {d["index"]: np.dtype(d["dtype"]).name for d in interpreter.get_tensor_details()}
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+
+    def dtype(i: int) -> str:
+        return np.dtype(details[i]["dtype"]).name if i in details else "none"
+
+    def shape(i: int) -> tuple[int, ...]:
+        return tuple(int(v) for v in details[i]["shape"]) if i in details else ()
+
     ops = []
     for op in interpreter._get_ops_details():  # noqa: SLF001 - the only op listing both LiteRT and TF offer
-        ins = tuple(dtypes.get(int(i), "none") for i in op["inputs"] if int(i) >= 0)
-        outs = tuple(dtypes.get(int(i), "none") for i in op["outputs"] if int(i) >= 0)
-        ops.append(OpInfo(int(op["index"]), str(op["op_name"]), ins, outs))
+        ins = [int(i) for i in op["inputs"] if int(i) >= 0]
+        outs = [int(i) for i in op["outputs"] if int(i) >= 0]
+        ops.append(
+            OpInfo(
+                int(op["index"]),
+                str(op["op_name"]),
+                tuple(map(dtype, ins)),
+                tuple(map(dtype, outs)),
+                tuple(map(shape, ins)),
+                tuple(map(shape, outs)),
+            )
+        )
     return ops
+
+
+def macs(op: OpInfo) -> int:
+    """Multiply-accumulates of one operator (0 for ops without a weight product)."""
+    if not op.output_shapes or len(op.input_shapes) < 2:
+        return 0
+    out, weights = op.output_shapes[0], op.input_shapes[1]
+    if op.name == "CONV_2D" and len(out) == 4 and len(weights) == 4:  # weights [O, KH, KW, I]
+        return int(np.prod(out)) * weights[1] * weights[2] * weights[3]
+    if op.name == "DEPTHWISE_CONV_2D" and len(out) == 4 and len(weights) == 4:  # weights [1, KH, KW, O]
+        return int(np.prod(out)) * weights[1] * weights[2]
+    if op.name == "FULLY_CONNECTED" and len(weights) == 2:  # weights [O, I]
+        return int(np.prod(out)) * weights[1]
+    if op.name == "TRANSPOSE_CONV" and len(op.input_shapes) >= 3 and len(op.input_shapes[1]) == 4:
+        w = op.input_shapes[1]
+        return int(np.prod(op.input_shapes[2])) * w[0] * w[1] * w[2]
+    return 0
 
 
 def float_ops(model: bytes) -> list[OpInfo]:

@@ -86,14 +86,18 @@ def measure_target(
     keep: bool = False,
 ) -> TargetResult:
     """Measure one target; raises ``DeployError``/``EvaluationError`` when a measurement fails."""
+    if profile.kind == "mcu":
+        return TargetResult(
+            None,
+            reason=f"a microcontroller is not measured from here; see "
+            f"targets.{profile.name}.cost.latency_estimate (an estimate)",
+        )
     if profile.needs_compiled_model:
         return TargetResult(
             None,
             reason=f"{profile.name} runs only models compiled by edgetpu_compiler, "
             "which is not part of this version's pipeline",
         )
-    if profile.kind == "mcu":
-        return TargetResult(None, reason="microcontroller latency is measured on the board, not here")
     if profile.kind == "host":
         log.info("benchmark  host (%s, threads %s)", profile.delegate, profile.threads or "all")
         result = run_local(request_for(profile, bench, models["int8"], models["float"], label="host"))

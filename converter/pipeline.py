@@ -30,6 +30,7 @@ from .recipe import Recipe
 from .report import FLOAT_NAME, HIST_NAME, INT8_NAME, REPORT_NAME, Outcome, build_report, dumps
 from .runtime.accuracy import not_measured
 from .runtime.preprocess import Preprocess
+from .targets import check_targets, early_warnings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,6 +82,8 @@ def convert(recipe: Recipe, out_dir: Path | None = None, force: bool = False) ->
     except ModelLoadError as e:
         raise ModelLoadError(f"{recipe.source}: {e}") from e
     log.info("loaded %s (%s) with %s; input %s", recipe.model.name, model.format, model.loader, list(model.input_shape))
+    for warning in early_warnings(recipe, targets):
+        log.warning("warning: %s", warning)
     prep = preprocess_of(recipe)
     channels = model.input_shape[-1] if len(model.input_shape) == 4 else None
 
@@ -106,9 +109,11 @@ def convert(recipe: Recipe, out_dir: Path | None = None, force: bool = False) ->
         if eval_x is not None
         else not_measured()
     )
+    with _step("targets", steps):
+        checks = check_targets(recipe, targets, quant, eval_x if eval_x is not None else cal_x)
     with _step("benchmark", steps):
         measured = measure_targets(recipe, targets, model.float_tflite, quant, eval_raw, eval_y, prep)
-    files = {FLOAT_NAME: model.float_tflite, INT8_NAME: quant}
+    files = {FLOAT_NAME: model.float_tflite, INT8_NAME: quant, **checks.files}
     picture = histogram_png(most_clipped(calibration.records)) if calibration else None
     if picture is not None:
         files[HIST_NAME] = picture
@@ -124,6 +129,7 @@ def convert(recipe: Recipe, out_dir: Path | None = None, force: bool = False) ->
             calibration,
             HIST_NAME if picture else None,
             measured,
+            checks.sections,
         )
     )
     write_outputs(out, recipe.name, {**files, REPORT_NAME: dumps(report)})

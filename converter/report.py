@@ -102,6 +102,7 @@ class Outcome:
     calibration: Calibration | None
     picture: str | None
     measured: dict[str, TargetResult]
+    checks: dict[str, dict[str, Any]]
 
 
 def build_report(o: Outcome) -> dict[str, Any]:
@@ -131,7 +132,10 @@ def build_report(o: Outcome) -> dict[str, Any]:
         },
         "accuracy": o.accuracy.to_json(),
         "latency": {name: r.latency for name, r in o.measured.items()},
-        "targets": {name: _target_json(profile, o.measured[name], o.accuracy) for name, profile in o.targets.items()},
+        "targets": {
+            name: {**_target_json(profile, o.measured[name], o.accuracy), **o.checks.get(name, {})}
+            for name, profile in o.targets.items()
+        },
         "gates": [],
         "passed": True,
         "steps": steps,

@@ -1,0 +1,167 @@
+"""TFLite Micro validation with the real TFLM interpreter (the ``tflite-micro`` package).
+
+What a microcontroller build would do, on this machine: load the int8 model with TFLM's
+kernels, find the smallest tensor arena that works (binary search over real allocations;
+the recording allocator's total is reported beside it), and compare TFLM's outputs with
+LiteRT's on the evaluation samples. TFLM runs its reference kernels here, LiteRT its
+optimized ones: differences are reported, not hidden.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import TargetError
+from .inspect_model import list_ops
+from .ops import tflm_missing
+from .runtime.model import TFLiteModel, quantize
+
+ARENA_ALIGNMENT = 16
+# Below about 1 KB the TFLM Python wrapper crashes (segfault) instead of reporting a failed
+# allocation (seen with tflite-micro 0.dev20261023): the search never goes lower.
+ARENA_FLOOR = 1024
+_MISSING_OP = re.compile(r"Didn't find op for builtin opcode '([A-Z0-9_]+)'")
+
+
+@dataclass(frozen=True)
+class TFLMResult:
+    """What TFLM said about a model."""
+
+    loaded: bool
+    missing_ops: list[str]
+    arena_bytes: int | None  # the smallest arena that allocated and ran, 16-byte steps
+    recorded_arena_bytes: int | None  # the recording allocator's "Arena allocation total"
+    samples: int
+    exact_match: float | None  # fraction of int8 output values equal to LiteRT's
+    max_abs_diff_steps: int | None  # largest output difference, in quantization steps
+    top1_agreement: float | None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _runtime() -> Any:
+    try:
+        from tflite_micro.python.tflite_micro import runtime
+    except ImportError as e:
+        raise TargetError("the tflite-micro package is not installed: pip install tflite-micro") from e
+    return runtime
+
+
+class _CapturedStderr:
+    """Capture what C++ writes to file descriptor 2 (TFLM prints its allocations there)."""
+
+    def __enter__(self) -> _CapturedStderr:
+        self._file = tempfile.TemporaryFile(mode="w+b")
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._file.seek(0)
+        self.text = self._file.read().decode(errors="replace")
+        self._file.close()
+
+
+class _Prober:
+    """Allocation trials, each in a fresh process (see ``tflm_probe``), remembered by size."""
+
+    def __init__(self, model: bytes, sample: np.ndarray, folder: str) -> None:
+        self.model_path = os.path.join(folder, "model.tflite")  # noqa: PTH118
+        self.sample_path = os.path.join(folder, "sample.npy")  # noqa: PTH118
+        with open(self.model_path, "wb") as f:  # noqa: PTH123
+            f.write(model)
+        np.save(self.sample_path, sample)
+        self.results: dict[int, bool] = {}
+
+    def works(self, arena: int) -> bool:
+        if arena not in self.results:
+            cmd = [sys.executable, "-m", "converter.tflm_probe", self.model_path, str(arena), self.sample_path]
+            proc = subprocess.run(cmd, capture_output=True, timeout=300, check=False)
+            self.results[arena] = proc.returncode == 0
+        return self.results[arena]
+
+
+def smallest_arena(model: bytes, sample: np.ndarray, hint: int, upper: int) -> int | None:
+    """The smallest arena (a multiple of 16 bytes, at least ``ARENA_FLOOR``) in which the model runs.
+
+    Starts at ``hint`` (the recording allocator's total), steps up exponentially until a
+    size works, then bisects: about a dozen trials instead of a search from zero.
+    """
+    with tempfile.TemporaryDirectory(prefix="edgeconv-tflm-") as folder:
+        probe = _Prober(model, sample, folder)
+        step = ARENA_ALIGNMENT
+        lo = max(ARENA_FLOOR, -(-hint // ARENA_ALIGNMENT) * ARENA_ALIGNMENT)
+        if probe.works(lo):  # the hint is enough: bisect below it
+            hi, lo = lo, ARENA_FLOOR
+            if probe.works(lo):
+                return lo
+        else:
+            hi = lo + step
+            while not probe.works(hi):
+                lo, step = hi, step * 2
+                hi = lo + step
+                if hi > upper:
+                    return None
+        while hi - lo > ARENA_ALIGNMENT:  # invariant: lo fails, hi works
+            mid = (lo + hi) // 2 // ARENA_ALIGNMENT * ARENA_ALIGNMENT
+            if probe.works(mid):
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+
+def validate(model: bytes, samples: np.ndarray | None) -> TFLMResult:
+    """Run ``model`` in TFLM: op coverage, arena, and agreement with LiteRT on float ``samples``."""
+    runtime = _runtime()
+    missing = tflm_missing(list_ops(model))
+    litert = TFLiteModel(model_content=model, delegate="none")
+    info = litert.inputs[0]
+    x = samples if samples is not None and len(samples) else np.zeros((1, *info.shape[1:]), np.float32)
+    first = quantize(x[:1], info)
+    generous = max(len(model) * 10, 4 << 20)
+    with _CapturedStderr() as log:
+        try:
+            interpreter = runtime.Interpreter.from_bytes(model, arena_size=generous)
+            interpreter.set_input(first, 0)
+            interpreter.invoke()
+            interpreter.print_allocations()
+        except (RuntimeError, ValueError) as e:
+            interpreter, error = None, str(e)
+    if interpreter is None:
+        found = sorted(set(missing) | set(_MISSING_OP.findall(log.text + error)))
+        reason = f"TFLM cannot load the model: {log.text.strip().splitlines()[-1] if log.text.strip() else error}"
+        return TFLMResult(False, found, None, None, 0, None, None, None, reason)
+    match = re.search(r"Arena allocation total (\d+) bytes", log.text)
+    recorded = int(match.group(1)) if match else None
+    arena = smallest_arena(model, first, recorded or ARENA_FLOOR, generous)
+    # The verdict on coverage is TFLM's own: it ran, so nothing the table flagged is missing.
+    equal, worst, agree = [], 0, []
+    for row in x:
+        q = quantize(row[None], info)
+        interpreter.set_input(q, 0)
+        interpreter.invoke()
+        micro = interpreter.get_output(0)
+        litert.interpreter.set_tensor(info.index, q)
+        litert.interpreter.invoke()
+        ref = litert.interpreter.get_tensor(litert.outputs[0].index)
+        diff = np.abs(micro.astype(np.int64) - ref.astype(np.int64))
+        equal.append(float(np.mean(diff == 0)))
+        worst = max(worst, int(diff.max()))
+        if ref.ndim == 2 and ref.shape[1] > 1:
+            agree.append(float(np.argmax(micro, 1)[0] == np.argmax(ref, 1)[0]))
+    return TFLMResult(
+        True, [], arena, recorded, len(x), float(np.mean(equal)), worst, float(np.mean(agree)) if agree else None
+    )

@@ -1,0 +1,34 @@
+"""One TFLM allocation trial in a fresh process: ``python -m converter.tflm_probe MODEL ARENA INPUT.npy``.
+
+Exit 0 when the model allocates and runs in an arena of ARENA bytes, 1 when it does not.
+A process per trial, because the TFLM Python wrapper corrupts its state after repeated
+failed allocations and then crashes (seen with tflite-micro 0.dev20261023).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main() -> int:
+    import numpy as np
+    from tflite_micro.python.tflite_micro import runtime
+
+    model_path, arena, sample_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    with open(model_path, "rb") as f:  # noqa: PTH123 - keep the probe minimal
+        model = f.read()
+    sample = np.load(sample_path)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)  # TFLM reports failed allocations on stderr; the exit code is the answer
+    try:
+        interpreter = runtime.Interpreter.from_bytes(model, arena_size=arena)
+        interpreter.set_input(sample, 0)
+        interpreter.invoke()
+    except (RuntimeError, ValueError):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
