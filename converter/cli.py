@@ -73,6 +73,31 @@ set_option = click.option(
     help="Override a recipe key, e.g. calibration.samples=100.",
 )
 debug_option = click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+baseline_option = click.option(
+    "--baseline", "baseline_path", metavar="REPORT", help="A previous report.json: show deltas, check relative budgets."
+)
+
+
+def _step_summary(markdown_file: Path) -> None:
+    """Append report.md to GitHub's job summary when running in GitHub Actions."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if target and markdown_file.is_file():
+        with Path(target).open("a", encoding="utf-8") as f:
+            f.write(markdown_file.read_text(encoding="utf-8") + "\n")
+
+
+def gates_table(report: dict[str, Any]) -> str:
+    """The gates as a compact console table."""
+    from .render import gate_line
+
+    gates = report.get("gates") or []
+    if not gates:
+        return "  gates: none (no budgets in the recipe or its device profiles)"
+    failed = sum(g["status"] == "failed" for g in gates)
+    skipped = sum(g["status"] == "skipped" for g in gates)
+    head = f"  gates: {len(gates) - failed - skipped} passed, {failed} failed, {skipped} skipped"
+    marks = {"passed": "ok  ", "failed": "FAIL", "skipped": "skip"}
+    return "\n".join([head, *(f"    {marks[g['status']]} {gate_line(g)}" for g in gates)])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,25 +114,36 @@ def main() -> None:
 )
 @click.option("--force", is_flag=True, help="Overwrite an output folder that holds another recipe's artifacts.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout instead of the summary.")
+@baseline_option
 @debug_option
 def convert(
-    recipe_path: Path, overrides: tuple[str, ...], out_dir: Path | None, force: bool, as_json: bool, debug: bool
+    recipe_path: Path,
+    overrides: tuple[str, ...],
+    out_dir: Path | None,
+    force: bool,
+    as_json: bool,
+    baseline_path: str | None,
+    debug: bool,
 ) -> None:
-    """Convert the recipe's model to full-integer TFLite and measure it."""
+    """Convert the recipe's model to full-integer TFLite, measure it and check its budgets."""
     _quiet_tensorflow()
     _setup_logging(debug)
 
     def run() -> int:
+        from .gates import load_baseline
         from .pipeline import convert as run_pipeline
         from .recipe import load_recipe
 
         recipe = load_recipe(recipe_path, list(overrides))
-        result = run_pipeline(recipe, out_dir, force=force)
+        baseline = load_baseline(baseline_path) if baseline_path else None
+        result = run_pipeline(recipe, out_dir, force=force, baseline=baseline, baseline_path=baseline_path)
         if as_json:
             click.echo(json.dumps(result.report, indent=2))
         else:
             click.echo(summary(result.out_dir, result.report))
-        return EXIT_OK if result.report["passed"] else EXIT_GATE
+            click.echo(gates_table(result.report))
+        _step_summary(result.out_dir / "report.md")
+        return EXIT_GATE if result.report["passed"] is False else EXIT_OK
 
     _guarded(debug, run)
 
@@ -127,6 +163,50 @@ def validate(recipe_path: Path, overrides: tuple[str, ...], debug: bool) -> None
             f"{recipe_path}: ok (recipe '{recipe.name}', targets: {', '.join(t.device for t in recipe.target_specs())})"
         )
         return EXIT_OK
+
+    _guarded(debug, run)
+
+
+@main.command()
+@click.option(
+    "--report",
+    "report_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="report.json of a conversion.",
+)
+@baseline_option
+@click.option("--json", "as_json", is_flag=True, help="Print the gates as JSON.")
+@debug_option
+def check(report_path: Path, baseline_path: str | None, as_json: bool, debug: bool) -> None:
+    """Evaluate the budgets of an existing report.json; write junit.xml, report.md and report.html beside it."""
+    _setup_logging(debug)
+
+    def run() -> int:
+        from .artifacts import write_atomic
+        from .ci_outputs import finalize, images_in
+        from .errors import UserInputError
+        from .gates import load_baseline
+        from .report import dumps
+
+        try:
+            report = json.loads(report_path.read_text())
+        except (OSError, ValueError) as e:
+            raise UserInputError(f"--report {report_path}: cannot read it: {e}") from e
+        if not isinstance(report, dict) or "schema_version" not in report:
+            raise UserInputError(f"--report {report_path}: not an edgeconv report.json")
+        baseline = load_baseline(baseline_path) if baseline_path else None
+        folder = report_path.parent
+        files = finalize(report, images_in(folder, report), baseline, baseline_path)
+        for name, data in files.items():
+            write_atomic(folder / name, data)
+        write_atomic(report_path, dumps(report))
+        if as_json:
+            click.echo(json.dumps({"passed": report["passed"], "gates": report["gates"]}, indent=2))
+        else:
+            click.echo(gates_table(report))
+        _step_summary(folder / "report.md")
+        return EXIT_GATE if report["passed"] is False else EXIT_OK
 
     _guarded(debug, run)
 

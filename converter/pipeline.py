@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .artifacts import check_output_dir, write_outputs
+from .ci_outputs import finalize
 from .data import load_dataset, prepare
 from .devices import DeviceProfile, load_device
 from .errors import ModelLoadError
@@ -66,7 +67,13 @@ def _timed(name: str, steps: list[dict[str, Any]], fn: Callable[[], T]) -> T:
         return fn()
 
 
-def convert(recipe: Recipe, out_dir: Path | None = None, force: bool = False) -> RunResult:
+def convert(
+    recipe: Recipe,
+    out_dir: Path | None = None,
+    force: bool = False,
+    baseline: dict[str, Any] | None = None,
+    baseline_path: str | None = None,
+) -> RunResult:
     """Run the whole pipeline for ``recipe`` and write its artifacts into ``out_dir``."""
     out = out_dir or default_out_dir(recipe)
     where = f"{recipe.source}: data"
@@ -132,6 +139,8 @@ def convert(recipe: Recipe, out_dir: Path | None = None, force: bool = False) ->
             checks.sections,
         )
     )
+    images = {HIST_NAME: picture} if picture is not None else {}
+    files.update(finalize(report, images, baseline, baseline_path))
     write_outputs(out, recipe.name, {**files, REPORT_NAME: dumps(report)})
     return RunResult(out, report)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .budgets import Budgets
 from .devices import available_devices, devices_dir, load_device
 from .errors import RecipeError
 from .schema import Where, build, json_schema, suggest
@@ -139,6 +140,7 @@ class TargetSpec:
     known_hosts: Path | None = field(default=None, metadata={"doc": "known_hosts file that verifies the host key"})
     ssh_options: tuple[str, ...] = field(default=(), metadata={"doc": "Extra ssh -o options, e.g. ProxyJump=gw"})
     python: str | None = field(default=None, metadata={"doc": "Python on the device (default: the profile's)"})
+    budgets: Budgets = field(default_factory=Budgets, metadata={"doc": "Budgets for this target (win over global)"})
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,9 @@ class Recipe:
         default=("host",), metadata={"doc": "Device profiles from devices/: a name, or {device, host, ...} for SSH"}
     )
     benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec, metadata={"doc": "Latency measurement"})
+    budgets: Budgets = field(
+        default_factory=Budgets, metadata={"doc": "Limits checked as CI gates; targets and device profiles may add"}
+    )
     custom_objects: tuple[str, ...] = field(
         default=(),
         metadata={"doc": "Keras custom objects as 'module:Name'; imported (code runs) only because you list them"},

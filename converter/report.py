@@ -136,8 +136,15 @@ def build_report(o: Outcome) -> dict[str, Any]:
             name: {**_target_json(profile, o.measured[name], o.accuracy), **o.checks.get(name, {})}
             for name, profile in o.targets.items()
         },
+        "budgets": {
+            "recipe": recipe.budgets.items(),
+            "targets": {
+                spec.device: {"recipe": spec.budgets.items(), "device": o.targets[spec.device].budgets.items()}
+                for spec in recipe.target_specs()
+            },
+        },
         "gates": [],
-        "passed": True,
+        "passed": None,
         "steps": steps,
     }
 

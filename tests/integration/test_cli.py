@@ -41,9 +41,12 @@ def test_convert_ok_prints_summary_and_exits_0(
     assert f"files in {tmp_path / 'out'}/" in result.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         ".edgeconv.json",
+        "junit.xml",
         "model_float.tflite",
         "model_int8.tflite",
+        "report.html",
         "report.json",
+        "report.md",
     ]
 
 

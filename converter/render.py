@@ -1,0 +1,139 @@
+"""Reports people read: Markdown for pull requests, JUnit XML for CI systems."""
+
+from __future__ import annotations
+
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    """A figure as people read it: bytes with separators, fractions as percent, ms with 3 decimals."""
+    if value is None:
+        return "n/a"
+    if unit == "bytes":
+        return f"{value:,.0f} B"
+    if unit == "fraction":
+        return f"{100 * value:.2f}%"
+    if unit == "ms":
+        return f"{value:.3f} ms"
+    return f"{value:g}"
+
+
+def gate_line(g: dict[str, Any]) -> str:
+    if g["status"] == "skipped":
+        return f"{g['name']} [{g['target']}]: skipped ({g['reason']})"
+    lower = g["name"].startswith("min_")
+    op = (">=" if lower else "<=") if g["status"] == "passed" else ("is below" if lower else "exceeds")
+    return (
+        f"{g['name']} [{g['target']}]: {g['status']}: {fmt(g['value'], g['unit'])} {op} "
+        f"{fmt(g['limit'], g['unit'])} (budget {g['budget']}, {g['source']})"
+    )
+
+
+def markdown(report: dict[str, Any], deltas: list[dict[str, Any]] | None = None) -> str:
+    """report.md: verdict, gates, accuracy, latency, targets, and the baseline deltas when given."""
+    gates = report.get("gates") or []
+    failed = [g for g in gates if g["status"] == "failed"]
+    verdict = "no budgets set" if not gates else ("**failed**" if failed else "passed")
+    art = report["artifacts"]
+    lines = [
+        f"## edgeconv: {report['recipe']['name']} — {verdict}",
+        "",
+        f"int8 model {art['int8']['bytes']:,} bytes ({100 * art['int8']['bytes'] / art['float']['bytes']:.1f}% of "
+        f"float), calibration {report['calibration']['method']} on {report['calibration']['samples']} samples, "
+        f"edgeconv {report['tool']['version']}.",
+        "",
+    ]
+    if gates:
+        lines += ["### Gates", "", "| gate | target | value | limit | status |", "|---|---|---|---|---|"]
+        for g in gates:
+            mark = {"passed": "✅ passed", "failed": "❌ failed", "skipped": "⏭ skipped"}[g["status"]]
+            limit = fmt(g["limit"], g["unit"]) if g["limit"] is not None else g["budget"]
+            note = f" ({g['reason']})" if g.get("reason") else ""
+            lines.append(f"| {g['name']} | {g['target']} | {fmt(g['value'], g['unit'])} | {limit} | {mark}{note} |")
+        lines.append("")
+    acc = report.get("accuracy") or {}
+    if acc.get("metric"):
+        lines += [
+            "### Accuracy",
+            "",
+            "| where | samples | float | int8 | drop | agreement |",
+            "|---|---|---|---|---|---|",
+            f"| {acc['where']} | {acc['samples']} | {fmt(acc['float'], 'fraction')} | {fmt(acc['int8'], 'fraction')} "
+            f"| {100 * acc['drop']:.2f} points | {fmt(acc['agreement'], 'fraction')} |",
+            "",
+        ]
+    latency = {k: v for k, v in (report.get("latency") or {}).items() if v}
+    if latency:
+        lines += [
+            "### Latency",
+            "",
+            "| target | where | int8 p50 | int8 p90 | float p50 | threads |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, lat in latency.items():
+            flt = fmt(lat["float"]["p50_ms"], "ms") if lat.get("float") else "n/a"
+            lines.append(
+                f"| {name} | {lat['where']} | {fmt(lat['int8']['p50_ms'], 'ms')} | "
+                f"{fmt(lat['int8']['p90_ms'], 'ms')} | {flt} | {lat['int8']['threads']} |"
+            )
+        lines.append("")
+    targets = report.get("targets") or {}
+    if targets:
+        lines += [
+            "### Targets",
+            "",
+            "| target | compatible | flash | RAM | arena | problems |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, t in targets.items():
+            ok = {True: "yes", False: "**no**", None: "n/a"}[t.get("compatible")]
+            problems = "; ".join(t.get("problems") or []) or "—"
+            lines.append(
+                f"| {name} | {ok} | {fmt(t.get('flash_bytes'), 'bytes')} | {fmt(t.get('ram_bytes'), 'bytes')} "
+                f"| {fmt(t.get('arena_bytes'), 'bytes')} | {problems} |"
+            )
+        lines.append("")
+    if deltas:
+        lines += ["### Against the baseline", "", "| figure | baseline | current | change |", "|---|---|---|---|"]
+        for d in deltas:
+            change = "n/a" if d["delta"] is None else f"{d['delta']:+.6g}"
+            if d["delta_pct"] is not None:
+                change += f" ({d['delta_pct']:+.2f}%)"
+            lines.append(f"| {d['figure']} | {_num(d['baseline'])} | {_num(d['current'])} | {change} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.6g}"
+
+
+def junit(report: dict[str, Any]) -> str:
+    """junit.xml: one test case per gate; failures carry the limit and the value."""
+    gates = report.get("gates") or []
+    name = report["recipe"]["name"]
+    failures = sum(g["status"] == "failed" for g in gates)
+    skipped = sum(g["status"] == "skipped" for g in gates)
+    out = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<testsuites name="edgeconv" tests="{len(gates)}" failures="{failures}" skipped="{skipped}">',
+        f'  <testsuite name={quoteattr(f"edgeconv gates: {name}")} tests="{len(gates)}" failures="{failures}" '
+        f'skipped="{skipped}" errors="0">',
+    ]
+    for g in gates:
+        label = f"{g['name']} [{g['target']}]"
+        case = f"    <testcase classname={quoteattr('edgeconv.' + name)} name={quoteattr(label)}"
+        if g["status"] == "passed":
+            out.append(case + "/>")
+            continue
+        out.append(case + ">")
+        if g["status"] == "failed":
+            out.append(
+                f'      <failure message={quoteattr(gate_line(g))} type="budget">{escape(gate_line(g))}</failure>'
+            )
+        else:
+            out.append(f"      <skipped message={quoteattr(g['reason'] or '')}/>")
+        out.append("    </testcase>")
+    out += ["  </testsuite>", "</testsuites>", ""]
+    return "\n".join(out)
