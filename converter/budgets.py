@@ -33,7 +33,9 @@ class Limit:
     relative: bool = False
 
     def describe(self, unit: str) -> str:
-        return f"{self.value:+g}% of baseline" if self.relative else f"{self.value:g} {unit}"
+        if self.relative:
+            return f"{self.value:+g}% of baseline"
+        return f"{self.value:,.0f} bytes" if unit == "bytes" else f"{self.value:g} {unit}"
 
 
 def parse_limit(name: str, raw: float | str) -> Limit:
