@@ -35,21 +35,9 @@ from converter.load import load_model  # noqa: E402
 from converter.recipe import Recipe, load_recipe  # noqa: E402
 from converter.runtime.model import TFLiteModel  # noqa: E402
 from converter.runtime.preprocess import Preprocess  # noqa: E402
+from tools import realdata  # noqa: E402
 
-REALDATA = Path(os.environ.get("EDGECONV_REALDATA", ROOT.parent / "shared" / "realdata"))
 METHODS = ("minmax", "percentile", "entropy", "mse")
-REAL = {
-    "resnet8": [
-        "model=ic-resnet8/pretrainedResnet.h5",
-        "data.calibration.path=ic-resnet8/calibration",
-        "data.evaluation.path=ic-resnet8/evaluation",
-    ],
-    "kws": [
-        "model=kws-dscnn/kws_ref_model",
-        "data.calibration.path=kws-dscnn/calibration.npz",
-        "data.evaluation.path=kws-dscnn/evaluation.npz",
-    ],
-}
 
 
 def mobilenet224_recipe(work: Path) -> Path:
@@ -87,11 +75,7 @@ def mobilenet224_recipe(work: Path) -> Path:
 def recipe_for(name: str, work: Path) -> Recipe:
     if name == "mobilenet224":
         return load_recipe(mobilenet224_recipe(work))
-    overrides = []
-    for item in REAL[name]:
-        key, _, path = item.partition("=")
-        overrides.append(f"{key}={REALDATA / path}")
-    return load_recipe(ROOT / "recipes" / "realdata" / f"{name}.yaml", overrides)
+    return load_recipe(realdata.recipe_path(name), realdata.overrides(name))
 
 
 def samples(recipe: Recipe, kind: str, input_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -174,7 +158,8 @@ def bench_model(name: str, work: Path) -> dict[str, Any]:
             "--set",
             "data.evaluation=null",
         ]
-        cmd += [f"--set={o}" for o in _path_overrides(name)]
+        if name in realdata.REAL_PATHS:
+            cmd += [f"--set={o}" for o in realdata.overrides(name, evaluation=False)]
         seconds = timed(cmd, env)
         report = json.loads((out / "report.json").read_text())
         rows.append(
@@ -197,16 +182,6 @@ def bench_model(name: str, work: Path) -> dict[str, Any]:
         "float_top1": float_top1,
         "rows": rows,
     }
-
-
-def _path_overrides(name: str) -> list[str]:
-    if name not in REAL:
-        return []
-    return [
-        f"{item.partition('=')[0]}={REALDATA / item.partition('=')[2]}"
-        for item in REAL[name]
-        if not item.startswith("data.evaluation")
-    ]
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
@@ -234,9 +209,9 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     names = [n for n in args.models.split(",") if n]
-    missing = [n for n in names if n in REAL and not REALDATA.is_dir()]
+    missing = [n for n in names if n in realdata.REAL_PATHS and not realdata.REALDATA.is_dir()]
     if missing:
-        print(f"skipping {', '.join(missing)}: {REALDATA} not found", file=sys.stderr)
+        print(f"skipping {', '.join(missing)}: {realdata.REALDATA} not found", file=sys.stderr)
     results = [bench_model(n, args.out) for n in names if n not in missing]
     meta = {
         "machine": platform.platform(),

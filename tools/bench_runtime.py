@@ -28,26 +28,11 @@ sys.path.insert(0, str(ROOT))
 from converter.bench import BenchRequest, run_local  # noqa: E402
 from converter.pipeline import convert  # noqa: E402
 from converter.recipe import load_recipe  # noqa: E402
+from tools import realdata  # noqa: E402
 
-REALDATA = Path(os.environ.get("EDGECONV_REALDATA", ROOT.parent / "shared" / "realdata"))
 RECIPES = {
     "mobilenet": (ROOT / "recipes" / "mobilenet.yaml", []),
-    "resnet8": (
-        ROOT / "recipes" / "realdata" / "resnet8.yaml",
-        [
-            f"model={REALDATA / 'ic-resnet8/pretrainedResnet.h5'}",
-            f"data.calibration.path={REALDATA / 'ic-resnet8/calibration'}",
-            f"data.evaluation.path={REALDATA / 'ic-resnet8/evaluation'}",
-        ],
-    ),
-    "kws": (
-        ROOT / "recipes" / "realdata" / "kws.yaml",
-        [
-            f"model={REALDATA / 'kws-dscnn/kws_ref_model'}",
-            f"data.calibration.path={REALDATA / 'kws-dscnn/calibration.npz'}",
-            f"data.evaluation.path={REALDATA / 'kws-dscnn/evaluation.npz'}",
-        ],
-    ),
+    **{name: (realdata.recipe_path(name), realdata.overrides(name)) for name in realdata.REAL_PATHS},
 }
 CONFIGS = [(delegate, threads) for delegate in ("xnnpack", "none") for threads in (1, 2)]
 
@@ -108,8 +93,8 @@ def main() -> None:
     args = parser.parse_args()
     results = []
     for name in [n for n in args.models.split(",") if n]:
-        if name != "mobilenet" and not REALDATA.is_dir():
-            print(f"skipping {name}: {REALDATA} not found", file=sys.stderr)
+        if name != "mobilenet" and not realdata.REALDATA.is_dir():
+            print(f"skipping {name}: {realdata.REALDATA} not found", file=sys.stderr)
             continue
         path, overrides = RECIPES[name]
         folder = args.out / "runtime" / name

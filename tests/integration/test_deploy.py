@@ -71,6 +71,22 @@ def _request(folder: Path, **changes: Any) -> BenchRequest:
     return BenchRequest(**fields)
 
 
+def _cli_ssh(sshd: LoopbackSSH) -> list[str]:
+    """The CLI options that reach the loopback server with its key and known_hosts."""
+    return [
+        "--host",
+        sshd.destination,
+        "--port",
+        str(sshd.port),
+        "--identity",
+        str(sshd.identity),
+        "--known-hosts",
+        str(sshd.known_hosts),
+        "--python",
+        sys.executable,
+    ]
+
+
 def _remote_dirs() -> set[Path]:
     return set(Path("/tmp").glob("edgeconv.*"))
 
@@ -197,18 +213,9 @@ def test_recipe_ssh_target_and_deploy_command(
         str(plain),
         "--out",
         str(tmp_path / "p"),
-        "--host",
-        sshd.destination,
+        *_cli_ssh(sshd),
         "--device",
         "raspberry-pi-5",
-        "--port",
-        str(sshd.port),
-        "--identity",
-        str(sshd.identity),
-        "--known-hosts",
-        str(sshd.known_hosts),
-        "--python",
-        sys.executable,
     ]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -233,19 +240,7 @@ def test_bench_command_exit_codes(sshd: LoopbackSSH, converted: Path, tmp_path: 
     ]
     ok = runner.invoke(main, [*base, "--json"])
     assert ok.exit_code == 0 and json.loads(ok.stdout)["models"]["model"]["latency"]["runs"] >= 3
-    remote = [
-        *base,
-        "--host",
-        sshd.destination,
-        "--port",
-        str(sshd.port),
-        "--identity",
-        str(sshd.identity),
-        "--known-hosts",
-        str(sshd.known_hosts),
-        "--python",
-        sys.executable,
-    ]
+    remote = [*base, *_cli_ssh(sshd)]
     assert runner.invoke(main, remote).exit_code == 0
     (tmp_path / "x.tflite").write_text("not a model")
     bad = runner.invoke(main, ["bench", "--model", str(tmp_path / "x.tflite")])
@@ -253,7 +248,7 @@ def test_bench_command_exit_codes(sshd: LoopbackSSH, converted: Path, tmp_path: 
     assert runner.invoke(main, [*base, "--device", "no-such-board"]).exit_code == 2
     needs_host = runner.invoke(main, [*base, "--device", "raspberry-pi-4"])
     assert needs_host.exit_code == 2 and "add --host user@device" in needs_host.stderr
-    unreachable = runner.invoke(main, [*remote[:-2], "--port", "1"])
+    unreachable = runner.invoke(main, [*remote, "--port", "1"])
     assert unreachable.exit_code == 3 and "error: connect:" in unreachable.stderr
 
 

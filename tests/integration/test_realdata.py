@@ -21,21 +21,8 @@ from converter.runtime.model import TFLiteModel
 from converter.runtime.preprocess import Preprocess
 from converter.stats import collect
 from converter.tflite_quantizer import quantize_with_ranges
-from tests.conftest import REALDATA, ROOT, assert_accuracy_drop_below
-
-# Paths in recipes/realdata/*.yaml assume ../shared next to the repository; tests point them at REALDATA.
-REAL_PATHS = {
-    "resnet8": {
-        "model": "ic-resnet8/pretrainedResnet.h5",
-        "data.calibration.path": "ic-resnet8/calibration",
-        "data.evaluation.path": "ic-resnet8/evaluation",
-    },
-    "kws": {
-        "model": "kws-dscnn/kws_ref_model",
-        "data.calibration.path": "kws-dscnn/calibration.npz",
-        "data.evaluation.path": "kws-dscnn/evaluation.npz",
-    },
-}
+from tests.conftest import REALDATA, assert_accuracy_drop_below
+from tools import realdata
 
 pytestmark = [
     pytest.mark.realdata,
@@ -45,8 +32,7 @@ pytestmark = [
 
 def real_recipe(name: str) -> Recipe:
     """The shipped recipe of a real model, with its paths pointed at REALDATA."""
-    overrides = [f"{key}={REALDATA / path}" for key, path in REAL_PATHS[name].items()]
-    return load_recipe(ROOT / "recipes" / "realdata" / f"{name}.yaml", overrides)
+    return load_recipe(realdata.recipe_path(name), realdata.overrides(name))
 
 
 def test_resnet8_h5_to_int8_within_one_point(tmp_path: Path) -> None:

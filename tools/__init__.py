@@ -1,0 +1,1 @@
+"""Development tools: benchmarks and the scripts that make the demo and test models."""

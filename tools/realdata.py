@@ -1,0 +1,36 @@
+"""The third-party models in ../shared/realdata, as recipe overrides (shared by tests and benchmarks)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REALDATA = Path(os.environ.get("EDGECONV_REALDATA", ROOT.parent / "shared" / "realdata"))
+
+# Paths in recipes/realdata/*.yaml assume ../shared next to the repository; these point them at REALDATA.
+REAL_PATHS = {
+    "resnet8": {
+        "model": "ic-resnet8/pretrainedResnet.h5",
+        "data.calibration.path": "ic-resnet8/calibration",
+        "data.evaluation.path": "ic-resnet8/evaluation",
+    },
+    "kws": {
+        "model": "kws-dscnn/kws_ref_model",
+        "data.calibration.path": "kws-dscnn/calibration.npz",
+        "data.evaluation.path": "kws-dscnn/evaluation.npz",
+    },
+}
+
+
+def recipe_path(name: str) -> Path:
+    return ROOT / "recipes" / "realdata" / f"{name}.yaml"
+
+
+def overrides(name: str, evaluation: bool = True) -> list[str]:
+    """``--set`` overrides that point a real model's recipe at REALDATA."""
+    return [
+        f"{key}={REALDATA / path}"
+        for key, path in REAL_PATHS[name].items()
+        if evaluation or not key.startswith("data.evaluation")
+    ]
