@@ -32,6 +32,7 @@ from .report import FLOAT_NAME, HIST_NAME, INT8_NAME, REPORT_NAME, Outcome, buil
 from .runtime.accuracy import not_measured
 from .runtime.preprocess import Preprocess
 from .targets import check_targets, early_warnings
+from .tflite_quantizer import import_tensorflow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,6 +110,8 @@ def convert(
     cal_x, cal_raw, _ = _timed("data", steps, lambda: read("calibration"))
     eval_x, eval_raw, eval_y = read("evaluation") if recipe.data.evaluation else (None, None, None)
 
+    # TensorFlow is needed to quantize; importing it takes seconds that are not calibration's.
+    _timed("import tf", steps, import_tensorflow)
     with _step("calibrate", steps):
         quant, calibration = quantize(model.float_tflite, cal_x, recipe, prep, eight_bit_data=cal_raw.dtype == np.uint8)
     accuracy = (

@@ -39,6 +39,11 @@ def _tf() -> Any:
     return tf
 
 
+def import_tensorflow() -> None:
+    """Import TensorFlow's converter now (seconds on first use), so later steps time only their work."""
+    from tensorflow.lite.python import convert  # noqa: F401
+
+
 def quantize_with_ranges(
     float_tflite: bytes,
     ranges: dict[int, tuple[float, float]],

@@ -20,7 +20,6 @@ from converter.deploy import SSHTarget
 from converter.errors import DeployError, DeviceInputError
 from converter.pipeline import convert
 from converter.recipe import load_recipe
-from converter.runtime.preprocess import Preprocess
 from tests.conftest import tiny_recipe
 from tests.sshd import LoopbackSSH, loopback_sshd, sshd_available
 
@@ -286,4 +285,3 @@ def test_bundle_runs_without_tensorflow(converted: Path, tmp_path: Path) -> None
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout)["accuracy"]["float"] >= 0.95
-    assert Preprocess().scale == 1.0
