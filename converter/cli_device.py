@@ -185,3 +185,64 @@ def deploy(**kw: Any) -> None:
         return EXIT_OK
 
     _guarded(kw["debug"], run)
+
+
+@main.command()
+@recipe_option
+@set_option
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Output folder [build/<name>]."
+)
+@click.option("--samples", type=int, default=64, show_default=True, help="Evaluation samples to run.")
+@click.option("--top", type=int, default=10, show_default=True, help="Layers to print.")
+@click.option("--json", "as_json", is_flag=True, help="Print every layer as JSON.")
+@debug_option
+def analyze(**kw: Any) -> None:
+    """Per-layer error of a converted recipe's int8 model against its float reference, worst first."""
+    _setup_logging(kw["debug"])
+
+    def run() -> int:
+        from .analyze import analyze as per_layer
+        from .artifacts import write_atomic
+        from .data import load_dataset, prepare
+        from .errors import OutputError
+        from .recipe import load_recipe
+        from .report import FLOAT_NAME, INT8_NAME, REPORT_NAME, dumps
+        from .runtime.model import TFLiteModel
+        from .runtime.preprocess import Preprocess
+
+        recipe = load_recipe(kw["recipe_path"], list(kw["overrides"]))
+        out = kw["out_dir"] or Path("build") / recipe.name
+        if not (out / INT8_NAME).is_file():
+            raise OutputError(f"{out}: no {INT8_NAME}; run edgeconv convert --recipe {recipe.source} first")
+        src = recipe.data.evaluation or recipe.data.calibration
+        shape = TFLiteModel(model_path=str(out / FLOAT_NAME)).inputs[0].shape
+        ds = load_dataset(
+            src.path,
+            where=f"{recipe.source}: data",
+            samples=kw["samples"],
+            seed=src.seed,
+            channels=shape[-1] if len(shape) == 4 else None,
+            image_size=recipe.input.resize,
+        )
+        x = prepare(ds, Preprocess(recipe.input.resize, recipe.input.scale, recipe.input.offset), shape, "data")
+        layers = per_layer((out / FLOAT_NAME).read_bytes(), (out / INT8_NAME).read_bytes(), x)
+        report_path = out / REPORT_NAME
+        if report_path.is_file():
+            report = json.loads(report_path.read_text())
+            report["analysis"] = {
+                **(report.get("analysis") or {}),
+                "samples": len(x),
+                "layers": [e.to_json() for e in layers],
+            }
+            write_atomic(report_path, dumps(report))
+        if kw["as_json"]:
+            click.echo(json.dumps([e.to_json() for e in layers], indent=2))
+            return EXIT_OK
+        click.echo(f"per-layer error on {len(x)} samples, worst first (SQNR lost by the op, output SQNR):")
+        for e in layers[: kw["top"]]:
+            drop = "   n/a" if e.sqnr_drop_db is None else f"{e.sqnr_drop_db:6.1f}"
+            click.echo(f"  {drop} dB lost  {e.sqnr_db:6.1f} dB  {e.op:18} {e.name[-70:]}")
+        return EXIT_OK
+
+    _guarded(kw["debug"], run)

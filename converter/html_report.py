@@ -60,6 +60,25 @@ def _image(images: dict[str, bytes], name: str | None) -> str:
     return f'<img alt="{escape(name)}" src="data:image/png;base64,{data}">'
 
 
+def _layer_chart(layers: list[dict[str, Any]]) -> str:
+    """A horizontal bar chart (inline SVG) of SQNR lost per layer."""
+    width, row, label_w = 1000, 22, 430
+    top = max(max(e["sqnr_drop_db"] for e in layers), 1e-9)
+    bars = []
+    for i, e in enumerate(layers):
+        y = i * row
+        w = max(0.0, e["sqnr_drop_db"]) / top * (width - label_w - 170)
+        name = escape(e["name"][-60:])
+        bars.append(
+            f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end" font-size="11">{name}</text>'
+            f'<rect x="{label_w}" y="{y + 4}" width="{w:.1f}" height="14" fill="#ef6c00"></rect>'
+            f'<text x="{label_w + w + 6:.1f}" y="{y + 15}" font-size="11">{e["sqnr_drop_db"]:.1f} dB lost · '
+            f"{e['sqnr_db']:.1f} dB SQNR · {escape(e['op'])}</text>"
+        )
+    height = row * len(layers) + 6
+    return f'<svg width="{width}" height="{height}" role="img" aria-label="per-layer SQNR lost">{"".join(bars)}</svg>'
+
+
 def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
     """The whole page; ``images`` (file name -> PNG bytes) are embedded as data URIs."""
     images = images or {}
@@ -149,6 +168,14 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
                 ]
             )
         parts += ["<h2>Targets: fit</h2>", _table(["target", "verdict", "flash", "RAM", "problems"], rows)]
+    layers = [e for e in ((report.get("analysis") or {}).get("layers") or []) if e.get("sqnr_drop_db") is not None]
+    if layers:
+        parts += [
+            "<h2>Per-layer error (worst first)</h2>",
+            "<p class=muted>SQNR each op loses on its own (its worst input's SQNR minus its output's), "
+            "and the output's SQNR against the float model.</p>",
+            _layer_chart(layers[:15]),
+        ]
     cal = report.get("calibration") or {}
     picture = _image(images, cal.get("histograms"))
     if picture:

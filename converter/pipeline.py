@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .analyze import ANALYSIS_SAMPLES, analyze
 from .artifacts import check_output_dir, write_outputs
 from .ci_outputs import finalize
 from .data import load_dataset, prepare
@@ -119,6 +120,8 @@ def convert(
         if eval_x is not None
         else not_measured()
     )
+    analysis_x = eval_x if eval_x is not None else cal_x
+    layers = _timed("analyze", steps, lambda: analyze(model.float_tflite, quant, analysis_x[:ANALYSIS_SAMPLES]))
     with _step("targets", steps):
         checks = check_targets(recipe, targets, quant, eval_x if eval_x is not None else cal_x)
     with _step("benchmark", steps):
@@ -140,6 +143,7 @@ def convert(
             HIST_NAME if picture else None,
             measured,
             checks.sections,
+            [e.to_json() for e in layers],
         )
     )
     images = {HIST_NAME: picture} if picture is not None else {}

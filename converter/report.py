@@ -103,6 +103,7 @@ class Outcome:
     picture: str | None
     measured: dict[str, TargetResult]
     checks: dict[str, dict[str, Any]]
+    layers: list[dict[str, Any]]
 
 
 def build_report(o: Outcome) -> dict[str, Any]:
@@ -135,6 +136,11 @@ def build_report(o: Outcome) -> dict[str, Any]:
         "targets": {
             name: {**_target_json(profile, o.measured[name], o.accuracy), **o.checks.get(name, {})}
             for name, profile in o.targets.items()
+        },
+        "analysis": {
+            "samples": min(o.accuracy.samples or o.cal_samples, 64),
+            "metric": "median per-channel SQNR (dB); sqnr_drop_db: SQNR lost across the writing op",
+            "layers": o.layers,
         },
         "budgets": {
             "recipe": recipe.budgets.items(),
