@@ -38,8 +38,11 @@ def cache_dir() -> Path:
 def cache_key(model: bytes, samples: np.ndarray, preprocessing: dict[str, Any], settings: dict[str, Any]) -> str:
     """sha256 over everything the statistics depend on."""
     h = hashlib.sha256()
+    from .report import tool_info
+
     header = {
         "tool": __version__,
+        "interpreter": tool_info()["interpreter"],
         "stats_version": STATS_VERSION,
         "bins": BINS,
         "subsample": SUBSAMPLE,
@@ -73,6 +76,7 @@ def save(folder: Path, key: str, stats: CalibrationStats) -> Path:
                     "min": t.min,
                     "max": t.max,
                     "count": t.count,
+                    "nonfinite": t.nonfinite,
                     "half_range": t.half_range,
                 }
                 for t in stats.tensors
@@ -116,6 +120,7 @@ def load(folder: Path, key: str) -> CalibrationStats | None:
                 float(t["min"]),
                 float(t["max"]),
                 int(t["count"]),
+                int(t["nonfinite"]),
                 float(t["half_range"]),
                 hist[i].astype(np.int64),
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -82,14 +83,14 @@ def gather_stats(
     model: bytes, x: np.ndarray, spec: CalibrationSpec, preprocessing: dict[str, Any], seed: int = 0
 ) -> tuple[CalibrationStats, bool | None, str]:
     """Statistics from the cache when present, else by running the model (then cached)."""
-    settings = {"seed": seed, "batch": 8}
+    settings = {"seed": seed, "batch": 8, "threads": os.cpu_count()}
     key = calib_cache.cache_key(model, x, preprocessing, settings)
     folder = calib_cache.cache_dir()
     if spec.cache:
         cached = calib_cache.load(folder, key)
         if cached is not None:
             return cached, True, key
-    stats = collect(model, x, batch=settings["batch"], seed=seed)
+    stats = collect(model, x, batch=8, seed=seed)
     if spec.cache:
         try:
             calib_cache.save(folder, key, stats)
@@ -142,12 +143,12 @@ def choose_ranges(
     """
     records = []
     for s in stats.tensors:
-        if not s.written or not np.isfinite([s.min, s.max]).all():
-            if s.written:
-                raise CalibrationError(
-                    f"tensor '{s.name}' took non-finite values ({s.min}, {s.max}) on the calibration data; "
-                    "the float model itself overflows or divides by zero on these samples"
-                )
+        if s.nonfinite:
+            raise CalibrationError(
+                f"tensor '{s.name}' took {s.nonfinite} NaN/Inf values on the calibration data; "
+                "the float model itself overflows or divides by zero on these samples"
+            )
+        if not s.written:
             unwritten = "never written during calibration; range set to [0, 1] (zero exact)"
             log.warning("calibration: tensor '%s' was %s", s.name, unwritten)
             records.append(_record(s, RangeChoice(0.0, 1.0, "default"), unwritten))

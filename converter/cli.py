@@ -193,8 +193,13 @@ def check(report_path: Path, baseline_path: str | None, as_json: bool, debug: bo
             report = json.loads(report_path.read_text())
         except (OSError, ValueError) as e:
             raise UserInputError(f"--report {report_path}: cannot read it: {e}") from e
-        if not isinstance(report, dict) or "schema_version" not in report:
-            raise UserInputError(f"--report {report_path}: not an edgeconv report.json")
+        missing = [
+            k
+            for k in ("schema_version", "recipe", "artifacts", "tool")
+            if not isinstance(report, dict) or k not in report
+        ]
+        if missing:
+            raise UserInputError(f"--report {report_path}: not an edgeconv report.json (missing {', '.join(missing)})")
         baseline = load_baseline(baseline_path) if baseline_path else None
         folder = report_path.parent
         files = finalize(report, images_in(folder, report), baseline, baseline_path)

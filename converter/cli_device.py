@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .cli import EXIT_OK, _guarded, _setup_logging, debug_option, main, recipe_option, set_option
+from .cli import EXIT_GATE, EXIT_OK, _guarded, _setup_logging, debug_option, main, recipe_option, set_option
 from .errors import UserInputError
 
 ssh_options = [
@@ -128,7 +128,13 @@ def bench(**kw: Any) -> None:
         )
         if kw["ssh_host"]:
             spec = TargetSpec(
-                profile.name, kw["ssh_host"], kw["port"], kw["identity"], kw["known_hosts"], tuple(kw["ssh_opts"])
+                profile.name,
+                kw["ssh_host"],
+                kw["port"],
+                kw["identity"],
+                kw["known_hosts"],
+                tuple(kw["ssh_opts"]),
+                kw["remote_python"],
             )
             result = run_remote(request, ssh_target(spec, profile), keep=kw["keep"])
         else:
@@ -164,7 +170,7 @@ def deploy(**kw: Any) -> None:
         from .recipe import load_recipe
 
         recipe = load_recipe(kw["recipe_path"], list(kw["overrides"]))
-        name, record, accuracy, report_path = deploy_recipe(
+        name, record, accuracy, report_path, passed = deploy_recipe(
             recipe,
             kw["out_dir"],
             kw["ssh_host"],
@@ -173,6 +179,7 @@ def deploy(**kw: Any) -> None:
             identity=kw["identity"],
             known_hosts=kw["known_hosts"],
             ssh_options=tuple(kw["ssh_opts"]),
+            python=kw["remote_python"],
             keep=kw["keep"],
         )
         if kw["as_json"]:
@@ -182,7 +189,7 @@ def deploy(**kw: Any) -> None:
             click.echo(
                 "\n".join(_latency_lines(name, record) + ([line] if line else []) + [f"  updated {report_path}"])
             )
-        return EXIT_OK
+        return EXIT_OK if passed else EXIT_GATE
 
     _guarded(kw["debug"], run)
 

@@ -26,6 +26,7 @@ class Dataset:
     source: Path
     available: int
     classes: tuple[str, ...] | None = None
+    eight_bit: bool = False  # images or uint8 arrays: values 0..255 before preprocessing
 
     def __len__(self) -> int:
         return len(self.x)
@@ -109,7 +110,7 @@ def _load_npz(path: Path, where: str, samples: int | None, seed: int) -> Dataset
     _check_array(x_all, where, path)
     idx = select(len(x_all), samples, seed)
     y = _labels(np.asarray(y_all), len(x_all), where, path)[idx] if y_all is not None else None
-    return Dataset(x=np.asarray(x_all[idx]), y=y, source=path, available=len(x_all))
+    return Dataset(x=np.asarray(x_all[idx]), y=y, source=path, available=len(x_all), eight_bit=x_all.dtype == np.uint8)
 
 
 def _load_npy(path: Path, where: str, samples: int | None, seed: int) -> Dataset:
@@ -119,7 +120,9 @@ def _load_npy(path: Path, where: str, samples: int | None, seed: int) -> Dataset
         raise DataError(f"{where}.path: {path}: cannot read .npy: {e}") from e
     _check_array(x_all, where, path)
     idx = select(len(x_all), samples, seed)
-    return Dataset(x=np.asarray(x_all[idx]), y=None, source=path, available=len(x_all))
+    return Dataset(
+        x=np.asarray(x_all[idx]), y=None, source=path, available=len(x_all), eight_bit=x_all.dtype == np.uint8
+    )
 
 
 def _load_folder(
@@ -158,7 +161,7 @@ def _load_folder(
         images = [resize_bilinear(im[None].astype(np.float32), image_size)[0] for im in images]
     x = np.stack(images)
     y = np.asarray([labels[i] for i in idx], dtype=np.int64) if classes else None
-    return Dataset(x=x, y=y, source=path, available=len(files), classes=classes)
+    return Dataset(x=x, y=y, source=path, available=len(files), classes=classes, eight_bit=True)
 
 
 def _decode(file: Path, channels: int | None, where: str) -> np.ndarray:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import write_atomic
+from .ci_outputs import finalize, images_in
 from .data import load_dataset
 from .devices import load_device
 from .errors import OutputError, UserInputError
@@ -38,13 +39,19 @@ def deploy_recipe(
     ssh_options: tuple[str, ...] = (),
     python: str | None = None,
     keep: bool = False,
-) -> tuple[str, dict[str, Any], dict[str, Any] | None, Path]:
-    """Run the recipe's converted models on ``host``; returns (device, latency, accuracy, report path)."""
+) -> tuple[str, dict[str, Any], dict[str, Any] | None, Path, bool]:
+    """Run the recipe's models on ``host``, record the result and re-check the gates.
+
+    Returns (device, latency, accuracy, report path, whether every gate passed).
+    """
     out = out_dir or Path("build") / recipe.name
     report_path = out / REPORT_NAME
     if not report_path.is_file():
         raise OutputError(f"{out}: no report.json; run edgeconv convert --recipe {recipe.source} first")
-    report = json.loads(report_path.read_text())
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, ValueError) as e:
+        raise OutputError(f"{report_path}: cannot read it ({e}); run edgeconv convert again") from e
     if report.get("recipe", {}).get("name") != recipe.name:
         raise OutputError(
             f"{report_path}: belongs to recipe '{report.get('recipe', {}).get('name')}', not '{recipe.name}'"
@@ -85,5 +92,7 @@ def deploy_recipe(
             "accuracy": result.accuracy,
         }
     )
+    for file, data in finalize(report, images_in(out, report)).items():
+        write_atomic(out / file, data)
     write_atomic(report_path, dumps(report))
-    return name, result.latency, result.accuracy, report_path
+    return name, result.latency, result.accuracy, report_path, report["passed"] is not False

@@ -122,9 +122,12 @@ def compile_model(model: bytes) -> tuple[bytes, CompilerLog, str] | None:
     with tempfile.TemporaryDirectory(prefix="edgeconv-edgetpu-") as tmp:
         src = Path(tmp) / "model.tflite"
         src.write_bytes(model)
-        proc = subprocess.run(
-            [exe, "-s", "-o", tmp, str(src)], capture_output=True, text=True, timeout=600, check=False
-        )
+        try:
+            proc = subprocess.run(
+                [exe, "-s", "-o", tmp, str(src)], capture_output=True, text=True, timeout=600, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return None  # reported as "edgetpu_compiler failed on this model"
         out = Path(tmp) / "model_edgetpu.tflite"
         if proc.returncode != 0 or not out.is_file():
             return None

@@ -39,11 +39,12 @@ class Gate:
 
 
 def _accuracy(report: dict[str, Any], target: str) -> dict[str, Any] | None:
-    if target != ALL_TARGETS:
-        acc = (report.get("targets", {}).get(target) or {}).get("accuracy")
-        if acc:
-            return dict(acc)
-    acc = report.get("accuracy")
+    """The model-level (host) accuracy for "*", else only what was measured on that target."""
+    acc = (
+        report.get("accuracy")
+        if target == ALL_TARGETS
+        else (report.get("targets", {}).get(target) or {}).get("accuracy")
+    )
     return dict(acc) if acc else None
 
 
@@ -94,13 +95,18 @@ def evaluate(report: dict[str, Any], baseline: dict[str, Any] | None = None) -> 
     """Every applicable budget as a gate."""
     gates = []
     for name, target, raw, source in budget_rows(report):
-        unit = UNITS[name]
-        limit: Limit = parse_limit(name, raw)
+        try:
+            unit = UNITS[name]
+            limit: Limit = parse_limit(name, raw)
+        except (KeyError, ValueError) as e:
+            raise UserInputError(f"budget {name} for target {target}: {e}; fix the recipe's budgets") from e
         budget = raw if isinstance(raw, str) else limit.describe(unit)
         value = value_of(report, name, target)
         if value is None:
-            why = (report.get("targets", {}).get(target) or {}).get("reason") if target != ALL_TARGETS else None
-            gates.append(_skip(name, target, unit, budget, source, why or f"{name} was not measured for {target}"))
+            t = report.get("targets", {}).get(target) or {} if target != ALL_TARGETS else {}
+            why = "; ".join(t.get("problems") or []) if name in ("arena_bytes", "flash_bytes") else ""
+            why = why or t.get("reason") or f"{name} was not measured for {target}"
+            gates.append(_skip(name, target, unit, budget, source, why))
             continue
         bound = limit.value
         if limit.relative:
@@ -112,6 +118,26 @@ def evaluate(report: dict[str, Any], baseline: dict[str, Any] | None = None) -> 
             bound = base * (1 + limit.value / 100)
         ok = value >= bound if name in LOWER_BOUNDS else value <= bound
         gates.append(Gate(name, target, bound, value, unit, ok, "passed" if ok else "failed", budget, source))
+    # A target the model cannot run on fails the build even without budgets.
+    for target, t in (report.get("targets") or {}).items():
+        if t.get("compatible") is None:
+            continue
+        ok = bool(t["compatible"])
+        problems: str | None = None if ok else "; ".join(t.get("problems") or []) or "incompatible"
+        gates.append(
+            Gate(
+                "compatible",
+                target,
+                None,
+                None,
+                "check",
+                ok,
+                "passed" if ok else "failed",
+                "runs on the target",
+                "target check",
+                problems,
+            )
+        )
     return gates
 
 

@@ -126,8 +126,11 @@ def _h5_has_lambda(path: Path) -> bool:
     """Whether a legacy .h5 model config contains Lambda layers (their code would run on load)."""
     import h5py
 
-    with h5py.File(path, "r") as f:
-        config = f.attrs.get("model_config")
+    try:
+        with h5py.File(path, "r") as f:
+            config = f.attrs.get("model_config")
+    except OSError as e:
+        raise ModelLoadError(f"model: {path}: not a readable HDF5 file ({e}); is the file complete?") from e
     if config is None:
         return False
 
@@ -144,6 +147,13 @@ def _h5_has_lambda(path: Path) -> bool:
 def _load_keras(path: Path, fmt: ModelFormat, objects: dict[str, Any]) -> tuple[Any, str]:
     import keras
 
+    # Keras before 3.11.3 ignored safe_mode for .h5 files (CVE-2025-9905): look before loading.
+    if fmt == "h5" and _h5_has_lambda(path):
+        raise ModelLoadError(
+            f"model: {path}: contains Lambda layers, whose code would run on load; rewrite them as "
+            "custom layers and list them under custom_objects"
+        )
+
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=True, custom_objects=objects or None)
         return model, f"keras {keras.__version__} (safe mode)"
@@ -156,11 +166,6 @@ def _load_keras(path: Path, fmt: ModelFormat, objects: dict[str, Any]) -> tuple[
     # Many real Keras 2 .h5 files (e.g. old DepthwiseConv2D configs) fail in Keras 3:
     # fall back to tf_keras, the Keras 2 line, which reads them as they were written.
     try:
-        if _h5_has_lambda(path):
-            raise ModelLoadError(
-                f"model: {path}: contains Lambda layers, whose code would run on load; rewrite them as "
-                "custom layers and list them under custom_objects"
-            )
         import tf_keras
 
         model = tf_keras.models.load_model(path, compile=False, custom_objects=objects or None)

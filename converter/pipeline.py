@@ -20,7 +20,7 @@ import numpy as np
 from .analyze import ANALYSIS_SAMPLES, analyze
 from .artifacts import check_output_dir, write_outputs
 from .ci_outputs import finalize
-from .data import load_dataset, prepare
+from .data import Dataset, load_dataset, prepare
 from .devices import DeviceProfile, load_device
 from .errors import ModelLoadError
 from .evaluate import evaluate_host
@@ -96,7 +96,7 @@ def convert(
     prep = preprocess_of(recipe)
     channels = model.input_shape[-1] if len(model.input_shape) == 4 else None
 
-    def read(kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def read(kind: str) -> tuple[np.ndarray, Dataset, np.ndarray | None]:
         src = getattr(recipe.data, kind)
         ds = load_dataset(
             src.path,
@@ -106,15 +106,16 @@ def convert(
             channels=channels,
             image_size=recipe.input.resize,
         )
-        return prepare(ds, prep, model.input_shape, f"{where}.{kind}"), ds.x, ds.y
+        return prepare(ds, prep, model.input_shape, f"{where}.{kind}"), ds, ds.y
 
-    cal_x, cal_raw, _ = _timed("data", steps, lambda: read("calibration"))
-    eval_x, eval_raw, eval_y = read("evaluation") if recipe.data.evaluation else (None, None, None)
+    cal_x, cal_ds, _ = _timed("data", steps, lambda: read("calibration"))
+    eval_x, eval_ds, eval_y = read("evaluation") if recipe.data.evaluation else (None, None, None)
+    eval_raw = eval_ds.x if eval_ds is not None else None
 
     # TensorFlow is needed to quantize; importing it takes seconds that are not calibration's.
     _timed("import tf", steps, import_tensorflow)
     with _step("calibrate", steps):
-        quant, calibration = quantize(model.float_tflite, cal_x, recipe, prep, eight_bit_data=cal_raw.dtype == np.uint8)
+        quant, calibration = quantize(model.float_tflite, cal_x, recipe, prep, eight_bit_data=cal_ds.eight_bit)
     accuracy = (
         _timed("evaluate", steps, lambda: evaluate_host(model.float_tflite, quant, eval_x, eval_y))
         if eval_x is not None

@@ -22,6 +22,8 @@ def fmt(value: float | None, unit: str = "") -> str:
 def gate_line(g: dict[str, Any]) -> str:
     if g["status"] == "skipped":
         return f"{g['name']} [{g['target']}]: skipped ({g['reason']})"
+    if g["unit"] == "check":
+        return f"{g['name']} [{g['target']}]: {g['status']}" + (f" ({g['reason']})" if g.get("reason") else "")
     lower = g["name"].startswith("min_")
     op = (">=" if lower else "<=") if g["status"] == "passed" else ("is below" if lower else "exceeds")
     return (
@@ -50,6 +52,9 @@ def markdown(report: dict[str, Any], deltas: list[dict[str, Any]] | None = None)
             mark = {"passed": "✅ passed", "failed": "❌ failed", "skipped": "⏭ skipped"}[g["status"]]
             limit = fmt(g["limit"], g["unit"]) if g["limit"] is not None else g["budget"]
             note = f" ({g['reason']})" if g.get("reason") else ""
+            if g["unit"] == "check":
+                lines.append(f"| {g['name']} | {g['target']} | — | {limit} | {mark}{note} |")
+                continue
             lines.append(f"| {g['name']} | {g['target']} | {fmt(g['value'], g['unit'])} | {limit} | {mark}{note} |")
         lines.append("")
     acc = report.get("accuracy") or {}

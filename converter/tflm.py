@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,8 +88,15 @@ class _Prober:
 
     def works(self, arena: int) -> bool:
         if arena not in self.results:
-            cmd = [sys.executable, "-m", "converter.tflm_probe", self.model_path, str(arena), self.sample_path]
-            proc = subprocess.run(cmd, capture_output=True, timeout=300, check=False)
+            # By file path with -I: no module named "converter" from the working folder can stand in.
+            probe = str(Path(__file__).with_name("tflm_probe.py"))
+            cmd = [sys.executable, "-I", probe, self.model_path, str(arena), self.sample_path]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, timeout=300, check=False)
+            except subprocess.TimeoutExpired as e:
+                raise TargetError(f"TFLite Micro allocation trial took longer than {e.timeout:.0f}s") from e
+            if proc.returncode not in (0, 1, -11):  # -11: the wrapper's segfault on a too-small arena
+                raise TargetError(f"TFLite Micro probe failed: {proc.stderr.decode(errors='replace')[-300:]}")
             self.results[arena] = proc.returncode == 0
         return self.results[arena]
 

@@ -12,8 +12,12 @@ import sys
 
 
 def main() -> int:
-    import numpy as np
-    from tflite_micro.python.tflite_micro import runtime
+    try:
+        import numpy as np
+        from tflite_micro.python.tflite_micro import runtime
+    except ImportError as e:
+        print(f"cannot import TFLite Micro: {e}", file=sys.stderr)
+        return 2
 
     model_path, arena, sample_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     with open(model_path, "rb") as f:  # noqa: PTH123 - keep the probe minimal

@@ -44,8 +44,10 @@ def quantize(x: np.ndarray, info: TensorInfo) -> np.ndarray:
     if info.scale is None or info.zero_point is None:
         return np.asarray(x, dtype=info.dtype)
     limits = np.iinfo(info.dtype)
-    q = np.round(np.asarray(x, dtype=np.float64) / info.scale + info.zero_point)
-    return np.clip(q, limits.min, limits.max).astype(info.dtype)
+    r = np.asarray(x, dtype=np.float64) / info.scale + info.zero_point
+    q = np.sign(r) * np.floor(np.abs(r) + 0.5)  # half away from zero, as TFLite's QUANTIZE (not numpy's half-even)
+    out: np.ndarray = np.clip(q, limits.min, limits.max).astype(info.dtype)
+    return out
 
 
 def dequantize(q: np.ndarray, info: TensorInfo) -> np.ndarray:

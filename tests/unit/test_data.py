@@ -109,7 +109,9 @@ def test_image_folder_mixed_sizes(tmp_path: Path) -> None:
     _png(tmp_path / "b.png", 10, (8, 8))
     with pytest.raises(DataError, match="images differ in size"):
         load_dataset(tmp_path, where=W, channels=3)
-    assert load_dataset(tmp_path, where=W, channels=3, image_size=(6, 6)).x.shape == (2, 6, 6, 3)
+    resized = load_dataset(tmp_path, where=W, channels=3, image_size=(6, 6))
+    assert resized.x.shape == (2, 6, 6, 3) and resized.x.dtype == np.float32
+    assert resized.eight_bit  # still 8-bit image data: the input keeps the contract's 0..255 range
 
 
 def test_image_folder_without_images(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ def test_markdown_and_junit_match_the_golden_files() -> None:
     assert files["report.md"].decode() == (GOLDEN / "report.md").read_text()
     assert files["junit.xml"].decode() == (GOLDEN / "junit.xml").read_text()
     suite = ET.fromstring(files["junit.xml"]).find("testsuite")
-    assert suite is not None and (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("6", "2", "1")
+    assert suite is not None and (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("8", "3", "1")
 
 
 def test_gate_values_limits_and_sources() -> None:
@@ -95,3 +95,22 @@ def test_bad_baselines(tmp_path: Path) -> None:
         load_baseline(str(tmp_path / "b.json"))
     with pytest.raises(UserInputError, match="cannot read a JSON report"):
         load_baseline(str(tmp_path / "missing.json"))
+
+
+def test_incompatible_target_fails_and_target_accuracy_is_not_borrowed() -> None:
+    report = _fixed()
+    gates = {(g.name, g.target): g for g in evaluate(report)}
+    assert gates[("compatible", "host")].status == "passed"
+    broken = gates[("compatible", "arduino-nano-33-ble-sense")]
+    assert broken.status == "failed" and "RAM: arena" in (broken.reason or "")
+    # An accuracy budget on a target that measured no accuracy is skipped, not judged by the host's.
+    report["budgets"]["targets"]["arduino-nano-33-ble-sense"]["recipe"]["min_accuracy"] = 0.5
+    acc = next(g for g in evaluate(report) if g.name == "min_accuracy")
+    assert acc.status == "skipped"
+
+
+def test_bad_budget_in_a_report_is_a_user_error() -> None:
+    report = _fixed()
+    report["budgets"]["recipe"]["model_bytes"] = "12 parsecs"
+    with pytest.raises(UserInputError, match="budget model_bytes for target \\*: model_bytes: unknown unit"):
+        evaluate(report)

@@ -27,6 +27,11 @@ def test_quantize_known_values() -> None:
     np.testing.assert_allclose(dequantize(q, info), [0.0, 1.0, -1.0, 65.0, -62.5])
 
 
+def test_quantize_rounds_half_away_from_zero_like_tflite() -> None:
+    info = _info("int8", 1.0, 0)
+    assert quantize(np.array([0.5, 1.5, 2.5, -0.5, -2.5]), info).tolist() == [1, 2, 3, -1, -3]
+
+
 def test_uint8_and_float_passthrough() -> None:
     assert quantize(np.array([0.0, 1.0]), _info("uint8", 1 / 255, 0)).tolist() == [0, 255]
     x = np.array([0.25, -3.0], dtype=np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from converter.stats import BINS, TensorStats
 
@@ -40,3 +41,19 @@ def test_memory_does_not_grow_with_samples() -> None:
         v = rng.normal(size=1000).astype(np.float32)
         s.update(v, v[:100])
     assert s.hist.nbytes == BINS * 8 and s.count == 50_000 and s.hist.sum() == 5_000
+
+
+def test_nan_and_inf_are_counted_not_hidden() -> None:
+    s = TensorStats(0, "t", (4,))
+    a = np.array([1.0, -2.0, 3.0, 0.5], np.float32)
+    b = np.array([np.nan, 50.0, -60.0, np.inf], np.float32)
+    s.update(a, a)
+    s.update(b, b)
+    assert s.nonfinite == 2 and (s.min, s.max) == (-60.0, 50.0) and np.isfinite(s.half_range)
+    from converter.calibrate import choose_ranges
+    from converter.errors import CalibrationError
+    from converter.recipe import CalibrationSpec
+    from converter.stats import CalibrationStats
+
+    with pytest.raises(CalibrationError, match="took 2 NaN/Inf values"):
+        choose_ranges(CalibrationStats((s,), 2, 1, 99), CalibrationSpec())
