@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .progress import Progress
 from .runtime.accuracy import Accuracy, compare
 from .runtime.model import TFLiteModel
+
+CHUNK = 64  # samples between progress updates
 
 
 def evaluate_host(
@@ -14,4 +17,16 @@ def evaluate_host(
     """Run both models on preprocessed ``x`` with the runtime used on devices."""
     ref, quant = TFLiteModel(model_content=float_tflite), TFLiteModel(model_content=quant_tflite)
     names = [o.name for o in ref.outputs]
-    return compare(ref.predict(x), quant.predict(x), labels, names=names, top_k=top_k)
+    ref_out: list[list[np.ndarray]] = [[] for _ in ref.outputs]
+    quant_out: list[list[np.ndarray]] = [[] for _ in quant.outputs]
+    with Progress("evaluate", len(x)) as progress:
+        for start in range(0, len(x), CHUNK):
+            chunk = x[start : start + CHUNK]
+            for acc, out in zip(ref_out, ref.predict(chunk), strict=True):
+                acc.append(out)
+            for acc, out in zip(quant_out, quant.predict(chunk), strict=True):
+                acc.append(out)
+            progress.advance(len(chunk))
+    return compare(
+        [np.concatenate(o) for o in ref_out], [np.concatenate(o) for o in quant_out], labels, names=names, top_k=top_k
+    )
