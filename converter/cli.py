@@ -73,6 +73,9 @@ set_option = click.option(
     help="Override a recipe key, e.g. calibration.samples=100.",
 )
 debug_option = click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+out_option = click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Output folder [build/<name>]."
+)
 baseline_option = click.option(
     "--baseline", "baseline_path", metavar="REPORT", help="A previous report.json: show deltas, check relative budgets."
 )
@@ -109,9 +112,7 @@ def main() -> None:
 @main.command()
 @recipe_option
 @set_option
-@click.option(
-    "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Output folder [build/<name>]."
-)
+@out_option
 @click.option("--force", is_flag=True, help="Overwrite an output folder that holds another recipe's artifacts.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout instead of the summary.")
 @baseline_option

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .cli import EXIT_GATE, EXIT_OK, _guarded, _setup_logging, debug_option, main, recipe_option, set_option
+from .cli import EXIT_GATE, EXIT_OK, _guarded, _setup_logging, debug_option, main, out_option, recipe_option, set_option
 from .errors import UserInputError
 
 ssh_options = [
@@ -154,9 +154,7 @@ def bench(**kw: Any) -> None:
 @main.command()
 @recipe_option
 @set_option
-@click.option(
-    "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Output folder [build/<name>]."
-)
+@out_option
 @click.option("--host", "ssh_host", required=True, metavar="USER@HOST", help="The device to deploy to.")
 @click.option("--device", help="Device profile [the recipe's first SSH target].")
 @_with_ssh_options
@@ -197,9 +195,7 @@ def deploy(**kw: Any) -> None:
 @main.command()
 @recipe_option
 @set_option
-@click.option(
-    "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Output folder [build/<name>]."
-)
+@out_option
 @click.option("--samples", type=int, default=64, show_default=True, help="Evaluation samples to run.")
 @click.option("--top", type=int, default=10, show_default=True, help="Layers to print.")
 @click.option("--json", "as_json", is_flag=True, help="Print every layer as JSON.")
