@@ -6,6 +6,7 @@
   and its quantized version (Migacz, "8-bit Inference with TensorRT", 2017).
 - ``mse``: the T minimising the expected squared error, rounding noise inside the range
   (step^2 / 12 per value) plus clipping error outside.
+- ``auto``: per tensor, whichever of the four gives the least of that expected error.
 
 The saturating methods give a threshold T and the range [max(min, -T), min(max, T)], so
 one-sided (post-ReLU) tensors keep all 256 levels on their side. The number of levels the
@@ -103,24 +104,45 @@ def entropy(s: TensorStats) -> RangeChoice:
     return _saturate(s, (best_i + 0.5) * bin_width, "entropy")
 
 
-def mse(s: TensorStats, dtype_levels: int = 256) -> RangeChoice:
-    """The threshold with the least expected quantization MSE (rounding + clipping)."""
-    if s.hist.sum() == 0 or s.half_range == 0:
-        return RangeChoice(s.min, s.max, "mse")
+def expected_error(s: TensorStats, lo: np.ndarray, hi: np.ndarray, levels: int = 256) -> np.ndarray:
+    """Expected squared error per value of quantizing the histogram into [lo, hi] (arrays of candidates).
+
+    Inside the range a value is off by rounding (step^2 / 12 on average); outside it is clipped.
+    """
     edges = s.bin_edges()
     centres = (edges[:-1] + edges[1:]) / 2
     counts = s.hist.astype(np.float64)
-    bin_width = s.half_range / (BINS // 2)
-    t = (_candidates(s, 8) + 0.5) * bin_width  # [K]
-    lo = np.minimum(np.maximum(s.min, -t), 0.0)[:, None]
-    hi = np.maximum(np.minimum(s.max, t), 0.0)[:, None]
-    step = (hi - lo) / (dtype_levels - 1)
+    lo = np.minimum(np.asarray(lo, np.float64), 0.0).reshape(-1, 1)
+    hi = np.maximum(np.asarray(hi, np.float64), 0.0).reshape(-1, 1)
+    step = (hi - lo) / (levels - 1)
     clipped = np.clip(centres[None, :], lo, hi)
     err = np.where(centres[None, :] == clipped, step**2 / 12, (centres[None, :] - clipped) ** 2)
-    cost = (err * counts[None, :]).sum(axis=1)
-    best = int(np.argmin(cost))
+    result: np.ndarray = (err * counts[None, :]).sum(axis=1) / max(counts.sum(), 1.0)
+    return result
+
+
+def mse(s: TensorStats) -> RangeChoice:
+    """The threshold with the least expected quantization MSE (rounding + clipping)."""
+    if s.hist.sum() == 0 or s.half_range == 0:
+        return RangeChoice(s.min, s.max, "mse")
+    t = (_candidates(s, 8) + 0.5) * (s.half_range / (BINS // 2))  # [K]
+    cost = expected_error(s, np.maximum(s.min, -t), np.minimum(s.max, t))
     # Never wider than observed: the top candidate may exceed max|x| by part of a bin.
-    return _saturate(s, float(t[best]), "mse")
+    return _saturate(s, float(t[int(np.argmin(cost))]), "mse")
+
+
+def auto(s: TensorStats, percentile_value: float = 99.99) -> RangeChoice:
+    """Per tensor, the method whose range gives the least expected error on the calibration data.
+
+    The candidates differ in shape, not only in width: percentile cuts each tail on its own,
+    mse and entropy clip symmetrically, minmax keeps all. Ties keep the simpler method.
+    """
+    candidates = [minmax(s), percentile(s, percentile_value), entropy(s), mse(s)]
+    if s.hist.sum() == 0 or s.half_range == 0:
+        return RangeChoice(s.min, s.max, "auto:minmax")
+    cost = expected_error(s, np.array([c.lo for c in candidates]), np.array([c.hi for c in candidates]))
+    best = candidates[int(np.argmin(cost))]
+    return RangeChoice(best.lo, best.hi, f"auto:{best.method}", best.threshold)
 
 
 def minmax(s: TensorStats) -> RangeChoice:
@@ -137,4 +159,6 @@ def choose(s: TensorStats, method: str, percentile_value: float = 99.99) -> Rang
         return entropy(s)
     if method == "mse":
         return mse(s)
+    if method == "auto":
+        return auto(s, percentile_value)
     raise ValueError(f"unknown calibration method {method!r}")

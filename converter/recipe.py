@@ -75,7 +75,7 @@ class QuantizationSpec:
                 )
 
 
-Method = Literal["minmax", "percentile", "entropy", "mse"]
+Method = Literal["minmax", "percentile", "entropy", "mse", "auto"]
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class CalibrationSpec:
         default="minmax",
         metadata={
             "doc": "minmax: observed range (stock converter); percentile: clip the tails; "
-            "entropy: TensorRT KL threshold; mse: least quantization error"
+            "entropy: TensorRT KL threshold; mse: least quantization error; auto: the best of these per tensor"
         },
     )
     percentile: float = field(

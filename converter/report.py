@@ -68,7 +68,7 @@ def _calibration_json(
         {
             "route": "edgeconv",
             "percentile": c.percentile
-            if c.method == "percentile" or any(r.method == "percentile" for r in c.rules)
+            if c.method in ("percentile", "auto") or any(r.method == "percentile" for r in c.rules)
             else None,
             "rules": [{"tensors": r.tensors, "method": r.method, "percentile": r.percentile} for r in c.rules],
             "batch": calibration.batch,

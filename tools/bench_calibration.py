@@ -37,7 +37,7 @@ from converter.runtime.model import TFLiteModel  # noqa: E402
 from converter.runtime.preprocess import Preprocess  # noqa: E402
 from tools import realdata  # noqa: E402
 
-METHODS = ("minmax", "percentile", "entropy", "mse")
+METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
 
 
 def mobilenet224_recipe(work: Path) -> Path:

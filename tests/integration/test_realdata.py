@@ -66,7 +66,7 @@ def test_kws_savedmodel_to_int8_within_one_point(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["resnet8", "kws"])
 def test_every_calibration_method_on_real_models(name: str) -> None:
-    """All four methods from one set of statistics: each within 1.5 points of float top-1."""
+    """Every method from one set of statistics: each within 1.5 points of float top-1."""
     recipe = real_recipe(name)
     model = load_model(recipe.model)
     prep = Preprocess(recipe.input.resize, recipe.input.scale, recipe.input.offset)
@@ -80,7 +80,7 @@ def test_every_calibration_method_on_real_models(name: str) -> None:
     contract = contract_range(prep) if raw_dtype == np.uint8 else None
     stats = collect(model.float_tflite, cal)
     results = {}
-    for method in ("minmax", "percentile", "entropy", "mse"):
+    for method in ("minmax", "percentile", "entropy", "mse", "auto"):
         records = choose_ranges(stats, CalibrationSpec(method=method), contract)
         quant = quantize_with_ranges(
             model.float_tflite,

@@ -75,3 +75,15 @@ def test_without_outliers_entropy_keeps_most_of_the_range() -> None:
 def test_unknown_method() -> None:
     with pytest.raises(ValueError, match="unknown calibration method 'kl'"):
         choose(_stats(np.ones(3)), "kl")
+
+
+def test_auto_picks_the_least_expected_error(relu_with_outliers: TensorStats, gaussian: TensorStats) -> None:
+    from converter.ranges import auto, expected_error
+
+    for s in (relu_with_outliers, gaussian, _stats(np.random.default_rng(3).laplace(0, 1.0, 100_000))):
+        chosen = auto(s)
+        assert chosen.method.startswith("auto:")
+        others = [choose(s, m) for m in ("minmax", "percentile", "entropy", "mse")]
+        costs = expected_error(s, np.array([o.lo for o in others]), np.array([o.hi for o in others]))
+        mine = expected_error(s, np.array([chosen.lo]), np.array([chosen.hi]))[0]
+        assert mine <= costs.min() + 1e-12

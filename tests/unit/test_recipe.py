@@ -86,7 +86,7 @@ def test_unknown_nested_key_suggests(write_recipe: Callable[..., Path]) -> None:
 def test_enum_lists_choices(write_recipe: Callable[..., Path]) -> None:
     message = _error(write_recipe, _with(calibration={"method": "minmaxx"}))
     assert (
-        "recipe.yaml: calibration.method: expected one of minmax, percentile, entropy, mse; got str 'minmaxx' "
+        "recipe.yaml: calibration.method: expected one of minmax, percentile, entropy, mse, auto; got str 'minmaxx' "
         "(did you mean 'minmax'?)" in message
     )
 
@@ -199,6 +199,7 @@ def test_json_schema_matches_dataclasses() -> None:
         "percentile",
         "entropy",
         "mse",
+        "auto",
     ]
     assert "host" in schema["properties"]["targets"]["items"]["anyOf"][0]["enum"]
 
