@@ -15,11 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .runtime.accuracy import cosine, sqnr_db
+from .runtime.accuracy import SQNR_CAP_DB, sqnr_db
 from .runtime.interpreter import make_interpreter
 from .runtime.model import TensorInfo, quantize
-
-ANALYSIS_SAMPLES = 64  # samples both models run with every tensor kept
 
 
 @dataclass(frozen=True)
@@ -38,78 +36,124 @@ class LayerError:
         return asdict(self)
 
 
-def _activations(model: bytes, x: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, Any], list[dict[str, Any]]]:
-    """Every op output over all samples (dequantized), tensor details by name, and the op list."""
-    interpreter = make_interpreter(model_content=model, delegate="none", preserve_all_tensors=True)
+def _sqnr(signal: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Elementwise SQNR in dB from sums of squares, capped like ``runtime.accuracy.sqnr_db``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        db = 10 * np.log10(signal / noise)
+    db = np.where(noise == 0, SQNR_CAP_DB, db)
+    db = np.where((signal == 0) & (noise > 0), -SQNR_CAP_DB, db)
+    return np.clip(db, -SQNR_CAP_DB, SQNR_CAP_DB)
+
+
+@dataclass
+class _Sums:
+    """Running sums for one tensor pair, per channel (last axis)."""
+
+    signal: np.ndarray
+    noise: np.ndarray
+    dot: float = 0.0
+    ref_sq: float = 0.0
+    test_sq: float = 0.0
+    count: int = 0
+
+    def add(self, ref: np.ndarray, test: np.ndarray) -> None:
+        channels = self.signal.shape[0]
+        r = ref.astype(np.float64).reshape(-1, channels)
+        t = test.astype(np.float64).reshape(-1, channels)
+        self.signal += (r * r).sum(axis=0)
+        self.noise += ((r - t) ** 2).sum(axis=0)
+        self.dot += float((r * t).sum())
+        self.ref_sq += float((r * r).sum())
+        self.test_sq += float((t * t).sum())
+        self.count += r.size
+
+
+def _outputs(interpreter: Any) -> tuple[list[int], dict[int, Any], dict[int, Any]]:
+    """Model input and op outputs (tensor indices), tensor details, and each tensor's writing op."""
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
-    ops = interpreter._get_ops_details()  # noqa: SLF001 - see inspect_model
-    info = TensorInfo.from_details(interpreter.get_input_details()[0])
-    wanted = [info.index] + [int(i) for op in ops for i in op["outputs"] if int(i) >= 0]
-    rows: dict[int, list[np.ndarray]] = {i: [] for i in wanted}
-    for sample in x:
-        interpreter.set_tensor(info.index, quantize(sample[None], info))
-        interpreter.invoke()
-        for i in wanted:
-            rows[i].append(interpreter.get_tensor(i).astype(np.float32))
-    out = {}
-    for i in wanted:
-        d = details[i]
-        values = np.stack(rows[i])
-        scale, zero = d["quantization"]
-        if scale and np.dtype(d["dtype"]).kind in "iu":
-            values = (values - zero) * scale
-        out[d["name"]] = values
-    return out, {d["name"]: d for d in details.values()}, ops
+    writer: dict[int, Any] = {}
+    wanted = [interpreter.get_input_details()[0]["index"]]
+    for op in interpreter._get_ops_details():  # noqa: SLF001 - see inspect_model
+        for i in op["outputs"]:
+            if int(i) >= 0:
+                wanted.append(int(i))
+                writer[int(i)] = op
+    return wanted, details, writer
+
+
+def _real(interpreter: Any, index: int, d: dict[str, Any]) -> np.ndarray:
+    values = interpreter.get_tensor(index)
+    scale, zero = d["quantization"]
+    out: np.ndarray = values.astype(np.float32)
+    if scale and np.dtype(d["dtype"]).kind in "iu":
+        out = (out - np.float32(zero)) * np.float32(scale)
+    return out
 
 
 def channel_sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     """Median SQNR over the last axis (channels); whole-tensor SQNR for 1-channel tensors."""
     if reference.ndim < 2 or reference.shape[-1] < 2:
         return sqnr_db(reference, test)
-    ref = reference.reshape(-1, reference.shape[-1])
-    out = test.reshape(-1, test.shape[-1])
-    return float(np.median([sqnr_db(ref[:, c], out[:, c]) for c in range(ref.shape[1])]))
+    ref = reference.reshape(-1, reference.shape[-1]).astype(np.float64)
+    out = test.reshape(-1, test.shape[-1]).astype(np.float64)
+    return float(np.median(_sqnr((ref * ref).sum(axis=0), ((ref - out) ** 2).sum(axis=0))))
 
 
 def analyze(float_tflite: bytes, quant_tflite: bytes, x: np.ndarray) -> list[LayerError]:
-    """Per-tensor error of the quantized model on preprocessed samples ``x``, worst first."""
-    ref, _, ref_ops = _activations(float_tflite, x)
-    test, test_details, test_ops = _activations(quant_tflite, x)
-    producer: dict[int, Any] = {}
-    for op in test_ops:
-        for i in op["outputs"]:
-            producer[int(i)] = op
-    index_of = {name: d["index"] for name, d in test_details.items()}
-    name_of = {d["index"]: name for name, d in test_details.items()}
+    """Per-tensor error of the quantized model on preprocessed samples ``x``, worst first.
+
+    Streams: both models run sample by sample and only per-channel sums are kept, so memory
+    does not grow with the number of samples or the size of the activations.
+    """
+    ref_i = make_interpreter(model_content=float_tflite, delegate="none", preserve_all_tensors=True)
+    test_i = make_interpreter(model_content=quant_tflite, delegate="none", preserve_all_tensors=True)
+    ref_idx, ref_details, _ = _outputs(ref_i)
+    test_idx, test_details, writer = _outputs(test_i)
+    ref_by_name = {ref_details[i]["name"]: i for i in ref_idx}
     # Match by name, then by position among same-shaped outputs of the float model.
-    unmatched_ref = [n for n in ref if n not in test]
-    matches: dict[str, tuple[str, str]] = {n: (n, "name") for n in test if n in ref}
-    for n in [n for n in test if n not in ref]:
-        same = [r for r in unmatched_ref if ref[r].shape == test[n].shape]
+    matches: dict[int, tuple[int, str]] = {}
+    unmatched = [i for i in ref_idx if ref_details[i]["name"] not in {test_details[j]["name"] for j in test_idx}]
+    for j in test_idx:
+        name = test_details[j]["name"]
+        if name in ref_by_name:
+            matches[j] = (ref_by_name[name], "name")
+            continue
+        same = [i for i in unmatched if tuple(ref_details[i]["shape"]) == tuple(test_details[j]["shape"])]
         if same:
-            matches[n] = (same[0], "position")
-            unmatched_ref.remove(same[0])
-    sqnr = {n: channel_sqnr_db(ref[r], test[n]) for n, (r, _) in matches.items()}
+            matches[j] = (same[0], "position")
+            unmatched.remove(same[0])
+    sums = {
+        j: _Sums(
+            np.zeros(max(1, int(test_details[j]["shape"][-1]) if len(test_details[j]["shape"]) > 1 else 1)),
+            np.zeros(max(1, int(test_details[j]["shape"][-1]) if len(test_details[j]["shape"]) > 1 else 1)),
+        )
+        for j in matches
+    }
+    ref_in = TensorInfo.from_details(ref_i.get_input_details()[0])
+    test_in = TensorInfo.from_details(test_i.get_input_details()[0])
+    for sample in x:
+        ref_i.set_tensor(ref_in.index, quantize(sample[None], ref_in))
+        test_i.set_tensor(test_in.index, quantize(sample[None], test_in))
+        ref_i.invoke()
+        test_i.invoke()
+        for j, (i, _) in matches.items():
+            sums[j].add(_real(ref_i, i, ref_details[i]), _real(test_i, j, test_details[j]))
+    sqnr = {j: float(np.median(_sqnr(s.signal, s.noise))) for j, s in sums.items()}
     results = []
-    for n, (r, how) in matches.items():
-        d = test_details[n]
+    for j, (_, how) in matches.items():
+        s, d, op = sums[j], test_details[j], writer.get(j)
+        inputs = [sqnr[int(i)] for i in (op["inputs"] if op is not None else []) if int(i) in sqnr]
+        norm = np.sqrt(s.ref_sq * s.test_sq)
         scale = d["quantization"][0]
-        rmse = float(np.sqrt(np.mean((ref[r].astype(np.float64) - test[n]) ** 2)))
-        writer = producer.get(index_of[n])
-        inputs = [
-            sqnr[name_of[int(i)]]
-            for i in (writer["inputs"] if writer is not None else [])
-            if int(i) in name_of and name_of[int(i)] in sqnr
-        ]
-        drop = (min(inputs) - sqnr[n]) if inputs else None
+        rmse = float(np.sqrt(s.noise.sum() / max(s.count, 1)))
         results.append(
             LayerError(
-                n,
-                str(writer["op_name"]) if writer is not None else "",
-                sqnr[n],
-                cosine(ref[r], test[n]),
+                d["name"],
+                str(op["op_name"]) if op is not None else "",
+                sqnr[j],
+                float(s.dot / norm) if norm > 0 else None,
                 rmse / scale if scale else None,
-                drop,
+                (min(inputs) - sqnr[j]) if inputs else None,
                 how,
             )
         )

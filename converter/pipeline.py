@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .analyze import ANALYSIS_SAMPLES, analyze
+from .analyze import analyze
 from .artifacts import check_output_dir, write_outputs
 from .ci_outputs import finalize
 from .data import Dataset, load_dataset, prepare
@@ -121,8 +121,8 @@ def convert(
         if eval_x is not None
         else not_measured()
     )
-    analysis_x = eval_x if eval_x is not None else cal_x
-    layers = _timed("analyze", steps, lambda: analyze(model.float_tflite, quant, analysis_x[:ANALYSIS_SAMPLES]))
+    analysis_x = (eval_x if eval_x is not None else cal_x)[: recipe.analysis.samples]
+    layers = _timed("analyze", steps, lambda: analyze(model.float_tflite, quant, analysis_x)) if len(analysis_x) else []
     with _step("targets", steps):
         checks = check_targets(recipe, targets, quant, eval_x if eval_x is not None else cal_x)
     with _step("benchmark", steps):
@@ -145,6 +145,7 @@ def convert(
             measured,
             checks.sections,
             [e.to_json() for e in layers],
+            len(analysis_x),
         )
     )
     images = {HIST_NAME: picture} if picture is not None else {}
@@ -168,6 +169,9 @@ def measure_targets(
         models["float"].write_bytes(float_tflite)
         models["int8"].write_bytes(quant)
         eval_data = (eval_raw, eval_y) if eval_raw is not None else None
+        if not recipe.benchmark.enabled:
+            off = TargetResult(None, reason="not measured: benchmark.enabled is false in the recipe")
+            return {spec.device: off for spec in recipe.target_specs()}
         return {
             spec.device: measure_target(spec, profiles[spec.device], recipe.benchmark, models, eval_data, prep)
             for spec in recipe.target_specs()

@@ -147,10 +147,20 @@ class TargetSpec:
 class BenchmarkSpec:
     """How latency is measured on each target."""
 
+    enabled: bool = field(default=True, metadata={"doc": "Measure latency on the targets after converting"})
     warmup: int = field(default=10, metadata={"doc": "Untimed runs first", "min": 0})
     runs: int = field(default=50, metadata={"doc": "At least this many timed runs", "min": 1})
     min_seconds: float = field(default=1.0, metadata={"doc": "And at least this long", "min": 0})
     top_k: int | None = field(default=None, metadata={"doc": "Also report top-k accuracy", "min": 2})
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """Per-layer error analysis after conversion."""
+
+    samples: int = field(
+        default=32, metadata={"doc": "Evaluation samples to compare layer by layer; 0 skips", "min": 0}
+    )
 
 
 @dataclass(frozen=True)
@@ -174,6 +184,7 @@ class Recipe:
         default=("host",), metadata={"doc": "Device profiles from devices/: a name, or {device, host, ...} for SSH"}
     )
     benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec, metadata={"doc": "Latency measurement"})
+    analysis: AnalysisSpec = field(default_factory=AnalysisSpec, metadata={"doc": "Per-layer error analysis"})
     budgets: Budgets = field(
         default_factory=Budgets, metadata={"doc": "Limits checked as CI gates; targets and device profiles may add"}
     )

@@ -104,6 +104,7 @@ class Outcome:
     measured: dict[str, TargetResult]
     checks: dict[str, dict[str, Any]]
     layers: list[dict[str, Any]]
+    analysis_samples: int
 
 
 def build_report(o: Outcome) -> dict[str, Any]:
@@ -138,7 +139,7 @@ def build_report(o: Outcome) -> dict[str, Any]:
             for name, profile in o.targets.items()
         },
         "analysis": {
-            "samples": min(o.accuracy.samples or o.cal_samples, 64),
+            "samples": o.analysis_samples,
             "metric": "median per-channel SQNR (dB); sqnr_drop_db: SQNR lost across the writing op",
             "layers": o.layers,
         },

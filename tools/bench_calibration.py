@@ -102,7 +102,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
 
 
 def accuracy(float_out: np.ndarray, model: Path, x: np.ndarray, y: np.ndarray | None) -> dict[str, Any]:
-    acc = compare(float_out, TFLiteModel(model_path=str(model)).predict(x)[0], y)
+    acc = compare([float_out], [TFLiteModel(model_path=str(model)).predict(x)[0]], y)
     return {"int8": acc.int8, "agreement": acc.agreement, "samples": acc.samples}
 
 
@@ -157,6 +157,11 @@ def bench_model(name: str, work: Path) -> dict[str, Any]:
             f"calibration.method={method}",
             "--set",
             "data.evaluation=null",
+            # Conversion only, as the stock converter does: no latency runs, no per-layer analysis.
+            "--set",
+            "benchmark.enabled=false",
+            "--set",
+            "analysis.samples=0",
         ]
         if name in realdata.REAL_PATHS:
             cmd += [f"--set={o}" for o in realdata.overrides(name, evaluation=False)]

@@ -71,7 +71,7 @@ def test_analyze_command_and_report(tiny_model_dir: Path, write_recipe: Callable
     assert runner.invoke(main, ["convert", "--recipe", str(recipe), "--out", str(tmp_path / "o")]).exit_code == 0
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     layers = report["analysis"]["layers"]
-    assert report["analysis"]["samples"] == 64 and len(layers) >= 4
+    assert report["analysis"]["samples"] == 32 and len(layers) >= 4
     assert {"name", "op", "sqnr_db", "cosine", "rmse_steps", "sqnr_drop_db", "matched_by"} <= set(layers[0])
     assert "Per-layer error (worst first)" in (tmp_path / "o" / "report.html").read_text()
     result = runner.invoke(main, ["analyze", "--recipe", str(recipe), "--out", str(tmp_path / "o"), "--samples", "16"])
