@@ -19,7 +19,7 @@ import numpy as np
 
 from . import calib_cache
 from .errors import CalibrationError
-from .quant import asymmetric
+from .quant import asymmetric, levels_used
 from .ranges import RangeChoice, choose
 from .recipe import CalibrationSpec
 from .stats import BINS, CalibrationStats, TensorStats, collect
@@ -120,7 +120,7 @@ def _record(s: TensorStats, choice: RangeChoice, note: str | None = None) -> Ten
     outside = ((centres < lo) & (lo > s.min)) | ((centres > hi) & (hi < s.max))
     clipped = float(s.hist[outside].sum() / total)
     occupied = centres[s.hist > 0]
-    levels = int(np.unique(asymmetric(lo, hi).quantize(np.clip(occupied, lo, hi))).size)
+    levels = levels_used(np.clip(occupied, lo, hi), asymmetric(lo, hi))
     return TensorRecord(s, choice, clipped, levels, note)
 
 

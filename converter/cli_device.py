@@ -212,7 +212,6 @@ def analyze(**kw: Any) -> None:
         from .recipe import load_recipe
         from .report import FLOAT_NAME, INT8_NAME, REPORT_NAME, dumps
         from .runtime.model import TFLiteModel
-        from .runtime.preprocess import Preprocess
 
         recipe = load_recipe(kw["recipe_path"], list(kw["overrides"]))
         out = kw["out_dir"] or Path("build") / recipe.name
@@ -228,7 +227,7 @@ def analyze(**kw: Any) -> None:
             channels=shape[-1] if len(shape) == 4 else None,
             image_size=recipe.input.resize,
         )
-        x = prepare(ds, Preprocess(recipe.input.resize, recipe.input.scale, recipe.input.offset), shape, "data")
+        x = prepare(ds, recipe.preprocess(), shape, "data")
         layers = per_layer((out / FLOAT_NAME).read_bytes(), (out / INT8_NAME).read_bytes(), x)
         report_path = out / REPORT_NAME
         if report_path.is_file():

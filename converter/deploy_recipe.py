@@ -15,7 +15,6 @@ from .measure import measure_target
 from .recipe import Recipe, TargetSpec
 from .report import FLOAT_NAME, INT8_NAME, REPORT_NAME, dumps
 from .runtime.model import TFLiteModel
-from .runtime.preprocess import Preprocess
 
 
 def _device_name(recipe: Recipe, device: str | None) -> str:
@@ -74,7 +73,7 @@ def deploy_recipe(
             image_size=recipe.input.resize,
         )
         eval_data = (ds.x, ds.y)
-    prep = Preprocess(recipe.input.resize, recipe.input.scale, recipe.input.offset)
+    prep = recipe.preprocess()
     models = {"float": out / FLOAT_NAME, "int8": out / INT8_NAME}
     result = measure_target(spec, profile, recipe.benchmark, models, eval_data, prep, keep=keep)
     if result.latency is None:

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from . import model_cache
 from .errors import ModelLoadError
 from .runtime.model import TFLiteModel
@@ -216,8 +214,3 @@ def _saved_model_to_tflite(path: Path) -> bytes:
         return bytes(converter.convert())
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"model: {path}: TensorFlow cannot convert this SavedModel: {e}") from e
-
-
-def float_outputs(model: LoadedModel, x: np.ndarray) -> list[np.ndarray]:
-    """Run the float reference on preprocessed samples."""
-    return TFLiteModel(model_content=model.float_tflite).predict(x)

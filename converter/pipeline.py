@@ -51,10 +51,6 @@ def default_out_dir(recipe: Recipe) -> Path:
     return Path("build") / recipe.name
 
 
-def preprocess_of(recipe: Recipe) -> Preprocess:
-    return Preprocess(resize=recipe.input.resize, scale=recipe.input.scale, offset=recipe.input.offset)
-
-
 @contextmanager
 def _step(name: str, steps: list[dict[str, Any]]) -> Iterator[None]:
     start = time.perf_counter()
@@ -93,7 +89,7 @@ def convert(
     log.info("loaded %s (%s) with %s; input %s", recipe.model.name, model.format, model.loader, list(model.input_shape))
     for warning in early_warnings(recipe, targets):
         log.warning("warning: %s", warning)
-    prep = preprocess_of(recipe)
+    prep = recipe.preprocess()
     channels = model.input_shape[-1] if len(model.input_shape) == 4 else None
 
     def read(kind: str) -> tuple[np.ndarray, Dataset, np.ndarray | None]:

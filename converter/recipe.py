@@ -12,6 +12,7 @@ from typing import Any, Literal
 from .budgets import Budgets
 from .devices import available_devices, devices_dir, load_device
 from .errors import RecipeError
+from .runtime.preprocess import Preprocess
 from .schema import Where, build, json_schema, suggest
 from .yamlio import load_yaml_file, load_yaml_text
 
@@ -195,6 +196,10 @@ class Recipe:
     source: Path = field(default=Path("recipe.yaml"), init=False, compare=False)
 
     sha256: str = field(default="", init=False, compare=False)
+
+    def preprocess(self) -> Preprocess:
+        """The preprocessing contract this recipe declares."""
+        return Preprocess(resize=self.input.resize, scale=self.input.scale, offset=self.input.offset)
 
     def target_specs(self) -> tuple[TargetSpec, ...]:
         """Every target as a ``TargetSpec`` (a bare name has no SSH host)."""

@@ -147,13 +147,12 @@ class _Observer:
             stats[d["index"]].update(view, view if idx is None else view[idx])
 
 
-def _pick_batch(model: bytes, x: np.ndarray, threads: int, seed: int, want: int) -> _Observer | None:
+def _pick_batch(model: bytes, single: _Observer, x: np.ndarray, threads: int, seed: int, want: int) -> _Observer | None:
     """A batched observer whose outputs match batch 1 on the first samples, or None."""
     if want <= 1 or len(x) < want:
         return None
     try:
         batched = _Observer(model, want, threads, seed)
-        single = _Observer(model, 1, threads, seed)
         batched.run(x[:want])
         outputs = [d["index"] for d in batched.interpreter.get_output_details()]
         got = [batched.interpreter.get_tensor(i) for i in outputs]
@@ -181,7 +180,7 @@ def collect(
         single = _Observer(model, 1, threads, seed)
     except (RuntimeError, ValueError) as e:
         raise CalibrationError(f"the float model cannot run in the interpreter: {e}") from e
-    batched = _pick_batch(model, x, threads, seed, batch)
+    batched = _pick_batch(model, single, x, threads, seed, batch)
     stats = {
         d["index"]: TensorStats(d["index"], d["name"], tuple(int(s) for s in d["shape"][1:]), d["op"])
         for d in single.tensors

@@ -30,8 +30,6 @@ from .inspect_model import float_ops
 
 SUPPORTED_TF = (">=2.16", "<2.22")
 
-_DTYPES = {"int8": "int8", "uint8": "uint8", "int16": "int16", "float32": "float32"}
-
 
 def _tf() -> Any:
     import tensorflow as tf
@@ -71,8 +69,8 @@ def quantize_with_ranges(
             calibrated,
             disable_per_channel=not per_channel,
             fully_quantize=False,
-            input_data_type=tf.as_dtype(_DTYPES[input_type]),
-            output_data_type=tf.as_dtype(_DTYPES[output_type]),
+            input_data_type=tf.as_dtype(input_type),
+            output_data_type=tf.as_dtype(output_type),
         )
     except Exception as e:  # noqa: BLE001 - TF raises RuntimeError/ConverterError/ValueError
         raise ConversionError(f"quantization failed in TensorFlow: {e}") from e
@@ -99,8 +97,8 @@ def stock_quantize(
             yield [np.asarray(row[None], dtype=np.float32)]
 
     gen: Callable[[], Iterator[list[np.ndarray]]] = dataset
-    in_dtype = tf.as_dtype(_DTYPES[input_type])
-    out_dtype = tf.as_dtype(_DTYPES[output_type])
+    in_dtype = tf.as_dtype(input_type)
+    out_dtype = tf.as_dtype(output_type)
     try:
         model = calibrator.add_intermediate_tensors(float_tflite)
         cal = calibrator.Calibrator(model)

@@ -34,7 +34,6 @@ from converter.evaluate import compare  # noqa: E402
 from converter.load import load_model  # noqa: E402
 from converter.recipe import Recipe, load_recipe  # noqa: E402
 from converter.runtime.model import TFLiteModel  # noqa: E402
-from converter.runtime.preprocess import Preprocess  # noqa: E402
 from tools import realdata  # noqa: E402
 
 METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
@@ -88,7 +87,7 @@ def samples(recipe: Recipe, kind: str, input_shape: tuple[int, ...]) -> tuple[np
         channels=input_shape[-1],
         image_size=recipe.input.resize,
     )
-    prep = Preprocess(recipe.input.resize, recipe.input.scale, recipe.input.offset)
+    prep = recipe.preprocess()
     return prepare(ds, prep, input_shape, kind), ds.y
 
 

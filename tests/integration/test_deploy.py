@@ -26,6 +26,7 @@ from tests.sshd import LoopbackSSH, loopback_sshd, sshd_available
 pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available()))
 
 FAST = {"warmup": 1, "runs": 5, "min_seconds": 0.0}
+FAST_CLI = ["--runs", "3", "--warmup", "0", "--min-seconds", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -230,12 +231,7 @@ def test_bench_command_exit_codes(sshd: LoopbackSSH, converted: Path, tmp_path: 
         "bench",
         "--model",
         str(converted / "out" / "model_int8.tflite"),
-        "--runs",
-        "3",
-        "--warmup",
-        "0",
-        "--min-seconds",
-        "0",
+        *FAST_CLI,
     ]
     ok = runner.invoke(main, [*base, "--json"])
     assert ok.exit_code == 0 and json.loads(ok.stdout)["models"]["model"]["latency"]["runs"] >= 3
@@ -271,12 +267,7 @@ def test_bundle_runs_without_tensorflow(converted: Path, tmp_path: Path) -> None
             str(converted / "out" / "model_float.tflite"),
             "--data",
             str(converted / "eval.npz"),
-            "--runs",
-            "3",
-            "--warmup",
-            "0",
-            "--min-seconds",
-            "0",
+            *FAST_CLI,
         ],
         capture_output=True,
         text=True,
