@@ -253,6 +253,13 @@ def summary(out_dir: Path, report: dict[str, Any]) -> str:
         lines.append(f"  float/int8 top-1 agreement ({acc['samples']} samples): {_pct(acc['agreement'])}")
     else:
         lines.append("  accuracy: not measured (no evaluation data with labels)")
+    tuning = report.get("tuning") or {}
+    if tuning.get("ran"):
+        chosen = next(a for a in tuning["attempts"] if a["chosen"])
+        lines.append(
+            f"  tuning for drop <= {100 * tuning['budget']:.2f} points: {len(tuning['attempts'])} attempts, "
+            f"chose '{chosen['step']}' ({tuning['outcome']})"
+        )
     for name, lat in (report.get("latency") or {}).items():
         if lat is None:
             lines.append(f"  latency {name}: not measured ({report['targets'][name]['reason']})")

@@ -6,7 +6,7 @@ import base64
 from html import escape
 from typing import Any
 
-from .render import fmt
+from .render import TUNING_HEAD, fmt, tuning_rows
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1060px;
@@ -132,6 +132,14 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
                 ],
                 {1, 2, 3, 4, 5},
             ),
+        ]
+    tuning_cells = tuning_rows(report)
+    if tuning_cells:
+        t = report["tuning"]
+        parts += [
+            "<h2>Accuracy tuning</h2>",
+            f"<p class=muted>Budget: drop ≤ {100 * t['budget']:.2f} points. {escape(t['outcome'])}.</p>",
+            _table(TUNING_HEAD, [[escape(c) for c in r] for r in tuning_cells], {2, 3, 4, 5, 6}),
         ]
     latency = {k: v for k, v in (report.get("latency") or {}).items() if v}
     if latency:

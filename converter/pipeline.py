@@ -27,13 +27,14 @@ from .evaluate import evaluate_host
 from .load import LoadedModel, detect_format, load_model
 from .measure import TargetResult, measure_target
 from .plots import histogram_png, most_clipped
-from .quantize import quantize
+from .quantize import Plan, Quantized, quantize
 from .recipe import Recipe
 from .report import FLOAT_NAME, HIST_NAME, INT8_NAME, REPORT_NAME, Outcome, build_report, dumps
 from .runtime.accuracy import not_measured
 from .runtime.preprocess import Preprocess
 from .targets import check_targets, early_warnings
 from .tflite_quantizer import import_tensorflow
+from .tune import tune
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -110,13 +111,20 @@ def convert(
 
     # TensorFlow is needed to quantize; importing it takes seconds that are not calibration's.
     _timed("import tf", steps, import_tensorflow)
-    with _step("calibrate", steps):
-        quant, calibration = quantize(model.float_tflite, cal_x, recipe, prep, eight_bit_data=cal_ds.eight_bit)
+
+    def quantizer(plan: Plan | None = None) -> Quantized:
+        return quantize(model.float_tflite, cal_x, recipe, prep, eight_bit_data=cal_ds.eight_bit, plan=plan)
+
+    first = _timed("calibrate", steps, quantizer)
     accuracy = (
-        _timed("evaluate", steps, lambda: evaluate_host(model.float_tflite, quant, eval_x, eval_y))
+        _timed("evaluate", steps, lambda: evaluate_host(model.float_tflite, first.model, eval_x, eval_y))
         if eval_x is not None
         else not_measured()
     )
+    with _step("tune", steps):
+        tuned = tune(recipe, targets, model.float_tflite, first, accuracy, eval_x, eval_y, quantizer)
+    chosen, accuracy = tuned.chosen, tuned.accuracy
+    quant, calibration = chosen.model, chosen.calibration
     analysis_x = (eval_x if eval_x is not None else cal_x)[: recipe.analysis.samples]
     layers = _timed("analyze", steps, lambda: analyze(model.float_tflite, quant, analysis_x)) if len(analysis_x) else []
     with _step("targets", steps):
@@ -136,12 +144,13 @@ def convert(
             accuracy,
             targets,
             steps,
-            calibration,
             HIST_NAME if picture else None,
             measured,
             checks.sections,
             [e.to_json() for e in layers],
             len(analysis_x),
+            chosen,
+            tuned.section,
         )
     )
     images = {HIST_NAME: picture} if picture is not None else {}

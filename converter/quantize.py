@@ -1,18 +1,73 @@
-"""Calibrate and quantize: the recipe's ranges written into the float reference, then TFLite's quantizer."""
+"""Calibrate and quantize: the recipe's ranges written into the float reference, then TFLite's quantizer.
+
+A ``Plan`` says how: range method, bias correction, layers kept float, int8 or 16x8
+activations. The recipe gives the first plan; the accuracy loop (``tune``) tries others.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .bias_correction import BiasFix, correct_biases
 from .calibrate import Calibration, calibrate
-from .recipe import Recipe
+from .recipe import Method, Recipe
 from .runtime.preprocess import Preprocess
 from .tflite_quantizer import quantize_with_ranges, stock_quantize
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One way to quantize a model."""
+
+    method: Method
+    bias_correction: bool = False
+    float_nodes: tuple[str, ...] = ()
+    activations: str = "int8"
+    input_type: str = "int8"
+    output_type: str = "int8"
+
+    @classmethod
+    def of(cls, recipe: Recipe) -> Plan:
+        q = recipe.quantization
+        return cls(
+            recipe.calibration.method,
+            recipe.calibration.bias_correction,
+            (),
+            q.activations,
+            q.input_type,
+            q.output_type,
+        )
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """A quantized model, the plan behind it, and the calibration it used (None for 16x8)."""
+
+    model: bytes
+    plan: Plan
+    calibration: Calibration | None
+    bias_fixes: tuple[BiasFix, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        p = self.plan
+        return {
+            "method": p.method if self.calibration is not None else "minmax (TFLite 16x8)",
+            "activations": p.activations,
+            "bias_correction": {
+                "layers": len(self.bias_fixes),
+                "max_shift_steps": max((f.max_shift_steps for f in self.bias_fixes), default=None),
+            }
+            if p.bias_correction
+            else None,
+            "float_nodes": list(p.float_nodes),
+        }
 
 
 def contract_range(prep: Preprocess) -> tuple[float, float]:
@@ -29,29 +84,48 @@ def prep_json(prep: Preprocess) -> dict[str, Any]:
 
 
 def quantize(
-    float_tflite: bytes, cal_x: np.ndarray, recipe: Recipe, prep: Preprocess, *, eight_bit_data: bool
-) -> tuple[bytes, Calibration | None]:
-    """The full-integer model and the calibration behind it (None for 16x8, which calibrates itself)."""
-    q = recipe.quantization
-    if q.activations == "int16":
+    float_tflite: bytes,
+    cal_x: np.ndarray,
+    recipe: Recipe,
+    prep: Preprocess,
+    *,
+    eight_bit_data: bool,
+    plan: Plan | None = None,
+) -> Quantized:
+    """The quantized model for ``plan`` (default: the recipe's)."""
+    plan = plan or Plan.of(recipe)
+    per_channel = recipe.quantization.per_channel
+    if plan.activations == "int16":
         model = stock_quantize(
             float_tflite,
             cal_x,
-            input_type=q.input_type,
-            output_type=q.output_type,
-            per_channel=q.per_channel,
-            activations=q.activations,
+            input_type=plan.input_type,
+            output_type=plan.output_type,
+            per_channel=per_channel,
+            activations="int16",
         )
-        return model, None
+        return Quantized(model, plan, None)
     contract = contract_range(prep) if eight_bit_data else None
-    calibration = calibrate(float_tflite, cal_x, recipe.calibration, prep_json(prep), contract)
+    spec = dataclasses.replace(recipe.calibration, method=plan.method)
+    calibration = calibrate(float_tflite, cal_x, spec, prep_json(prep), contract)
     if calibration.cache_hit:
         log.info("calibration statistics from the cache (%s…)", calibration.cache_key[:12])
-    model = quantize_with_ranges(
-        float_tflite,
-        calibration.ranges(),
-        input_type=q.input_type,
-        output_type=q.output_type,
-        per_channel=q.per_channel,
-    )
-    return model, calibration
+
+    def run(source: bytes, float_nodes: tuple[str, ...]) -> bytes:
+        return quantize_with_ranges(
+            source,
+            calibration.ranges(),
+            input_type=plan.input_type,
+            output_type=plan.output_type,
+            per_channel=per_channel,
+            float_nodes=float_nodes,
+        )
+
+    model = run(float_tflite, ())
+    fixes: list[BiasFix] = []
+    if plan.bias_correction:
+        corrected, fixes = correct_biases(float_tflite, model, cal_x, skip=set(plan.float_nodes))
+        model = run(corrected, plan.float_nodes)
+    elif plan.float_nodes:
+        model = run(float_tflite, plan.float_nodes)
+    return Quantized(model, plan, calibration, tuple(fixes))

@@ -122,6 +122,10 @@ class CalibrationSpec:
         default=True,
         metadata={"doc": "Reuse the float reference model and the statistics computed before for the same inputs"},
     )
+    bias_correction: bool = field(
+        default=False,
+        metadata={"doc": "Cancel the mean output shift weight rounding causes in each conv/dense layer"},
+    )
 
     def __post_init__(self) -> None:
         if self.percentile <= 0:
@@ -165,6 +169,21 @@ class AnalysisSpec:
 
 
 @dataclass(frozen=True)
+class TuningSpec:
+    """The accuracy-target loop: what it may try when budgets.accuracy_drop is missed."""
+
+    enabled: bool = field(
+        default=True,
+        metadata={"doc": "Try fixes (auto ranges, bias correction, fallbacks) when accuracy_drop is missed"},
+    )
+    max_float_layers: int = field(
+        default=8,
+        metadata={"doc": "Most layers kept float on CPU targets (never on Edge TPU or MCU targets); 0: none", "min": 0},
+    )
+    int16: bool = field(default=True, metadata={"doc": "May try 16x8 (int16 activations) on CPU targets"})
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A conversion recipe (version 1)."""
 
@@ -186,6 +205,7 @@ class Recipe:
     )
     benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec, metadata={"doc": "Latency measurement"})
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec, metadata={"doc": "Per-layer error analysis"})
+    tuning: TuningSpec = field(default_factory=TuningSpec, metadata={"doc": "Accuracy-target loop"})
     budgets: Budgets = field(
         default_factory=Budgets, metadata={"doc": "Limits checked as CI gates; targets and device profiles may add"}
     )

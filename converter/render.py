@@ -32,6 +32,29 @@ def gate_line(g: dict[str, Any]) -> str:
     )
 
 
+TUNING_HEAD = ["step", "what", "int8 top-1", "drop", "agreement", "bytes", "host p50", "chosen"]
+
+
+def tuning_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The accuracy loop's attempts as table cells (empty when the loop did not run)."""
+    tuning = report.get("tuning") or {}
+    if not tuning.get("ran"):
+        return []
+    return [
+        [
+            a["step"],
+            a["detail"],
+            fmt(a["int8"], "fraction"),
+            f"{100 * a['drop']:.2f} points",
+            fmt(a["agreement"], "fraction"),
+            fmt(a["bytes"], "bytes"),
+            fmt(a["latency_p50_ms"], "ms"),
+            "✔" if a["chosen"] else "",
+        ]
+        for a in tuning["attempts"]
+    ]
+
+
 def markdown(report: dict[str, Any], deltas: list[dict[str, Any]] | None = None) -> str:
     """report.md: verdict, gates, accuracy, latency, targets, and the baseline deltas when given."""
     gates = report.get("gates") or []
@@ -66,6 +89,17 @@ def markdown(report: dict[str, Any], deltas: list[dict[str, Any]] | None = None)
             "|---|---|---|---|---|---|",
             f"| {acc['where']} | {acc['samples']} | {fmt(acc['float'], 'fraction')} | {fmt(acc['int8'], 'fraction')} "
             f"| {100 * acc['drop']:.2f} points | {fmt(acc['agreement'], 'fraction')} |",
+            "",
+        ]
+    rows = tuning_rows(report)
+    if rows:
+        t = report["tuning"]
+        lines += [
+            f"### Accuracy tuning (budget: drop ≤ {100 * t['budget']:.2f} points) — {t['outcome']}",
+            "",
+            "| " + " | ".join(TUNING_HEAD) + " |",
+            "|" + "---|" * len(TUNING_HEAD),
+            *("| " + " | ".join(r) + " |" for r in rows),
             "",
         ]
     latency = {k: v for k, v in (report.get("latency") or {}).items() if v}

@@ -10,10 +10,10 @@ from typing import Any
 
 from . import __version__
 from .artifacts import file_record
-from .calibrate import Calibration
 from .devices import DeviceProfile
 from .load import LoadedModel
 from .measure import TargetResult
+from .quantize import Quantized
 from .recipe import Recipe
 from .runtime.accuracy import Accuracy
 from .runtime.interpreter import interpreter_module
@@ -50,10 +50,11 @@ def dumps(report: dict[str, Any]) -> bytes:
 
 
 def _calibration_json(
-    recipe: Recipe, cal_samples: int, seconds: float, calibration: Calibration | None, picture: str | None
+    recipe: Recipe, cal_samples: int, seconds: float, quantized: Quantized, picture: str | None
 ) -> dict[str, Any]:
-    c = recipe.calibration
-    out: dict[str, Any] = {"method": c.method, "samples": cal_samples, "seconds": seconds}
+    c, calibration = recipe.calibration, quantized.calibration
+    method = quantized.plan.method if calibration is not None else "minmax"
+    out: dict[str, Any] = {"method": method, "samples": cal_samples, "seconds": seconds}
     if calibration is None:
         out.update(
             {
@@ -68,7 +69,7 @@ def _calibration_json(
         {
             "route": "edgeconv",
             "percentile": c.percentile
-            if c.method in ("percentile", "auto") or any(r.method == "percentile" for r in c.rules)
+            if method in ("percentile", "auto") or any(r.method == "percentile" for r in c.rules)
             else None,
             "rules": [{"tensors": r.tensors, "method": r.method, "percentile": r.percentile} for r in c.rules],
             "batch": calibration.batch,
@@ -99,12 +100,13 @@ class Outcome:
     accuracy: Accuracy
     targets: dict[str, DeviceProfile]
     steps: list[dict[str, Any]]
-    calibration: Calibration | None
     picture: str | None
     measured: dict[str, TargetResult]
     checks: dict[str, dict[str, Any]]
     layers: list[dict[str, Any]]
     analysis_samples: int
+    quantized: Quantized
+    tuning: dict[str, Any]
 
 
 def build_report(o: Outcome) -> dict[str, Any]:
@@ -126,12 +128,13 @@ def build_report(o: Outcome) -> dict[str, Any]:
             "float": file_record(Path(FLOAT_NAME), model.float_tflite),
             "int8": file_record(Path(INT8_NAME), quant),
         },
-        "calibration": _calibration_json(recipe, o.cal_samples, calibrate_seconds, o.calibration, o.picture),
+        "calibration": _calibration_json(recipe, o.cal_samples, calibrate_seconds, o.quantized, o.picture),
         "quantization": {
-            "activations": q.activations,
+            **o.quantized.to_json(),
             "per_channel": q.per_channel,
             **_io_record(TFLiteModel(model_content=quant)),
         },
+        "tuning": o.tuning,
         "accuracy": o.accuracy.to_json(),
         "latency": {name: r.latency for name, r in o.measured.items()},
         "targets": {

@@ -49,8 +49,13 @@ def quantize_with_ranges(
     input_type: str,
     output_type: str,
     per_channel: bool,
+    float_nodes: tuple[str, ...] = (),
 ) -> bytes:
-    """Write ``ranges`` (tensor index of subgraph 0 -> (min, max)) into the model and quantize it."""
+    """Write ``ranges`` (tensor index of subgraph 0 -> (min, max)) into the model and quantize it.
+
+    ``float_nodes`` (output tensor names) stay float, with quantize/dequantize ops around them
+    (the quantizer's ``denylisted_nodes``); only then may the result hold float ops.
+    """
     tf = _tf()
     from tensorflow.lite.python import convert as tf_convert
     from tensorflow.lite.python import schema_py_generated as schema
@@ -71,10 +76,11 @@ def quantize_with_ranges(
             fully_quantize=False,
             input_data_type=tf.as_dtype(input_type),
             output_data_type=tf.as_dtype(output_type),
+            denylisted_nodes=list(float_nodes) or None,
         )
     except Exception as e:  # noqa: BLE001 - TF raises RuntimeError/ConverterError/ValueError
         raise ConversionError(f"quantization failed in TensorFlow: {e}") from e
-    return _finish(bytes(result))
+    return _finish(bytes(result), allow_float=bool(float_nodes))
 
 
 def stock_quantize(
@@ -128,11 +134,11 @@ def stock_quantize(
     return _finish(bytes(result))
 
 
-def _finish(result: bytes) -> bytes:
-    """Deduplicate buffers and insist on a full-integer model."""
+def _finish(result: bytes, *, allow_float: bool = False) -> bytes:
+    """Deduplicate buffers and insist on a full-integer model unless float nodes were asked for."""
     model_out = _deduplicate(result)
     left = float_ops(model_out)
-    if left:
+    if left and not allow_float:
         names = ", ".join(sorted({f"{op.name} (op {op.index})" for op in left}))
         raise ConversionError(
             f"the model is not fully integer: {len(left)} ops stay float ({names}); these ops have no int8 "

@@ -1,0 +1,154 @@
+"""Bias correction: undo the mean shift that weight rounding puts into each conv/dense output.
+
+Rounding int8 weights changes ``W`` to ``Wq``; on average the output then moves by
+``(W - Wq) · E[x]`` per output channel (Nagel et al., "Data-Free Quantization", §4.2, with
+empirical input means from the calibration data). Adding that to the float bias before
+quantizing cancels the shift; weights quantize exactly as before because their scales
+depend on the weights only. ``E[x]`` is the per-channel mean of the layer's float input;
+zero padding at conv borders is ignored (an approximation). Corrections are computed from
+the already quantized model's own weights, so they match TFLite's rounding exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .runtime.interpreter import make_interpreter
+from .runtime.model import TensorInfo, quantize
+
+MAX_SAMPLES = 256
+LINEAR = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+@dataclass(frozen=True)
+class BiasFix:
+    """One corrected layer: its output, op, and the shift removed (in output quantization steps)."""
+
+    name: str
+    op: str
+    mean_shift_steps: float
+    max_shift_steps: float
+
+
+def _enum_names(kind: str) -> dict[int, str]:
+    """Value -> name of a flatbuffer schema enum (``BuiltinOperator``, ``TensorType``)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return {int(v): str(k) for k, v in vars(getattr(schema, kind)).items() if not k.startswith("_")}
+
+
+def _code(model: Any, op: Any, names: dict[int, str]) -> str:
+    oc = model.operatorCodes[op.opcodeIndex]
+    return str(names.get(max(int(oc.builtinCode), int(oc.deprecatedBuiltinCode)), ""))
+
+
+def _data(model: Any, tensor: Any, dtype: str) -> np.ndarray:
+    raw = model.buffers[tensor.buffer].data
+    return np.frombuffer(bytes(bytearray(raw)) if raw is not None else b"", dtype=dtype).reshape(tensor.shape)
+
+
+def _dequantized_weights(model: Any, tensor: Any) -> np.ndarray | None:
+    q = tensor.quantization
+    if q is None or q.scale is None or _type_name(tensor.type) != "INT8":
+        return None
+    values = _data(model, tensor, "int8").astype(np.float64)
+    scale = np.asarray(q.scale, dtype=np.float64)
+    if scale.size > 1:
+        shape = [1] * values.ndim
+        shape[int(q.quantizedDimension)] = scale.size
+        scale = scale.reshape(shape)
+    return values * scale
+
+
+def _type_name(code: int) -> str:
+    return _enum_names("TensorType").get(int(code), "")
+
+
+def _linear_ops(model: Any) -> dict[str, tuple[str, Any]]:
+    """Output tensor name -> (op name, op) for conv/depthwise/dense ops of subgraph 0."""
+    names = _enum_names("BuiltinOperator")
+    tensors = model.subgraphs[0].tensors
+    out = {}
+    for op in model.subgraphs[0].operators:
+        code = _code(model, op, names)
+        if code in LINEAR and len(op.outputs):
+            out[tensors[op.outputs[0]].name.decode()] = (code, op)
+    return out
+
+
+def _input_means(float_tflite: bytes, indices: set[int], x: np.ndarray) -> dict[int, np.ndarray]:
+    """Per-channel (last axis) mean of each float tensor in ``indices`` over the samples ``x``."""
+    interpreter = make_interpreter(model_content=float_tflite, delegate="none", preserve_all_tensors=True)
+    info = TensorInfo.from_details(interpreter.get_input_details()[0])
+    sums: dict[int, np.ndarray] = {}
+    counts: dict[int, int] = {}
+    for sample in x[:MAX_SAMPLES]:
+        interpreter.set_tensor(info.index, quantize(sample[None], info))
+        interpreter.invoke()
+        for i in indices:
+            t = interpreter.get_tensor(i).astype(np.float64)
+            flat = t.reshape(-1, t.shape[-1])
+            sums[i] = sums.get(i, 0) + flat.sum(axis=0)
+            counts[i] = counts.get(i, 0) + flat.shape[0]
+    return {i: sums[i] / counts[i] for i in sums}
+
+
+def _shift(op: str, delta: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
+    """Per-output-channel ``(W - Wq) · E[x]``; None where the layout is not one we handle."""
+    if op == "FULLY_CONNECTED" and delta.ndim == 2 and delta.shape[1] == mean.size:
+        return np.asarray(delta @ mean)
+    if op == "CONV_2D" and delta.ndim == 4 and delta.shape[3] == mean.size:
+        return np.asarray(delta.sum(axis=(1, 2)) @ mean)
+    if op == "DEPTHWISE_CONV_2D" and delta.ndim == 4 and delta.shape[3] % mean.size == 0:
+        multiplier = delta.shape[3] // mean.size
+        return np.asarray(delta[0].sum(axis=(0, 1)) * np.repeat(mean, multiplier))
+    return None
+
+
+def correct_biases(
+    float_tflite: bytes, quant_tflite: bytes, x: np.ndarray, skip: set[str] | None = None
+) -> tuple[bytes, list[BiasFix]]:
+    """The float model with corrected biases (quantize it again with the same ranges), and what moved.
+
+    Layers named in ``skip`` (kept float) are left alone: their weights are not rounded.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    fmodel = flatbuffer_utils.convert_bytearray_to_object(bytearray(float_tflite))
+    qmodel = flatbuffer_utils.convert_bytearray_to_object(bytearray(quant_tflite))
+    ftensors, qtensors = fmodel.subgraphs[0].tensors, qmodel.subgraphs[0].tensors
+    qops = _linear_ops(qmodel)
+    pairs = []
+    for name, (code, fop) in _linear_ops(fmodel).items():
+        if name not in qops or name in (skip or set()) or len(fop.inputs) < 3 or fop.inputs[2] < 0:
+            continue
+        qop = qops[name][1]
+        wq = _dequantized_weights(qmodel, qtensors[qop.inputs[1]])
+        if wq is None or _type_name(ftensors[fop.inputs[1]].type) != "FLOAT32":
+            continue
+        w = _data(fmodel, ftensors[fop.inputs[1]], "float32").astype(np.float64)
+        if w.shape != wq.shape:
+            continue
+        pairs.append((name, code, fop, w - wq, qtensors[qop.outputs[0]]))
+    means = _input_means(float_tflite, {int(p[2].inputs[0]) for p in pairs}, x)
+    fixes = []
+    for name, code, fop, delta, qout in pairs:
+        shift = _shift(code, delta, means[int(fop.inputs[0])])
+        bias_t = ftensors[fop.inputs[2]]
+        if shift is None or _type_name(bias_t.type) != "FLOAT32":
+            continue
+        bias = _data(fmodel, bias_t, "float32").astype(np.float64)
+        if bias.shape != shift.shape:
+            continue
+        buffer = schema.BufferT()
+        buffer.data = np.asarray(bias + shift, dtype="<f4").tobytes()
+        fmodel.buffers.append(buffer)  # a new buffer: biases may share one after deduplication
+        bias_t.buffer = len(fmodel.buffers) - 1
+        scale = float(qout.quantization.scale[0]) if qout.quantization and qout.quantization.scale else 1.0
+        steps = np.abs(shift) / scale
+        fixes.append(BiasFix(name, code, float(steps.mean()), float(steps.max())))
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(fmodel)), fixes

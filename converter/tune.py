@@ -1,0 +1,278 @@
+"""The accuracy-target loop: when ``accuracy_drop`` is missed, try fixes in order of cost.
+
+1. better ranges (``auto``), 2. bias correction -- both keep the model full-integer and
+are kept only if they score better; then, only when every target runs LiteRT on a CPU,
+3. the worst tensors kept float (their writer and readers denylisted), 1, 2, 4, … up to
+``tuning.max_float_layers`` ops, and 4. 16x8 activations. Floating a few layers comes
+before 16x8 because it keeps the model's I/O types and XNNPACK's int8 kernels for every
+other layer, where 16x8 runs the whole model on reference kernels. Edge TPU and MCU
+targets run integer kernels only: there the loop stops after step 2 and names the worst
+layers. Every attempt is recorded. Attempts are scored on the evaluation data (the same
+data the gate uses), so the chosen fix is tuned to it; use enough samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .analyze import LayerError, analyze
+from .devices import DeviceProfile
+from .evaluate import evaluate_host
+from .quantize import Plan, Quantized
+from .recipe import Recipe
+from .runtime.accuracy import Accuracy
+from .runtime.interpreter import make_interpreter
+from .runtime.latency import measure
+from .runtime.model import TFLiteModel
+
+log = logging.getLogger(__name__)
+
+Quantizer = Callable[[Plan], Quantized]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One quantization tried by the loop, and what it scored."""
+
+    step: str
+    detail: str
+    quantized: Quantized
+    accuracy: Accuracy
+    latency_p50_ms: float | None
+    seconds: float
+    meets: bool
+
+    def score(self) -> tuple[float, float, float]:
+        """Lower is better: top-1 drop, then disagreement, then negative output SQNR."""
+        a = self.accuracy
+        sqnr = a.outputs[0]["sqnr_db"] if a.outputs else 0.0
+        return (round(a.drop if a.drop is not None else 1.0, 9), -(a.agreement or 0.0), -sqnr)
+
+    def to_json(self, chosen: bool) -> dict[str, Any]:
+        a = self.accuracy
+        return {
+            "step": self.step,
+            "detail": self.detail,
+            "plan": self.quantized.to_json(),
+            "int8": a.int8,
+            "drop": a.drop,
+            "agreement": a.agreement,
+            "output_sqnr_db": a.outputs[0]["sqnr_db"] if a.outputs else None,
+            "bytes": len(self.quantized.model),
+            "latency_p50_ms": self.latency_p50_ms,
+            "latency_where": "host, short run (20+ invocations)" if self.latency_p50_ms is not None else None,
+            "seconds": round(self.seconds, 3),
+            "meets_budget": self.meets,
+            "chosen": chosen,
+        }
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """The chosen quantization and the report section describing the loop."""
+
+    chosen: Quantized
+    accuracy: Accuracy
+    section: dict[str, Any]
+
+
+def accuracy_budget(recipe: Recipe, targets: dict[str, DeviceProfile]) -> float | None:
+    """The tightest ``accuracy_drop`` among the recipe's, the targets' and the profiles' budgets."""
+    limits = [recipe.budgets.accuracy_drop]
+    limits += [spec.budgets.accuracy_drop for spec in recipe.target_specs()]
+    limits += [p.budgets.accuracy_drop for p in targets.values()]
+    set_limits = [v for v in limits if v is not None]
+    return min(set_limits) if set_limits else None
+
+
+def host_latency_ms(model: bytes) -> float | None:
+    """A short host p50, to compare attempts with each other (not a benchmark)."""
+    try:
+        return measure(TFLiteModel(model_content=model), warmup=3, runs=20, min_seconds=0.2).p50_ms
+    except Exception as e:  # noqa: BLE001 - an attempt without latency is still an attempt
+        log.warning("tuning: latency not measured: %s", e)
+        return None
+
+
+def float_nodes_for(float_tflite: bytes, tensor: str) -> tuple[str, ...]:
+    """Ops to keep float so ``tensor`` stays float: its writer and every reader (output names)."""
+    interpreter = make_interpreter(model_content=float_tflite, delegate="none")
+    names = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
+    index = next((i for i, n in names.items() if n == tensor), None)
+    if index is None:
+        return ()
+    nodes = []
+    for op in interpreter._get_ops_details():  # noqa: SLF001 - see inspect_model
+        outputs = [int(i) for i in op["outputs"] if int(i) >= 0]
+        if outputs and (index in outputs or index in {int(i) for i in op["inputs"]}):
+            nodes.append(names[outputs[0]])
+    return tuple(nodes)
+
+
+class Loop:
+    """State of one tuning run: the attempts so far and how to score a plan."""
+
+    def __init__(
+        self, float_tflite: bytes, eval_x: np.ndarray, eval_y: np.ndarray, budget: float, quantizer: Quantizer
+    ):
+        self.float_tflite, self.eval_x, self.eval_y = float_tflite, eval_x, eval_y
+        self.budget, self.quantizer = budget, quantizer
+        self.attempts: list[Attempt] = []
+
+    def record(self, step: str, detail: str, q: Quantized, accuracy: Accuracy | None = None) -> Attempt:
+        start = time.perf_counter()
+        acc = accuracy or evaluate_host(self.float_tflite, q.model, self.eval_x, self.eval_y)
+        attempt = Attempt(
+            step,
+            detail,
+            q,
+            acc,
+            host_latency_ms(q.model),
+            time.perf_counter() - start,
+            acc.drop is not None and acc.drop <= self.budget + 1e-12,
+        )
+        self.attempts.append(attempt)
+        log.info(
+            "tuning: %-16s top-1 %.4f, drop %+.4f, agreement %.4f%s",
+            step,
+            acc.int8 or 0.0,
+            acc.drop or 0.0,
+            acc.agreement or 0.0,
+            " (meets the budget)" if attempt.meets else "",
+        )
+        return attempt
+
+    def attempt(self, step: str, detail: str, plan: Plan) -> Attempt:
+        start = time.perf_counter()
+        q = self.quantizer(plan)
+        a = self.record(step, detail, q)
+        a = dataclasses.replace(a, seconds=a.seconds + time.perf_counter() - start)
+        self.attempts[-1] = a
+        return a
+
+
+def tune(
+    recipe: Recipe,
+    targets: dict[str, DeviceProfile],
+    float_tflite: bytes,
+    first: Quantized,
+    first_accuracy: Accuracy,
+    eval_x: np.ndarray | None,
+    eval_y: np.ndarray | None,
+    quantizer: Quantizer,
+) -> TuneResult:
+    """Run the loop when it applies; otherwise return ``first`` with the reason it did not run."""
+    budget = accuracy_budget(recipe, targets)
+
+    def skipped(reason: str) -> TuneResult:
+        return TuneResult(first, first_accuracy, {"ran": False, "reason": reason, "budget": budget, "attempts": []})
+
+    if budget is None:
+        return skipped("no accuracy_drop budget")
+    if not recipe.tuning.enabled:
+        return skipped("tuning.enabled is false in the recipe")
+    if eval_x is None or eval_y is None or first_accuracy.drop is None:
+        return skipped("needs labelled evaluation data (data.evaluation with labels)")
+    loop = Loop(float_tflite, eval_x, eval_y, budget, quantizer)
+    best = loop.record("recipe", "the recipe's own settings", first, first_accuracy)
+    if best.meets:
+        return _result(loop, best, "the recipe's result meets the budget", None)
+    plan = first.plan
+    if plan.activations == "int8":
+        if plan.method != "auto":
+            a = loop.attempt("auto ranges", "calibration.method: auto", dataclasses.replace(plan, method="auto"))
+            best = min(best, a, key=Attempt.score)
+        if not best.quantized.plan.bias_correction:
+            a = loop.attempt(
+                "bias correction",
+                "cancel the mean shift of rounded weights",
+                dataclasses.replace(best.quantized.plan, bias_correction=True),
+            )
+            best = min(best, a, key=Attempt.score)
+    if best.meets:
+        return _result(loop, best, "met with full-integer fixes", None)
+    integer_only = sorted(name for name, p in targets.items() if p.runtime != "litert")
+    if integer_only or plan.activations != "int8":
+        layers = analyze(float_tflite, best.quantized.model, eval_x[: max(recipe.analysis.samples, 1)])
+        worst = [e.to_json() for e in layers[:5]]
+        why = (
+            f"{', '.join(integer_only)} run integer kernels only, so no layer may stay float or use 16-bit "
+            "activations there"
+            if integer_only
+            else "the recipe already uses 16x8 activations"
+        )
+        need = (
+            "to fix the worst layers below without float ops: reduce their range outliers in the model "
+            "(e.g. clip activations with ReLU6, cross-layer equalization, or quantization-aware training), "
+            "or drop these targets to let edgeconv keep them float on CPU"
+        )
+        return _result(loop, best, f"stopped: {why}", {"worst_layers": worst, "needed": need})
+    return _fallbacks(loop, best, recipe, float_tflite, eval_x, targets)
+
+
+def _fallbacks(
+    loop: Loop,
+    best: Attempt,
+    recipe: Recipe,
+    float_tflite: bytes,
+    eval_x: np.ndarray,
+    targets: dict[str, DeviceProfile],
+) -> TuneResult:
+    """CPU-only steps: keep the worst tensors float, then 16x8."""
+    base = best.quantized.plan
+    layers = analyze(float_tflite, best.quantized.model, eval_x[: max(recipe.analysis.samples, 1)])
+    worst = [e for e in layers if e.op and (e.sqnr_drop_db or 0) > 0]
+    nodes: tuple[str, ...] = ()
+    taken: list[LayerError] = []
+    size = 1
+    for layer in worst:
+        more = tuple(n for n in float_nodes_for(float_tflite, layer.name) if n not in nodes)
+        if len(nodes) + len(more) > recipe.tuning.max_float_layers:
+            break
+        nodes, taken = nodes + more, [*taken, layer]
+        if len(taken) < size:
+            continue
+        a = loop.attempt(
+            f"float {len(nodes)} ops",
+            f"keep float: the {len(taken)} worst tensor(s) {', '.join(e.name.split(';')[0] for e in taken)}",
+            dataclasses.replace(base, float_nodes=nodes),
+        )
+        if a.meets:
+            return _result(loop, a, "met with float layers (CPU targets only)", None)
+        size *= 2
+    if recipe.tuning.int16 and all(p.supports_int16 for p in targets.values()):
+        keep = ("float32", "int16")
+        io = (
+            base.input_type if base.input_type in keep else "float32",
+            base.output_type if base.output_type in keep else "float32",
+        )
+        changed = io != (base.input_type, base.output_type)
+        a = loop.attempt(
+            "16x8",
+            "int16 activations, int8 weights (TFLite min/max)" + ("; model I/O becomes float32" if changed else ""),
+            Plan("minmax", False, (), "int16", *io),
+        )
+        if a.meets:
+            return _result(loop, a, "met with 16x8 activations (CPU targets only)", None)
+    plans = [(a, a.quantized.plan) for a in loop.attempts]
+    full_integer = [a for a, p in plans if not p.float_nodes and p.activations == "int8"]
+    return _result(loop, min(full_integer, key=Attempt.score), "no fix met the budget; kept the best int8 result", None)
+
+
+def _result(loop: Loop, chosen: Attempt, outcome: str, extra: dict[str, Any] | None) -> TuneResult:
+    section = {
+        "ran": len(loop.attempts) > 1,
+        "reason": None,
+        "budget": loop.budget,
+        "outcome": outcome,
+        "attempts": [a.to_json(a is chosen) for a in loop.attempts],
+        **(extra or {}),
+    }
+    return TuneResult(chosen.quantized, chosen.accuracy, section)
