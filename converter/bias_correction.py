@@ -108,6 +108,26 @@ def _shift(op: str, delta: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def _bias_tensor(model: Any, op: Any, size: int, name: str) -> Any:
+    """The op's bias tensor; a zero one is added where the converter dropped an all-zero bias."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    tensors = model.subgraphs[0].tensors
+    if len(op.inputs) >= 3 and op.inputs[2] >= 0:
+        return tensors[op.inputs[2]]
+    buffer = schema.BufferT()
+    buffer.data = np.zeros(size, dtype="<f4").tobytes()
+    model.buffers.append(buffer)
+    tensor = schema.TensorT()
+    tensor.shape = [size]
+    tensor.type = schema.TensorType.FLOAT32
+    tensor.buffer = len(model.buffers) - 1
+    tensor.name = f"{name}/bias_correction".encode()
+    tensors.append(tensor)
+    op.inputs = [*list(op.inputs[:2]), len(tensors) - 1]
+    return tensor
+
+
 def correct_biases(
     float_tflite: bytes, quant_tflite: bytes, x: np.ndarray, skip: set[str] | None = None
 ) -> tuple[bytes, list[BiasFix]]:
@@ -121,12 +141,15 @@ def correct_biases(
     fmodel = flatbuffer_utils.convert_bytearray_to_object(bytearray(float_tflite))
     qmodel = flatbuffer_utils.convert_bytearray_to_object(bytearray(quant_tflite))
     ftensors, qtensors = fmodel.subgraphs[0].tensors, qmodel.subgraphs[0].tensors
-    qops = _linear_ops(qmodel)
+    fops, qops = _linear_ops(fmodel), _linear_ops(qmodel)
+    # By name; the model's last layer is renamed when the quantizer adds a dequantize after it, so
+    # fall back to order (linear ops keep their order) when the counts match.
+    by_order = dict(zip(fops, qops.values(), strict=True)) if len(fops) == len(qops) else {}
     pairs = []
-    for name, (code, fop) in _linear_ops(fmodel).items():
-        if name not in qops or name in (skip or set()) or len(fop.inputs) < 3 or fop.inputs[2] < 0:
+    for name, (code, fop) in fops.items():
+        code_q, qop = qops.get(name) or by_order.get(name) or ("", None)
+        if qop is None or code_q != code or name in (skip or set()):
             continue
-        qop = qops[name][1]
         wq = _dequantized_weights(qmodel, qtensors[qop.inputs[1]])
         if wq is None or _type_name(ftensors[fop.inputs[1]].type) != "FLOAT32":
             continue
@@ -138,8 +161,10 @@ def correct_biases(
     fixes = []
     for name, code, fop, delta, qout in pairs:
         shift = _shift(code, delta, means[int(fop.inputs[0])])
-        bias_t = ftensors[fop.inputs[2]]
-        if shift is None or _type_name(bias_t.type) != "FLOAT32":
+        if shift is None:
+            continue
+        bias_t = _bias_tensor(fmodel, fop, shift.size, name)
+        if _type_name(bias_t.type) != "FLOAT32":
             continue
         bias = _data(fmodel, bias_t, "float32").astype(np.float64)
         if bias.shape != shift.shape:

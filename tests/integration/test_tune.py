@@ -1,0 +1,125 @@
+"""The accuracy-target loop on a model int8 breaks: one conv channel carries a 1000x larger signal.
+
+The digits classifier is trained, then channel 0 of ``wide`` is scaled up 1000x and the
+reader's weights for it scaled down 1000x: the float function is unchanged (ReLU commutes
+with positive scaling), but the per-tensor activation range of ``wide`` is now set by one
+channel and the other 15 get a level or two each.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from converter.cli import main
+from converter.inspect_model import float_ops
+from tests.conftest import ROOT
+
+DIGITS = ROOT / "recipes" / "data"
+
+
+@pytest.fixture(scope="module")
+def outlier_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    train = np.load(DIGITS / "digits.npz")
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Rescaling(1 / 255.0)(inp)
+    wide = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="wide")
+    reader = keras.layers.Conv2D(16, 3, activation="relu", name="reader")
+    h = reader(wide(h))
+    out = keras.layers.Dense(10, activation="softmax", name="head")(keras.layers.Flatten()(h))
+    model = keras.Model(inp, out)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(train["x"].astype(np.float32), train["y"], epochs=30, batch_size=32, verbose=0)
+    k, b = wide.get_weights()
+    k[..., 0] *= 1000
+    b[0] *= 1000
+    wide.set_weights([k, b])
+    k2, b2 = reader.get_weights()
+    k2[:, :, 0, :] /= 1000
+    reader.set_weights([k2, b2])
+    path = tmp_path_factory.mktemp("outlier") / "outlier_digits.keras"
+    model.save(path)
+    return path
+
+
+def _recipe(model: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "name": "outlier",
+        "model": str(model),
+        "data": {
+            "calibration": {"path": str(DIGITS / "digits.npz"), "samples": 200},
+            "evaluation": {"path": str(DIGITS / "digits_test.npz")},
+        },
+        "budgets": {"accuracy_drop": 0.005},
+        "benchmark": {"enabled": False},
+        **extra,
+    }
+
+
+def _convert(recipe: Path, out: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    result = CliRunner().invoke(main, ["convert", "--recipe", str(recipe), "--out", str(out), *args])
+    assert result.exit_code in (0, 1), result.output
+    return result.exit_code, json.loads((out / "report.json").read_text())
+
+
+def test_the_loop_recovers_float_accuracy_on_a_cpu_target(
+    outlier_digits: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    code, report = _convert(write_recipe(_recipe(outlier_digits)), tmp_path / "o")
+    tuning, acc = report["tuning"], report["accuracy"]
+    attempts = {a["step"]: a for a in tuning["attempts"]}
+    assert attempts["recipe"]["drop"] > 0.3  # min/max int8 is broken by the outlier channel
+    assert list(attempts)[:3] == ["recipe", "auto ranges", "bias correction"]
+    chosen = [a for a in tuning["attempts"] if a["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["step"].startswith("float ") and chosen[0]["meets_budget"]
+    assert code == 0 and acc["drop"] <= 0.005 and acc["int8"] > 0.95
+    nodes = report["quantization"]["float_nodes"]
+    assert any("wide" in n for n in nodes) and any("reader" in n for n in nodes) and len(nodes) == 2
+    assert all(a["bytes"] > 0 and a["latency_p50_ms"] is not None for a in tuning["attempts"])
+    model = (tmp_path / "o" / "model_int8.tflite").read_bytes()
+    assert {op.name for op in float_ops(model)} == {"CONV_2D"} and chosen[0]["bytes"] == len(model)
+    assert "### Accuracy tuning" in (tmp_path / "o" / "report.md").read_text()
+    assert "Accuracy tuning" in (tmp_path / "o" / "report.html").read_text()
+
+
+def test_integer_only_targets_stop_and_name_the_worst_layer(
+    outlier_digits: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    recipe = write_recipe(_recipe(outlier_digits, targets=["host", "arduino-nano-33-ble-sense"]))
+    code, report = _convert(recipe, tmp_path / "o")
+    tuning = report["tuning"]
+    assert code == 1 and tuning["outcome"].startswith("stopped: arduino-nano-33-ble-sense run integer kernels only")
+    assert "wide" in tuning["worst_layers"][0]["name"] and "quantization-aware training" in tuning["needed"]
+    assert all(not a["plan"]["float_nodes"] and a["plan"]["activations"] == "int8" for a in tuning["attempts"])
+    assert not float_ops((tmp_path / "o" / "model_int8.tflite").read_bytes())
+    chosen = next(a for a in tuning["attempts"] if a["chosen"])
+    assert chosen["drop"] == min(a["drop"] for a in tuning["attempts"])  # the best full-integer try is kept
+
+
+def test_16x8_is_tried_when_no_layer_may_stay_float(
+    outlier_digits: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    recipe = write_recipe(_recipe(outlier_digits, tuning={"max_float_layers": 0}))
+    _, report = _convert(recipe, tmp_path / "o")
+    attempts = {a["step"]: a for a in report["tuning"]["attempts"]}
+    sixteen = attempts["16x8"]
+    assert sixteen["plan"]["activations"] == "int16" and "I/O becomes float32" in sixteen["detail"]
+    assert sixteen["drop"] < attempts["recipe"]["drop"] / 10  # 16-bit steps resolve the small channels
+
+
+def test_no_budget_no_loop(outlier_digits: Path, write_recipe: Callable[..., Path], tmp_path: Path) -> None:
+    recipe = _recipe(outlier_digits)
+    del recipe["budgets"]
+    _, report = _convert(write_recipe(recipe), tmp_path / "o")
+    assert report["tuning"] == {"ran": False, "reason": "no accuracy_drop budget", "budget": None, "attempts": []}
+    assert report["accuracy"]["drop"] > 0.3 and report["quantization"]["float_nodes"] == []
