@@ -6,18 +6,28 @@ outputs. Per tensor: SQNR in dB (the median over channels -- the last axis -- so
 the others, as it does in a whole-tensor SQNR), cosine similarity and RMSE in quantization steps, plus
 ``sqnr_drop_db`` -- the SQNR lost across the op that writes the tensor (its worst input's
 SQNR minus its own): an estimate of the error that op adds by itself. Worst first.
+
+``isolate`` then measures that directly for the worst few: the model quantized with only that op in
+int8 (every other op denylisted, so float), scored by the model output's SQNR against float.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from .errors import ConversionError
 from .runtime.accuracy import SQNR_CAP_DB, sqnr_db
 from .runtime.interpreter import make_interpreter
-from .runtime.model import TensorInfo, quantize
+from .runtime.model import TensorInfo, TFLiteModel, quantize
+
+log = logging.getLogger(__name__)
+ISOLATE = 8  # worst layers measured alone
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,7 @@ class LayerError:
     rmse_steps: float | None
     sqnr_drop_db: float | None
     matched_by: str
+    alone_sqnr_db: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,3 +169,38 @@ def analyze(float_tflite: bytes, quant_tflite: bytes, x: np.ndarray) -> list[Lay
             )
         )
     return sorted(results, key=lambda e: (e.sqnr_drop_db is None, -(e.sqnr_drop_db or 0), e.sqnr_db))
+
+
+def op_names(float_tflite: bytes) -> list[str]:
+    """Each op's first output tensor name: the node names the quantizer's denylist takes."""
+    interpreter = make_interpreter(model_content=float_tflite, delegate="none")
+    names = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()  # noqa: SLF001 - see inspect_model
+    return [names[int(op["outputs"][0])] for op in ops if len(op["outputs"]) and int(op["outputs"][0]) >= 0]
+
+
+def isolate(
+    layers: list[LayerError],
+    float_tflite: bytes,
+    requantize: Callable[..., bytes],
+    x: np.ndarray,
+    count: int = ISOLATE,
+) -> list[LayerError]:
+    """``layers`` with ``alone_sqnr_db`` for the worst ``count``: output SQNR with only that op quantized.
+
+    ``requantize(float_nodes=…)`` returns the model quantized the same way with those nodes float.
+    """
+    nodes = op_names(float_tflite)
+    reference = TFLiteModel(model_content=float_tflite, delegate="none").predict(x)[0]
+    out = list(layers)
+    for i, layer in enumerate(layers[:count]):
+        if layer.name not in nodes or layer.op in ("", "QUANTIZE", "DEQUANTIZE"):
+            continue
+        try:
+            model = requantize(float_nodes=tuple(n for n in nodes if n != layer.name))
+        except ConversionError as e:
+            log.info("analysis: %s not quantized alone: %s", layer.name, e)
+            continue
+        test = TFLiteModel(model_content=model, delegate="none").predict(x)[0]
+        out[i] = dataclasses.replace(layer, alone_sqnr_db=sqnr_db(reference, test))
+    return out

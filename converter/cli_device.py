@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,26 @@ def deploy(**kw: Any) -> None:
     _guarded(kw["debug"], run)
 
 
+def _requantizer(report: dict[str, Any], float_tflite: bytes) -> Callable[..., bytes] | None:
+    """Re-quantize with the ranges report.json recorded (None for 16x8 or bias-corrected models)."""
+    import functools
+
+    from .tflite_quantizer import quantize_with_ranges
+
+    cal, q = report.get("calibration") or {}, report.get("quantization") or {}
+    if cal.get("route") != "edgeconv" or q.get("bias_correction") or not cal.get("tensors"):
+        return None
+    ranges = {int(t["index"]): (float(t["range"][0]), float(t["range"][1])) for t in cal["tensors"]}
+    return functools.partial(
+        quantize_with_ranges,
+        float_tflite,
+        ranges,
+        input_type=q["input"]["dtype"],
+        output_type=q["output"]["dtype"],
+        per_channel=bool(q["per_channel"]),
+    )
+
+
 @main.command()
 @recipe_option
 @set_option
@@ -206,6 +227,7 @@ def analyze(**kw: Any) -> None:
 
     def run() -> int:
         from .analyze import analyze as per_layer
+        from .analyze import isolate
         from .artifacts import write_atomic
         from .data import load_dataset, prepare
         from .errors import OutputError
@@ -228,10 +250,14 @@ def analyze(**kw: Any) -> None:
             image_size=recipe.input.resize,
         )
         x = prepare(ds, recipe.preprocess(), shape, "data")
-        layers = per_layer((out / FLOAT_NAME).read_bytes(), (out / INT8_NAME).read_bytes(), x)
+        float_tflite = (out / FLOAT_NAME).read_bytes()
+        layers = per_layer(float_tflite, (out / INT8_NAME).read_bytes(), x)
         report_path = out / REPORT_NAME
         if report_path.is_file():
             report = json.loads(report_path.read_text())
+            requantize = _requantizer(report, float_tflite)
+            if requantize is not None:
+                layers = isolate(layers, float_tflite, requantize, x)
             report["analysis"] = {
                 **(report.get("analysis") or {}),
                 "samples": len(x),
@@ -241,10 +267,14 @@ def analyze(**kw: Any) -> None:
         if kw["as_json"]:
             click.echo(json.dumps([e.to_json() for e in layers], indent=2))
             return EXIT_OK
-        click.echo(f"per-layer error on {len(x)} samples, worst first (SQNR lost by the op, output SQNR):")
+        click.echo(
+            f"per-layer error on {len(x)} samples, worst first (SQNR lost by the op, its output's SQNR, "
+            "model output SQNR with only this op quantized):"
+        )
         for e in layers[: kw["top"]]:
             drop = "   n/a" if e.sqnr_drop_db is None else f"{e.sqnr_drop_db:6.1f}"
-            click.echo(f"  {drop} dB lost  {e.sqnr_db:6.1f} dB  {e.op:18} {e.name[-70:]}")
+            alone = "   n/a" if e.alone_sqnr_db is None else f"{e.alone_sqnr_db:6.1f}"
+            click.echo(f"  {drop} dB lost  {e.sqnr_db:6.1f} dB  alone {alone} dB  {e.op:18} {e.name[-60:]}")
         return EXIT_OK
 
     _guarded(kw["debug"], run)

@@ -62,18 +62,20 @@ def _image(images: dict[str, bytes], name: str | None) -> str:
 
 def _layer_chart(layers: list[dict[str, Any]]) -> str:
     """A horizontal bar chart (inline SVG) of SQNR lost per layer."""
-    width, row, label_w = 1000, 22, 430
+    width, row, label_w = 1100, 22, 430
     top = max(max(e["sqnr_drop_db"] for e in layers), 1e-9)
     bars = []
     for i, e in enumerate(layers):
         y = i * row
         w = max(0.0, e["sqnr_drop_db"]) / top * (width - label_w - 170)
         name = escape(e["name"][-60:])
+        alone = e.get("alone_sqnr_db")
+        alone_text = f" · alone {alone:.1f} dB" if alone is not None else ""
         bars.append(
             f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end" font-size="11">{name}</text>'
             f'<rect x="{label_w}" y="{y + 4}" width="{w:.1f}" height="14" fill="#ef6c00"></rect>'
             f'<text x="{label_w + w + 6:.1f}" y="{y + 15}" font-size="11">{e["sqnr_drop_db"]:.1f} dB lost · '
-            f"{e['sqnr_db']:.1f} dB SQNR · {escape(e['op'])}</text>"
+            f"{e['sqnr_db']:.1f} dB SQNR{alone_text} · {escape(e['op'])}</text>"
         )
     height = row * len(layers) + 6
     return f'<svg width="{width}" height="{height}" role="img" aria-label="per-layer SQNR lost">{"".join(bars)}</svg>'
@@ -181,7 +183,8 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
         parts += [
             "<h2>Per-layer error (worst first)</h2>",
             "<p class=muted>SQNR each op loses on its own (its worst input's SQNR minus its output's), "
-            "and the output's SQNR against the float model.</p>",
+            "the output's SQNR against the float model, and (alone) the model output's SQNR with only that op "
+            "quantized, for the worst few.</p>",
             _layer_chart(layers[:15]),
         ]
     cal = report.get("calibration") or {}

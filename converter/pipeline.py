@@ -6,6 +6,7 @@ checked first, and nothing is written until every step has succeeded.
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import time
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .analyze import analyze
+from .analyze import LayerError, analyze, isolate
 from .artifacts import check_output_dir, write_outputs
 from .ci_outputs import finalize
 from .data import Dataset, load_dataset, prepare
@@ -33,7 +34,7 @@ from .report import FLOAT_NAME, HIST_NAME, INT8_NAME, REPORT_NAME, Outcome, buil
 from .runtime.accuracy import not_measured
 from .runtime.preprocess import Preprocess
 from .targets import check_targets, early_warnings
-from .tflite_quantizer import import_tensorflow
+from .tflite_quantizer import import_tensorflow, quantize_with_ranges
 from .tune import tune
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,11 @@ def convert(
     chosen, accuracy = tuned.chosen, tuned.accuracy
     quant, calibration = chosen.model, chosen.calibration
     analysis_x = (eval_x if eval_x is not None else cal_x)[: recipe.analysis.samples]
-    layers = _timed("analyze", steps, lambda: analyze(model.float_tflite, quant, analysis_x)) if len(analysis_x) else []
+    layers = (
+        _timed("analyze", steps, lambda: layer_errors(recipe, model.float_tflite, chosen, analysis_x))
+        if len(analysis_x)
+        else []
+    )
     with _step("targets", steps):
         checks = check_targets(recipe, targets, quant, eval_x if eval_x is not None else cal_x)
     with _step("benchmark", steps):
@@ -157,6 +162,24 @@ def convert(
     files.update(finalize(report, images, baseline, baseline_path))
     write_outputs(out, recipe.name, {**files, REPORT_NAME: dumps(report)})
     return RunResult(out, report)
+
+
+def layer_errors(recipe: Recipe, float_tflite: bytes, chosen: Quantized, x: np.ndarray) -> list[LayerError]:
+    """Per-layer errors, the worst also measured quantized alone (same ranges, without bias correction)."""
+    layers = analyze(float_tflite, chosen.model, x)
+    calibration, plan = chosen.calibration, chosen.plan
+    if calibration is None:  # 16x8: TFLite's calibrator, no ranges of ours to reuse
+        return layers
+
+    requantize = functools.partial(
+        quantize_with_ranges,
+        float_tflite,
+        calibration.ranges(),
+        input_type=plan.input_type,
+        output_type=plan.output_type,
+        per_channel=recipe.quantization.per_channel,
+    )
+    return isolate(layers, float_tflite, requantize, x)
 
 
 def measure_targets(

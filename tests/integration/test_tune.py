@@ -123,3 +123,17 @@ def test_no_budget_no_loop(outlier_digits: Path, write_recipe: Callable[..., Pat
     _, report = _convert(write_recipe(recipe), tmp_path / "o")
     assert report["tuning"] == {"ran": False, "reason": "no accuracy_drop budget", "budget": None, "attempts": []}
     assert report["accuracy"]["drop"] > 0.3 and report["quantization"]["float_nodes"] == []
+
+
+def test_analysis_measures_the_outlier_layer_alone(
+    outlier_digits: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    recipe = write_recipe(_recipe(outlier_digits, tuning={"enabled": False}))
+    _, report = _convert(recipe, tmp_path / "o")
+    assert report["tuning"]["reason"] == "tuning.enabled is false in the recipe"
+    layers = report["analysis"]["layers"]
+    alone = {e["name"].split(";")[0]: e["alone_sqnr_db"] for e in layers}
+    wide = next(v for k, v in alone.items() if "wide" in k)
+    assert "wide" in layers[0]["name"]  # ranked first by SQNR lost ...
+    # ... and quantized on its own it ruins the output, while the dense head alone costs little.
+    assert wide is not None and wide < 6 and alone["Identity"] is not None and alone["Identity"] > 30, alone
