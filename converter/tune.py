@@ -1,7 +1,7 @@
 """The accuracy-target loop: when ``accuracy_drop`` is missed, try fixes in order of cost.
 
-1. better ranges (``auto``), 2. bias correction -- both keep the model full-integer and
-are kept only if they score better; then, only when every target runs LiteRT on a CPU,
+1. better ranges (``auto``, then each method), 2. bias correction -- both keep the model
+full-integer and are kept only if they score better; then, only when every target runs LiteRT on a CPU,
 3. the worst tensors kept float (their writer and readers denylisted), 1, 2, 4, … up to
 ``tuning.max_float_layers`` ops, and 4. 16x8 activations. Floating a few layers comes
 before 16x8 because it keeps the model's I/O types and XNNPACK's int8 kernels for every
@@ -26,7 +26,7 @@ from .analyze import LayerError, analyze
 from .devices import DeviceProfile
 from .evaluate import evaluate_host
 from .quantize import Plan, Quantized
-from .recipe import Recipe
+from .recipe import Method, Recipe
 from .runtime.accuracy import Accuracy
 from .runtime.interpreter import make_interpreter
 from .runtime.latency import measure
@@ -35,6 +35,10 @@ from .runtime.model import TFLiteModel
 log = logging.getLogger(__name__)
 
 Quantizer = Callable[[Plan], Quantized]
+# auto first (the per-tensor best by expected error), then each method for the whole model:
+# the model-level score can prefer a method the per-tensor criterion does not (e.g. entropy
+# clipping an outlier channel the next layer barely uses).
+RANGE_METHODS: tuple[Method, ...] = ("auto", "mse", "percentile", "entropy", "minmax")
 
 
 @dataclass(frozen=True)
@@ -186,10 +190,13 @@ def tune(
         return _result(loop, best, "the recipe's result meets the budget", None)
     plan = first.plan
     if plan.activations == "int8":
-        if plan.method != "auto":
-            a = loop.attempt("auto ranges", "calibration.method: auto", dataclasses.replace(plan, method="auto"))
+        for method in RANGE_METHODS:
+            if method == plan.method or best.meets:
+                continue
+            step = "auto ranges" if method == "auto" else f"{method} ranges"
+            a = loop.attempt(step, f"calibration.method: {method}", dataclasses.replace(plan, method=method))
             best = min(best, a, key=Attempt.score)
-        if not best.quantized.plan.bias_correction:
+        if not best.meets and not best.quantized.plan.bias_correction:
             a = loop.attempt(
                 "bias correction",
                 "cancel the mean shift of rounded weights",

@@ -29,12 +29,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from converter.data import load_dataset, prepare  # noqa: E402
 from converter.evaluate import compare  # noqa: E402
 from converter.load import load_model  # noqa: E402
 from converter.recipe import Recipe, load_recipe  # noqa: E402
 from converter.runtime.model import TFLiteModel  # noqa: E402
 from tools import realdata  # noqa: E402
+from tools.realdata import samples  # noqa: E402
 
 METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
 
@@ -77,20 +77,6 @@ def recipe_for(name: str, work: Path) -> Recipe:
     return load_recipe(realdata.recipe_path(name), realdata.overrides(name))
 
 
-def samples(recipe: Recipe, kind: str, input_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
-    src = getattr(recipe.data, kind)
-    ds = load_dataset(
-        src.path,
-        where=kind,
-        samples=src.samples,
-        seed=src.seed,
-        channels=input_shape[-1],
-        image_size=recipe.input.resize,
-    )
-    prep = recipe.preprocess()
-    return prepare(ds, prep, input_shape, kind), ds.y
-
-
 def timed(cmd: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -110,8 +96,8 @@ def bench_model(name: str, work: Path) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     recipe = recipe_for(name, work)
     model = load_model(recipe.model)
-    cal_x, _ = samples(recipe, "calibration", model.input_shape)
-    eval_x, eval_y = samples(recipe, "evaluation", model.input_shape)
+    cal_x, _, _ = samples(recipe, "calibration", model.input_shape)
+    eval_x, eval_y, _ = samples(recipe, "evaluation", model.input_shape)
     np.save(folder / "calibration.npy", cal_x)
     float_out = TFLiteModel(model_content=model.float_tflite).predict(eval_x)[0]
     float_top1 = float(np.mean(np.argmax(float_out, 1) == eval_y)) if eval_y is not None else None

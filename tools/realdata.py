@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
+from converter.data import load_dataset, prepare
+from converter.recipe import Recipe
+
 ROOT = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("EDGECONV_REALDATA", ROOT.parent / "shared" / "realdata"))
 
@@ -34,3 +39,17 @@ def overrides(name: str, evaluation: bool = True) -> list[str]:
         for key, path in REAL_PATHS[name].items()
         if evaluation or not key.startswith("data.evaluation")
     ]
+
+
+def samples(recipe: Recipe, kind: str, input_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """A recipe's preprocessed samples, labels, and whether the data is 8-bit (as the pipeline reads them)."""
+    src = getattr(recipe.data, kind)
+    ds = load_dataset(
+        src.path,
+        where=kind,
+        samples=src.samples,
+        seed=src.seed,
+        channels=input_shape[-1],
+        image_size=recipe.input.resize,
+    )
+    return prepare(ds, recipe.preprocess(), input_shape, kind), ds.y, ds.eight_bit

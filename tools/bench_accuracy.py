@@ -1,0 +1,197 @@
+"""Benchmark: int8 accuracy of the stock converter vs each edgeconv method, auto, bias correction and the loop.
+
+For each model, in one run, on the same calibration and evaluation samples: float top-1;
+the stock ``TFLiteConverter`` (min/max, a fresh process: tools/stock_convert.py); the
+upstream int8 reference where the model ships one; ours with each range method, ``auto``,
+``auto`` + bias correction; and the accuracy loop with a 0.3-point budget, once for a CPU
+target (host: float layers and 16x8 allowed) and once for an integer-only target (Coral:
+full-integer fixes only). Every row has top-1, drop, agreement with float, sample count
+and size. The loop chooses on the evaluation data it is scored on (as the CI gate does),
+so its rows are optimistic by construction; the fixed-method rows are not.
+
+    python tools/bench_accuracy.py [--models demo,resnet8,kws,outlier] [--out build/bench]
+
+Writes ``accuracy.json`` and ``accuracy.md``. No timings are compared; none feed a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from converter.devices import load_device  # noqa: E402
+from converter.evaluate import evaluate_host  # noqa: E402
+from converter.load import load_model  # noqa: E402
+from converter.quantize import Plan, Quantized, quantize  # noqa: E402
+from converter.recipe import Recipe, load_recipe  # noqa: E402
+from converter.runtime.accuracy import Accuracy  # noqa: E402
+from converter.tune import tune  # noqa: E402
+from tools import outlier_model, realdata  # noqa: E402
+from tools.realdata import samples  # noqa: E402
+
+METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
+BUDGET = 0.003  # 0.3 points of top-1
+UPSTREAM = {
+    "resnet8": "ic-resnet8/pretrainedResnet_quant.tflite",
+    "kws": "kws-dscnn/kws_ref_model.tflite",
+}
+
+
+def recipe_for(name: str, work: Path) -> Recipe:
+    if name == "demo":
+        return load_recipe(ROOT / "recipes" / "mobilenet.yaml")
+    if name == "outlier":
+        model = work / "outlier_digits.keras"
+        if not model.is_file():
+            outlier_model.build(model)
+        path = work / "outlier.yaml"
+        path.write_text(yaml.safe_dump(outlier_model.recipe(model), sort_keys=False))
+        return load_recipe(path)
+    return load_recipe(realdata.recipe_path(name), realdata.overrides(name))
+
+
+def row(label: str, acc: Accuracy, model: bytes, plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "variant": label,
+        "int8": acc.int8,
+        "drop": acc.drop,
+        "agreement": acc.agreement,
+        "samples": acc.samples,
+        "bytes": len(model),
+        "plan": plan,
+    }
+
+
+def stock_model(recipe: Recipe, cal_x: np.ndarray, folder: Path) -> bytes:
+    np.save(folder / "calibration.npy", cal_x)
+    out = folder / "stock_int8.tflite"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools" / "stock_convert.py"),
+            str(recipe.model),
+            str(folder / "calibration.npy"),
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    return out.read_bytes()
+
+
+def bench_model(name: str, work: Path) -> dict[str, Any]:
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    recipe = recipe_for(name, work)
+    model = load_model(recipe.model)
+    cal_x, _, eight_bit = samples(recipe, "calibration", model.input_shape)
+    eval_x, eval_y, _ = samples(recipe, "evaluation", model.input_shape)
+    prep = recipe.preprocess()
+
+    def ours(plan: Plan) -> Quantized:
+        return quantize(model.float_tflite, cal_x, recipe, prep, eight_bit_data=eight_bit, plan=plan)
+
+    def score(q: bytes) -> Accuracy:
+        return evaluate_host(model.float_tflite, q, eval_x, eval_y)
+
+    rows = []
+    stock = stock_model(recipe, cal_x, folder)
+    first = score(stock)
+    float_top1 = first.float
+    rows.append(row("stock TFLiteConverter (minmax)", first, stock))
+    if name in UPSTREAM:
+        upstream = (realdata.REALDATA / UPSTREAM[name]).read_bytes()
+        rows.append(row("upstream int8 reference", score(upstream), upstream))
+    base = Plan.of(recipe)
+    results: dict[str, tuple[Quantized, Accuracy]] = {}
+    for method in METHODS:
+        q = ours(dataclasses.replace(base, method=method))
+        results[method] = (q, score(q.model))
+        rows.append(row(f"edgeconv {method}", results[method][1], q.model, q.to_json()))
+    q = ours(dataclasses.replace(base, method="auto", bias_correction=True))
+    rows.append(row("edgeconv auto + bias correction", score(q.model), q.model, q.to_json()))
+    first_q, first_acc = results[base.method]
+    for label, target in (("CPU target (host)", "host"), ("integer-only target (Coral)", "coral-usb-accelerator")):
+        loop_recipe = dataclasses.replace(recipe, targets=(target,))
+        budgets = dataclasses.replace(recipe.budgets, accuracy_drop=BUDGET)
+        tuned = tune(
+            dataclasses.replace(loop_recipe, budgets=budgets),
+            {target: load_device(target)},
+            model.float_tflite,
+            first_q,
+            first_acc,
+            eval_x,
+            eval_y,
+            ours,
+        )
+        chosen = next((a for a in tuned.section["attempts"] if a["chosen"]), None)
+        step = chosen["step"] if chosen else "recipe (met)"
+        r = row(f"edgeconv loop, {label}: {step}", tuned.accuracy, tuned.chosen.model, tuned.chosen.to_json())
+        r["loop"] = tuned.section
+        rows.append(r)
+    for r in rows:
+        print(f"{name:8} {r['variant']:60} int8 {r['int8']:.4f} drop {100 * r['drop']:+.2f} pts", flush=True)
+    return {
+        "model": name,
+        "source": str(recipe.model),
+        "calibration_samples": len(cal_x),
+        "evaluation_samples": len(eval_x),
+        "float_top1": float_top1,
+        "rows": rows,
+    }
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model (float top-1, eval samples) | variant | int8 top-1 | drop (points) | agreement | bytes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for x in r["rows"]:
+            lines.append(
+                f"| {r['model']} ({100 * r['float_top1']:.2f}%, n={r['evaluation_samples']}) | {x['variant']} | "
+                f"{100 * x['int8']:.2f}% | {100 * x['drop']:+.2f} | {100 * x['agreement']:.2f}% | {x['bytes']:,} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="demo,resnet8,kws,outlier")
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
+    args = parser.parse_args()
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    names = [n for n in args.models.split(",") if n]
+    missing = [n for n in names if n in realdata.REAL_PATHS and not realdata.REALDATA.is_dir()]
+    if missing:
+        print(f"skipping {', '.join(missing)}: {realdata.REALDATA} not found", file=sys.stderr)
+    results = [bench_model(n, args.out) for n in names if n not in missing]
+    meta = {
+        "machine": platform.platform(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "budget": BUDGET,
+    }
+    (args.out / "accuracy.json").write_text(json.dumps({"machine": meta, "results": results}, indent=2) + "\n")
+    (args.out / "accuracy.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
