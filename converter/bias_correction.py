@@ -12,15 +12,14 @@ the already quantized model's own weights, so they match TFLite's rounding exact
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from . import flatbuf
 from .runtime.interpreter import make_interpreter
 from .runtime.model import TensorInfo, quantize
 
 MAX_SAMPLES = 256
-LINEAR = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
 @dataclass(frozen=True)
@@ -31,52 +30,6 @@ class BiasFix:
     op: str
     mean_shift_steps: float
     max_shift_steps: float
-
-
-def _enum_names(kind: str) -> dict[int, str]:
-    """Value -> name of a flatbuffer schema enum (``BuiltinOperator``, ``TensorType``)."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    return {int(v): str(k) for k, v in vars(getattr(schema, kind)).items() if not k.startswith("_")}
-
-
-def _code(model: Any, op: Any, names: dict[int, str]) -> str:
-    oc = model.operatorCodes[op.opcodeIndex]
-    return str(names.get(max(int(oc.builtinCode), int(oc.deprecatedBuiltinCode)), ""))
-
-
-def _data(model: Any, tensor: Any, dtype: str) -> np.ndarray:
-    raw = model.buffers[tensor.buffer].data
-    return np.frombuffer(bytes(bytearray(raw)) if raw is not None else b"", dtype=dtype).reshape(tensor.shape)
-
-
-def _dequantized_weights(model: Any, tensor: Any) -> np.ndarray | None:
-    q = tensor.quantization
-    if q is None or q.scale is None or _type_name(tensor.type) != "INT8":
-        return None
-    values = _data(model, tensor, "int8").astype(np.float64)
-    scale = np.asarray(q.scale, dtype=np.float64)
-    if scale.size > 1:
-        shape = [1] * values.ndim
-        shape[int(q.quantizedDimension)] = scale.size
-        scale = scale.reshape(shape)
-    return values * scale
-
-
-def _type_name(code: int) -> str:
-    return _enum_names("TensorType").get(int(code), "")
-
-
-def _linear_ops(model: Any) -> dict[str, tuple[str, Any]]:
-    """Output tensor name -> (op name, op) for conv/depthwise/dense ops of subgraph 0."""
-    names = _enum_names("BuiltinOperator")
-    tensors = model.subgraphs[0].tensors
-    out = {}
-    for op in model.subgraphs[0].operators:
-        code = _code(model, op, names)
-        if code in LINEAR and len(op.outputs):
-            out[tensors[op.outputs[0]].name.decode()] = (code, op)
-    return out
 
 
 def _input_means(float_tflite: bytes, indices: set[int], x: np.ndarray) -> dict[int, np.ndarray]:
@@ -108,26 +61,6 @@ def _shift(op: str, delta: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def _bias_tensor(model: Any, op: Any, size: int, name: str) -> Any:
-    """The op's bias tensor; a zero one is added where the converter dropped an all-zero bias."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    tensors = model.subgraphs[0].tensors
-    if len(op.inputs) >= 3 and op.inputs[2] >= 0:
-        return tensors[op.inputs[2]]
-    buffer = schema.BufferT()
-    buffer.data = np.zeros(size, dtype="<f4").tobytes()
-    model.buffers.append(buffer)
-    tensor = schema.TensorT()
-    tensor.shape = [size]
-    tensor.type = schema.TensorType.FLOAT32
-    tensor.buffer = len(model.buffers) - 1
-    tensor.name = f"{name}/bias_correction".encode()
-    tensors.append(tensor)
-    op.inputs = [*list(op.inputs[:2]), len(tensors) - 1]
-    return tensor
-
-
 def correct_biases(
     float_tflite: bytes, quant_tflite: bytes, x: np.ndarray, skip: set[str] | None = None
 ) -> tuple[bytes, list[BiasFix]]:
@@ -135,13 +68,9 @@ def correct_biases(
 
     Layers named in ``skip`` (kept float) are left alone: their weights are not rounded.
     """
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    fmodel = flatbuffer_utils.convert_bytearray_to_object(bytearray(float_tflite))
-    qmodel = flatbuffer_utils.convert_bytearray_to_object(bytearray(quant_tflite))
+    fmodel, qmodel = flatbuf.load(float_tflite), flatbuf.load(quant_tflite)
     ftensors, qtensors = fmodel.subgraphs[0].tensors, qmodel.subgraphs[0].tensors
-    fops, qops = _linear_ops(fmodel), _linear_ops(qmodel)
+    fops, qops = flatbuf.linear_ops(fmodel), flatbuf.linear_ops(qmodel)
     # By name; the model's last layer is renamed when the quantizer adds a dequantize after it, so
     # fall back to order (linear ops keep their order) when the counts match.
     by_order = dict(zip(fops, qops.values(), strict=True)) if len(fops) == len(qops) else {}
@@ -150,10 +79,10 @@ def correct_biases(
         code_q, qop = qops.get(name) or by_order.get(name) or ("", None)
         if qop is None or code_q != code or name in (skip or set()):
             continue
-        wq = _dequantized_weights(qmodel, qtensors[qop.inputs[1]])
-        if wq is None or _type_name(ftensors[fop.inputs[1]].type) != "FLOAT32":
+        wq = flatbuf.dequantized_weights(qmodel, qtensors[qop.inputs[1]])
+        if wq is None or flatbuf.type_name(ftensors[fop.inputs[1]].type) != "FLOAT32":
             continue
-        w = _data(fmodel, ftensors[fop.inputs[1]], "float32").astype(np.float64)
+        w = flatbuf.data(fmodel, ftensors[fop.inputs[1]], "float32").astype(np.float64)
         if w.shape != wq.shape:
             continue
         pairs.append((name, code, fop, w - wq, qtensors[qop.outputs[0]]))
@@ -163,17 +92,14 @@ def correct_biases(
         shift = _shift(code, delta, means[int(fop.inputs[0])])
         if shift is None:
             continue
-        bias_t = _bias_tensor(fmodel, fop, shift.size, name)
-        if _type_name(bias_t.type) != "FLOAT32":
+        bias_t = flatbuf.bias_tensor(fmodel, fop, shift.size, name)
+        if flatbuf.type_name(bias_t.type) != "FLOAT32":
             continue
-        bias = _data(fmodel, bias_t, "float32").astype(np.float64)
+        bias = flatbuf.data(fmodel, bias_t, "float32").astype(np.float64)
         if bias.shape != shift.shape:
             continue
-        buffer = schema.BufferT()
-        buffer.data = np.asarray(bias + shift, dtype="<f4").tobytes()
-        fmodel.buffers.append(buffer)  # a new buffer: biases may share one after deduplication
-        bias_t.buffer = len(fmodel.buffers) - 1
+        flatbuf.set_data(fmodel, bias_t, bias + shift)
         scale = float(qout.quantization.scale[0]) if qout.quantization and qout.quantization.scale else 1.0
         steps = np.abs(shift) / scale
         fixes.append(BiasFix(name, code, float(steps.mean()), float(steps.max())))
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(fmodel)), fixes
+    return flatbuf.dump(fmodel), fixes

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from converter.bias_correction import _linear_ops, correct_biases
+from converter.bias_correction import correct_biases
 from converter.calibrate import choose_ranges, ranges_of
+from converter.flatbuf import linear_ops
 from converter.load import load_model
 from converter.recipe import CalibrationSpec
 from converter.runtime.model import TFLiteModel
@@ -58,6 +59,6 @@ def _int8_weights(model: bytes) -> bytes:
     from tensorflow.lite.tools import flatbuffer_utils
 
     m = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
-    ((_, op),) = _linear_ops(m).values()
+    ((_, op),) = linear_ops(m).values()
     tensor = m.subgraphs[0].tensors[op.inputs[1]]
     return bytes(bytearray(m.buffers[tensor.buffer].data))
