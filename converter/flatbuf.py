@@ -85,10 +85,15 @@ def bias_tensor(model: Any, op: Any, size: int, name: str) -> Any:
 
 
 def set_data(model: Any, tensor: Any, values: np.ndarray) -> None:
-    """Give ``tensor`` new float32 contents in a buffer of its own (buffers may be shared after deduplication)."""
+    """Give ``tensor`` new float32 contents; in a buffer of its own when it shares one (after deduplication)."""
     from tensorflow.lite.python import schema_py_generated as schema
 
+    raw = np.asarray(values, dtype="<f4").reshape(-1).tobytes()
+    sharing = sum(t.buffer == tensor.buffer for t in model.subgraphs[0].tensors) if tensor.buffer else 0
+    if sharing == 1:
+        model.buffers[tensor.buffer].data = np.frombuffer(raw, dtype=np.uint8)
+        return
     buffer = schema.BufferT()
-    buffer.data = np.asarray(values, dtype="<f4").reshape(-1).tobytes()
+    buffer.data = np.frombuffer(raw, dtype=np.uint8)
     model.buffers.append(buffer)
     tensor.buffer = len(model.buffers) - 1

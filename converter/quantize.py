@@ -15,6 +15,7 @@ import numpy as np
 
 from .bias_correction import BiasFix, correct_biases
 from .calibrate import Calibration, calibrate
+from .equalize import equalize
 from .recipe import Method, Recipe
 from .runtime.preprocess import Preprocess
 from .tflite_quantizer import quantize_with_ranges, stock_quantize
@@ -28,6 +29,7 @@ class Plan:
 
     method: Method
     bias_correction: bool = False
+    equalization: bool = False
     float_nodes: tuple[str, ...] = ()
     activations: str = "int8"
     input_type: str = "int8"
@@ -36,14 +38,8 @@ class Plan:
     @classmethod
     def of(cls, recipe: Recipe) -> Plan:
         q = recipe.quantization
-        return cls(
-            recipe.calibration.method,
-            recipe.calibration.bias_correction,
-            (),
-            q.activations,
-            q.input_type,
-            q.output_type,
-        )
+        c = recipe.calibration
+        return cls(c.method, c.bias_correction, c.equalization, (), q.activations, q.input_type, q.output_type)
 
 
 @dataclass(frozen=True)
@@ -54,6 +50,7 @@ class Quantized:
     plan: Plan
     calibration: Calibration | None
     bias_fixes: tuple[BiasFix, ...] = ()
+    equalized_pairs: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         p = self.plan
@@ -66,6 +63,7 @@ class Quantized:
             }
             if p.bias_correction
             else None,
+            "equalization": {"pairs": self.equalized_pairs} if p.equalization else None,
             "float_nodes": list(p.float_nodes),
         }
 
@@ -106,6 +104,9 @@ def quantize(
         )
         return Quantized(model, plan, None)
     contract = contract_range(prep) if eight_bit_data else None
+    pairs = None
+    if plan.equalization:  # a different float model: its own statistics and ranges
+        float_tflite, pairs = equalize(float_tflite)
     spec = dataclasses.replace(recipe.calibration, method=plan.method)
     calibration = calibrate(float_tflite, cal_x, spec, prep_json(prep), contract)
     if calibration.cache_hit:
@@ -128,4 +129,4 @@ def quantize(
         model = run(corrected, plan.float_nodes)
     elif plan.float_nodes:
         model = run(float_tflite, plan.float_nodes)
-    return Quantized(model, plan, calibration, tuple(fixes))
+    return Quantized(model, plan, calibration, tuple(fixes), pairs)

@@ -126,6 +126,10 @@ class CalibrationSpec:
         default=False,
         metadata={"doc": "Cancel the mean output shift weight rounding causes in each conv/dense layer"},
     )
+    equalization: bool = field(
+        default=False,
+        metadata={"doc": "Cross-layer equalization: balance channel scales across conv/dense pairs before calibrating"},
+    )
 
     def __post_init__(self) -> None:
         if self.percentile <= 0:

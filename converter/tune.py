@@ -1,12 +1,13 @@
 """The accuracy-target loop: when ``accuracy_drop`` is missed, try fixes in order of cost.
 
-1. better ranges (``auto``, then each method), 2. bias correction -- both keep the model
-full-integer and are kept only if they score better; then, only when every target runs LiteRT on a CPU,
-3. the worst tensors kept float (their writer and readers denylisted), 1, 2, 4, … up to
-``tuning.max_float_layers`` ops, and 4. 16x8 activations. Floating a few layers comes
+1. better ranges (``auto``, then each method), 2. cross-layer equalization, 3. bias
+correction -- all keep the model full-integer and are kept only if they score better; then,
+only when every target runs LiteRT on a CPU, 4. the worst tensors kept float (their writer
+and readers denylisted), 1, 2, 4, … up to ``tuning.max_float_layers`` ops, and 5. 16x8
+activations. Floating a few layers comes
 before 16x8 because it keeps the model's I/O types and XNNPACK's int8 kernels for every
 other layer, where 16x8 runs the whole model on reference kernels. Edge TPU and MCU
-targets run integer kernels only: there the loop stops after step 2 and names the worst
+targets run integer kernels only: there the loop stops after step 3 and names the worst
 layers. Every attempt is recorded. Attempts are scored on the evaluation data (the same
 data the gate uses), so the chosen fix is tuned to it; use enough samples.
 """
@@ -25,6 +26,7 @@ import numpy as np
 from .analyze import LayerError, analyze
 from .devices import DeviceProfile
 from .evaluate import evaluate_host
+from .flatbuf import LINEAR
 from .quantize import Plan, Quantized
 from .recipe import Method, Recipe
 from .runtime.accuracy import Accuracy
@@ -106,17 +108,34 @@ def host_latency_ms(model: bytes) -> float | None:
 
 
 def float_nodes_for(float_tflite: bytes, tensor: str) -> tuple[str, ...]:
-    """Ops to keep float so ``tensor`` stays float: its writer and every reader (output names)."""
+    """Ops to keep float so ``tensor`` is never quantized: its writer, and its readers onwards.
+
+    Ops that do not mix channels with weights (pooling, reshape, add, concat, …) pass an
+    outlier channel on to their output, so the float region extends through them until it
+    reaches conv/dense ops, whose outputs have ranges of their own. Output tensor names.
+    """
     interpreter = make_interpreter(model_content=float_tflite, delegate="none")
     names = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
-    index = next((i for i, n in names.items() if n == tensor), None)
-    if index is None:
+    ops = [op for op in interpreter._get_ops_details() if len(op["outputs"]) and int(op["outputs"][0]) >= 0]  # noqa: SLF001
+    start = next((i for i, n in names.items() if n == tensor), None)
+    if start is None:
         return ()
-    nodes = []
-    for op in interpreter._get_ops_details():  # noqa: SLF001 - see inspect_model
-        outputs = [int(i) for i in op["outputs"] if int(i) >= 0]
-        if outputs and (index in outputs or index in {int(i) for i in op["inputs"]}):
-            nodes.append(names[outputs[0]])
+    nodes = [names[int(op["outputs"][0])] for op in ops if start in {int(i) for i in op["outputs"]}]
+    queue, seen = [start], {start}
+    while queue:
+        current = queue.pop(0)
+        for op in ops:
+            if current not in {int(i) for i in op["inputs"]}:
+                continue
+            name = names[int(op["outputs"][0])]
+            if name not in nodes:
+                nodes.append(name)
+            if op["op_name"] in LINEAR:
+                continue
+            for out in (int(i) for i in op["outputs"]):
+                if out >= 0 and out not in seen:
+                    seen.add(out)
+                    queue.append(out)
     return tuple(nodes)
 
 
@@ -196,6 +215,13 @@ def tune(
             step = "auto ranges" if method == "auto" else f"{method} ranges"
             a = loop.attempt(step, f"calibration.method: {method}", dataclasses.replace(plan, method=method))
             best = min(best, a, key=Attempt.score)
+        if not best.meets and not best.quantized.plan.equalization:
+            a = loop.attempt(
+                "equalization",
+                "cross-layer equalization of conv/dense pairs",
+                dataclasses.replace(best.quantized.plan, equalization=True),
+            )
+            best = min(best, a, key=Attempt.score)
         if not best.meets and not best.quantized.plan.bias_correction:
             a = loop.attempt(
                 "bias correction",
@@ -264,7 +290,7 @@ def _fallbacks(
         a = loop.attempt(
             "16x8",
             "int16 activations, int8 weights (TFLite min/max)" + ("; model I/O becomes float32" if changed else ""),
-            Plan("minmax", False, (), "int16", *io),
+            Plan("minmax", False, False, (), "int16", *io),
         )
         if a.meets:
             return _result(loop, a, "met with 16x8 activations (CPU targets only)", None)

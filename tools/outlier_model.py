@@ -4,9 +4,11 @@
 channel's weights scaled down 1000x. ReLU commutes with positive scaling, so the float
 function is unchanged, but ``wide``'s per-tensor activation range is now set by one channel
 and the other 15 get a level or two each. Trained here in about 4 s, seeded; used by the
-accuracy-loop tests and tools/bench_accuracy.py.
+accuracy-loop tests and tools/bench_accuracy.py. With ``pooled``, a max-pool sits between the
+two convs: edgeconv's cross-layer equalization pairs directly connected layers only, so it
+cannot undo the outlier there and the loop must reach for its CPU-only fallbacks.
 
-    python tools/outlier_model.py OUT.keras
+    python tools/outlier_model.py OUT.keras [--pooled]
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ DIGITS = ROOT / "recipes" / "data"
 SCALE = 1000.0
 
 
-def build(out: Path, seed: int = 0) -> Path:
+def build(out: Path, seed: int = 0, pooled: bool = False) -> Path:
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -30,7 +32,10 @@ def build(out: Path, seed: int = 0) -> Path:
     h = keras.layers.Rescaling(1 / 255.0)(inp)
     wide = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="wide")
     reader = keras.layers.Conv2D(16, 3, activation="relu", name="reader")
-    h = reader(wide(h))
+    h = wide(h)
+    if pooled:
+        h = keras.layers.MaxPooling2D(2)(h)
+    h = reader(h)
     out_t = keras.layers.Dense(10, activation="softmax", name="head")(keras.layers.Flatten()(h))
     model = keras.Model(inp, out_t)
     model.compile("adam", "sparse_categorical_crossentropy")
@@ -61,4 +66,4 @@ def recipe(model: Path, **extra: object) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    build(Path(sys.argv[1]))
+    build(Path(sys.argv[1]), pooled="--pooled" in sys.argv[2:])
