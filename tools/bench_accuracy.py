@@ -9,7 +9,7 @@ full-integer fixes only). Every row has top-1, drop, agreement with float, sampl
 and size. The loop chooses on the evaluation data it is scored on (as the CI gate does),
 so its rows are optimistic by construction; the fixed-method rows are not.
 
-    python tools/bench_accuracy.py [--models demo,resnet8,kws,outlier] [--out build/bench]
+    python tools/bench_accuracy.py [--models demo,resnet8,kws,outlier,outlier-pooled] [--out build/bench]
 
 Writes ``accuracy.json`` and ``accuracy.md``. No timings are compared; none feed a test.
 """
@@ -53,11 +53,11 @@ UPSTREAM = {
 def recipe_for(name: str, work: Path) -> Recipe:
     if name == "demo":
         return load_recipe(ROOT / "recipes" / "mobilenet.yaml")
-    if name == "outlier":
-        model = work / "outlier_digits.keras"
+    if name in ("outlier", "outlier-pooled"):
+        model = work / f"{name}.keras"
         if not model.is_file():
-            outlier_model.build(model)
-        path = work / "outlier.yaml"
+            outlier_model.build(model, pooled=name == "outlier-pooled")
+        path = work / f"{name}.yaml"
         path.write_text(yaml.safe_dump(outlier_model.recipe(model), sort_keys=False))
         return load_recipe(path)
     return load_recipe(realdata.recipe_path(name), realdata.overrides(name))
@@ -122,8 +122,12 @@ def bench_model(name: str, work: Path) -> dict[str, Any]:
         q = ours(dataclasses.replace(base, method=method))
         results[method] = (q, score(q.model))
         rows.append(row(f"edgeconv {method}", results[method][1], q.model, q.to_json()))
-    q = ours(dataclasses.replace(base, method="auto", bias_correction=True))
-    rows.append(row("edgeconv auto + bias correction", score(q.model), q.model, q.to_json()))
+    for label, extra in (
+        ("auto + equalization", {"equalization": True}),
+        ("auto + bias correction", {"bias_correction": True}),
+    ):
+        q = ours(dataclasses.replace(base, method="auto", **extra))
+        rows.append(row(f"edgeconv {label}", score(q.model), q.model, q.to_json()))
     first_q, first_acc = results[base.method]
     for label, target in (("CPU target (host)", "host"), ("integer-only target (Coral)", "coral-usb-accelerator")):
         loop_recipe = dataclasses.replace(recipe, targets=(target,))
@@ -171,7 +175,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="demo,resnet8,kws,outlier")
+    parser.add_argument("--models", default="demo,resnet8,kws,outlier,outlier-pooled")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
     args = parser.parse_args()
     args.out = args.out.resolve()

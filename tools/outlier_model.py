@@ -34,7 +34,7 @@ def build(out: Path, seed: int = 0, pooled: bool = False) -> Path:
     reader = keras.layers.Conv2D(16, 3, activation="relu", name="reader")
     h = wide(h)
     if pooled:
-        h = keras.layers.MaxPooling2D(2)(h)
+        h = keras.layers.MaxPooling2D(2, name="pool")(h)
     h = reader(h)
     out_t = keras.layers.Dense(10, activation="softmax", name="head")(keras.layers.Flatten()(h))
     model = keras.Model(inp, out_t)

@@ -97,7 +97,7 @@ def test_the_loop_recovers_float_accuracy_on_a_cpu_target(
     assert code == 0 and acc["drop"] <= 0.005 and acc["int8"] > 0.95
     nodes = report["quantization"]["float_nodes"]
     # The float region: the outlier conv, the max-pool that passes the outlier on, and the conv reading it.
-    assert [n.split(";")[0].split("/")[1] for n in nodes] == ["wide_1", "max_pooling2d_1", "reader_1"], nodes
+    assert [n.split(";")[0].split("/")[1] for n in nodes] == ["wide_1", "pool_1", "reader_1"], nodes
     assert all(a["bytes"] > 0 and a["latency_p50_ms"] is not None for a in report["tuning"]["attempts"])
     model = (tmp_path / "o" / "model_int8.tflite").read_bytes()
     assert {op.name for op in float_ops(model)} == {"CONV_2D", "MAX_POOL_2D"} and chosen["bytes"] == len(model)
