@@ -23,13 +23,14 @@ from .artifacts import check_output_dir, write_outputs
 from .ci_outputs import finalize
 from .data import Dataset, load_dataset, prepare
 from .devices import DeviceProfile, load_device
-from .errors import ModelLoadError
+from .errors import DataError, ModelLoadError
 from .evaluate import evaluate_host
 from .load import LoadedModel, detect_format, load_model
 from .measure import TargetResult, measure_target
 from .plots import histogram_png, most_clipped
+from .qat import quantize_qat
 from .quantize import Plan, Quantized, quantize
-from .recipe import Recipe
+from .recipe import DataSource, Recipe
 from .report import FLOAT_NAME, HIST_NAME, INT8_NAME, REPORT_NAME, Outcome, build_report, dumps
 from .runtime.accuracy import not_measured
 from .runtime.preprocess import Preprocess
@@ -94,17 +95,20 @@ def convert(
     prep = recipe.preprocess()
     channels = model.input_shape[-1] if len(model.input_shape) == 4 else None
 
-    def read(kind: str) -> tuple[np.ndarray, Dataset, np.ndarray | None]:
-        src = getattr(recipe.data, kind)
+    def read(
+        kind: str, src: DataSource | None = None, at: str | None = None
+    ) -> tuple[np.ndarray, Dataset, np.ndarray | None]:
+        src = src or getattr(recipe.data, kind)
+        at = at or f"{where}.{kind}"
         ds = load_dataset(
             src.path,
-            where=f"{where}.{kind}",
+            where=at,
             samples=src.samples,
             seed=src.seed,
             channels=channels,
             image_size=recipe.input.resize,
         )
-        return prepare(ds, prep, model.input_shape, f"{where}.{kind}"), ds, ds.y
+        return prepare(ds, prep, model.input_shape, at), ds, ds.y
 
     cal_x, cal_ds, _ = _timed("data", steps, lambda: read("calibration"))
     eval_x, eval_ds, eval_y = read("evaluation") if recipe.data.evaluation else (None, None, None)
@@ -114,6 +118,12 @@ def convert(
     _timed("import tf", steps, import_tensorflow)
 
     def quantizer(plan: Plan | None = None) -> Quantized:
+        if plan is not None and plan.qat and recipe.tuning.qat is not None:
+            spec = recipe.tuning.qat
+            train_x, _, train_y = read("qat", spec.data, f"{recipe.source}: tuning.qat.data")
+            if train_y is None:
+                raise DataError(f"{recipe.source}: tuning.qat.data: {spec.data.path} has no labels; QAT trains on them")
+            return quantize_qat(recipe, model.format, plan, train_x, train_y, cal_x)
         return quantize(model.float_tflite, cal_x, recipe, prep, eight_bit_data=cal_ds.eight_bit, plan=plan)
 
     first = _timed("calibrate", steps, quantizer)

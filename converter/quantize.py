@@ -30,6 +30,7 @@ class Plan:
     method: Method
     bias_correction: bool = False
     equalization: bool = False
+    qat: bool = False
     float_nodes: tuple[str, ...] = ()
     activations: str = "int8"
     input_type: str = "int8"
@@ -39,7 +40,7 @@ class Plan:
     def of(cls, recipe: Recipe) -> Plan:
         q = recipe.quantization
         c = recipe.calibration
-        return cls(c.method, c.bias_correction, c.equalization, (), q.activations, q.input_type, q.output_type)
+        return cls(c.method, c.bias_correction, c.equalization, False, (), q.activations, q.input_type, q.output_type)
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,9 @@ class Quantized:
 
     def to_json(self) -> dict[str, Any]:
         p = self.plan
+        route = "ranges learned by quantization-aware training" if p.qat else "minmax (TFLite 16x8)"
         return {
-            "method": p.method if self.calibration is not None else "minmax (TFLite 16x8)",
+            "method": p.method if self.calibration is not None else route,
             "activations": p.activations,
             "bias_correction": {
                 "layers": len(self.bias_fixes),
@@ -64,6 +66,7 @@ class Quantized:
             if p.bias_correction
             else None,
             "equalization": {"pairs": self.equalized_pairs} if p.equalization else None,
+            "qat": p.qat,
             "float_nodes": list(p.float_nodes),
         }
 

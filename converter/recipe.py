@@ -173,6 +173,16 @@ class AnalysisSpec:
 
 
 @dataclass(frozen=True)
+class QatSpec:
+    """A short quantization-aware fine-tune the loop may try (Keras 2 models; tensorflow-model-optimization)."""
+
+    data: DataSource = field(metadata={"doc": "Labelled training samples (not the evaluation data)"})
+    epochs: int = field(default=3, metadata={"doc": "Fine-tuning epochs", "min": 1})
+    learning_rate: float = field(default=1e-4, metadata={"doc": "Adam learning rate", "min": 0})
+    batch_size: int = field(default=32, metadata={"doc": "Training batch size", "min": 1})
+
+
+@dataclass(frozen=True)
 class TuningSpec:
     """The accuracy-target loop: what it may try when budgets.accuracy_drop is missed."""
 
@@ -185,6 +195,9 @@ class TuningSpec:
         metadata={"doc": "Most layers kept float on CPU targets (never on Edge TPU or MCU targets); 0: none", "min": 0},
     )
     int16: bool = field(default=True, metadata={"doc": "May try 16x8 (int16 activations) on CPU targets"})
+    qat: QatSpec | None = field(
+        default=None, metadata={"doc": "Quantization-aware fine-tuning, tried after the post-training fixes"}
+    )
 
 
 @dataclass(frozen=True)

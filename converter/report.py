@@ -56,12 +56,16 @@ def _calibration_json(
     method = quantized.plan.method if calibration is not None else "minmax"
     out: dict[str, Any] = {"method": method, "samples": cal_samples, "seconds": seconds}
     if calibration is None:
+        qat = quantized.plan.qat
         out.update(
             {
-                "route": "tflite-16x8",
+                "method": "qat" if qat else "minmax",
+                "route": "qat" if qat else "tflite-16x8",
                 "cache": None,
                 "tensors": None,
-                "reason": "16x8 uses TFLite's own min/max calibration; per-tensor statistics are not exposed",
+                "reason": "ranges learned by quantization-aware training; TFLite calibrated the rest (min/max)"
+                if qat
+                else "16x8 uses TFLite's own min/max calibration; per-tensor statistics are not exposed",
             }
         )
         return out

@@ -1,15 +1,16 @@
 """The accuracy-target loop: when ``accuracy_drop`` is missed, try fixes in order of cost.
 
-1. better ranges (``auto``, then each method), 2. cross-layer equalization, 3. bias
-correction -- all keep the model full-integer and are kept only if they score better; then,
-only when every target runs LiteRT on a CPU, 4. the worst tensors kept float (their writer
-and readers denylisted), 1, 2, 4, … up to ``tuning.max_float_layers`` ops, and 5. 16x8
-activations. Floating a few layers comes
-before 16x8 because it keeps the model's I/O types and XNNPACK's int8 kernels for every
-other layer, where 16x8 runs the whole model on reference kernels. Edge TPU and MCU
-targets run integer kernels only: there the loop stops after step 3 and names the worst
-layers. Every attempt is recorded. Attempts are scored on the evaluation data (the same
-data the gate uses), so the chosen fix is tuned to it; use enough samples.
+Full-integer fixes first, each kept only if it scores better: 1. better ranges (``auto``,
+then each method), 2. cross-layer equalization, 3. bias correction, 4. a short
+quantization-aware fine-tune when ``tuning.qat`` gives training data. Then, only when every
+target runs LiteRT on a CPU: 5. the worst tensors kept float (their writer and readers
+denylisted), 1, 2, 4, … up to ``tuning.max_float_layers`` ops, and 6. 16x8 activations.
+Floating a few layers comes before 16x8 because it keeps the model's I/O types and
+XNNPACK's int8 kernels for every other layer, where 16x8 runs the whole model on reference
+kernels. Edge TPU and MCU targets run integer kernels only: there the loop stops after
+step 4 and names the worst layers. Every attempt is recorded. Attempts are scored on the
+evaluation data (the same data the gate uses), so the chosen fix is tuned to it; use
+enough samples.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ import numpy as np
 
 from .analyze import LayerError, analyze
 from .devices import DeviceProfile
+from .errors import ConversionError
 from .evaluate import evaluate_host
 from .flatbuf import LINEAR
+from .qat import QatUnavailable
 from .quantize import Plan, Quantized
 from .recipe import Method, Recipe
 from .runtime.accuracy import Accuracy
@@ -148,6 +151,7 @@ class Loop:
         self.float_tflite, self.eval_x, self.eval_y = float_tflite, eval_x, eval_y
         self.budget, self.quantizer = budget, quantizer
         self.attempts: list[Attempt] = []
+        self.skipped: list[dict[str, str]] = []
 
     def record(self, step: str, detail: str, q: Quantized, accuracy: Accuracy | None = None) -> Attempt:
         start = time.perf_counter()
@@ -229,6 +233,15 @@ def tune(
                 dataclasses.replace(best.quantized.plan, bias_correction=True),
             )
             best = min(best, a, key=Attempt.score)
+        qat = recipe.tuning.qat
+        if not best.meets and qat is not None:
+            detail = f"{qat.epochs} epochs on {qat.data.path.name} (lr {qat.learning_rate:g}, batch {qat.batch_size})"
+            try:
+                a = loop.attempt("qat", f"quantization-aware fine-tune: {detail}", dataclasses.replace(plan, qat=True))
+                best = min(best, a, key=Attempt.score)
+            except (QatUnavailable, ConversionError) as e:
+                log.warning("tuning: QAT not tried: %s", e)
+                loop.skipped.append({"step": "qat", "reason": str(e)})
     if best.meets:
         return _result(loop, best, "met with full-integer fixes", None)
     integer_only = sorted(name for name, p in targets.items() if p.runtime != "litert")
@@ -243,8 +256,8 @@ def tune(
         )
         need = (
             "to fix the worst layers below without float ops: reduce their range outliers in the model "
-            "(e.g. clip activations with ReLU6, cross-layer equalization, or quantization-aware training), "
-            "or drop these targets to let edgeconv keep them float on CPU"
+            "(e.g. clip activations with ReLU6 or retrain), give tuning.qat training data for "
+            "quantization-aware training, or drop these targets to let edgeconv keep them float on CPU"
         )
         return _result(loop, best, f"stopped: {why}", {"worst_layers": worst, "needed": need})
     return _fallbacks(loop, best, recipe, float_tflite, eval_x, targets)
@@ -290,7 +303,7 @@ def _fallbacks(
         a = loop.attempt(
             "16x8",
             "int16 activations, int8 weights (TFLite min/max)" + ("; model I/O becomes float32" if changed else ""),
-            Plan("minmax", False, False, (), "int16", *io),
+            Plan("minmax", False, False, False, (), "int16", *io),
         )
         if a.meets:
             return _result(loop, a, "met with 16x8 activations (CPU targets only)", None)
@@ -306,6 +319,7 @@ def _result(loop: Loop, chosen: Attempt, outcome: str, extra: dict[str, Any] | N
         "budget": loop.budget,
         "outcome": outcome,
         "attempts": [a.to_json(a is chosen) for a in loop.attempts],
+        "skipped": loop.skipped,
         **(extra or {}),
     }
     return TuneResult(chosen.quantized, chosen.accuracy, section)

@@ -5,11 +5,13 @@ the stock ``TFLiteConverter`` (min/max, a fresh process: tools/stock_convert.py)
 upstream int8 reference where the model ships one; ours with each range method, ``auto``,
 ``auto`` + bias correction; and the accuracy loop with a 0.3-point budget, once for a CPU
 target (host: float layers and 16x8 allowed) and once for an integer-only target (Coral:
-full-integer fixes only). Every row has top-1, drop, agreement with float, sample count
+full-integer fixes only). Keras 2 models (.h5, SavedModel) also get a QAT row: 3 epochs on
+the calibration data (the only labelled training data the real models come with; all of it,
+not the calibration subset), and the loop may use QAT too. Every row has top-1, drop, agreement with float, sample count
 and size. The loop chooses on the evaluation data it is scored on (as the CI gate does),
 so its rows are optimistic by construction; the fixed-method rows are not.
 
-    python tools/bench_accuracy.py [--models demo,resnet8,kws,outlier,outlier-pooled] [--out build/bench]
+    python tools/bench_accuracy.py [--models demo,resnet8,kws,outlier,...] [--out build/bench]
 
 Writes ``accuracy.json`` and ``accuracy.md``. No timings are compared; none feed a test.
 """
@@ -35,8 +37,9 @@ sys.path.insert(0, str(ROOT))
 from converter.devices import load_device  # noqa: E402
 from converter.evaluate import evaluate_host  # noqa: E402
 from converter.load import load_model  # noqa: E402
+from converter.qat import QAT_FORMATS, quantize_qat  # noqa: E402
 from converter.quantize import Plan, Quantized, quantize  # noqa: E402
-from converter.recipe import Recipe, load_recipe  # noqa: E402
+from converter.recipe import DataSource, QatSpec, Recipe, load_recipe  # noqa: E402
 from converter.runtime.accuracy import Accuracy  # noqa: E402
 from converter.tune import tune  # noqa: E402
 from tools import outlier_model, realdata  # noqa: E402
@@ -53,10 +56,10 @@ UPSTREAM = {
 def recipe_for(name: str, work: Path) -> Recipe:
     if name == "demo":
         return load_recipe(ROOT / "recipes" / "mobilenet.yaml")
-    if name in ("outlier", "outlier-pooled"):
-        model = work / f"{name}.keras"
+    if name.startswith("outlier"):
+        model = work / (f"{name}.h5" if name.endswith("-h5") else f"{name}.keras")
         if not model.is_file():
-            outlier_model.build(model, pooled=name == "outlier-pooled")
+            outlier_model.build(model, pooled="pooled" in name)
         path = work / f"{name}.yaml"
         path.write_text(yaml.safe_dump(outlier_model.recipe(model), sort_keys=False))
         return load_recipe(path)
@@ -103,6 +106,15 @@ def bench_model(name: str, work: Path) -> dict[str, Any]:
     prep = recipe.preprocess()
 
     def ours(plan: Plan) -> Quantized:
+        if plan.qat and recipe.tuning.qat is not None:
+            spec = recipe.tuning.qat
+            train_x, train_y, _ = samples(
+                dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, calibration=spec.data)),
+                "calibration",
+                model.input_shape,
+            )
+            assert train_y is not None
+            return quantize_qat(recipe, model.format, plan, train_x, train_y, cal_x)
         return quantize(model.float_tflite, cal_x, recipe, prep, eight_bit_data=eight_bit, plan=plan)
 
     def score(q: bytes) -> Accuracy:
@@ -128,6 +140,16 @@ def bench_model(name: str, work: Path) -> dict[str, Any]:
     ):
         q = ours(dataclasses.replace(base, method="auto", **extra))
         rows.append(row(f"edgeconv {label}", score(q.model), q.model, q.to_json()))
+    if model.format in QAT_FORMATS:
+        train = dataclasses.replace(recipe.data.calibration, samples=None)
+        if name.startswith("outlier"):
+            train = DataSource(outlier_model.DIGITS / "digits.npz")
+        spec = QatSpec(train, epochs=3)
+        recipe = dataclasses.replace(recipe, tuning=dataclasses.replace(recipe.tuning, qat=spec))
+        q = ours(dataclasses.replace(base, qat=True))
+        rows.append(
+            row(f"edgeconv QAT ({spec.epochs} epochs, {train.path.name})", score(q.model), q.model, q.to_json())
+        )
     first_q, first_acc = results[base.method]
     for label, target in (("CPU target (host)", "host"), ("integer-only target (Coral)", "coral-usb-accelerator")):
         loop_recipe = dataclasses.replace(recipe, targets=(target,))
@@ -175,7 +197,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="demo,resnet8,kws,outlier,outlier-pooled")
+    parser.add_argument("--models", default="demo,resnet8,kws,outlier,outlier-pooled,outlier-pooled-h5")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
     args = parser.parse_args()
     args.out = args.out.resolve()

@@ -8,7 +8,7 @@ accuracy-loop tests and tools/bench_accuracy.py. With ``pooled``, a max-pool sit
 two convs: edgeconv's cross-layer equalization pairs directly connected layers only, so it
 cannot undo the outlier there and the loop must reach for its CPU-only fallbacks.
 
-    python tools/outlier_model.py OUT.keras [--pooled]
+    python tools/outlier_model.py OUT.keras|OUT.h5 [--pooled]
 """
 
 from __future__ import annotations
@@ -24,7 +24,11 @@ SCALE = 1000.0
 
 
 def build(out: Path, seed: int = 0, pooled: bool = False) -> Path:
-    import keras
+    """Train and save the model; a ``.h5`` path builds it with tf_keras (Keras 2), as QAT needs."""
+    if out.suffix == ".h5":
+        import tf_keras as keras
+    else:
+        import keras  # type: ignore[no-redef]
 
     keras.utils.set_random_seed(seed)
     train = np.load(DIGITS / "digits.npz")

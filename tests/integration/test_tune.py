@@ -152,3 +152,40 @@ def test_analysis_measures_the_outlier_layer_alone(
     assert "wide" in layers[0]["name"]  # ranked first by SQNR lost ...
     # ... and quantized on its own it ruins the output, while the dense head alone costs little.
     assert wide is not None and wide < 6 and alone["Identity"] is not None and alone["Identity"] > 30, alone
+
+
+@pytest.fixture(scope="module")
+def outlier_pooled_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pooled outlier model as a Keras 2 .h5 (tf_keras): what tensorflow-model-optimization wraps."""
+    return outlier_model.build(tmp_path_factory.mktemp("pooled_h5") / "outlier_pooled.h5", pooled=True)
+
+
+def _qat(**extra: Any) -> dict[str, Any]:
+    return {"qat": {"data": {"path": str(outlier_model.DIGITS / "digits.npz")}, "epochs": 3, **extra}}
+
+
+def test_qat_recovers_it_full_integer_on_an_mcu(
+    outlier_pooled_h5: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    recipe = write_recipe(_recipe(outlier_pooled_h5, targets=["host", "arduino-nano-33-ble-sense"], tuning=_qat()))
+    code, report = _convert(recipe, tmp_path / "o")
+    attempts, chosen = _attempts(report)
+    post_training = [a for a in attempts.values() if a["step"] != "qat"]
+    assert min(a["drop"] for a in post_training) > 0.02  # no post-training fix gets there ...
+    assert chosen["step"] == "qat" and chosen["meets_budget"] and chosen["plan"]["qat"]  # ... QAT does
+    assert code == 0 and report["calibration"]["route"] == "qat"
+    model = (tmp_path / "o" / "model_int8.tflite").read_bytes()
+    assert not float_ops(model) and report["targets"]["arduino-nano-33-ble-sense"]["compatible"] is True
+    # Seeded, deterministic training: the same recipe gives the same bytes.
+    _convert(recipe, tmp_path / "again")
+    assert (tmp_path / "again" / "model_int8.tflite").read_bytes() == model
+
+
+def test_qat_is_skipped_with_a_reason_for_keras_3_models(
+    outlier_pooled: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    recipe = write_recipe(_recipe(outlier_pooled, targets=["host", "arduino-nano-33-ble-sense"], tuning=_qat()))
+    code, report = _convert(recipe, tmp_path / "o")
+    skipped = report["tuning"]["skipped"]
+    assert code == 1 and [s["step"] for s in skipped] == ["qat"] and "needs a Keras 2 model" in skipped[0]["reason"]
+    assert "qat" not in {a["step"] for a in report["tuning"]["attempts"]}
