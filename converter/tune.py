@@ -219,20 +219,14 @@ def tune(
             step = "auto ranges" if method == "auto" else f"{method} ranges"
             a = loop.attempt(step, f"calibration.method: {method}", dataclasses.replace(plan, method=method))
             best = min(best, a, key=Attempt.score)
-        if not best.meets and not best.quantized.plan.equalization:
-            a = loop.attempt(
-                "equalization",
-                "cross-layer equalization of conv/dense pairs",
-                dataclasses.replace(best.quantized.plan, equalization=True),
-            )
-            best = min(best, a, key=Attempt.score)
-        if not best.meets and not best.quantized.plan.bias_correction:
-            a = loop.attempt(
-                "bias correction",
-                "cancel the mean shift of rounded weights",
-                dataclasses.replace(best.quantized.plan, bias_correction=True),
-            )
-            best = min(best, a, key=Attempt.score)
+        for flag, step, detail in (
+            ("equalization", "equalization", "cross-layer equalization of conv/dense pairs"),
+            ("bias_correction", "bias correction", "cancel the mean shift of rounded weights"),
+        ):
+            if not best.meets and not getattr(best.quantized.plan, flag):
+                changes: dict[str, Any] = {flag: True}
+                a = loop.attempt(step, detail, dataclasses.replace(best.quantized.plan, **changes))
+                best = min(best, a, key=Attempt.score)
         qat = recipe.tuning.qat
         if not best.meets and qat is not None:
             detail = f"{qat.epochs} epochs on {qat.data.path.name} (lr {qat.learning_rate:g}, batch {qat.batch_size})"

@@ -18,11 +18,8 @@ Writes ``accuracy.json`` and ``accuracy.md``. No timings are compared; none feed
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -196,27 +193,14 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="demo,resnet8,kws,outlier,outlier-pooled,outlier-pooled-h5")
-    parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
-    args = parser.parse_args()
-    args.out = args.out.resolve()
-    args.out.mkdir(parents=True, exist_ok=True)
-    names = [n for n in args.models.split(",") if n]
-    missing = [n for n in names if n in realdata.REAL_PATHS and not realdata.REALDATA.is_dir()]
-    if missing:
-        print(f"skipping {', '.join(missing)}: {realdata.REALDATA} not found", file=sys.stderr)
-    results = [bench_model(n, args.out) for n in names if n not in missing]
-    meta = {
-        "machine": platform.platform(),
-        "processor": platform.processor(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "budget": BUDGET,
-    }
-    (args.out / "accuracy.json").write_text(json.dumps({"machine": meta, "results": results}, indent=2) + "\n")
-    (args.out / "accuracy.md").write_text(markdown(results))
-    print(markdown(results))
+    realdata.bench_main(
+        __doc__,
+        "demo,resnet8,kws,outlier,outlier-pooled,outlier-pooled-h5",
+        "accuracy",
+        bench_model,
+        markdown,
+        budget=BUDGET,
+    )
 
 
 if __name__ == "__main__":

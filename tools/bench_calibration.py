@@ -14,10 +14,8 @@ single runs on whatever machine this is; they are not used by any test.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -193,25 +191,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="resnet8,kws,mobilenet224")
-    parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    names = [n for n in args.models.split(",") if n]
-    missing = [n for n in names if n in realdata.REAL_PATHS and not realdata.REALDATA.is_dir()]
-    if missing:
-        print(f"skipping {', '.join(missing)}: {realdata.REALDATA} not found", file=sys.stderr)
-    results = [bench_model(n, args.out) for n in names if n not in missing]
-    meta = {
-        "machine": platform.platform(),
-        "processor": platform.processor(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-    }
-    (args.out / "calibration.json").write_text(json.dumps({"machine": meta, "results": results}, indent=2) + "\n")
-    (args.out / "calibration.md").write_text(markdown(results))
-    print(markdown(results))
+    realdata.bench_main(__doc__, "resnet8,kws,mobilenet224", "calibration", bench_model, markdown)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import platform
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,3 +59,35 @@ def samples(recipe: Recipe, kind: str, input_shape: tuple[int, ...]) -> tuple[np
         image_size=recipe.input.resize,
     )
     return prepare(ds, recipe.preprocess(), input_shape, kind), ds.y, ds.eight_bit
+
+
+def bench_main(
+    doc: str | None,
+    default_models: str,
+    stem: str,
+    bench_model: Callable[[str, Path], dict[str, Any]],
+    markdown: Callable[[list[dict[str, Any]]], str],
+    **meta: Any,
+) -> None:
+    """The benchmarks' shared command line: --models, --out; writes STEM.json and STEM.md."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=default_models)
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
+    args = parser.parse_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    names = [n for n in args.models.split(",") if n]
+    missing = [n for n in names if n in REAL_PATHS and not REALDATA.is_dir()]
+    if missing:
+        print(f"skipping {', '.join(missing)}: {REALDATA} not found", file=sys.stderr)
+    results = [bench_model(n, out) for n in names if n not in missing]
+    machine = {
+        "machine": platform.platform(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        **meta,
+    }
+    (out / f"{stem}.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown(results))
+    print(markdown(results))
