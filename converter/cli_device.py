@@ -251,10 +251,14 @@ def analyze(**kw: Any) -> None:
         )
         x = prepare(ds, recipe.preprocess(), shape, "data")
         float_tflite = (out / FLOAT_NAME).read_bytes()
-        layers = per_layer(float_tflite, (out / INT8_NAME).read_bytes(), x)
         report_path = out / REPORT_NAME
-        if report_path.is_file():
-            report = json.loads(report_path.read_text())
+        report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+        if (report.get("quantization") or {}).get("equalization"):
+            from .equalize import equalize
+
+            float_tflite = equalize(float_tflite)[0]  # deterministic: the reference convert compared against
+        layers = per_layer(float_tflite, (out / INT8_NAME).read_bytes(), x)
+        if report:
             requantize = _requantizer(report, float_tflite)
             if requantize is not None:
                 layers = isolate(layers, float_tflite, requantize, x)

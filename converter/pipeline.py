@@ -176,20 +176,20 @@ def convert(
 
 def layer_errors(recipe: Recipe, float_tflite: bytes, chosen: Quantized, x: np.ndarray) -> list[LayerError]:
     """Per-layer errors, the worst also measured quantized alone (same ranges, without bias correction)."""
-    layers = analyze(float_tflite, chosen.model, x)
+    reference = chosen.float_reference(float_tflite)
+    layers = analyze(reference, chosen.model, x)
     calibration, plan = chosen.calibration, chosen.plan
-    if calibration is None:  # 16x8: TFLite's calibrator, no ranges of ours to reuse
+    if calibration is None:  # 16x8 and QAT: no ranges of ours to reuse
         return layers
-
     requantize = functools.partial(
         quantize_with_ranges,
-        float_tflite,
+        reference,
         calibration.ranges(),
         input_type=plan.input_type,
         output_type=plan.output_type,
         per_channel=recipe.quantization.per_channel,
     )
-    return isolate(layers, float_tflite, requantize, x)
+    return isolate(layers, reference, requantize, x)
 
 
 def measure_targets(

@@ -45,13 +45,21 @@ class Plan:
 
 @dataclass(frozen=True)
 class Quantized:
-    """A quantized model, the plan behind it, and the calibration it used (None for 16x8)."""
+    """A quantized model, the plan behind it, and the calibration it used (None for 16x8 and QAT).
+
+    ``reference`` is the float model whose tensors it mirrors layer by layer (the equalized
+    one after equalization: same function, rescaled channels); None means the original.
+    """
 
     model: bytes
     plan: Plan
     calibration: Calibration | None
     bias_fixes: tuple[BiasFix, ...] = ()
     equalized_pairs: int | None = None
+    reference: bytes | None = None
+
+    def float_reference(self, original: bytes) -> bytes:
+        return self.reference if self.reference is not None else original
 
     def to_json(self) -> dict[str, Any]:
         p = self.plan
@@ -132,4 +140,4 @@ def quantize(
         model = run(corrected, plan.float_nodes)
     elif plan.float_nodes:
         model = run(float_tflite, plan.float_nodes)
-    return Quantized(model, plan, calibration, tuple(fixes), pairs)
+    return Quantized(model, plan, calibration, tuple(fixes), pairs, float_tflite if plan.equalization else None)

@@ -240,7 +240,8 @@ def tune(
         return _result(loop, best, "met with full-integer fixes", None)
     integer_only = sorted(name for name, p in targets.items() if p.runtime != "litert")
     if integer_only or plan.activations != "int8":
-        layers = analyze(float_tflite, best.quantized.model, eval_x[: max(recipe.analysis.samples, 1)])
+        reference = best.quantized.float_reference(float_tflite)
+        layers = analyze(reference, best.quantized.model, eval_x[: max(recipe.analysis.samples, 1)])
         worst = [e.to_json() for e in layers[:5]]
         why = (
             f"{', '.join(integer_only)} run integer kernels only, so no layer may stay float or use 16-bit "
@@ -267,7 +268,9 @@ def _fallbacks(
 ) -> TuneResult:
     """CPU-only steps: keep the worst tensors float, then 16x8."""
     base = best.quantized.plan
-    layers = analyze(float_tflite, best.quantized.model, eval_x[: max(recipe.analysis.samples, 1)])
+    layers = analyze(
+        best.quantized.float_reference(float_tflite), best.quantized.model, eval_x[: max(recipe.analysis.samples, 1)]
+    )
     worst = [e for e in layers if e.op and (e.sqnr_drop_db or 0) > 0]
     nodes: tuple[str, ...] = ()
     taken: list[LayerError] = []
