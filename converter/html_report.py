@@ -67,7 +67,7 @@ def _layer_chart(layers: list[dict[str, Any]]) -> str:
     bars = []
     for i, e in enumerate(layers):
         y = i * row
-        w = max(0.0, e["sqnr_drop_db"]) / top * (width - label_w - 170)
+        w = max(0.0, e["sqnr_drop_db"]) / top * (width - label_w - 380)
         name = escape(e["name"][-60:])
         alone = e.get("alone_sqnr_db")
         alone_text = f" · alone {alone:.1f} dB" if alone is not None else ""
@@ -78,7 +78,10 @@ def _layer_chart(layers: list[dict[str, Any]]) -> str:
             f"{e['sqnr_db']:.1f} dB SQNR{alone_text} · {escape(e['op'])}</text>"
         )
     height = row * len(layers) + 6
-    return f'<svg width="{width}" height="{height}" role="img" aria-label="per-layer SQNR lost">{"".join(bars)}</svg>'
+    return (
+        f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="per-layer SQNR lost">'
+        f"{''.join(bars)}</svg>"
+    )
 
 
 def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
