@@ -254,12 +254,14 @@ def summary(out_dir: Path, report: dict[str, Any]) -> str:
     else:
         lines.append("  accuracy: not measured (no evaluation data with labels)")
     tuning = report.get("tuning") or {}
-    if tuning.get("ran"):
+    if tuning.get("ran") or tuning.get("worst_layers"):
         chosen = next(a for a in tuning["attempts"] if a["chosen"])
         lines.append(
             f"  tuning for drop <= {100 * tuning['budget']:.2f} points: {len(tuning['attempts'])} attempts, "
             f"chose '{chosen['step']}' ({tuning['outcome']})"
         )
+        for layer in (tuning.get("worst_layers") or [])[:3]:
+            lines.append(f"    worst layer: {layer['op']} {layer['name'][-60:]} ({layer['sqnr_db']:.1f} dB SQNR)")
     for name, lat in (report.get("latency") or {}).items():
         if lat is None:
             lines.append(f"  latency {name}: not measured ({report['targets'][name]['reason']})")

@@ -194,21 +194,21 @@ def deploy(**kw: Any) -> None:
 
 
 def _requantizer(report: dict[str, Any], float_tflite: bytes) -> Callable[..., bytes] | None:
-    """Re-quantize with the ranges report.json recorded (None for 16x8 or bias-corrected models)."""
+    """Re-quantize with the ranges report.json recorded (None for 16x8 and QAT models, which have none)."""
     import functools
 
     from .tflite_quantizer import quantize_with_ranges
 
     cal, q = report.get("calibration") or {}, report.get("quantization") or {}
-    if cal.get("route") != "edgeconv" or q.get("bias_correction") or not cal.get("tensors"):
+    if cal.get("route") != "edgeconv" or not cal.get("tensors"):
         return None
     ranges = {int(t["index"]): (float(t["range"][0]), float(t["range"][1])) for t in cal["tensors"]}
     return functools.partial(
         quantize_with_ranges,
         float_tflite,
         ranges,
-        input_type=q["input"]["dtype"],
-        output_type=q["output"]["dtype"],
+        input_type="float32",  # as convert does: int8 I/O rounding would cap every figure
+        output_type="float32",
         per_channel=bool(q["per_channel"]),
     )
 
@@ -253,7 +253,8 @@ def analyze(**kw: Any) -> None:
         float_tflite = (out / FLOAT_NAME).read_bytes()
         report_path = out / REPORT_NAME
         report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-        if (report.get("quantization") or {}).get("equalization"):
+        q = report.get("quantization") or {}
+        if q.get("equalization") and (report.get("calibration") or {}).get("route") == "edgeconv":
             from .equalize import equalize
 
             float_tflite = equalize(float_tflite)[0]  # deterministic: the reference convert compared against

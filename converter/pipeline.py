@@ -28,7 +28,7 @@ from .evaluate import evaluate_host
 from .load import LoadedModel, detect_format, load_model
 from .measure import TargetResult, measure_target
 from .plots import histogram_png, most_clipped
-from .qat import quantize_qat
+from .qat import check_available, quantize_qat
 from .quantize import Plan, Quantized, quantize
 from .recipe import DataSource, Recipe
 from .report import FLOAT_NAME, HIST_NAME, INT8_NAME, REPORT_NAME, Outcome, build_report, dumps
@@ -83,6 +83,9 @@ def convert(
         detect_format(recipe.model)
         check_output_dir(out, recipe.name, force)
         targets = {t.device: load_device(t.device) for t in recipe.target_specs()}
+        qat = recipe.tuning.qat
+        if qat is not None and not qat.data.path.exists():
+            raise DataError(f"{recipe.source}: tuning.qat.data.path: {qat.data.path} does not exist")
         steps: list[dict[str, Any]] = []
         model: LoadedModel = _timed(
             "load", steps, lambda: load_model(recipe.model, recipe.custom_objects, cache=recipe.calibration.cache)
@@ -120,6 +123,7 @@ def convert(
     def quantizer(plan: Plan | None = None) -> Quantized:
         if plan is not None and plan.qat and recipe.tuning.qat is not None:
             spec = recipe.tuning.qat
+            check_available(model.format, recipe.model)  # before reading its data
             train_x, _, train_y = read("qat", spec.data, f"{recipe.source}: tuning.qat.data")
             if train_y is None:
                 raise DataError(f"{recipe.source}: tuning.qat.data: {spec.data.path} has no labels; QAT trains on them")
@@ -178,15 +182,16 @@ def layer_errors(recipe: Recipe, float_tflite: bytes, chosen: Quantized, x: np.n
     """Per-layer errors, the worst also measured quantized alone (same ranges, without bias correction)."""
     reference = chosen.float_reference(float_tflite)
     layers = analyze(reference, chosen.model, x)
-    calibration, plan = chosen.calibration, chosen.plan
+    calibration = chosen.calibration
     if calibration is None:  # 16x8 and QAT: no ranges of ours to reuse
         return layers
     requantize = functools.partial(
         quantize_with_ranges,
         reference,
         calibration.ranges(),
-        input_type=plan.input_type,
-        output_type=plan.output_type,
+        # Float model I/O: with int8 I/O the input and output rounding alone would cap every figure.
+        input_type="float32",
+        output_type="float32",
         per_channel=recipe.quantization.per_channel,
     )
     return isolate(layers, reference, requantize, x)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,8 @@ class QatUnavailable(Exception):
     """QAT cannot run for this model or on this machine; the message says why."""
 
 
-def check_available(fmt: str) -> None:
+def check_available(fmt: str, model: Path) -> None:
+    """Raise ``QatUnavailable`` unless QAT can run on ``model`` here without running its code."""
     if fmt not in QAT_FORMATS:
         raise QatUnavailable(
             f"QAT needs a Keras 2 model (legacy .h5 or SavedModel); tensorflow-model-optimization cannot wrap a "
@@ -37,6 +39,13 @@ def check_available(fmt: str) -> None:
     for module in ("tensorflow_model_optimization", "tf_keras"):
         if importlib.util.find_spec(module) is None:
             raise QatUnavailable(f"QAT needs the {module} package: pip install 'edgeconv[qat]'")
+    # The main path converts a SavedModel without running Python from it; loading it into Keras
+    # for training would run any Lambda layer's code, so refuse those, as for .h5 files on load.
+    metadata = model / "keras_metadata.pb"
+    if fmt == "saved_model" and metadata.is_file() and re.search(rb'"class_name":\s*"Lambda"', metadata.read_bytes()):
+        raise QatUnavailable(
+            f"{model} has Lambda layers, whose code would run when Keras loads it for training; QAT is not tried"
+        )
 
 
 def fine_tune(
@@ -49,9 +58,10 @@ def fine_tune(
     *,
     input_type: str,
     output_type: str,
+    custom_objects: tuple[str, ...] = (),
 ) -> bytes:
     """The full-integer model after ``spec.epochs`` of quantization-aware training on ``x``, ``y``."""
-    check_available(fmt)
+    check_available(fmt, model)
     with tempfile.TemporaryDirectory(prefix="edgeconv-qat-") as tmp:
         folder = Path(tmp)
         np.save(folder / "x.npy", x)
@@ -69,6 +79,7 @@ def fine_tune(
             "input_type": input_type,
             "output_type": output_type,
             "out": str(folder / "qat.tflite"),
+            "custom_objects": list(custom_objects),
         }
         (folder / "job.json").write_text(json.dumps(job))
         env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -100,5 +111,6 @@ def quantize_qat(
         recipe.tuning.qat,
         input_type=plan.input_type,
         output_type=plan.output_type,
+        custom_objects=recipe.custom_objects,
     )
     return Quantized(model, plan, None)

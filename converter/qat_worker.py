@@ -11,6 +11,7 @@ Seeded, with op determinism, so the same job gives the same model.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -70,7 +71,11 @@ def run(job: dict[str, Any]) -> None:
 
     tf_keras.utils.set_random_seed(int(job["seed"]))
     tf.config.experimental.enable_op_determinism()
-    model = tf_keras.models.load_model(job["model"], compile=False)
+    objects = {}
+    for spec in job.get("custom_objects") or []:  # 'module:Name', listed in the recipe by the user
+        module, _, attr = spec.partition(":")
+        objects[attr.rsplit(".", 1)[-1]] = getattr(importlib.import_module(module), attr)
+    model = tf_keras.models.load_model(job["model"], compile=False, custom_objects=objects or None)
     for layer in model.submodules:
         # Batch statistics of a few hundred samples would replace the trained ones: BN stays in inference mode.
         if isinstance(layer, tf_keras.layers.BatchNormalization):

@@ -38,7 +38,7 @@ TUNING_HEAD = ["step", "what", "int8 top-1", "drop", "agreement", "bytes", "host
 def tuning_rows(report: dict[str, Any]) -> list[list[str]]:
     """The accuracy loop's attempts as table cells (empty when the loop did not run)."""
     tuning = report.get("tuning") or {}
-    if not tuning.get("ran"):
+    if not (tuning.get("ran") or tuning.get("worst_layers")):
         return []
     return [
         [

@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -93,10 +93,13 @@ class TuneResult:
 
 
 def accuracy_budget(recipe: Recipe, targets: dict[str, DeviceProfile]) -> float | None:
-    """The tightest ``accuracy_drop`` among the recipe's, the targets' and the profiles' budgets."""
-    limits = [recipe.budgets.accuracy_drop]
-    limits += [spec.budgets.accuracy_drop for spec in recipe.target_specs()]
-    limits += [p.budgets.accuracy_drop for p in targets.values()]
+    """The tightest ``accuracy_drop`` gate that will apply, by the gates' rule (``gates.budget_rows``):
+    the recipe's, each target's own, and a device profile's only where the recipe sets none."""
+    top = recipe.budgets.accuracy_drop
+    limits = [top]
+    for spec in recipe.target_specs():
+        own, device = spec.budgets.accuracy_drop, targets[spec.device].budgets.accuracy_drop
+        limits.append(own if own is not None else (device if top is None else None))
     set_limits = [v for v in limits if v is not None]
     return min(set_limits) if set_limits else None
 
@@ -176,9 +179,19 @@ class Loop:
         )
         return attempt
 
-    def attempt(self, step: str, detail: str, plan: Plan) -> Attempt:
+    @staticmethod
+    def better(best: Attempt, candidate: Attempt | None) -> Attempt:
+        return best if candidate is None else min(best, candidate, key=Attempt.score)
+
+    def attempt(self, step: str, detail: str, plan: Plan) -> Attempt | None:
+        """Quantize with ``plan`` and score it; None (recorded under ``skipped``) when that fails."""
         start = time.perf_counter()
-        q = self.quantizer(plan)
+        try:
+            q = self.quantizer(plan)
+        except (QatUnavailable, ConversionError) as e:
+            log.warning("tuning: %s not tried: %s", step, e)
+            self.skipped.append({"step": step, "reason": str(e)})
+            return None
         a = self.record(step, detail, q)
         a = dataclasses.replace(a, seconds=a.seconds + time.perf_counter() - start)
         self.attempts[-1] = a
@@ -217,35 +230,34 @@ def tune(
             if method == plan.method or best.meets:
                 continue
             step = "auto ranges" if method == "auto" else f"{method} ranges"
-            a = loop.attempt(step, f"calibration.method: {method}", dataclasses.replace(plan, method=method))
-            best = min(best, a, key=Attempt.score)
+            best = loop.better(best, loop.attempt(step, f"calibration.method: {method}", replace(plan, method=method)))
         for flag, step, detail in (
             ("equalization", "equalization", "cross-layer equalization of conv/dense pairs"),
             ("bias_correction", "bias correction", "cancel the mean shift of rounded weights"),
         ):
             if not best.meets and not getattr(best.quantized.plan, flag):
                 changes: dict[str, Any] = {flag: True}
-                a = loop.attempt(step, detail, dataclasses.replace(best.quantized.plan, **changes))
-                best = min(best, a, key=Attempt.score)
+                best = loop.better(best, loop.attempt(step, detail, replace(best.quantized.plan, **changes)))
+        post_training = best
         qat = recipe.tuning.qat
         if not best.meets and qat is not None:
             detail = f"{qat.epochs} epochs on {qat.data.path.name} (lr {qat.learning_rate:g}, batch {qat.batch_size})"
-            try:
-                a = loop.attempt("qat", f"quantization-aware fine-tune: {detail}", dataclasses.replace(plan, qat=True))
-                best = min(best, a, key=Attempt.score)
-            except (QatUnavailable, ConversionError) as e:
-                log.warning("tuning: QAT not tried: %s", e)
-                loop.skipped.append({"step": "qat", "reason": str(e)})
+            qat_plan = Plan(plan.method, qat=True, input_type=plan.input_type, output_type=plan.output_type)
+            best = loop.better(best, loop.attempt("qat", f"quantization-aware fine-tune: {detail}", qat_plan))
+        # The CPU fallbacks build on post-training quantization: a QAT model's layers are not the float model's.
+        best_ptq = best if not best.quantized.plan.qat else post_training
+    else:
+        best_ptq = best
     if best.meets:
         return _result(loop, best, "met with full-integer fixes", None)
     integer_only = sorted(name for name, p in targets.items() if p.runtime != "litert")
     if integer_only or plan.activations != "int8":
-        reference = best.quantized.float_reference(float_tflite)
-        layers = analyze(reference, best.quantized.model, eval_x[: max(recipe.analysis.samples, 1)])
+        reference = best_ptq.quantized.float_reference(float_tflite)
+        layers = analyze(reference, best_ptq.quantized.model, eval_x[: max(recipe.analysis.samples, 1)])
         worst = [e.to_json() for e in layers[:5]]
         why = (
-            f"{', '.join(integer_only)} run integer kernels only, so no layer may stay float or use 16-bit "
-            "activations there"
+            f"{', '.join(integer_only)} take full-int8 models only (float layers break Edge TPU and microcontroller "
+            "deployments; 16x8 is offered for CPU targets only)"
             if integer_only
             else "the recipe already uses 16x8 activations"
         )
@@ -255,7 +267,7 @@ def tune(
             "quantization-aware training, or drop these targets to let edgeconv keep them float on CPU"
         )
         return _result(loop, best, f"stopped: {why}", {"worst_layers": worst, "needed": need})
-    return _fallbacks(loop, best, recipe, float_tflite, eval_x, targets)
+    return _fallbacks(loop, best_ptq, recipe, float_tflite, eval_x, targets)
 
 
 def _fallbacks(
@@ -274,22 +286,34 @@ def _fallbacks(
     worst = [e for e in layers if e.op and (e.sqnr_drop_db or 0) > 0]
     nodes: tuple[str, ...] = ()
     taken: list[LayerError] = []
+    tried: set[tuple[str, ...]] = set()
+
+    def try_nodes() -> Attempt | None:
+        tried.add(nodes)
+        return loop.attempt(
+            f"float {len(nodes)} ops",
+            f"keep float: the {len(taken)} worst tensor(s) {', '.join(e.name.split(';')[0] for e in taken)}",
+            replace(base, float_nodes=nodes),
+        )
+
     size = 1
     for layer in worst:
         more = tuple(n for n in float_nodes_for(float_tflite, layer.name) if n not in nodes)
+        if not more:
+            continue  # already inside the float region
         if len(nodes) + len(more) > recipe.tuning.max_float_layers:
             break
         nodes, taken = nodes + more, [*taken, layer]
         if len(taken) < size:
             continue
-        a = loop.attempt(
-            f"float {len(nodes)} ops",
-            f"keep float: the {len(taken)} worst tensor(s) {', '.join(e.name.split(';')[0] for e in taken)}",
-            dataclasses.replace(base, float_nodes=nodes),
-        )
-        if a.meets:
+        a = try_nodes()
+        if a is not None and a.meets:
             return _result(loop, a, "met with float layers (CPU targets only)", None)
         size *= 2
+    if nodes and nodes not in tried:  # the set gathered when the limit or the list ended
+        a = try_nodes()
+        if a is not None and a.meets:
+            return _result(loop, a, "met with float layers (CPU targets only)", None)
     if recipe.tuning.int16 and all(p.supports_int16 for p in targets.values()):
         keep = ("float32", "int16")
         io = (
@@ -300,12 +324,12 @@ def _fallbacks(
         a = loop.attempt(
             "16x8",
             "int16 activations, int8 weights (TFLite min/max)" + ("; model I/O becomes float32" if changed else ""),
-            Plan("minmax", False, False, False, (), "int16", *io),
+            Plan("minmax", activations="int16", input_type=io[0], output_type=io[1]),
         )
-        if a.meets:
+        if a is not None and a.meets:
             return _result(loop, a, "met with 16x8 activations (CPU targets only)", None)
     plans = [(a, a.quantized.plan) for a in loop.attempts]
-    full_integer = [a for a, p in plans if not p.float_nodes and p.activations == "int8"]
+    full_integer = [a for a, p in plans if not p.float_nodes and p.activations == base.activations]
     return _result(loop, min(full_integer, key=Attempt.score), "no fix met the budget; kept the best int8 result", None)
 
 

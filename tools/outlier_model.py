@@ -23,7 +23,7 @@ DIGITS = ROOT / "recipes" / "data"
 SCALE = 1000.0
 
 
-def build(out: Path, seed: int = 0, pooled: bool = False) -> Path:
+def build(out: Path, seed: int = 0, pooled: bool = False, hard_swish: bool = False) -> Path:
     """Train and save the model; a ``.h5`` path builds it with tf_keras (Keras 2), as QAT needs."""
     if out.suffix == ".h5":
         import tf_keras as keras
@@ -40,6 +40,8 @@ def build(out: Path, seed: int = 0, pooled: bool = False) -> Path:
     if pooled:
         h = keras.layers.MaxPooling2D(2, name="pool")(h)
     h = reader(h)
+    if hard_swish:  # an op TFLite cannot quantize to 16x8
+        h = keras.layers.Activation("hard_swish", name="hswish")(h)
     out_t = keras.layers.Dense(10, activation="softmax", name="head")(keras.layers.Flatten()(h))
     model = keras.Model(inp, out_t)
     model.compile("adam", "sparse_categorical_crossentropy")

@@ -8,6 +8,7 @@ equalization does not cross, so only the CPU-only fallbacks recover it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -117,7 +118,7 @@ def test_integer_only_targets_stop_and_name_the_worst_layer(
     recipe = write_recipe(_recipe(outlier_pooled, targets=["host", "arduino-nano-33-ble-sense"]))
     code, report = _convert(recipe, tmp_path / "o")
     tuning = report["tuning"]
-    assert code == 1 and tuning["outcome"].startswith("stopped: arduino-nano-33-ble-sense run integer kernels only")
+    assert code == 1 and tuning["outcome"].startswith("stopped: arduino-nano-33-ble-sense take full-int8 models only")
     assert "wide" in tuning["worst_layers"][0]["name"] and "quantization-aware training" in tuning["needed"]
     assert all(not a["plan"]["float_nodes"] and a["plan"]["activations"] == "int8" for a in tuning["attempts"])
     assert not float_ops((tmp_path / "o" / "model_int8.tflite").read_bytes())
@@ -195,3 +196,50 @@ def test_qat_is_skipped_with_a_reason_for_keras_3_models(
     skipped = report["tuning"]["skipped"]
     assert code == 1 and [s["step"] for s in skipped] == ["qat"] and "needs a Keras 2 model" in skipped[0]["reason"]
     assert "qat" not in {a["step"] for a in report["tuning"]["attempts"]}
+
+
+def test_a_step_tflite_cannot_do_is_skipped_not_fatal(write_recipe: Callable[..., Path], tmp_path: Path) -> None:
+    """TFLite has no 16x8 HARD_SWISH: the 16x8 attempt fails, the loop records why and goes on."""
+    model = outlier_model.build(tmp_path / "hswish.keras", pooled=True, hard_swish=True)
+    recipe = write_recipe(_recipe(model, tuning={"max_float_layers": 0}))
+    code, report = _convert(recipe, tmp_path / "o")
+    skipped = report["tuning"]["skipped"]
+    assert [s["step"] for s in skipped] == ["16x8"] and "HARD_SWISH" in skipped[0]["reason"], skipped
+    assert code == 1 and report["tuning"]["outcome"] == "no fix met the budget; kept the best int8 result"
+
+
+def test_qat_refuses_a_savedmodel_with_lambda_layers(tmp_path: Path) -> None:
+    """Loading a SavedModel into Keras for training would run a Lambda's code: refused, nothing runs."""
+    import tf_keras
+
+    from converter.qat import QatUnavailable, check_available
+
+    marker = str(tmp_path / "ran")
+    inp = tf_keras.Input((4,))
+    out = tf_keras.layers.Lambda(lambda t: (open(marker, "w").close(), t * 2)[1])(inp)  # noqa: PTH123
+    tf_keras.Model(inp, out).save(str(tmp_path / "sm"), save_format="tf")
+    Path(marker).unlink(missing_ok=True)
+    with pytest.raises(QatUnavailable, match="Lambda layers"):
+        check_available("saved_model", tmp_path / "sm")
+    assert not Path(marker).exists()
+    tf_keras.models.load_model(str(tmp_path / "sm"))  # what QAT would have done: the Lambda's code runs
+    assert Path(marker).exists()
+
+
+def test_the_loop_budget_follows_the_gates_rule() -> None:
+    from converter.budgets import Budgets
+    from converter.devices import load_device
+    from converter.recipe import DataSource, DataSpec, Recipe, TargetSpec
+    from converter.tune import accuracy_budget
+
+    strict_board = dataclasses.replace(load_device("raspberry-pi-4"), budgets=Budgets(accuracy_drop=0.001))
+    data = DataSpec(DataSource(outlier_model.DIGITS / "digits.npz"))
+
+    def recipe(top: float | None, own: float | None) -> Recipe:
+        target = TargetSpec("raspberry-pi-4", budgets=Budgets(accuracy_drop=own))
+        return Recipe(1, "r", Path("m.keras"), data, targets=(target,), budgets=Budgets(accuracy_drop=top))
+
+    boards = {"raspberry-pi-4": strict_board}
+    assert accuracy_budget(recipe(0.01, None), boards) == 0.01  # the recipe's wins over the profile's ...
+    assert accuracy_budget(recipe(None, None), boards) == 0.001  # ... which applies when the recipe sets none
+    assert accuracy_budget(recipe(0.01, 0.005), boards) == 0.005  # a target's own budget is a gate too
