@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConversionError
+from .inspect_model import op_graph
 from .runtime.accuracy import SQNR_CAP_DB, sqnr_db
 from .runtime.interpreter import make_interpreter
 from .runtime.model import TensorInfo, TFLiteModel, quantize
@@ -171,14 +172,6 @@ def analyze(float_tflite: bytes, quant_tflite: bytes, x: np.ndarray) -> list[Lay
     return sorted(results, key=lambda e: (e.sqnr_drop_db is None, -(e.sqnr_drop_db or 0), e.sqnr_db))
 
 
-def op_names(float_tflite: bytes) -> list[str]:
-    """Each op's first output tensor name: the node names the quantizer's denylist takes."""
-    interpreter = make_interpreter(model_content=float_tflite, delegate="none")
-    names = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
-    ops = interpreter._get_ops_details()  # noqa: SLF001 - see inspect_model
-    return [names[int(op["outputs"][0])] for op in ops if len(op["outputs"]) and int(op["outputs"][0]) >= 0]
-
-
 def isolate(
     layers: list[LayerError],
     float_tflite: bytes,
@@ -190,7 +183,7 @@ def isolate(
 
     ``requantize(float_nodes=…)`` returns the model quantized the same way with those nodes float.
     """
-    nodes = op_names(float_tflite)
+    nodes = [n.name for n in op_graph(float_tflite).nodes]
     reference = TFLiteModel(model_content=float_tflite, delegate="none").predict(x)[0]
     out = list(layers)
     for i, layer in enumerate(layers[:count]):

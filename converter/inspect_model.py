@@ -49,6 +49,37 @@ def list_ops(model: bytes) -> list[OpInfo]:
     return ops
 
 
+@dataclass(frozen=True)
+class Node:
+    """An op as the quantizer's ``denylisted_nodes`` names it (its first output tensor's name)."""
+
+    name: str
+    op: str
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Tensor names and ops of the main subgraph, read once for graph walks."""
+
+    tensor_names: dict[int, str]
+    nodes: tuple[Node, ...]
+
+
+def op_graph(model: bytes) -> Graph:
+    """The model's ops with their tensor indices, in execution order."""
+    interpreter = make_interpreter(model_content=model, delegate="none")
+    names = {int(d["index"]): str(d["name"]) for d in interpreter.get_tensor_details()}
+    nodes = []
+    for op in interpreter._get_ops_details():  # noqa: SLF001 - see list_ops
+        outs = tuple(int(i) for i in op["outputs"] if int(i) >= 0)
+        if outs:
+            ins = tuple(int(i) for i in op["inputs"] if int(i) >= 0)
+            nodes.append(Node(names[outs[0]], str(op["op_name"]), ins, outs))
+    return Graph(names, tuple(nodes))
+
+
 def macs(op: OpInfo) -> int:
     """Multiply-accumulates of one operator (0 for ops without a weight product)."""
     if not op.output_shapes or len(op.input_shapes) < 2:

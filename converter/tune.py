@@ -29,11 +29,11 @@ from .devices import DeviceProfile
 from .errors import ConversionError
 from .evaluate import evaluate_host
 from .flatbuf import LINEAR
+from .inspect_model import Graph, op_graph
 from .qat import QatUnavailable
 from .quantize import Plan, Quantized
 from .recipe import Method, Recipe
 from .runtime.accuracy import Accuracy
-from .runtime.interpreter import make_interpreter
 from .runtime.latency import measure
 from .runtime.model import TFLiteModel
 
@@ -113,33 +113,29 @@ def host_latency_ms(model: bytes) -> float | None:
         return None
 
 
-def float_nodes_for(float_tflite: bytes, tensor: str) -> tuple[str, ...]:
+def float_nodes_for(graph: Graph, tensor: str) -> tuple[str, ...]:
     """Ops to keep float so ``tensor`` is never quantized: its writer, and its readers onwards.
 
     Ops that do not mix channels with weights (pooling, reshape, add, concat, …) pass an
     outlier channel on to their output, so the float region extends through them until it
-    reaches conv/dense ops, whose outputs have ranges of their own. Output tensor names.
+    reaches conv/dense ops, whose outputs have ranges of their own. Node (output tensor) names.
     """
-    interpreter = make_interpreter(model_content=float_tflite, delegate="none")
-    names = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
-    ops = [op for op in interpreter._get_ops_details() if len(op["outputs"]) and int(op["outputs"][0]) >= 0]  # noqa: SLF001
-    start = next((i for i, n in names.items() if n == tensor), None)
+    start = next((i for i, n in graph.tensor_names.items() if n == tensor), None)
     if start is None:
         return ()
-    nodes = [names[int(op["outputs"][0])] for op in ops if start in {int(i) for i in op["outputs"]}]
+    nodes = [node.name for node in graph.nodes if start in node.outputs]
     queue, seen = [start], {start}
     while queue:
         current = queue.pop(0)
-        for op in ops:
-            if current not in {int(i) for i in op["inputs"]}:
+        for node in graph.nodes:
+            if current not in node.inputs:
                 continue
-            name = names[int(op["outputs"][0])]
-            if name not in nodes:
-                nodes.append(name)
-            if op["op_name"] in LINEAR:
+            if node.name not in nodes:
+                nodes.append(node.name)
+            if node.op in LINEAR:
                 continue
-            for out in (int(i) for i in op["outputs"]):
-                if out >= 0 and out not in seen:
+            for out in node.outputs:
+                if out not in seen:
                     seen.add(out)
                     queue.append(out)
     return tuple(nodes)
@@ -296,9 +292,10 @@ def _fallbacks(
             replace(base, float_nodes=nodes),
         )
 
+    graph = op_graph(float_tflite)
     size = 1
     for layer in worst:
-        more = tuple(n for n in float_nodes_for(float_tflite, layer.name) if n not in nodes)
+        more = tuple(n for n in float_nodes_for(graph, layer.name) if n not in nodes)
         if not more:
             continue  # already inside the float region
         if len(nodes) + len(more) > recipe.tuning.max_float_layers:
