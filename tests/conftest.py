@@ -17,6 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("EDGECONV_REALDATA", ROOT.parent / "shared" / "realdata"))
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """CI sets EDGECONV_REQUIRE_REALDATA=1 where the real models are: then they must not be skipped."""
+    if os.environ.get("EDGECONV_REQUIRE_REALDATA") == "1" and not REALDATA.is_dir():
+        raise pytest.UsageError(f"EDGECONV_REQUIRE_REALDATA=1 but {REALDATA} is not a folder")
+
+
 def tiny_data(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """12x12x3 images in 0..255 whose class is the quadrant with the brightest blob (4 classes)."""
     rng = np.random.default_rng(seed)
