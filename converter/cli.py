@@ -32,10 +32,24 @@ from .cli_device import analyze, bench, deploy
 
 def _step_summary(markdown_file: Path) -> None:
     """Append report.md to GitHub's job summary when running in GitHub Actions."""
+    from .errors import OutputError
+
     target = os.environ.get("GITHUB_STEP_SUMMARY")
     if target and markdown_file.is_file():
-        with Path(target).open("a", encoding="utf-8") as f:
-            f.write(markdown_file.read_text(encoding="utf-8") + "\n")
+        try:
+            with Path(target).open("a", encoding="utf-8") as f:
+                f.write(markdown_file.read_text(encoding="utf-8") + "\n")
+        except OSError as e:
+            raise OutputError(
+                f"GITHUB_STEP_SUMMARY {target}: cannot append report.md to it ({e.strerror or e}); "
+                "point the variable at a writable file or unset it"
+            ) from e
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def gates_table(report: dict[str, Any]) -> str:
@@ -133,29 +147,25 @@ def check(report_path: Path, baseline_path: str | None, as_json: bool, debug: bo
     setup_logging(debug)
 
     def run() -> int:
-        from .artifacts import write_atomic
         from .ci_outputs import finalize, images_in
         from .errors import UserInputError
-        from .gates import load_baseline
+        from .gates import load_baseline, read_report
         from .report import dumps
 
-        try:
-            report = json.loads(report_path.read_text())
-        except (OSError, ValueError) as e:
-            raise UserInputError(f"--report {report_path}: cannot read it: {e}") from e
-        missing = [
-            k
-            for k in ("schema_version", "recipe", "artifacts", "tool")
-            if not isinstance(report, dict) or k not in report
-        ]
-        if missing:
-            raise UserInputError(f"--report {report_path}: not an edgeconv report.json (missing {', '.join(missing)})")
+        report = read_report(report_path, "--report")
         baseline = load_baseline(baseline_path) if baseline_path else None
         folder = report_path.parent
-        files = finalize(report, images_in(folder, report), baseline, baseline_path)
-        for name, data in files.items():
-            write_atomic(folder / name, data)
-        write_atomic(report_path, dumps(report))
+        try:
+            files = finalize(report, images_in(folder, report), baseline, baseline_path)
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError, ZeroDivisionError) as e:
+            # check_report covers what the gates read; this is the net for deeper sections the renderers read.
+            raise UserInputError(
+                f"--report {report_path}: cannot render it ({type(e).__name__}: {e}); a section is not shaped as "
+                "edgeconv writes it. Run edgeconv convert again to regenerate it (if the file is unchanged from "
+                "convert, this is a bug in edgeconv: please report it)"
+            ) from e
+        files[report_path.name] = dumps(report)
+        _publish(folder, files, f"--report {report_path}")
         if as_json:
             click.echo(json.dumps({"passed": report["passed"], "gates": report["gates"]}, indent=2))
         else:
@@ -164,6 +174,35 @@ def check(report_path: Path, baseline_path: str | None, as_json: bool, debug: bo
         return EXIT_GATE if report["passed"] is False else EXIT_OK
 
     guarded(debug, run)
+
+
+def _publish(folder: Path, files: dict[str, bytes], where: str) -> None:
+    """Write every file or none: each is staged beside its target first, then all are renamed in."""
+    import tempfile
+
+    from .errors import OutputError
+
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, data in files.items():
+            target = folder / name
+            if target.exists() and not target.is_file():
+                raise OSError(f"{target} exists and is not a file")
+            fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+            staged.append((Path(tmp_name), target))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            Path(tmp_name).chmod(0o666 & ~_umask())  # mkstemp makes 0600; these are ordinary files
+    except OSError as e:
+        for stage, _ in staged:
+            stage.unlink(missing_ok=True)
+        reason = e.strerror or str(e)
+        raise OutputError(
+            f"{where}: cannot write {', '.join(files)} beside it in {folder} ({reason}); nothing was written. "
+            "Make the folder writable, or copy the report into a writable folder and check it there"
+        ) from e
+    for stage, target in staged:
+        stage.replace(target)
 
 
 @main.command()
