@@ -152,7 +152,7 @@ def check(report_path: Path, baseline_path: str | None, as_json: bool, debug: bo
         from .gates import load_baseline, read_report
         from .report import dumps
 
-        report = read_report(report_path, "--report")
+        report = read_report(report_path, f"--report {report_path}")
         baseline = load_baseline(baseline_path) if baseline_path else None
         folder = report_path.parent
         try:

@@ -38,8 +38,12 @@ def _host(ctx: click.Context, param: click.Parameter, value: str | None) -> str 
 PORT = Bounded(int, 1, "a TCP port number", "e.g. --port 2222", maximum=65535)
 ssh_options = [
     click.option("--port", type=PORT, help="SSH port."),
-    click.option("--identity", type=click.Path(path_type=Path, dir_okay=False), help="SSH private key."),
-    click.option("--known-hosts", type=click.Path(path_type=Path, dir_okay=False), help="known_hosts to verify with."),
+    click.option("--identity", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="SSH private key."),
+    click.option(
+        "--known-hosts",
+        type=click.Path(path_type=Path, exists=True, dir_okay=False),
+        help="known_hosts to verify with.",
+    ),
     click.option("--ssh-option", "ssh_opts", multiple=True, metavar="KEY=VALUE", help="Extra ssh -o option."),
     click.option("--python", "remote_python", help="Python on the device [the profile's, python3]."),
     click.option("--keep", is_flag=True, help="Leave the working folder on the device."),
@@ -68,16 +72,14 @@ def _check_tflite(path: Path, what: str) -> None:
         raise UserInputError(f"{what}: {path} is not a TFLite model (no 'TFL3' identifier)")
 
 
-def _input_shapes(path: Path, what: str) -> list[tuple[int, ...]]:
+def _input_shapes(path: Path, what: str, fix: str = "give a valid .tflite model") -> list[tuple[int, ...]]:
     """The model's input shapes, read by the interpreter that will run it (so a corrupt file is refused here)."""
     from .runtime.model import TFLiteModel
 
     try:
         model = TFLiteModel(model_path=str(path), delegate="none")
     except (ValueError, RuntimeError) as e:
-        raise UserInputError(
-            f"{what}: {path} cannot be loaded by the TFLite interpreter ({e}); give a valid .tflite model"
-        ) from e
+        raise UserInputError(f"{what}: {path} cannot be loaded by the TFLite interpreter ({e}); {fix}") from e
     return [tuple(i.shape) for i in model.inputs]
 
 
@@ -305,7 +307,7 @@ def _requantizer(report: dict[str, Any], float_tflite: bytes) -> Callable[..., b
         ranges,
         input_type="float32",  # as convert does: int8 I/O rounding would cap every figure
         output_type="float32",
-        per_channel=bool(q["per_channel"]),
+        per_channel=bool(q.get("per_channel", True)),  # convert's default
     )
 
 
@@ -339,16 +341,20 @@ def analyze(**kw: Any) -> None:
         from .artifacts import write_atomic
         from .data import load_dataset, prepare
         from .errors import OutputError
+        from .gates import read_report
         from .recipe import load_recipe
         from .report import FLOAT_NAME, INT8_NAME, REPORT_NAME, dumps
-        from .runtime.model import TFLiteModel
 
         recipe = load_recipe(kw["recipe_path"], list(kw["overrides"]))
         out = kw["out_dir"] or Path("build") / recipe.name
-        if not (out / INT8_NAME).is_file():
-            raise OutputError(f"{out}: no {INT8_NAME}; run edgeconv convert --recipe {recipe.source} first")
+        for name in (INT8_NAME, FLOAT_NAME):
+            if not (out / name).is_file():
+                raise OutputError(f"{out}: no {name}; run edgeconv convert --recipe {recipe.source} first")
+        again = f"run edgeconv convert --recipe {recipe.source} again"
+        shape = _input_shapes(out / FLOAT_NAME, str(out), again)[0]
+        if _input_shapes(out / INT8_NAME, str(out), again)[0] != shape:
+            raise OutputError(f"{out}: {INT8_NAME} and {FLOAT_NAME} take different inputs; {again}")
         src = recipe.data.evaluation or recipe.data.calibration
-        shape = TFLiteModel(model_path=str(out / FLOAT_NAME)).inputs[0].shape
         ds = load_dataset(
             src.path,
             where=f"{recipe.source}: data",
@@ -360,7 +366,7 @@ def analyze(**kw: Any) -> None:
         x = prepare(ds, recipe.preprocess(), shape, "data")
         float_tflite = (out / FLOAT_NAME).read_bytes()
         report_path = out / REPORT_NAME
-        report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+        report = read_report(report_path, str(report_path)) if report_path.is_file() else {}
         q = report.get("quantization") or {}
         if q.get("equalization") and (report.get("calibration") or {}).get("route") == "edgeconv":
             from .equalize import equalize
@@ -376,7 +382,13 @@ def analyze(**kw: Any) -> None:
                 "samples": len(x),
                 "layers": [e.to_json() for e in layers],
             }
-            write_atomic(report_path, dumps(report))
+            try:
+                write_atomic(report_path, dumps(report))
+            except OSError as error:
+                raise OutputError(
+                    f"{report_path}: cannot record the analysis in it ({error.strerror or error}); make {out} writable "
+                    "(or copy the folder somewhere writable and analyze it there)"
+                ) from error
         if kw["as_json"]:
             click.echo(json.dumps([e.to_json() for e in layers], indent=2))
             return EXIT_OK

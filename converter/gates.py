@@ -238,7 +238,18 @@ def check_report(doc: Any, where: str) -> dict[str, Any]:
     if picture is not None and (Path(picture).name != picture or picture in ("", ".", "..")):
         # check reads the picture from the report's folder and embeds it: never a path elsewhere.
         raise shape.fail("calibration.histograms", f"expected a file name beside report.json, got {picture!r}")
-    shape.need(calibration, "tensors", "calibration", (list,), optional=True)
+    for i, tensor in enumerate(shape.need(calibration, "tensors", "calibration", (list,), optional=True) or []):
+        at = f"calibration.tensors[{i}]"
+        if not isinstance(tensor, dict):
+            raise shape.fail(at, f"expected a mapping, got {_kind(tensor)}")
+        shape.need(tensor, "index", at, (int,))
+        for key in ("name", "method"):
+            shape.need(tensor, key, at, (str,))
+        for key in ("clipped_fraction", "levels_used"):
+            shape.need(tensor, key, at, _NUMBER)
+        bounds = shape.need(tensor, "range", at, (list,))
+        if len(bounds) != 2 or not all(isinstance(b, _NUMBER) and not isinstance(b, bool) for b in bounds):
+            raise shape.fail(f"{at}.range", f"expected [lo, hi] numbers, got {bounds!r}")
     budgets = shape.need(doc, "budgets", "", (dict,), optional=True) or {}
     _check_budget_levels(
         shape,
@@ -283,6 +294,8 @@ def check_report(doc: Any, where: str) -> dict[str, Any]:
         shape.need(accuracy, "samples", "accuracy", (int,))
         for key in ("float", "int8", "drop", "agreement"):
             shape.need(accuracy, key, "accuracy", _NUMBER, optional=key != "drop")
+    quantization = shape.need(doc, "quantization", "", (dict,), optional=True) or {}
+    shape.need(quantization, "per_channel", "quantization", (bool,), optional=True)
     for key in ("tuning", "analysis"):
         shape.need(doc, key, "", (dict,), optional=True)
     return doc
@@ -292,9 +305,8 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows (edgeconv writes null for what was not measured)")
 
 
-def read_report(path: Path, option: str) -> dict[str, Any]:
-    """A report.json read and checked by ``check_report``; errors name ``option`` and the file."""
-    where = f"{option} {path}"
+def read_report(path: Path, where: str) -> dict[str, Any]:
+    """A report.json read and checked by ``check_report``; errors start with ``where`` (option and file)."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
     except (OSError, ValueError, RecursionError) as e:
@@ -305,7 +317,7 @@ def read_report(path: Path, option: str) -> dict[str, Any]:
 
 def load_baseline(path: str) -> dict[str, Any]:
     """A previous report.json to compare against; anything else is a usage error."""
-    return read_report(Path(path), "--baseline")
+    return read_report(Path(path), f"--baseline {path}")
 
 
 DELTA_FIGURES = (

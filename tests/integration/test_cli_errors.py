@@ -367,3 +367,69 @@ def test_the_entry_points_still_work() -> None:
     assert (result.returncode, result.stdout.strip()) == (0, f"edgeconv, version {__version__}")
     names = set(main.commands)  # type: ignore[attr-defined]
     assert {"convert", "validate", "check", "schema", "bench", "deploy", "analyze"} <= names
+
+
+# --- 7. other bad files found on the way ----------------------------------------------------------
+
+
+def _out_folder(tmp_path: Path, model_dir: Path, int8: bytes | None = None, report: str | None = None) -> Path:
+    """An output folder as convert leaves it, with the parts a test breaks."""
+    out = tmp_path / "out"
+    out.mkdir()
+    float_model = (model_dir / "tiny.tflite").read_bytes()
+    (out / "model_float.tflite").write_bytes(float_model)
+    (out / "model_int8.tflite").write_bytes(float_model if int8 is None else int8)
+    if report is not None:
+        (out / "report.json").write_text(report)
+    return out
+
+
+def _recipe(tmp_path: Path, model_dir: Path) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(model_dir)))
+    return path
+
+
+def test_analyze_refuses_a_corrupt_model_and_a_malformed_report(tiny_model_dir: Path, tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, tiny_model_dir)
+    # Before: exit 3, "ValueError: The model is not a valid Flatbuffer buffer".
+    out = _out_folder(tmp_path, tiny_model_dir, int8=b"\0\0\0\0TFL3" + b"\xff" * 64)
+    result = _run("analyze", "--recipe", str(recipe), "--out", str(out), "--samples", "4")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(
+        f"error: {out}: {out / 'model_int8.tflite'} cannot be loaded by the TFLite interpreter ("
+    )
+    assert result.stderr.strip().endswith(f"; run edgeconv convert --recipe {recipe} again")
+    # Before: exit 3, "AttributeError: 'list' object has no attribute 'get'".
+    (out / "model_int8.tflite").write_bytes((tiny_model_dir / "tiny.tflite").read_bytes())
+    (out / "report.json").write_text("[1, 2]")
+    result = _run("analyze", "--recipe", str(recipe), "--out", str(out), "--samples", "4")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        f"error: {out / 'report.json'}: not an edgeconv report.json (the top level is a list, not a mapping)"
+    )
+    # Before: exit 3, "KeyError: 'index'" (the recorded ranges are re-read to quantize one layer at a time).
+    doc = json.loads(GOLDEN.read_text())
+    doc["calibration"]["tensors"] = [{"name": "t"}]
+    (out / "report.json").write_text(json.dumps(doc))
+    result = _run("analyze", "--recipe", str(recipe), "--out", str(out), "--samples", "4")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {out / 'report.json'}: calibration.tensors[0].index: missing; ")
+
+
+def test_deploy_refuses_a_malformed_report(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # Before: exit 3, "AttributeError: 'list' object has no attribute 'get'" (before any connection).
+    recipe = _recipe(tmp_path, tiny_model_dir)
+    out = _out_folder(tmp_path, tiny_model_dir, report="[1, 2]")
+    result = _run("deploy", "--recipe", str(recipe), "--out", str(out), "--device", "raspberry-pi-4", "--host", "pi@pi")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        f"error: {out / 'report.json'}: not an edgeconv report.json (the top level is a list, not a mapping)"
+    )
+
+
+def test_missing_identity_file_is_refused_before_connecting(tmp_path: Path) -> None:
+    # Before: exit 3 after ssh tried to connect without the key.
+    missing = tmp_path / "id_missing"
+    result = _run("bench", "--model", str(ADD_ONE), "--host", "pi@127.0.0.1", "--identity", str(missing))
+    _usage(result, "--identity", f"File '{missing}' does not exist.")
