@@ -22,6 +22,7 @@ import numpy as np
 
 from . import __version__
 from .artifacts import write_atomic
+from .provenance import tool_info
 from .stats import BINS, STATS_VERSION, SUBSAMPLE, CalibrationStats, TensorStats
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ def cache_dir() -> Path:
 def cache_key(model: bytes, samples: np.ndarray, preprocessing: dict[str, Any], settings: dict[str, Any]) -> str:
     """sha256 over everything the statistics depend on."""
     h = hashlib.sha256()
-    from .report import tool_info
-
     header = {
         "tool": __version__,
         "interpreter": tool_info()["interpreter"],

@@ -1,92 +1,55 @@
 """The command line: the only place that prints for users and chooses exit codes.
 
-Exit codes: 0 ok, 1 a gate failed, 2 bad recipe/usage/input, 3 a pipeline step failed.
+Exit codes: 0 ok, 1 a gate failed, 2 bad recipe/usage/input, 3 a bug or a failed step in edgeconv.
+This module holds the ``edgeconv`` group and convert, validate, check and schema; bench, deploy and
+analyze live in ``cli_device``; what both share lives in ``cli_common`` (imports flow one way).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import sys
-import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from . import __version__
-from .errors import ConverterError
-
-EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_STEP = 0, 1, 2, 3
-
-
-def _quiet_tensorflow() -> None:
-    # TensorFlow's C++ logging and oneDNN banners drown the summary; errors still surface.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    logging.getLogger("absl").setLevel(logging.ERROR)
-
-
-def _guarded(debug: bool, fn: Callable[[], int]) -> None:
-    """Run ``fn``; turn our errors into one paragraph and an exit code (tracebacks only with --debug)."""
-    try:
-        code = fn()
-    except ConverterError as e:
-        if debug:
-            traceback.print_exc()
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted; nothing was written for the unfinished step", err=True)
-        sys.exit(130)
-    except Exception as e:  # noqa: BLE001 - the last line of defence for a clean message
-        if debug:
-            traceback.print_exc()
-        click.echo(
-            f"error: unexpected failure ({type(e).__name__}: {e}); rerun with --debug for the traceback", err=True
-        )
-        sys.exit(EXIT_STEP)
-    sys.exit(code)
-
-
-def _setup_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-    for noisy in ("tensorflow", "absl", "h5py", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if debug else logging.ERROR)
-
-
-recipe_option = click.option(
-    "--recipe", "recipe_path", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Recipe YAML file."
+from .cli_common import (
+    EXIT_GATE,
+    EXIT_OK,
+    baseline_option,
+    debug_option,
+    guarded,
+    out_option,
+    quiet_tensorflow,
+    recipe_option,
+    set_option,
+    setup_logging,
 )
-set_option = click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a recipe key, e.g. calibration.samples=100.",
-)
-debug_option = click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
-out_option = click.option(
-    "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Output folder [build/<name>]."
-)
-baseline_option = click.option(
-    "--baseline", "baseline_path", metavar="REPORT", help="A previous report.json: show deltas, check relative budgets."
-)
+from .cli_device import analyze, bench, deploy
 
 
 def _step_summary(markdown_file: Path) -> None:
     """Append report.md to GitHub's job summary when running in GitHub Actions."""
+    from .errors import OutputError
+
     target = os.environ.get("GITHUB_STEP_SUMMARY")
     if target and markdown_file.is_file():
-        with Path(target).open("a", encoding="utf-8") as f:
-            f.write(markdown_file.read_text(encoding="utf-8") + "\n")
+        try:
+            with Path(target).open("a", encoding="utf-8") as f:
+                f.write(markdown_file.read_text(encoding="utf-8") + "\n")
+        except OSError as e:
+            raise OutputError(
+                f"GITHUB_STEP_SUMMARY {target}: cannot append report.md to it ({e.strerror or e}); "
+                "point the variable at a writable file or unset it"
+            ) from e
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def gates_table(report: dict[str, Any]) -> str:
@@ -127,8 +90,8 @@ def convert(
     debug: bool,
 ) -> None:
     """Convert the recipe's model to full-integer TFLite, measure it and check its budgets."""
-    _quiet_tensorflow()
-    _setup_logging(debug)
+    quiet_tensorflow()
+    setup_logging(debug)
 
     def run() -> int:
         from .gates import load_baseline
@@ -146,7 +109,7 @@ def convert(
         _step_summary(result.out_dir / "report.md")
         return EXIT_GATE if result.report["passed"] is False else EXIT_OK
 
-    _guarded(debug, run)
+    guarded(debug, run)
 
 
 @main.command()
@@ -165,7 +128,7 @@ def validate(recipe_path: Path, overrides: tuple[str, ...], debug: bool) -> None
         )
         return EXIT_OK
 
-    _guarded(debug, run)
+    guarded(debug, run)
 
 
 @main.command()
@@ -181,32 +144,28 @@ def validate(recipe_path: Path, overrides: tuple[str, ...], debug: bool) -> None
 @debug_option
 def check(report_path: Path, baseline_path: str | None, as_json: bool, debug: bool) -> None:
     """Evaluate the budgets of an existing report.json; write junit.xml, report.md and report.html beside it."""
-    _setup_logging(debug)
+    setup_logging(debug)
 
     def run() -> int:
-        from .artifacts import write_atomic
         from .ci_outputs import finalize, images_in
         from .errors import UserInputError
-        from .gates import load_baseline
+        from .gates import load_baseline, read_report
         from .report import dumps
 
-        try:
-            report = json.loads(report_path.read_text())
-        except (OSError, ValueError) as e:
-            raise UserInputError(f"--report {report_path}: cannot read it: {e}") from e
-        missing = [
-            k
-            for k in ("schema_version", "recipe", "artifacts", "tool")
-            if not isinstance(report, dict) or k not in report
-        ]
-        if missing:
-            raise UserInputError(f"--report {report_path}: not an edgeconv report.json (missing {', '.join(missing)})")
+        report = read_report(report_path, f"--report {report_path}")
         baseline = load_baseline(baseline_path) if baseline_path else None
         folder = report_path.parent
-        files = finalize(report, images_in(folder, report), baseline, baseline_path)
-        for name, data in files.items():
-            write_atomic(folder / name, data)
-        write_atomic(report_path, dumps(report))
+        try:
+            files = finalize(report, images_in(folder, report), baseline, baseline_path)
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError, ZeroDivisionError) as e:
+            # check_report covers what the gates read; this is the net for deeper sections the renderers read.
+            raise UserInputError(
+                f"--report {report_path}: cannot render it ({type(e).__name__}: {e}); a section is not shaped as "
+                "edgeconv writes it. Run edgeconv convert again to regenerate it (if the file is unchanged from "
+                "convert, this is a bug in edgeconv: please report it)"
+            ) from e
+        files[report_path.name] = dumps(report)
+        _publish(folder, files, f"--report {report_path}")
         if as_json:
             click.echo(json.dumps({"passed": report["passed"], "gates": report["gates"]}, indent=2))
         else:
@@ -214,7 +173,36 @@ def check(report_path: Path, baseline_path: str | None, as_json: bool, debug: bo
         _step_summary(folder / "report.md")
         return EXIT_GATE if report["passed"] is False else EXIT_OK
 
-    _guarded(debug, run)
+    guarded(debug, run)
+
+
+def _publish(folder: Path, files: dict[str, bytes], where: str) -> None:
+    """Write every file or none: each is staged beside its target first, then all are renamed in."""
+    import tempfile
+
+    from .errors import OutputError
+
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, data in files.items():
+            target = folder / name
+            if target.exists() and not target.is_file():
+                raise OSError(f"{target} exists and is not a file")
+            fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+            staged.append((Path(tmp_name), target))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            Path(tmp_name).chmod(0o666 & ~_umask())  # mkstemp makes 0600; these are ordinary files
+    except OSError as e:
+        for stage, _ in staged:
+            stage.unlink(missing_ok=True)
+        reason = e.strerror or str(e)
+        raise OutputError(
+            f"{where}: cannot write {', '.join(files)} beside it in {folder} ({reason}); nothing was written. "
+            "Make the folder writable, or copy the report into a writable folder and check it there"
+        ) from e
+    for stage, target in staged:
+        stage.replace(target)
 
 
 @main.command()
@@ -274,4 +262,5 @@ def summary(out_dir: Path, report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-from . import cli_device  # noqa: E402,F401 - registers bench and deploy on main
+for _command in (bench, deploy, analyze):
+    main.add_command(_command)

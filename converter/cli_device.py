@@ -9,13 +9,41 @@ from typing import Any
 
 import click
 
-from .cli import EXIT_GATE, EXIT_OK, _guarded, _setup_logging, debug_option, main, out_option, recipe_option, set_option
+from .cli_common import (
+    EXIT_GATE,
+    EXIT_OK,
+    Bounded,
+    debug_option,
+    guarded,
+    out_option,
+    recipe_option,
+    set_option,
+    setup_logging,
+)
 from .errors import UserInputError
 
+
+def _host(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--host checked before anything connects (ssh would read '-o...' as an option)."""
+    from .ssh_names import parse_destination
+
+    if value is not None:
+        try:
+            parse_destination(value)
+        except ValueError as e:
+            raise click.BadParameter(str(e), ctx, param) from e
+    return value
+
+
+PORT = Bounded(int, 1, "a TCP port number", "e.g. --port 2222", maximum=65535)
 ssh_options = [
-    click.option("--port", type=int, help="SSH port."),
-    click.option("--identity", type=click.Path(path_type=Path, dir_okay=False), help="SSH private key."),
-    click.option("--known-hosts", type=click.Path(path_type=Path, dir_okay=False), help="known_hosts to verify with."),
+    click.option("--port", type=PORT, help="SSH port."),
+    click.option("--identity", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="SSH private key."),
+    click.option(
+        "--known-hosts",
+        type=click.Path(path_type=Path, exists=True, dir_okay=False),
+        help="known_hosts to verify with.",
+    ),
     click.option("--ssh-option", "ssh_opts", multiple=True, metavar="KEY=VALUE", help="Extra ssh -o option."),
     click.option("--python", "remote_python", help="Python on the device [the profile's, python3]."),
     click.option("--keep", is_flag=True, help="Leave the working folder on the device."),
@@ -42,6 +70,42 @@ def _check_tflite(path: Path, what: str) -> None:
         head = f.read(8)
     if len(head) < 8 or head[4:8] != b"TFL3":
         raise UserInputError(f"{what}: {path} is not a TFLite model (no 'TFL3' identifier)")
+
+
+def _input_shapes(path: Path, what: str, fix: str = "give a valid .tflite model") -> list[tuple[int, ...]]:
+    """The model's input shapes, read by the interpreter that will run it (so a corrupt file is refused here)."""
+    from .runtime.model import TFLiteModel
+
+    try:
+        model = TFLiteModel(model_path=str(path), delegate="none")
+    except (ValueError, RuntimeError) as e:
+        raise UserInputError(f"{what}: {path} cannot be loaded by the TFLite interpreter ({e}); {fix}") from e
+    return [tuple(i.shape) for i in model.inputs]
+
+
+def _check_pair(model: Path, float_model: Path) -> None:
+    """--float must take the same input as --model: both run on the same samples."""
+    ours, theirs = _input_shapes(model, "--model"), _input_shapes(float_model, "--float")
+    if ours != theirs:
+        raise UserInputError(
+            f"--float {float_model}: its input shape {_shapes(theirs)} differs from --model {model}'s "
+            f"{_shapes(ours)}; give the float model that {model.name} was converted from"
+        )
+
+
+def _shapes(shapes: list[tuple[int, ...]]) -> str:
+    return ", ".join(str(list(s)) for s in shapes)
+
+
+def _check_npz(path: Path) -> None:
+    import zipfile
+
+    if not path.is_file():
+        raise UserInputError(f"--data: not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise UserInputError(
+            f"--data {path}: not an .npz archive; save the raw samples with numpy.savez(path, x=samples, y=labels)"
+        )
 
 
 def _latency_lines(name: str, record: dict[str, Any]) -> list[str]:
@@ -75,26 +139,58 @@ def _accuracy_line(acc: dict[str, Any] | None) -> str | None:
     return f"  outputs on {acc['where']} ({acc['samples']} samples): {sqnr}"
 
 
-@main.command()
+@click.command()
 @click.option("--model", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Model to measure.")
 @click.option("--float", "float_model", type=click.Path(path_type=Path, dir_okay=False), help="Float reference.")
 @click.option("--data", type=click.Path(path_type=Path, dir_okay=False), help=".npz of raw samples x (and labels y).")
-@click.option("--resize", nargs=2, type=int, help="Preprocessing: resize to H W.")
+@click.option(
+    "--resize",
+    nargs=2,
+    metavar="H W",
+    type=Bounded(int, 1, "the height and width in pixels to resize samples to", "e.g. --resize 96 96"),
+    help="Preprocessing: resize to H W.",
+)
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Preprocessing: x * scale + offset.")
 @click.option("--offset", type=float, default=0.0, show_default=True)
 @click.option("--device", help="Device profile (default: host locally, a generic Linux device with --host).")
-@click.option("--host", "ssh_host", metavar="USER@HOST", help="Measure on this device over SSH.")
-@click.option("--threads", type=int, help="Interpreter threads [profile's, else every core].")
+@click.option("--host", "ssh_host", metavar="USER@HOST", callback=_host, help="Measure on this device over SSH.")
+@click.option(
+    "--threads",
+    type=Bounded(int, 1, "interpreter threads", "e.g. --threads 4, or leave it out for the profile's (or every core)"),
+    help="Interpreter threads [profile's, else every core].",
+)
 @click.option("--delegate", type=click.Choice(["xnnpack", "none", "edgetpu"]), help="Delegate [profile's].")
-@click.option("--warmup", type=int, default=10, show_default=True)
-@click.option("--runs", type=int, default=50, show_default=True)
-@click.option("--min-seconds", type=float, default=1.0, show_default=True)
-@click.option("--top-k", type=int)
+@click.option(
+    "--warmup",
+    type=Bounded(int, 0, "untimed runs before timing", "e.g. --warmup 10"),
+    default=10,
+    show_default=True,
+    help="Untimed runs first.",
+)
+@click.option(
+    "--runs",
+    type=Bounded(int, 1, "timed runs (at least one)", "e.g. --runs 50"),
+    default=50,
+    show_default=True,
+    help="At least this many timed runs.",
+)
+@click.option(
+    "--min-seconds",
+    type=Bounded(float, 0, "the least time to keep timing, in seconds", "e.g. --min-seconds 1"),
+    default=1.0,
+    show_default=True,
+    help="And at least this long.",
+)
+@click.option(
+    "--top-k",
+    type=Bounded(int, 2, "top-k accuracy needs k >= 2 (top-1 is always reported)", "e.g. --top-k 5"),
+    help="Also report top-k accuracy.",
+)
 @_with_ssh_options
 @debug_option
 def bench(**kw: Any) -> None:
     """Latency (and accuracy with --data and --float) of a .tflite model, here or on a device."""
-    _setup_logging(kw["debug"])
+    setup_logging(kw["debug"])
 
     def run() -> int:
         from .bench import BenchRequest, run_local, run_remote
@@ -104,10 +200,12 @@ def bench(**kw: Any) -> None:
         from .runtime.preprocess import Preprocess
 
         _check_tflite(kw["model"], "--model")
+        _input_shapes(kw["model"], "--model")
         if kw["float_model"]:
             _check_tflite(kw["float_model"], "--float")
-        if kw["data"] and not kw["data"].is_file():
-            raise UserInputError(f"--data: not found: {kw['data']}")
+            _check_pair(kw["model"], kw["float_model"])
+        if kw["data"]:
+            _check_npz(kw["data"])
         name = kw["device"] or ("host" if not kw["ssh_host"] else None)
         profile = load_device(name) if name else _generic_ssh_profile()
         if profile.kind == "ssh" and not kw["ssh_host"]:
@@ -149,20 +247,20 @@ def bench(**kw: Any) -> None:
             click.echo("\n".join(lines + ([accuracy] if accuracy else [])))
         return EXIT_OK
 
-    _guarded(kw["debug"], run)
+    guarded(kw["debug"], run)
 
 
-@main.command()
+@click.command()
 @recipe_option
 @set_option
 @out_option
-@click.option("--host", "ssh_host", required=True, metavar="USER@HOST", help="The device to deploy to.")
+@click.option("--host", "ssh_host", required=True, metavar="USER@HOST", callback=_host, help="The device to deploy to.")
 @click.option("--device", help="Device profile [the recipe's first SSH target].")
 @_with_ssh_options
 @debug_option
 def deploy(**kw: Any) -> None:
     """Measure a converted recipe's models on a device and record the result in report.json."""
-    _setup_logging(kw["debug"])
+    setup_logging(kw["debug"])
 
     def run() -> int:
         from .deploy_recipe import deploy_recipe
@@ -190,7 +288,7 @@ def deploy(**kw: Any) -> None:
             )
         return EXIT_OK if passed else EXIT_GATE
 
-    _guarded(kw["debug"], run)
+    guarded(kw["debug"], run)
 
 
 def _requantizer(report: dict[str, Any], float_tflite: bytes) -> Callable[..., bytes] | None:
@@ -209,21 +307,33 @@ def _requantizer(report: dict[str, Any], float_tflite: bytes) -> Callable[..., b
         ranges,
         input_type="float32",  # as convert does: int8 I/O rounding would cap every figure
         output_type="float32",
-        per_channel=bool(q["per_channel"]),
+        per_channel=bool(q.get("per_channel", True)),  # convert's default
     )
 
 
-@main.command()
+@click.command()
 @recipe_option
 @set_option
 @out_option
-@click.option("--samples", type=int, default=64, show_default=True, help="Evaluation samples to run.")
-@click.option("--top", type=int, default=10, show_default=True, help="Layers to print.")
+@click.option(
+    "--samples",
+    type=Bounded(int, 1, "evaluation samples to compare layer by layer", "e.g. --samples 64"),
+    default=64,
+    show_default=True,
+    help="Evaluation samples to run.",
+)
+@click.option(
+    "--top",
+    type=Bounded(int, 1, "layers to print, worst first", "e.g. --top 10 (--json prints every layer)"),
+    default=10,
+    show_default=True,
+    help="Layers to print.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print every layer as JSON.")
 @debug_option
 def analyze(**kw: Any) -> None:
     """Per-layer error of a converted recipe's int8 model against its float reference, worst first."""
-    _setup_logging(kw["debug"])
+    setup_logging(kw["debug"])
 
     def run() -> int:
         from .analyze import analyze as per_layer
@@ -231,16 +341,20 @@ def analyze(**kw: Any) -> None:
         from .artifacts import write_atomic
         from .data import load_dataset, prepare
         from .errors import OutputError
+        from .gates import read_report
         from .recipe import load_recipe
         from .report import FLOAT_NAME, INT8_NAME, REPORT_NAME, dumps
-        from .runtime.model import TFLiteModel
 
         recipe = load_recipe(kw["recipe_path"], list(kw["overrides"]))
         out = kw["out_dir"] or Path("build") / recipe.name
-        if not (out / INT8_NAME).is_file():
-            raise OutputError(f"{out}: no {INT8_NAME}; run edgeconv convert --recipe {recipe.source} first")
+        for name in (INT8_NAME, FLOAT_NAME):
+            if not (out / name).is_file():
+                raise OutputError(f"{out}: no {name}; run edgeconv convert --recipe {recipe.source} first")
+        again = f"run edgeconv convert --recipe {recipe.source} again"
+        shape = _input_shapes(out / FLOAT_NAME, str(out), again)[0]
+        if _input_shapes(out / INT8_NAME, str(out), again)[0] != shape:
+            raise OutputError(f"{out}: {INT8_NAME} and {FLOAT_NAME} take different inputs; {again}")
         src = recipe.data.evaluation or recipe.data.calibration
-        shape = TFLiteModel(model_path=str(out / FLOAT_NAME)).inputs[0].shape
         ds = load_dataset(
             src.path,
             where=f"{recipe.source}: data",
@@ -252,7 +366,7 @@ def analyze(**kw: Any) -> None:
         x = prepare(ds, recipe.preprocess(), shape, "data")
         float_tflite = (out / FLOAT_NAME).read_bytes()
         report_path = out / REPORT_NAME
-        report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+        report = read_report(report_path, str(report_path)) if report_path.is_file() else {}
         q = report.get("quantization") or {}
         if q.get("equalization") and (report.get("calibration") or {}).get("route") == "edgeconv":
             from .equalize import equalize
@@ -268,7 +382,13 @@ def analyze(**kw: Any) -> None:
                 "samples": len(x),
                 "layers": [e.to_json() for e in layers],
             }
-            write_atomic(report_path, dumps(report))
+            try:
+                write_atomic(report_path, dumps(report))
+            except OSError as error:
+                raise OutputError(
+                    f"{report_path}: cannot record the analysis in it ({error.strerror or error}); make {out} writable "
+                    "(or copy the folder somewhere writable and analyze it there)"
+                ) from error
         if kw["as_json"]:
             click.echo(json.dumps([e.to_json() for e in layers], indent=2))
             return EXIT_OK
@@ -282,4 +402,4 @@ def analyze(**kw: Any) -> None:
             click.echo(f"  {drop} dB lost  {e.sqnr_db:6.1f} dB  alone {alone} dB  {e.op:18} {e.name[-60:]}")
         return EXIT_OK
 
-    _guarded(kw["debug"], run)
+    guarded(kw["debug"], run)

@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DeployError
+from .errors import DeployError, UserInputError
+from .ssh_names import parse_destination
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,13 @@ class SSHTarget:
     command_timeout: float = 600.0
     python: str = "python3"
 
+    def __post_init__(self) -> None:
+        # A malformed destination must not reach ssh: it would read "-o..." as an option.
+        try:
+            parse_destination(self.destination)
+        except ValueError as e:
+            raise UserInputError(f"SSH host {e}") from e
+
     def _common(self, port_flag: str) -> list[str]:
         args = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}"]
         if self.port:
@@ -53,11 +61,12 @@ class SSHTarget:
 
     def ssh(self, *remote: str) -> list[str]:
         """argv running ``remote`` (quoted word by word) on the device."""
-        return ["ssh", *self._common("-p"), "--", self.destination, shlex.join(remote)]
+        return ["ssh", *self._common("-p"), "--", parse_destination(self.destination).for_ssh(), shlex.join(remote)]
 
     def scp(self, sources: Sequence[Path], remote_dir: str) -> list[str]:
         """argv copying local files into a remote folder."""
-        return ["scp", "-q", *self._common("-P"), "--", *map(str, sources), f"{self.destination}:{remote_dir}/"]
+        remote = f"{parse_destination(self.destination).for_scp()}:{remote_dir}/"
+        return ["scp", "-q", *self._common("-P"), "--", *map(str, sources), remote]
 
 
 def _hint(stderr: str) -> str:

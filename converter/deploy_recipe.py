@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from .ci_outputs import finalize, images_in
 from .data import load_dataset
 from .devices import load_device
 from .errors import OutputError, UserInputError
+from .gates import read_report
 from .measure import measure_target
 from .recipe import Recipe, TargetSpec
 from .report import FLOAT_NAME, INT8_NAME, REPORT_NAME, dumps
@@ -47,14 +47,9 @@ def deploy_recipe(
     report_path = out / REPORT_NAME
     if not report_path.is_file():
         raise OutputError(f"{out}: no report.json; run edgeconv convert --recipe {recipe.source} first")
-    try:
-        report = json.loads(report_path.read_text())
-    except (OSError, ValueError) as e:
-        raise OutputError(f"{report_path}: cannot read it ({e}); run edgeconv convert again") from e
-    if report.get("recipe", {}).get("name") != recipe.name:
-        raise OutputError(
-            f"{report_path}: belongs to recipe '{report.get('recipe', {}).get('name')}', not '{recipe.name}'"
-        )
+    report = read_report(report_path, str(report_path))  # a malformed report is exit 2 naming the key
+    if report["recipe"]["name"] != recipe.name:
+        raise OutputError(f"{report_path}: belongs to recipe '{report['recipe']['name']}', not '{recipe.name}'")
     name = _device_name(recipe, device)
     profile = load_device(name)
     if profile.kind != "ssh":

@@ -6,8 +6,10 @@ A gate whose value was not measured is ``skipped`` with the reason -- never pass
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from .budgets import UNITS, Limit, parse_limit
@@ -141,25 +143,181 @@ def evaluate(report: dict[str, Any], baseline: dict[str, Any] | None = None) -> 
     return gates
 
 
-def load_baseline(path: str) -> dict[str, Any]:
-    """A previous report.json to compare against; anything else is a usage error."""
-    import json
-    from pathlib import Path
+_NUMBER = (int, float)
 
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(
+        type(value), "a number" if isinstance(value, _NUMBER) else type(value).__name__
+    )
+
+
+class _Shape:
+    """Type checks on a report dictionary whose errors name the file and the key path."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def fail(self, path: str, problem: str) -> UserInputError:
+        return UserInputError(
+            f"{self.where}: {path}: {problem}; this is not a report.json as edgeconv writes it -- "
+            "use the report.json of an edgeconv convert run (or run convert again to regenerate it)"
+        )
+
+    def need(self, node: dict[str, Any], key: str, path: str, kinds: tuple[type, ...], optional: bool = False) -> Any:
+        """``node[key]`` when it has one of ``kinds`` (None allowed when ``optional``)."""
+        at = f"{path}.{key}" if path else key
+        if key not in node:
+            if optional:
+                return None
+            raise self.fail(at, "missing")
+        value = node[key]
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            names = " or ".join(_kind(k()) if k is not type(None) else "null" for k in kinds)
+            raise self.fail(at, f"expected {names}, got {_kind(value)}")
+        return value
+
+
+def _check_budget_levels(shape: _Shape, levels: dict[str, Any], path: str, allowed: tuple[str, ...]) -> None:
+    for name, raw in levels.items():
+        at = f"{path}.{name}"
+        if name not in allowed:
+            from .schema import suggest
+
+            raise shape.fail(
+                at, f"unknown budget '{name}'{suggest(str(name), list(allowed))}; budgets: {', '.join(allowed)}"
+            )
+        if isinstance(raw, bool) or not isinstance(raw, (*_NUMBER, str)):
+            raise shape.fail(at, f"expected a number or a string like '600KB' or '+2%', got {_kind(raw)}")
+        try:
+            parse_limit(name, raw)
+        except ValueError as e:
+            raise shape.fail(at, str(e)) from e
+
+
+def check_report(doc: Any, where: str) -> dict[str, Any]:
+    """``doc`` when it is a report.json of this schema version whose gates and CI files can be computed.
+
+    Checks the sections ``check`` and ``--baseline`` read -- versions, artifacts, budgets, targets,
+    latency and accuracy -- so a hand-edited or foreign file is a usage error naming the key, never
+    a ``KeyError`` deep in the renderers.
+    """
     from .report import SCHEMA_VERSION
 
-    file = Path(path)
-    try:
-        doc = json.loads(file.read_text())
-    except (OSError, ValueError) as e:
-        raise UserInputError(f"--baseline {path}: cannot read a JSON report: {e}") from e
-    if not isinstance(doc, dict) or "schema_version" not in doc or "artifacts" not in doc:
-        raise UserInputError(f"--baseline {path}: not an edgeconv report.json (no schema_version/artifacts)")
-    if doc["schema_version"] != SCHEMA_VERSION:
+    shape = _Shape(where)
+    if not isinstance(doc, dict):
+        raise UserInputError(f"{where}: not an edgeconv report.json (the top level is {_kind(doc)}, not a mapping)")
+    missing = [k for k in ("schema_version", "recipe", "artifacts", "tool") if k not in doc]
+    if missing:
+        raise UserInputError(f"{where}: not an edgeconv report.json (missing {', '.join(missing)})")
+    version = doc["schema_version"]
+    if version != SCHEMA_VERSION or isinstance(version, bool):
         raise UserInputError(
-            f"--baseline {path}: schema_version {doc['schema_version']} cannot be compared with {SCHEMA_VERSION}"
+            f"{where}: schema_version {version!r} cannot be compared with {SCHEMA_VERSION}, the only version this "
+            "edgeconv reads; check it with the edgeconv that wrote it, or run edgeconv convert again to rewrite it"
         )
+    tool = shape.need(doc, "tool", "", (dict,))
+    for key in ("version", "interpreter"):
+        shape.need(tool, key, "tool", (str,))
+    recipe = shape.need(doc, "recipe", "", (dict,))
+    for key in ("name", "sha256"):
+        shape.need(recipe, key, "recipe", (str,))
+    artifacts = shape.need(doc, "artifacts", "", (dict,))
+    for name in ("float", "int8"):
+        art = shape.need(artifacts, name, "artifacts", (dict,))
+        size = shape.need(art, "bytes", f"artifacts.{name}", (int,))
+        if size <= 0:
+            raise shape.fail(f"artifacts.{name}.bytes", f"expected a positive size, got {size}")
+        shape.need(art, "sha256", f"artifacts.{name}", (str,))
+    calibration = shape.need(doc, "calibration", "", (dict,))
+    shape.need(calibration, "method", "calibration", (str,))
+    shape.need(calibration, "samples", "calibration", (int,))
+    picture = shape.need(calibration, "histograms", "calibration", (str,), optional=True)
+    if picture is not None and (Path(picture).name != picture or picture in ("", ".", "..")):
+        # check reads the picture from the report's folder and embeds it: never a path elsewhere.
+        raise shape.fail("calibration.histograms", f"expected a file name beside report.json, got {picture!r}")
+    for i, tensor in enumerate(shape.need(calibration, "tensors", "calibration", (list,), optional=True) or []):
+        at = f"calibration.tensors[{i}]"
+        if not isinstance(tensor, dict):
+            raise shape.fail(at, f"expected a mapping, got {_kind(tensor)}")
+        shape.need(tensor, "index", at, (int,))
+        for key in ("name", "method"):
+            shape.need(tensor, key, at, (str,))
+        for key in ("clipped_fraction", "levels_used"):
+            shape.need(tensor, key, at, _NUMBER)
+        bounds = shape.need(tensor, "range", at, (list,))
+        if len(bounds) != 2 or not all(isinstance(b, _NUMBER) and not isinstance(b, bool) for b in bounds):
+            raise shape.fail(f"{at}.range", f"expected [lo, hi] numbers, got {bounds!r}")
+    budgets = shape.need(doc, "budgets", "", (dict,), optional=True) or {}
+    _check_budget_levels(
+        shape,
+        shape.need(budgets, "recipe", "budgets", (dict,), optional=True) or {},
+        "budgets.recipe",
+        MODEL_LEVEL + TARGET_LEVEL,
+    )
+    for target, levels in (shape.need(budgets, "targets", "budgets", (dict,), optional=True) or {}).items():
+        at = f"budgets.targets.{target}"
+        if not isinstance(levels, dict):
+            raise shape.fail(at, f"expected a mapping with recipe and device budgets, got {_kind(levels)}")
+        for level in ("recipe", "device"):
+            own = shape.need(levels, level, at, (dict,), optional=True) or {}
+            _check_budget_levels(shape, own, f"{at}.{level}", MODEL_LEVEL + TARGET_LEVEL)
+    for target, t in (shape.need(doc, "targets", "", (dict,), optional=True) or {}).items():
+        at = f"targets.{target}"
+        if not isinstance(t, dict):
+            raise shape.fail(at, f"expected a mapping, got {_kind(t)}")
+        shape.need(t, "compatible", at, (bool,), optional=True)
+        shape.need(t, "problems", at, (list,), optional=True)
+        shape.need(t, "reason", at, (str,), optional=True)
+        shape.need(t, "accuracy", at, (dict,), optional=True)
+        for key in ("flash_bytes", "ram_bytes", "arena_bytes"):
+            shape.need(t, key, at, _NUMBER, optional=True)
+    for target, lat in (shape.need(doc, "latency", "", (dict,), optional=True) or {}).items():
+        at = f"latency.{target}"
+        if lat is None:
+            continue
+        if not isinstance(lat, dict):
+            raise shape.fail(at, f"expected a mapping or null, got {_kind(lat)}")
+        shape.need(lat, "where", at, (str,))
+        shape.need(lat, "machine", at, (dict,))
+        for run in ("int8", "float"):
+            record = shape.need(lat, run, at, (dict,), optional=run == "float")
+            for key in ("p50_ms", "p90_ms", "threads"):
+                if record is not None:
+                    shape.need(record, key, f"{at}.{run}", _NUMBER)
+    accuracy = shape.need(doc, "accuracy", "", (dict,), optional=True)
+    if accuracy and accuracy.get("metric") is not None:
+        shape.need(accuracy, "metric", "accuracy", (str,))
+        shape.need(accuracy, "where", "accuracy", (str,))
+        shape.need(accuracy, "samples", "accuracy", (int,))
+        for key in ("float", "int8", "drop", "agreement"):
+            shape.need(accuracy, key, "accuracy", _NUMBER, optional=key != "drop")
+    quantization = shape.need(doc, "quantization", "", (dict,), optional=True) or {}
+    shape.need(quantization, "per_channel", "quantization", (bool,), optional=True)
+    for key in ("tuning", "analysis"):
+        shape.need(doc, key, "", (dict,), optional=True)
     return doc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows (edgeconv writes null for what was not measured)")
+
+
+def read_report(path: Path, where: str) -> dict[str, Any]:
+    """A report.json read and checked by ``check_report``; errors start with ``where`` (option and file)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except (OSError, ValueError, RecursionError) as e:
+        what = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise UserInputError(f"{where}: cannot read a JSON report: {what}; give the report.json of a run") from e
+    return check_report(doc, where)
+
+
+def load_baseline(path: str) -> dict[str, Any]:
+    """A previous report.json to compare against; anything else is a usage error."""
+    return read_report(Path(path), f"--baseline {path}")
 
 
 DELTA_FIGURES = (

@@ -14,6 +14,7 @@ from .devices import available_devices, devices_dir, load_device
 from .errors import RecipeError
 from .runtime.preprocess import Preprocess
 from .schema import Where, build, json_schema, suggest
+from .ssh_names import EXAMPLES, destination_problem
 from .yamlio import load_yaml_file, load_yaml_text
 
 IoType = Literal["int8", "uint8", "int16", "float32"]
@@ -318,6 +319,11 @@ def _check_targets(recipe: Recipe, where: Where) -> None:
             profile = load_device(spec.device)
         except RecipeError as e:
             raise at.error(f"device profile is invalid: {e}") from e
+        problem = destination_problem(spec.host) if spec.host is not None else None
+        if problem:
+            raise at.key("host").error(
+                f"{spec.host!r} is not an SSH destination: {problem}; write [user@]host, {EXAMPLES}"
+            )
         if spec.host and profile.kind != "ssh":
             raise at.key("host").error(f"'{spec.device}' is a {profile.kind} device; only ssh devices take a host")
 

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .artifacts import file_record
 from .devices import DeviceProfile
 from .load import LoadedModel
 from .measure import TargetResult
+from .provenance import tool_info
 from .quantize import Quantized
 from .recipe import Recipe
 from .runtime.accuracy import Accuracy
-from .runtime.interpreter import interpreter_module
 from .runtime.model import TFLiteModel
 
 SCHEMA_VERSION = 1
@@ -24,24 +22,6 @@ FLOAT_NAME = "model_float.tflite"
 INT8_NAME = "model_int8.tflite"
 REPORT_NAME = "report.json"
 HIST_NAME = "calibration_histograms.png"
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def tool_info() -> dict[str, Any]:
-    """Versions of edgeconv and of what it converts and runs with."""
-    _, interpreter = interpreter_module()
-    return {
-        "name": "edgeconv",
-        "version": __version__,
-        "tensorflow": _version("tensorflow"),
-        "interpreter": f"{interpreter} {_version(interpreter) or ''}".strip(),
-    }
 
 
 def dumps(report: dict[str, Any]) -> bytes:
