@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -29,8 +30,20 @@ def _quiet_tensorflow() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    """SIGTERM raises like Ctrl-C, so ``finally`` blocks run: temp folders and child processes go, the lock too."""
+    from .artifacts import Interrupted
+
+    signal.signal(signal.SIGTERM, lambda *_: None)  # once: the cleanup that follows must not be cut short
+    raise Interrupted(signum)
+
+
 def _guarded(debug: bool, fn: Callable[[], int]) -> None:
     """Run ``fn``; turn our errors into one paragraph and an exit code (tracebacks only with --debug)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        previous = None
     try:
         code = fn()
     except ConverterError as e:
@@ -38,9 +51,12 @@ def _guarded(debug: bool, fn: Callable[[], int]) -> None:
             traceback.print_exc()
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted; nothing was written for the unfinished step", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        # The output folder knows what it holds; other commands have nothing half-published to report.
+        outcome = getattr(e, "outcome", None) or "nothing was written for the unfinished step"
+        signum = getattr(e, "signum", signal.SIGINT)
+        click.echo(f"interrupted ({signal.Signals(signum).name}); {outcome}", err=True)
+        sys.exit(128 + signum)
     except Exception as e:  # noqa: BLE001 - the last line of defence for a clean message
         if debug:
             traceback.print_exc()
@@ -48,6 +64,9 @@ def _guarded(debug: bool, fn: Callable[[], int]) -> None:
             f"error: unexpected failure ({type(e).__name__}: {e}); rerun with --debug for the traceback", err=True
         )
         sys.exit(EXIT_STEP)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     sys.exit(code)
 
 
