@@ -54,7 +54,7 @@ def test_failure_at_every_write_leaves_the_previous_set(
     real_write = artifacts.write_file
     writes = len(NEW) + 1  # the files and the stamp
     for n in range(1, writes + 1):
-        calls = []
+        calls: list[Path] = []
 
         def failing(path: Path, data: bytes, n: int = n, calls: list[Path] = calls) -> None:
             calls.append(path)
