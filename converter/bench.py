@@ -8,7 +8,10 @@ TensorFlow in its memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -114,10 +117,28 @@ def run_local(request: BenchRequest) -> dict[str, Any]:
         where = {p: str(p.resolve()) for p in request.files()}
         cmd = [sys.executable, str(bundle), *request.runtime_args(where)]
         try:
-            result = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False)
+            result = run_child(cmd, timeout=3600)
         except subprocess.TimeoutExpired as e:
             raise EvaluationError(f"benchmark on this machine took longer than {e.timeout:.0f}s") from e
     return _parse("run", result.stdout, "host") if result.stdout else _raise_local(result)
+
+
+def run_child(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` in its own process group; if we stop waiting (timeout, SIGINT, SIGTERM) the whole group dies.
+
+    ``subprocess.run`` kills only the direct child, and a child of that child would live on as an orphan.
+    """
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the group id is the child's pid (start_new_session)
+            proc.wait()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def _raise_local(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -71,25 +72,49 @@ def _command() -> str:
     return f"edgeconv {ctx.info_name}" if ctx is not None and ctx.info_name else "this command"
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    """SIGTERM raises like Ctrl-C, so ``finally`` blocks run: temp folders and child processes go, the lock too."""
+    from .artifacts import Interrupted
+
+    signal.signal(signal.SIGTERM, lambda *_: None)  # once: the cleanup that follows must not be cut short
+    raise Interrupted(signum)
+
+
 def guarded(debug: bool, fn: Callable[[], int]) -> None:
     """Run ``fn``; turn errors into one paragraph and an exit code (tracebacks only with --debug)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        previous = None
+    try:
+        code = _run(debug, fn)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    sys.exit(code)
+
+
+def _run(debug: bool, fn: Callable[[], int]) -> int:
     from .runtime.interpreter import InterpreterUnavailable
 
     try:
-        code = fn()
+        return fn()
     except ConverterError as e:
         if debug:
             traceback.print_exc()
         click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted; nothing was written for the unfinished step", err=True)
-        sys.exit(130)
+        return e.exit_code
+    except KeyboardInterrupt as e:
+        # The output folder knows what it holds; other commands have nothing half-published to report.
+        outcome = getattr(e, "outcome", None) or "nothing was written for the unfinished step"
+        signum = getattr(e, "signum", signal.SIGINT)
+        click.echo(f"interrupted ({signal.Signals(signum).name}); {outcome}", err=True)
+        return 128 + int(signum)
     except InterpreterUnavailable as e:
         if debug:
             traceback.print_exc()
         click.echo(f"error: {e}", err=True)
-        sys.exit(EXIT_USAGE)
+        return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - the last line of defence for a clean message
         if debug:
             traceback.print_exc()
@@ -100,7 +125,7 @@ def guarded(debug: bool, fn: Callable[[], int]) -> None:
                 f"install ({type(e).__name__}: {e}); it comes with the converter extra: {INSTALL_CONVERT}",
                 err=True,
             )
-            sys.exit(EXIT_USAGE)
+            return EXIT_USAGE
         how = (
             "the traceback is above"
             if debug
@@ -111,8 +136,7 @@ def guarded(debug: bool, fn: Callable[[], int]) -> None:
             f"not a problem with your input: please report it with the command you ran; {how}.",
             err=True,
         )
-        sys.exit(EXIT_STEP)
-    sys.exit(code)
+        return EXIT_STEP
 
 
 class Bounded(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.2

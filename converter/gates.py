@@ -140,6 +140,23 @@ def evaluate(report: dict[str, Any], baseline: dict[str, Any] | None = None) -> 
                 problems,
             )
         )
+    # A device that was to be measured but could not be reached fails the build: no figure is no pass.
+    for target, t in (report.get("targets") or {}).items():
+        if t.get("measure_error"):
+            gates.append(
+                Gate(
+                    "measured",
+                    target,
+                    None,
+                    None,
+                    "check",
+                    False,
+                    "failed",
+                    "measured on the device",
+                    "target check",
+                    t["measure_error"],
+                )
+            )
     return gates
 
 

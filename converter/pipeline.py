@@ -1,7 +1,9 @@
-"""The pipeline, top to bottom: load → data → calibrate and quantize → evaluate → write.
+"""The pipeline, top to bottom: load → data → calibrate and quantize → evaluate → publish.
 
 Everything that can be checked before the heavy work (recipe, paths, output folder) is
-checked first, and nothing is written until every step has succeeded.
+checked first. The output folder is locked for the whole run and its files are switched in
+as one set at the end (``artifacts.OutputFolder``): a failed or interrupted run leaves the
+previous set untouched.
 """
 
 from __future__ import annotations
@@ -19,18 +21,18 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .analyze import LayerError, analyze, isolate
-from .artifacts import check_output_dir, write_outputs
+from .artifacts import OutputFolder
 from .ci_outputs import finalize
 from .data import Dataset, load_dataset, prepare
 from .devices import DeviceProfile, load_device
-from .errors import DataError, ModelLoadError
+from .errors import DataError, DeployError, ModelLoadError
 from .evaluate import evaluate_host
 from .load import LoadedModel, detect_format, load_model
 from .measure import TargetResult, measure_target
 from .plots import histogram_png, most_clipped
 from .qat import check_available, quantize_qat
 from .quantize import Plan, Quantized, quantize
-from .recipe import DataSource, Recipe
+from .recipe import BenchmarkSpec, DataSource, Recipe, TargetSpec
 from .report import FLOAT_NAME, HIST_NAME, INT8_NAME, REPORT_NAME, Outcome, build_report, dumps
 from .runtime.accuracy import not_measured
 from .runtime.preprocess import Preprocess
@@ -75,18 +77,30 @@ def convert(
     baseline: dict[str, Any] | None = None,
     baseline_path: str | None = None,
 ) -> RunResult:
-    """Run the whole pipeline for ``recipe`` and write its artifacts into ``out_dir``."""
+    """Run the whole pipeline for ``recipe`` and publish its artifacts as the content of ``out_dir``."""
     out = out_dir or default_out_dir(recipe)
-    where = f"{recipe.source}: data"
     # Cheap checks first, so bad input fails in milliseconds and writes nothing.
     try:
         detect_format(recipe.model)
-        check_output_dir(out, recipe.name, force)
-        targets = {t.device: load_device(t.device) for t in recipe.target_specs()}
-        qat = recipe.tuning.qat
-        if qat is not None and not qat.data.path.exists():
-            raise DataError(f"{recipe.source}: tuning.qat.data.path: {qat.data.path} does not exist")
-        steps: list[dict[str, Any]] = []
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{recipe.source}: {e}") from e
+    targets = {t.device: load_device(t.device) for t in recipe.target_specs()}
+    qat = recipe.tuning.qat
+    if qat is not None and not qat.data.path.exists():
+        raise DataError(f"{recipe.source}: tuning.qat.data.path: {qat.data.path} does not exist")
+    with OutputFolder(out, recipe.name, force) as folder:  # locked, checked and writable before any work
+        report, files = _run(recipe, targets, baseline, baseline_path)
+        folder.publish(files)
+    return RunResult(out, report)
+
+
+def _run(
+    recipe: Recipe, targets: dict[str, DeviceProfile], baseline: dict[str, Any] | None, baseline_path: str | None
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Every step, in order; returns the report and every file of the output folder."""
+    where = f"{recipe.source}: data"
+    steps: list[dict[str, Any]] = []
+    try:
         model: LoadedModel = _timed(
             "load", steps, lambda: load_model(recipe.model, recipe.custom_objects, cache=recipe.calibration.cache)
         )
@@ -165,7 +179,7 @@ def convert(
             steps,
             HIST_NAME if picture else None,
             measured,
-            checks.sections,
+            {name: {**checks.sections.get(name, {}), **measured[name].extra} for name in targets},
             [e.to_json() for e in layers],
             len(analysis_x),
             chosen,
@@ -174,8 +188,7 @@ def convert(
     )
     images = {HIST_NAME: picture} if picture is not None else {}
     files.update(finalize(report, images, baseline, baseline_path))
-    write_outputs(out, recipe.name, {**files, REPORT_NAME: dumps(report)})
-    return RunResult(out, report)
+    return report, {**files, REPORT_NAME: dumps(report)}
 
 
 def layer_errors(recipe: Recipe, float_tflite: bytes, chosen: Quantized, x: np.ndarray) -> list[LayerError]:
@@ -216,6 +229,24 @@ def measure_targets(
             off = TargetResult(None, reason="not measured: benchmark.enabled is false in the recipe")
             return {spec.device: off for spec in recipe.target_specs()}
         return {
-            spec.device: measure_target(spec, profiles[spec.device], recipe.benchmark, models, eval_data, prep)
+            spec.device: _measure_or_reason(spec, profiles[spec.device], recipe.benchmark, models, eval_data, prep)
             for spec in recipe.target_specs()
         }
+
+
+def _measure_or_reason(
+    spec: TargetSpec,
+    profile: DeviceProfile,
+    bench: BenchmarkSpec,
+    models: dict[str, Path],
+    eval_data: tuple[np.ndarray, np.ndarray | None] | None,
+    prep: Preprocess,
+) -> TargetResult:
+    """One target; a device that cannot be reached (or fails to run the bundle) costs its gates, not the run."""
+    try:
+        return measure_target(spec, profile, bench, models, eval_data, prep)
+    except DeployError as e:
+        log.warning("warning: %s on %s was not measured: %s", spec.device, spec.host, e)
+        return TargetResult(
+            None, reason=f"not measured: {spec.host} could not be measured: {e}", extra={"measure_error": str(e)}
+        )

@@ -89,11 +89,13 @@ def test_bad_budgets_are_usage_errors(tiny_model_dir: Path, write_recipe: Callab
     assert not (tmp_path / "a").exists()
 
 
-def test_a_failed_step_exits_3(tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path) -> None:
+def test_an_unreachable_device_fails_its_gate_not_the_run(
+    tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
     unreachable = {"device": "raspberry-pi-4", "host": "nobody@127.0.0.1", "port": 1}
     result = _convert(write_recipe, tiny_recipe(tiny_model_dir, targets=[unreachable]), tmp_path / "step")
-    assert result.exit_code == 3 and "error: connect:" in result.stderr
-    assert not (tmp_path / "step").exists()  # nothing half-written
+    assert result.exit_code == 1 and "FAIL measured [raspberry-pi-4]: failed (connect:" in result.stdout
+    assert (tmp_path / "step" / "report.json").is_file()  # the conversion is kept (issue 11)
 
 
 def test_check_command_with_baselines(passing: Path, tmp_path: Path) -> None:
