@@ -151,7 +151,7 @@ def test_our_scale_and_zero_point_equal_what_tflite_wrote(demo: tuple[bytes, np.
     for r in records:
         if r.stats.name not in written or r.stats.name in fixed:
             continue
-        p = asymmetric(np.float32(r.choice.lo), np.float32(r.choice.hi))
+        p = asymmetric(np.asarray(r.choice.lo, np.float32), np.asarray(r.choice.hi, np.float32))
         scale, zp = written[r.stats.name]
         assert scale == pytest.approx(float(p.scale), rel=1e-6), r.stats.name
         assert abs(zp - int(p.zero_point)) <= 1, r.stats.name  # float32 vs float64 rounding at .5

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converter.pipeline import INT8_NAME, convert
+from converter.pipeline import convert
 from converter.recipe import load_recipe
+from converter.report import INT8_NAME
 from converter.runtime.model import TFLiteModel
 from tests.conftest import assert_accuracy_drop_below, reproducible_figures, tiny_data, tiny_recipe
 

@@ -118,11 +118,11 @@ def test_firmware_files_compile_and_hold_the_model(
     stub = tmp_path / "tensorflow" / "lite" / "micro"
     stub.mkdir(parents=True)
     backed = sorted({m for methods in emitted.values() for m in methods if method_key(m) in real})
-    methods = "\n".join(f"  TfLiteStatus {m}() {{ ++added; return kTfLiteOk; }}" for m in backed)
+    declarations = "\n".join(f"  TfLiteStatus {m}() {{ ++added; return kTfLiteOk; }}" for m in backed)
     (stub / "micro_mutable_op_resolver.h").write_text(
         "#pragma once\nenum TfLiteStatus { kTfLiteOk = 0, kTfLiteError = 1 };\nnamespace tflite {\n"
         "template <unsigned int N> class MicroMutableOpResolver {\n public:\n  unsigned int added = 0;\n"
-        f"{methods}\n}};\n}}\n"
+        f"{declarations}\n}};\n}}\n"
     )
     demo_include = tmp_path / "demo"
     demo_include.mkdir()
