@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import DeployError, UserInputError
 from .ssh_names import parse_destination
@@ -127,11 +127,13 @@ class RemoteSession:
 def remote_session(target: SSHTarget, keep: bool = False) -> Iterator[RemoteSession]:
     """Connect, make a private working folder, yield, and remove it again (unless ``keep``)."""
     session = RemoteSession(target)
+    # -t: under the device's $TMPDIR when set, else /tmp (GNU coreutils and BusyBox alike).
     out = session.check(
-        "connect", session.run("connect", "mktemp", "-d", "/tmp/edgeconv.XXXXXXXX", timeout=target.connect_timeout + 20)
+        "connect",
+        session.run("connect", "mktemp", "-d", "-t", "edgeconv.XXXXXXXX", timeout=target.connect_timeout + 20),
     )
     session.workdir = out.strip().splitlines()[-1] if out.strip() else ""
-    if not session.workdir.startswith("/tmp/edgeconv."):
+    if not (session.workdir.startswith("/") and PurePosixPath(session.workdir).name.startswith("edgeconv.")):
         raise DeployError("connect", f"{target.destination}: unexpected answer to mktemp: {out!r}")
     try:
         yield session

@@ -102,6 +102,13 @@ def tiny_recipe(model_dir: Path, model: str = "tiny.keras", **extra: Any) -> dic
     return recipe
 
 
+def reproducible_figures(report: dict[str, Any]) -> dict[str, Any]:
+    """The report figures a repeated conversion must reproduce exactly (timings and paths left out)."""
+    calibration = {k: v for k, v in report["calibration"].items() if k != "seconds"}
+    keys = ("artifacts", "quantization", "accuracy", "analysis")
+    return {"calibration": calibration, **{k: report[k] for k in keys}}
+
+
 def assert_accuracy_drop_below(report: dict[str, Any], points: float) -> None:
     """The int8 model loses at most ``points`` percentage points of top-1 on the host."""
     acc = report["accuracy"]

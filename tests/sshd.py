@@ -24,6 +24,7 @@ class LoopbackSSH:
     identity: Path
     known_hosts: Path
     folder: Path
+    tmp: Path  # the sessions' $TMPDIR: the remote working folders land here, not in the machine's /tmp
 
     @property
     def destination(self) -> str:
@@ -58,6 +59,8 @@ def loopback_sshd(folder: Path) -> Iterator[LoopbackSSH]:
     _keygen(client_key)
     (folder / "authorized_keys").write_text(client_key.with_suffix(".pub").read_text())
     port = _free_port()
+    remote_tmp = folder / "remote-tmp"
+    remote_tmp.mkdir()
     config = folder / "sshd_config"
     config.write_text(
         "\n".join(
@@ -75,6 +78,7 @@ def loopback_sshd(folder: Path) -> Iterator[LoopbackSSH]:
                 f"PidFile {folder / 'sshd.pid'}",
                 "Subsystem sftp internal-sftp",
                 "LogLevel ERROR",
+                f"SetEnv TMPDIR={remote_tmp}",
                 "",
             ]
         )
@@ -94,7 +98,7 @@ def loopback_sshd(folder: Path) -> Iterator[LoopbackSSH]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"sshd did not start: {(folder / 'sshd.log').read_text()}") from None
                 time.sleep(0.1)
-        yield LoopbackSSH(getpass.getuser(), port, client_key, known_hosts, folder)
+        yield LoopbackSSH(getpass.getuser(), port, client_key, known_hosts, folder, remote_tmp)
     finally:
         process.terminate()
         process.wait(timeout=10)

@@ -20,3 +20,9 @@ def test_ruff_clean() -> None:
 def test_mypy_clean() -> None:
     result = _run("mypy", "converter")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_clean_on_tests_and_tools() -> None:
+    """The tests and tools are held to the same strict config: a wrong annotation there hides a wrong claim."""
+    result = _run("mypy", "tests", "tools")
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -36,13 +36,13 @@ from converter.evaluate import evaluate_host  # noqa: E402
 from converter.load import load_model  # noqa: E402
 from converter.qat import QAT_FORMATS, quantize_qat  # noqa: E402
 from converter.quantize import Plan, Quantized, quantize  # noqa: E402
-from converter.recipe import DataSource, QatSpec, Recipe, load_recipe  # noqa: E402
+from converter.recipe import DataSource, Method, QatSpec, Recipe, load_recipe  # noqa: E402
 from converter.runtime.accuracy import Accuracy  # noqa: E402
 from converter.tune import tune  # noqa: E402
 from tools import outlier_model, realdata  # noqa: E402
 from tools.realdata import samples  # noqa: E402
 
-METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
+METHODS: tuple[Method, ...] = ("minmax", "percentile", "entropy", "mse", "auto")
 BUDGET = 0.003  # 0.3 points of top-1
 UPSTREAM = {
     "resnet8": "ic-resnet8/pretrainedResnet_quant.tflite",
@@ -131,11 +131,11 @@ def bench_model(name: str, work: Path) -> dict[str, Any]:
         q = ours(dataclasses.replace(base, method=method))
         results[method] = (q, score(q.model))
         rows.append(row(f"edgeconv {method}", results[method][1], q.model, q.to_json()))
-    for label, extra in (
-        ("auto + equalization", {"equalization": True}),
-        ("auto + bias correction", {"bias_correction": True}),
+    for label, variant in (
+        ("auto + equalization", dataclasses.replace(base, method="auto", equalization=True)),
+        ("auto + bias correction", dataclasses.replace(base, method="auto", bias_correction=True)),
     ):
-        q = ours(dataclasses.replace(base, method="auto", **extra))
+        q = ours(variant)
         rows.append(row(f"edgeconv {label}", score(q.model), q.model, q.to_json()))
     if model.format in QAT_FORMATS:
         train = dataclasses.replace(recipe.data.calibration, samples=None)

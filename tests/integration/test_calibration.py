@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from converter import calib_cache
 from converter.calib_cache import cache_dir
 from converter.calibrate import choose_ranges, ranges_of
 from converter.data import load_dataset, prepare, select
@@ -77,6 +79,17 @@ def _scales_by_name(model: bytes) -> dict[str, tuple[float, int]]:
     return out
 
 
+def _weight_scales(model: bytes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-channel quantized int8 weights: name -> (scales, int8 values), as the interpreter reads them."""
+    interpreter = make_interpreter(model_content=model, delegate="none")
+    out = {}
+    for d in interpreter.get_tensor_details():
+        scales = d["quantization_parameters"]["scales"]
+        if len(scales) > 1 and np.dtype(d["dtype"]) == np.int8:
+            out[d["name"]] = (np.asarray(scales, dtype=np.float32), interpreter.get_tensor(d["index"]))
+    return out
+
+
 def test_minmax_model_equals_stock_model_except_add_inputs(demo: tuple[bytes, np.ndarray]) -> None:
     model, x = demo
     stats = collect(model, x)
@@ -98,8 +111,19 @@ def test_minmax_model_equals_stock_model_except_add_inputs(demo: tuple[bytes, np
     # different order, so ranges agree to float32 rounding (1e-6), not bit for bit.
     differing = {n for n in shared if not (np.isclose(a[n][0], b[n][0], rtol=1e-5) and abs(a[n][1] - b[n][1]) <= 1)}
     assert differing <= add_fed, differing - add_fed
-    # Weights are untouched by activation ranges: per-channel scales equal the stock model's.
-    assert len(ours) == pytest.approx(len(stock), rel=0.01)
+    # Weights are untouched by activation ranges: per-channel scales equal the stock model's,
+    # tensor by tensor and channel by channel. Both models come from the same quantizer, which
+    # computes each channel's scale as max|w| / 127 in float32 from the same float weights, so
+    # they agree exactly; rtol=1e-7 (under one float32 ulp, 6e-8 relative) only forgives a
+    # different summation order, not a different rule (max/255 or per-tensor scales differ
+    # by far more). The int8 weights themselves must then be equal too.
+    ours_w, stock_w = _weight_scales(ours), _weight_scales(stock)
+    assert len(stock_w) >= 50  # every conv, depthwise and dense weight of MobileNetV2
+    assert set(ours_w) == set(stock_w), set(ours_w) ^ set(stock_w)
+    for name, (scales, values) in stock_w.items():
+        assert ours_w[name][0].shape == scales.shape, name
+        np.testing.assert_allclose(ours_w[name][0], scales, rtol=1e-7, atol=0, err_msg=name)
+        np.testing.assert_array_equal(ours_w[name][1], values, err_msg=name)
 
 
 def test_our_scale_and_zero_point_equal_what_tflite_wrote(demo: tuple[bytes, np.ndarray]) -> None:
@@ -127,7 +151,7 @@ def test_our_scale_and_zero_point_equal_what_tflite_wrote(demo: tuple[bytes, np.
     for r in records:
         if r.stats.name not in written or r.stats.name in fixed:
             continue
-        p = asymmetric(np.float32(r.choice.lo), np.float32(r.choice.hi))
+        p = asymmetric(np.asarray(r.choice.lo, np.float32), np.asarray(r.choice.hi, np.float32))
         scale, zp = written[r.stats.name]
         assert scale == pytest.approx(float(p.scale), rel=1e-6), r.stats.name
         assert abs(zp - int(p.zero_point)) <= 1, r.stats.name  # float32 vs float64 rounding at .5
@@ -187,7 +211,7 @@ def test_input_range_policies(tiny_model_dir: Path, write_recipe: Callable[..., 
 
 
 def test_cache_hit_on_method_change_and_rebuild_when_corrupt(
-    tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path
+    tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     recipe = tiny_recipe(tiny_model_dir, name="cached")
     recipe["data"]["calibration"]["samples"] = 77  # a sample set no other test uses
@@ -204,10 +228,29 @@ def test_cache_hit_on_method_change_and_rebuild_when_corrupt(
     assert second_report["artifacts"]["float"] == first_report["artifacts"]["float"]
     assert second["cache"] == {**first["cache"], "hit": True}
     assert [t["observed"] for t in second["tensors"]] == [t["observed"] for t in first["tensors"]]
-    entry.write_bytes(entry.read_bytes()[:-40] + b"\x00" * 40)  # corrupt the tail
+    # A corruption the cheap checks cannot see: a well-formed .npz whose histograms changed
+    # (one count off) while the stored digest stayed. Only the sha256 digest catches it.
+    key = first["cache"]["key"]
+    good = calib_cache.load(cache_dir(), key)
+    assert good is not None
+    with np.load(entry, allow_pickle=False) as npz:
+        parts = {name: npz[name] for name in npz.files}
+    parts["hist"] = parts["hist"].copy()
+    parts["hist"][0, 0] += 1
+    np.savez(entry, **parts)
+    caplog.set_level(logging.WARNING, logger="converter.calib_cache")
+    assert calib_cache.load(cache_dir(), key) is None  # read, digest checked, refused ...
+    assert f"calibration cache entry {entry} is corrupt (digest mismatch); rebuilding it" in caplog.messages
+    assert not entry.exists()  # ... and deleted
+    np.savez(entry, **parts)  # corrupt again, now for the pipeline to find
+    caplog.clear()
     third = convert(load_recipe(write_recipe(recipe)), tmp_path / "c").report["calibration"]
+    assert f"calibration cache entry {entry} is corrupt (digest mismatch); rebuilding it" in caplog.messages
     assert third["cache"]["hit"] is False
     assert [t["range"] for t in third["tensors"]] == [t["range"] for t in second["tensors"]]
+    rebuilt = calib_cache.load(cache_dir(), key)  # rebuilt from a fresh run: the original statistics
+    assert rebuilt is not None
+    np.testing.assert_array_equal(np.stack([t.hist for t in rebuilt.tensors]), np.stack([t.hist for t in good.tensors]))
     recipe["calibration"]["cache"] = False
     fourth = convert(load_recipe(write_recipe(recipe)), tmp_path / "d").report["calibration"]
     assert fourth["cache"]["hit"] is None

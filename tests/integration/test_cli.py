@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from converter.cli import main
-from tests.conftest import ROOT, tiny_recipe
+from tests.conftest import ROOT, reproducible_figures, tiny_recipe
 
 
 def run(*args: str) -> Result:
@@ -178,11 +179,23 @@ def test_python_dash_m_entry_point() -> None:
 def test_separate_processes_give_identical_models(
     tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """Byte-identical across processes too (Keras name counters and the like must not leak in)."""
-    recipe = write_recipe(tiny_recipe(tiny_model_dir))
-    assert _convert(recipe, tmp_path / "here").exit_code == 0
-    cmd = [sys.executable, "-m", "converter", "convert", "--recipe", str(recipe), "--out", str(tmp_path / "there")]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert result.returncode == 0, result.stderr
+    """Byte-identical across processes too (Keras name counters and the like must not leak in).
+
+    Each conversion is a fresh ``python -m converter`` with the cache off and its own empty
+    cache folder, so both convert the Keras model and calibrate from scratch.
+    """
+    recipe = write_recipe(tiny_recipe(tiny_model_dir, calibration={"cache": False}))
+    reports = {}
+    for run in ("here", "there"):
+        cache = tmp_path / f"cache-{run}"
+        env = {**os.environ, "EDGECONV_CACHE_DIR": str(cache)}
+        cmd = [sys.executable, "-m", "converter", "convert", "--recipe", str(recipe), "--out", str(tmp_path / run)]
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=False)
+        assert result.returncode == 0, result.stderr
+        reports[run] = json.loads((tmp_path / run / "report.json").read_text())
+        assert "from the float model cache" not in reports[run]["model"]["loader"]
+        assert reports[run]["calibration"]["cache"]["hit"] is None
+        assert not cache.exists() or not any(cache.rglob("*")), sorted(cache.rglob("*"))
     for name in ("model_float.tflite", "model_int8.tflite"):
-        assert (tmp_path / "here" / name).read_bytes() == (tmp_path / "there" / name).read_bytes()
+        assert (tmp_path / "here" / name).read_bytes() == (tmp_path / "there" / name).read_bytes(), name
+    assert reproducible_figures(reports["here"]) == reproducible_figures(reports["there"])

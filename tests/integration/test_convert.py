@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converter.pipeline import INT8_NAME, convert
+from converter.pipeline import convert
 from converter.recipe import load_recipe
+from converter.report import INT8_NAME
 from converter.runtime.model import TFLiteModel
-from tests.conftest import assert_accuracy_drop_below, tiny_data, tiny_recipe
+from tests.conftest import assert_accuracy_drop_below, reproducible_figures, tiny_data, tiny_recipe
 
 
 def _convert(write_recipe: Callable[..., Path], recipe: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -107,13 +108,27 @@ def test_quantization_options(
 
 
 def test_identical_inputs_give_identical_bytes(
-    tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path
+    tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a = _convert(write_recipe, tiny_recipe(tiny_model_dir), tmp_path / "a")
-    b = _convert(write_recipe, tiny_recipe(tiny_model_dir), tmp_path / "b")
+    """Two conversions in one process, each from scratch, give the same bytes and figures.
+
+    The cache is off and each run has its own empty cache folder, so the second run converts
+    the Keras model and collects statistics again instead of reading the first run's results
+    (state leaking between conversions in one process would show here; across processes, see
+    test_cli.test_separate_processes_give_identical_models).
+    """
+    recipe = tiny_recipe(tiny_model_dir, calibration={"cache": False})
+    reports = {}
+    for run in ("a", "b"):
+        cache = tmp_path / f"cache-{run}"
+        monkeypatch.setenv("EDGECONV_CACHE_DIR", str(cache))
+        reports[run] = _convert(write_recipe, recipe, tmp_path / run)
+        assert "from the float model cache" not in reports[run]["model"]["loader"]
+        assert reports[run]["calibration"]["cache"]["hit"] is None
+        assert not cache.exists() or not any(cache.rglob("*")), sorted(cache.rglob("*"))
     for name in ("model_float.tflite", INT8_NAME):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    assert a["artifacts"] == b["artifacts"]
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert reproducible_figures(reports["a"]) == reproducible_figures(reports["b"])
 
 
 def test_calibration_subset_changes_with_seed(

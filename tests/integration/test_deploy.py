@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -87,15 +88,27 @@ def _cli_ssh(sshd: LoopbackSSH) -> list[str]:
     ]
 
 
-def _remote_dirs() -> set[Path]:
-    return set(Path("/tmp").glob("edgeconv.*"))
+@pytest.fixture(autouse=True)
+def _own_local_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own local temp folder, so its leftovers are told apart from anyone else's."""
+    local = tmp_path / "local-tmp"
+    local.mkdir()
+    monkeypatch.setenv("TMPDIR", str(local))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile caches the folder it found first
+    return local
 
 
-def test_remote_bench_matches_local_and_cleans_up(sshd: LoopbackSSH, converted: Path) -> None:
-    before = _remote_dirs()
+def _remote_dirs(sshd: LoopbackSSH) -> set[Path]:
+    """The device's working folders: under the loopback server's own $TMPDIR, which only these tests use."""
+    return set(sshd.tmp.glob("edgeconv.*"))
+
+
+def test_remote_bench_matches_local_and_cleans_up(sshd: LoopbackSSH, converted: Path, _own_local_tmp: Path) -> None:
+    assert _remote_dirs(sshd) == set()
     remote = run_remote(_request(converted), _target(sshd))
     local = run_local(_request(converted, label="host"))
-    assert _remote_dirs() == before  # the working folder is gone
+    assert _remote_dirs(sshd) == set()  # the device's working folder is gone ...
+    assert list(_own_local_tmp.iterdir()) == []  # ... and so are the local staging folders
     for result in (remote, local):
         for key in ("model", "float"):
             lat = result["models"][key]["latency"]
@@ -110,9 +123,9 @@ def test_remote_bench_matches_local_and_cleans_up(sshd: LoopbackSSH, converted: 
 
 
 def test_keep_leaves_the_folder(sshd: LoopbackSSH, converted: Path) -> None:
-    before = _remote_dirs()
+    before = _remote_dirs(sshd)
     run_remote(_request(converted, data=None, float_model=None), _target(sshd), keep=True)
-    kept = _remote_dirs() - before
+    kept = _remote_dirs(sshd) - before
     assert len(kept) == 1
     folder = kept.pop()
     names = sorted(p.name for p in folder.iterdir())
@@ -125,7 +138,7 @@ def test_arguments_are_shell_quoted(sshd: LoopbackSSH, converted: Path, tmp_path
     odd.write_bytes((converted / "out" / "model_int8.tflite").read_bytes())
     result = run_remote(_request(converted, model=odd, float_model=None, data=None), _target(sshd))
     assert result["models"]["model"]["path"] == odd.name
-    assert not list(Path("/tmp").glob("edgeconv.*/PWNED.tflite")) and not Path.home().joinpath("PWNED.tflite").exists()
+    assert not list(sshd.tmp.glob("edgeconv.*/PWNED.tflite")) and not Path.home().joinpath("PWNED.tflite").exists()
 
 
 def test_unknown_host_key_is_refused(sshd: LoopbackSSH, converted: Path, tmp_path: Path) -> None:
@@ -162,12 +175,12 @@ def _venv(tmp_path: Path, with_numpy: bool) -> str:
 
 
 def test_missing_numpy_on_the_device(sshd: LoopbackSSH, converted: Path, tmp_path: Path) -> None:
-    before = _remote_dirs()
+    before = _remote_dirs(sshd)
     with pytest.raises(
         DeployError, match=r"^run: .*numpy is not installed on this device; install it: pip install numpy"
     ):
         run_remote(_request(converted), _target(sshd, python=_venv(tmp_path, with_numpy=False)))
-    assert _remote_dirs() == before
+    assert _remote_dirs(sshd) == before
 
 
 def test_missing_interpreter_on_the_device(sshd: LoopbackSSH, converted: Path, tmp_path: Path) -> None:

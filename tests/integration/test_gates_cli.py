@@ -129,6 +129,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium; .ci/run does)")
 def test_html_report_renders_in_a_real_browser(passing: Path, tmp_path: Path) -> None:
+    assert CHROMIUM is not None  # the skipif above
     page = passing / "report.html"
     text = page.read_text()
     # Self-contained: no resource is fetched at view time.

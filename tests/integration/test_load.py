@@ -12,7 +12,7 @@ from converter.load import detect_format, load_model
 from converter.runtime.model import TFLiteModel
 
 
-def _legacy_depthwise_h5(path: Path) -> np.ndarray:
+def _legacy_depthwise_h5(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A Keras 2 (tf_keras) .h5 with DepthwiseConv2D: Keras 3 rejects its config ('groups')."""
     import tf_keras
 

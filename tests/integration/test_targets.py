@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from converter.devices import devices_dir
 from converter.edgetpu import parse_log, predict
-from converter.inspect_model import OpInfo
+from converter.firmware import op_resolver
+from converter.inspect_model import OpInfo, list_ops
 from converter.ops import TFLM_RESOLVER, tflm_missing
 from converter.pipeline import convert
 from converter.recipe import load_recipe
 from tests.conftest import ROOT, tiny_recipe
+from tests.tflm_symbols import method_key, registration_key, tflm_library, tflm_registrations
 
 MCU = ["arduino-nano-33-ble-sense", "esp32-s3", "stm32h7"]
 
 
 @pytest.fixture(scope="module")
-def mcu_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def mcu_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     folder = tmp_path_factory.mktemp("mcu")
     recipe = folder / "recipe.yaml"
     import json
@@ -39,7 +43,7 @@ def _probe(model: Path, arena: int, folder: Path) -> int:
     return subprocess.run(cmd, cwd=ROOT, timeout=120, check=False).returncode
 
 
-def test_mcu_targets_fit_with_the_measured_arena(mcu_run: tuple[Path, dict], tmp_path: Path) -> None:
+def test_mcu_targets_fit_with_the_measured_arena(mcu_run: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     out, report = mcu_run
     arenas = set()
     for name in MCU:
@@ -59,7 +63,40 @@ def test_mcu_targets_fit_with_the_measured_arena(mcu_run: tuple[Path, dict], tmp
     assert _probe(model, arena - 16, tmp_path) == 1  # ... and 16 bytes less does not
 
 
-def test_firmware_files_compile_and_hold_the_model(mcu_run: tuple[Path, dict], tmp_path: Path) -> None:
+def test_resolver_table_names_real_tflm_registrations() -> None:
+    """Every op we would register has a kernel in tflite-micro's own library, under the same name.
+
+    The registrations come from the wheel's ``_runtime.so`` (``tflite::Register_<OP>()``), not
+    from our table, so a typo or an op TFLM lacks fails here. The resolver's ``Add*`` methods
+    are inline templates the library does not export: they are matched to ``Register_*`` by
+    name without case and underscores (``AddConv2D`` <-> ``CONV_2D``), which is TFLM's own
+    convention; the exact spelling is checked by compiling against the real header in firmware CI.
+    """
+    registered = tflm_registrations()
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "SOFTMAX"} <= registered, sorted(registered)
+    keys = {registration_key(op): op for op in registered}
+    assert len(keys) == len(registered)  # the name matching below is unambiguous
+    for op, method in TFLM_RESOLVER.items():
+        assert op in registered, f"{op}: no tflite::Register_{op}() in {tflm_library()}"
+        assert keys.get(method_key(method)) == op, f"{method}() does not name Register_{op}()"
+
+
+def _emitted_methods(resolver_h: str) -> list[str]:
+    return re.findall(r"resolver\.(Add\w+)\(\)", resolver_h)
+
+
+@pytest.fixture(scope="module")
+def demo_resolver() -> str:
+    """``op_resolver.h`` for the demo MobileNetV2 (full-integer conversion keeps its operators one for one)."""
+    from converter.load import load_model
+
+    model = load_model(ROOT / "recipes" / "models" / "mobilenet_v2_digits.keras")
+    return op_resolver(list_ops(model.float_tflite))
+
+
+def test_firmware_files_compile_and_hold_the_model(
+    mcu_run: tuple[Path, dict[str, Any]], demo_resolver: str, tmp_path: Path
+) -> None:
     if shutil.which("g++") is None:
         pytest.skip("g++ not installed")
     out, report = mcu_run
@@ -68,21 +105,34 @@ def test_firmware_files_compile_and_hold_the_model(mcu_run: tuple[Path, dict], t
     resolver = (fw / "op_resolver.h").read_text()
     assert "MicroMutableOpResolver<kNumOps>" in resolver and "AddConv2D()" in resolver
     assert "AddDepthwiseConv2D()" in resolver and "AddAveragePool2D" not in resolver
-    # A stand-in for TFLM's header with every Add* method; the generated code must compile against it.
+    # Every Add*() emitted for the test and demo models must name a kernel the real TFLM library
+    # registers (read from its shared object, independent of our op table).
+    real = {registration_key(op) for op in tflm_registrations()}
+    emitted = {"tiny": _emitted_methods(resolver), "demo": _emitted_methods(demo_resolver)}
+    assert len(emitted["tiny"]) == 6 and len(emitted["demo"]) >= 6, emitted
+    for model, methods in emitted.items():
+        unknown = [m for m in methods if method_key(m) not in real]
+        assert not unknown, f"{model}: {unknown} register no kernel of {tflm_library()}"
+    # A stand-in for TFLM's header declaring only methods backed by a real registration: the
+    # generated code must compile against it and call each method once.
     stub = tmp_path / "tensorflow" / "lite" / "micro"
     stub.mkdir(parents=True)
-    methods = "\n".join(
-        f"  TfLiteStatus {m}() {{ ++added; return kTfLiteOk; }}" for m in sorted(set(TFLM_RESOLVER.values()))
-    )
+    backed = sorted({m for methods in emitted.values() for m in methods if method_key(m) in real})
+    declarations = "\n".join(f"  TfLiteStatus {m}() {{ ++added; return kTfLiteOk; }}" for m in backed)
     (stub / "micro_mutable_op_resolver.h").write_text(
         "#pragma once\nenum TfLiteStatus { kTfLiteOk = 0, kTfLiteError = 1 };\nnamespace tflite {\n"
         "template <unsigned int N> class MicroMutableOpResolver {\n public:\n  unsigned int added = 0;\n"
-        f"{methods}\n}};\n}}\n"
+        f"{declarations}\n}};\n}}\n"
     )
+    demo_include = tmp_path / "demo"
+    demo_include.mkdir()
+    (demo_include / "demo_resolver.h").write_text(demo_resolver.replace("EDGECONV_OP_RESOLVER_H_", "DEMO_RESOLVER_H_"))
     main = tmp_path / "main.cc"
     main.write_text(
         '#include <cstdio>\n#include "model_data.h"\n#include "op_resolver.h"\n'
+        'namespace demo {\n#include "demo_resolver.h"\n}\n'
         "int main() { ModelOpResolver r; if (RegisterOps(r) != kTfLiteOk || r.added != kNumOps) return 1;\n"
+        "  demo::ModelOpResolver d; if (demo::RegisterOps(d) != kTfLiteOk || d.added != demo::kNumOps) return 2;\n"
         '  std::printf("%u %zu %d\\n", g_tiny_model_len, kTensorArenaSize, (int)g_tiny_model[4]); return 0; }\n'
     )
     binary = tmp_path / "check"
@@ -96,6 +146,8 @@ def test_firmware_files_compile_and_hold_the_model(mcu_run: tuple[Path, dict], t
             str(fw),
             "-I",
             str(tmp_path),
+            "-I",
+            str(demo_include),
             str(main),
             str(fw / "model_data.cc"),
             "-o",
@@ -110,7 +162,7 @@ def test_firmware_files_compile_and_hold_the_model(mcu_run: tuple[Path, dict], t
     assert int(byte4) == ord("T")  # the flatbuffer identifier "TFL3" starts at byte 4
 
 
-def test_edgetpu_section_is_a_labelled_prediction(mcu_run: tuple[Path, dict]) -> None:
+def test_edgetpu_section_is_a_labelled_prediction(mcu_run: tuple[Path, dict[str, Any]]) -> None:
     _, report = mcu_run
     tpu = report["targets"]["coral-usb-accelerator"]["edgetpu"]
     assert tpu["prediction"]["kind"] == "prediction"

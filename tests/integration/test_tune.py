@@ -216,7 +216,7 @@ def test_qat_refuses_a_savedmodel_with_lambda_layers(tmp_path: Path) -> None:
 
     marker = str(tmp_path / "ran")
     inp = tf_keras.Input((4,))
-    out = tf_keras.layers.Lambda(lambda t: (open(marker, "w").close(), t * 2)[1])(inp)  # noqa: PTH123
+    out = tf_keras.layers.Lambda(lambda t: (open(marker, "w").write("ran"), t * 2)[1])(inp)  # noqa: PTH123, SIM115
     tf_keras.Model(inp, out).save(str(tmp_path / "sm"), save_format="tf")
     Path(marker).unlink(missing_ok=True)
     with pytest.raises(QatUnavailable, match="Lambda layers"):

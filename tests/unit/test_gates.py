@@ -20,7 +20,8 @@ GOLDEN = ROOT / "tests" / "data" / "golden"
 
 
 def _fixed() -> dict[str, Any]:
-    return json.loads((GOLDEN / "report_fixed.json").read_text())
+    report: dict[str, Any] = json.loads((GOLDEN / "report_fixed.json").read_text())
+    return report
 
 
 def test_markdown_and_junit_match_the_golden_files() -> None:
