@@ -111,7 +111,10 @@ def _dtype_problem(dtype: np.dtype[Any], what: str) -> str | None:
             "save a numeric array instead"
         )
     if dtype.kind == "c":
-        return f"{what} are complex numbers (dtype {dtype}); a model input is real: save the part you mean"
+        return (
+            f"{what} are complex numbers (dtype {dtype}); edgeconv takes real numbers only "
+            "(the imaginary part would be dropped); save the part you mean"
+        )
     if dtype.kind not in "biuf":
         return f"{what} must be numbers, got dtype {dtype}"
     return None
