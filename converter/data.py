@@ -116,7 +116,7 @@ def _dtype_problem(dtype: np.dtype[Any], what: str) -> str | None:
             "(the imaginary part would be dropped); save the part you mean"
         )
     if dtype.kind not in "biuf":
-        return f"{what} must be numbers, got dtype {dtype}"
+        return f"{what} must be numeric, got dtype {dtype}"
     return None
 
 
