@@ -139,6 +139,18 @@ TOKENS = [
     "|\n",
     "%",
 ]
+ATOMS = ["1", "-1", "x", "~", "'q'", "1e999", "2001-13-45", "&a 1", "*a", "name", "!!binary aGk=", "1" + "0" * 5000]
+# Flow YAML whose mapping keys may themselves be lists or mappings ({[1]: 2}, {? {a: 1} : 2}).
+FLOW = st.recursive(
+    st.sampled_from(ATOMS),
+    lambda inner: (
+        st.lists(inner, max_size=3).map(lambda xs: "[" + ", ".join(xs) + "]")
+        | st.lists(st.tuples(inner, inner), max_size=3).map(
+            lambda kv: "{" + ", ".join(f"? {k} : {v}" for k, v in kv) + "}"
+        )
+    ),
+    max_leaves=8,
+)
 # Random characters, and token soup that often makes flow mappings with list or mapping keys, anchors and tags.
 YAML_TEXT = st.text(alphabet="{}[]:,-?&*!|>'\"#%@ \n\tabxyz01.=<", max_size=80) | st.lists(
     st.sampled_from(TOKENS), max_size=30
@@ -156,9 +168,11 @@ BASE: dict[str, Any] = {
 @st.composite
 def documents(draw: st.DrawFn) -> str:
     """YAML text: a valid recipe with a few keys replaced by junk, a random document, or raw YAML-ish text."""
-    kind = draw(st.sampled_from(["mutated"] * 4 + ["random", "text", "text"]))
+    kind = draw(st.sampled_from(["mutated"] * 4 + ["random", "text", "flow"]))
     if kind == "text":
         return draw(YAML_TEXT)
+    if kind == "flow":
+        return f"version: 1\nname: fuzz\n{draw(st.sampled_from(KEYS))}: {draw(FLOW)}\n"
     if kind == "random":
         return yaml.safe_dump(draw(VALUES))
     doc = copy.deepcopy(BASE)
@@ -186,7 +200,7 @@ def overrides(draw: st.DrawFn) -> list[str]:
             value = yaml.safe_dump(drawn, default_flow_style=True, width=10**6, allow_unicode=True).strip()
             value = value.removesuffix("...").strip()
         else:
-            value = draw(YAML_TEXT)
+            value = draw(YAML_TEXT | FLOW)
         out.append(f"{key}={value}")
     return out
 
