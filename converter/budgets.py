@@ -7,6 +7,7 @@ time: us, ms, s. ``model_kb`` is accepted as ``model_bytes`` in KiB.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields
 
@@ -49,6 +50,8 @@ def parse_limit(name: str, raw: float | str) -> Limit:
     if not m:
         raise ValueError(f"{name}: cannot read {raw!r}; write a number, a number with a unit, or '+N%'")
     number, suffix = float(m.group(1)), m.group(2).lower()
+    if not math.isfinite(number):
+        raise ValueError(f"{name}: {raw!r} is too large a number")
     if suffix == "%":
         return Limit(number, relative=True)
     if raw.strip().startswith(("+", "-")):

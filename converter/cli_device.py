@@ -21,6 +21,7 @@ from .cli_common import (
     setup_logging,
 )
 from .errors import UserInputError
+from .ssh_options import check_ssh_options
 
 
 def _host(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -44,7 +45,14 @@ ssh_options = [
         type=click.Path(path_type=Path, exists=True, dir_okay=False),
         help="known_hosts to verify with.",
     ),
-    click.option("--ssh-option", "ssh_opts", multiple=True, metavar="KEY=VALUE", help="Extra ssh -o option."),
+    click.option(
+        "--ssh-option",
+        "ssh_opts",
+        multiple=True,
+        metavar="KEY=VALUE",
+        callback=lambda _ctx, _param, values: check_ssh_options(values),
+        help="Extra ssh -o option (a safe list: ProxyJump, ConnectTimeout, ServerAliveInterval, ...).",
+    ),
     click.option("--python", "remote_python", help="Python on the device [the profile's, python3]."),
     click.option("--keep", is_flag=True, help="Leave the working folder on the device."),
     click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),

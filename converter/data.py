@@ -1,4 +1,10 @@
-"""Calibration and evaluation data: .npz / .npy arrays and image folders, chosen reproducibly."""
+"""Calibration and evaluation data: .npz / .npy arrays and image folders, chosen reproducibly.
+
+Data files come from strangers too: numpy's own errors are replaced by ours (never its
+advice to load pickles "unsafely": ``allow_pickle`` stays False), each array's header is
+read before its data so object, complex, string and structured arrays are refused by name,
+and a truncated or mislabelled file says so.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
@@ -75,38 +82,116 @@ def load_dataset(
 
 
 def _labels(y: np.ndarray, n: int, where: str, path: Path) -> np.ndarray:
+    problem = _dtype_problem(y.dtype, "labels 'y'")
+    if problem:
+        raise DataError(f"{where}.path: {path}: {problem}")
     if y.ndim == 2 and y.shape[1] > 1:  # one-hot labels
         y = np.argmax(y, axis=1)
     if y.ndim != 1 or len(y) != n:
         raise DataError(f"{where}.path: {path}: labels 'y' have shape {y.shape}; expected [{n}] class indices")
     if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)) or np.any(np.abs(y) >= 2**31):
             raise DataError(f"{where}.path: {path}: labels 'y' must be integer class indices")
+    elif y.dtype.kind == "u" and y.size and int(y.max()) >= 2**63:
+        raise DataError(f"{where}.path: {path}: labels 'y' must be integer class indices, got {int(y.max())}")
         y = y.astype(np.int64)
     return y.astype(np.int64)
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_NPZ_HELP = "an .npz is a zip of .npy arrays as numpy.savez writes it (x: samples, optional y: labels)"
+
+
+def _dtype_problem(dtype: np.dtype[Any], what: str) -> str | None:
+    """Why an array of ``dtype`` cannot be ``what`` (samples or labels), or None."""
+    if dtype.hasobject:
+        return (
+            f"{what} are Python objects (dtype object), which edgeconv never loads: unpickling them can run code; "
+            "save a numeric array instead"
+        )
+    if dtype.kind == "c":
+        return (
+            f"{what} are complex numbers (dtype {dtype}); edgeconv takes real numbers only "
+            "(the imaginary part would be dropped); save the part you mean"
+        )
+    if dtype.kind not in "biuf":
+        return f"{what} must be numeric, got dtype {dtype}"
+    return None
+
+
 def _check_array(x: np.ndarray, where: str, path: Path) -> None:
-    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-        raise DataError(f"{where}.path: {path}: samples must be numeric, got dtype {x.dtype}")
+    problem = _dtype_problem(x.dtype, "samples")
+    if problem:
+        raise DataError(f"{where}.path: {path}: {problem}")
     if x.ndim < 2:
         raise DataError(
             f"{where}.path: {path}: samples have shape {x.shape}; expected [N, ...] with one sample per row"
         )
 
 
-def _load_npz(path: Path, where: str, samples: int | None, seed: int) -> Dataset:
+def _magic(path: Path, where: str) -> bytes:
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            keys = list(npz.keys())
-            if "x" not in keys:
+        with path.open("rb") as f:
+            return f.read(6)
+    except OSError as e:
+        raise DataError(f"{where}.path: {path}: cannot read it: {e.strerror or e}") from e
+
+
+def _read_header(f: IO[bytes], where: str, path: Path, member: str = "") -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """Shape and dtype from an .npy header, without reading (or unpickling) the data."""
+    name = f"{path}" + (f" (array '{member}')" if member else "")
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
+        raise DataError(f"{where}.path: {name}: not a readable .npy array (its header is damaged)") from e
+    return tuple(shape), dtype
+
+
+def _read_failed(e: BaseException, where: str, path: Path, kind: str) -> DataError:
+    """Our message for a read numpy could not finish (never numpy's advice to load pickles)."""
+    if isinstance(e, MemoryError):
+        return DataError(
+            f"{where}.path: {path}: too large to load into memory; use a smaller file or an .npy (read lazily, "
+            "only the chosen samples)"
+        )
+    text = str(e)
+    if "pickle" in text or "allow_pickle" in text:
+        text = "it holds pickled Python objects, which edgeconv never loads (unpickling can run code)"
+    elif "mmap length" in text or isinstance(e, EOFError):
+        text = "the file is shorter than its header says (truncated?)"
+    return DataError(f"{where}.path: {path}: cannot read {kind}: {text}")
+
+
+def _load_npz(path: Path, where: str, samples: int | None, seed: int) -> Dataset:
+    if _magic(path, where)[:4] not in _ZIP_MAGIC:
+        raise DataError(f"{where}.path: {path}: cannot read .npz: it is not a zip archive; {_NPZ_HELP}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {n.removesuffix(".npy"): n for n in archive.namelist()}
+            if "x" not in members:
                 raise DataError(
-                    f"{where}.path: {path}: no array 'x' in the .npz (it has: {', '.join(keys) or 'nothing'})"
+                    f"{where}.path: {path}: no array 'x' in the .npz (it has: {', '.join(members) or 'nothing'})"
                 )
+            for key in ("x", "y"):
+                if key not in members:
+                    continue
+                with archive.open(members[key]) as f:
+                    _, dtype = _read_header(f, where, path, key)
+                problem = _dtype_problem(dtype, "samples" if key == "x" else "labels 'y'")
+                if problem:
+                    raise DataError(f"{where}.path: {path}: {problem}")
+        with np.load(path, allow_pickle=False) as npz:
             x_all = npz["x"]
-            y_all = npz["y"] if "y" in keys else None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{where}.path: {path}: cannot read .npz: {e}") from e
+            y_all = npz["y"] if "y" in members else None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, MemoryError, NotImplementedError) as e:
+        raise _read_failed(e, where, path, ".npz") from e
+    if not isinstance(x_all, np.ndarray) or (y_all is not None and not isinstance(y_all, np.ndarray)):
+        raise DataError(f"{where}.path: {path}: 'x' or 'y' in the .npz is not an .npy array; {_NPZ_HELP}")
     _check_array(x_all, where, path)
     idx = select(len(x_all), samples, seed)
     y = _labels(np.asarray(y_all), len(x_all), where, path)[idx] if y_all is not None else None
@@ -114,10 +199,17 @@ def _load_npz(path: Path, where: str, samples: int | None, seed: int) -> Dataset
 
 
 def _load_npy(path: Path, where: str, samples: int | None, seed: int) -> Dataset:
+    if _magic(path, where) != _NPY_MAGIC:
+        raise DataError(f"{where}.path: {path}: cannot read .npy: it has no numpy header; save arrays with numpy.save")
+    with path.open("rb") as f:
+        _, dtype = _read_header(f, where, path)
+    problem = _dtype_problem(dtype, "samples")
+    if problem:
+        raise DataError(f"{where}.path: {path}: {problem}")
     try:
         x_all = np.load(path, allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{where}.path: {path}: cannot read .npy: {e}") from e
+        raise _read_failed(e, where, path, ".npy") from e
     _check_array(x_all, where, path)
     idx = select(len(x_all), samples, seed)
     return Dataset(
@@ -171,7 +263,7 @@ def _decode(file: Path, channels: int | None, where: str) -> np.ndarray:
     try:
         with Image.open(file) as im:
             arr = np.asarray(im.convert(mode))
-    except (OSError, UnidentifiedImageError) as e:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as e:
         raise DataError(f"{where}.path: {file}: cannot decode image: {e}") from e
     return arr[..., None] if arr.ndim == 2 else arr
 
@@ -179,6 +271,13 @@ def _decode(file: Path, channels: int | None, where: str) -> np.ndarray:
 def prepare(ds: Dataset, preprocess: Preprocess, input_shape: tuple[int, ...], where: str) -> np.ndarray:
     """Preprocess ``ds`` and check it fits a model input of ``input_shape`` ([1, ...]) and is finite."""
     x = ds.x
+    want = tuple(input_shape[1:])
+    if preprocess.resize is not None and len(input_shape) == 4 and tuple(input_shape[1:3]) != preprocess.resize:
+        # Checked before resizing: a wrong size would only fail after allocating every resized sample.
+        raise DataError(
+            f"{where}: input.resize is {list(preprocess.resize)} but the model takes {input_shape[1]}x{input_shape[2]} "
+            f"images; set input.resize: [{input_shape[1]}, {input_shape[2]}]"
+        )
     # A grayscale array without a channel axis ([N, H, W]) for a [1, H, W, 1] input.
     if x.ndim == len(input_shape) - 1 and input_shape[-1] == 1:
         x = x[..., None]
@@ -186,7 +285,10 @@ def prepare(ds: Dataset, preprocess: Preprocess, input_shape: tuple[int, ...], w
         out = preprocess(x)
     except ValueError as e:
         raise DataError(f"{where}: {ds.source}: preprocessing failed: {e}") from e
-    want = tuple(input_shape[1:])
+    except MemoryError as e:
+        raise DataError(
+            f"{where}: {ds.source}: {len(x)} samples of shape {list(want)} do not fit in memory; use fewer samples"
+        ) from e
     if tuple(out.shape[1:]) != want:
         hint = "set input.resize" if out.ndim == len(input_shape) else "check the sample layout"
         raise DataError(

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from .errors import DeployError, UserInputError
 from .ssh_names import parse_destination
+from .ssh_options import ssh_option_problem
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,11 @@ class SSHTarget:
             parse_destination(self.destination)
         except ValueError as e:
             raise UserInputError(f"SSH host {e}") from e
+        # The last line of defence for options: recipes and the CLI check them earlier with a better "where".
+        for option in self.options:
+            problem = ssh_option_problem(option)
+            if problem:
+                raise UserInputError(f"ssh option {option!r}: {problem}")
 
     def _common(self, port_flag: str) -> list[str]:
         args = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}"]

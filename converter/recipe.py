@@ -5,19 +5,26 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from .budgets import Budgets
 from .devices import available_devices, devices_dir, load_device
-from .errors import RecipeError
+from .errors import RecipeError, UserInputError
 from .runtime.preprocess import Preprocess
 from .schema import Where, build, json_schema, suggest
 from .ssh_names import EXAMPLES, destination_problem
+from .ssh_options import ssh_option_problem
 from .yamlio import load_yaml_file, load_yaml_text
 
 IoType = Literal["int8", "uint8", "int16", "float32"]
+
+# Bounds on numbers that validate as numbers but would crash, hang or overflow later.
+MAX_RESIZE = 8192  # per side: [8192, 8192, 3] float32 is 800 MB for one sample already
+MAX_SEED = 2**32 - 1  # what every RNG we hand seeds to (numpy, Keras, TensorFlow) takes
+MAX_MAGNITUDE = 1e9  # scale, offset, input_range: beyond this float32 quantization scales overflow
 
 
 @dataclass(frozen=True)
@@ -28,13 +35,24 @@ class InputSpec:
         default=None, metadata={"doc": "[height, width] to resize images to (bilinear); null keeps the size"}
     )
     scale: float = field(default=1.0, metadata={"doc": "Multiplier applied after resize"})
-    offset: float = field(default=0.0, metadata={"doc": "Added after scaling"})
+    offset: float = field(
+        default=0.0, metadata={"doc": "Added after scaling", "min": -MAX_MAGNITUDE, "max": MAX_MAGNITUDE}
+    )
 
     def __post_init__(self) -> None:
         if self.resize is not None and min(self.resize) < 1:
             raise ValueError(f"resize: sizes must be positive, got {list(self.resize)}")
+        if self.resize is not None and max(self.resize) > MAX_RESIZE:
+            raise ValueError(
+                f"resize: sizes must be at most {MAX_RESIZE}, got {list(self.resize)} "
+                "(one sample that large would not fit in memory)"
+            )
         if self.scale == 0:
             raise ValueError("scale: must not be 0 (every sample would become the offset)")
+        if not 1 / MAX_MAGNITUDE <= abs(self.scale) <= MAX_MAGNITUDE:
+            raise ValueError(
+                f"scale: its size must be between {1 / MAX_MAGNITUDE:g} and {MAX_MAGNITUDE:g}, got {self.scale}"
+            )
 
 
 @dataclass(frozen=True)
@@ -45,7 +63,7 @@ class DataSource:
     samples: int | None = field(
         default=None, metadata={"doc": "How many samples to use (seeded random subset); null: all", "min": 1}
     )
-    seed: int = field(default=0, metadata={"doc": "Seed of the subset selection"})
+    seed: int = field(default=0, metadata={"doc": "Seed of the subset selection", "min": 0, "max": MAX_SEED})
 
 
 @dataclass(frozen=True)
@@ -135,8 +153,19 @@ class CalibrationSpec:
     def __post_init__(self) -> None:
         if self.percentile <= 0:
             raise ValueError(f"percentile: must be in (0, 100], got {self.percentile}")
-        if isinstance(self.input_range, tuple) and not self.input_range[0] < self.input_range[1]:
-            raise ValueError(f"input_range: lo must be below hi, got {list(self.input_range)}")
+        if isinstance(self.input_range, tuple):
+            lo, hi = self.input_range
+            if not lo < hi:
+                raise ValueError(f"input_range: lo must be below hi, got {list(self.input_range)}")
+            if max(abs(lo), abs(hi)) > MAX_MAGNITUDE or hi - lo < 1e-6:
+                raise ValueError(
+                    f"input_range: must lie within [-{MAX_MAGNITUDE:g}, {MAX_MAGNITUDE:g}] and span at least 1e-6, "
+                    f"got {list(self.input_range)} (its quantization scale would not fit a float32)"
+                )
+
+
+class TargetValueError(ValueError, UserInputError):
+    """A refused ssh option: the schema adds file and key path; code building a ``TargetSpec`` gets exit 2."""
 
 
 @dataclass(frozen=True)
@@ -148,9 +177,22 @@ class TargetSpec:
     port: int | None = field(default=None, metadata={"doc": "SSH port", "min": 1, "max": 65535})
     identity: Path | None = field(default=None, metadata={"doc": "SSH private key file"})
     known_hosts: Path | None = field(default=None, metadata={"doc": "known_hosts file that verifies the host key"})
-    ssh_options: tuple[str, ...] = field(default=(), metadata={"doc": "Extra ssh -o options, e.g. ProxyJump=gw"})
+    ssh_options: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "doc": "Extra ssh -o options from a safe list (ProxyJump, ConnectTimeout, ServerAliveInterval, Port, ...); "
+            "ProxyCommand and others that run local commands are refused"
+        },
+    )
     python: str | None = field(default=None, metadata={"doc": "Python on the device (default: the profile's)"})
     budgets: Budgets = field(default_factory=Budgets, metadata={"doc": "Budgets for this target (win over global)"})
+
+    def __post_init__(self) -> None:
+        # Recipes arrive in pull requests: nothing here may make ssh run a local command (hosts: _check_targets).
+        for i, option in enumerate(self.ssh_options):
+            problem = ssh_option_problem(option)
+            if problem:
+                raise TargetValueError(f"ssh_options[{i}]: {option!r}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -158,10 +200,10 @@ class BenchmarkSpec:
     """How latency is measured on each target."""
 
     enabled: bool = field(default=True, metadata={"doc": "Measure latency on the targets after converting"})
-    warmup: int = field(default=10, metadata={"doc": "Untimed runs first", "min": 0})
-    runs: int = field(default=50, metadata={"doc": "At least this many timed runs", "min": 1})
-    min_seconds: float = field(default=1.0, metadata={"doc": "And at least this long", "min": 0})
-    top_k: int | None = field(default=None, metadata={"doc": "Also report top-k accuracy", "min": 2})
+    warmup: int = field(default=10, metadata={"doc": "Untimed runs first", "min": 0, "max": 10_000})
+    runs: int = field(default=50, metadata={"doc": "At least this many timed runs", "min": 1, "max": 100_000})
+    min_seconds: float = field(default=1.0, metadata={"doc": "And at least this long", "min": 0, "max": 600})
+    top_k: int | None = field(default=None, metadata={"doc": "Also report top-k accuracy", "min": 2, "max": 1000})
 
 
 @dataclass(frozen=True)
@@ -178,9 +220,13 @@ class QatSpec:
     """A short quantization-aware fine-tune the loop may try (Keras 2 models; tensorflow-model-optimization)."""
 
     data: DataSource = field(metadata={"doc": "Labelled training samples (not the evaluation data)"})
-    epochs: int = field(default=3, metadata={"doc": "Fine-tuning epochs", "min": 1})
-    learning_rate: float = field(default=1e-4, metadata={"doc": "Adam learning rate", "min": 0})
-    batch_size: int = field(default=32, metadata={"doc": "Training batch size", "min": 1})
+    epochs: int = field(default=3, metadata={"doc": "Fine-tuning epochs", "min": 1, "max": 1000})
+    learning_rate: float = field(default=1e-4, metadata={"doc": "Adam learning rate, in (0, 1]", "min": 0, "max": 1})
+    batch_size: int = field(default=32, metadata={"doc": "Training batch size", "min": 1, "max": 65536})
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate: must be above 0, got {self.learning_rate}")
 
 
 @dataclass(frozen=True)
@@ -263,12 +309,18 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if any(not p for p in parts):
         raise RecipeError(f"--set {text}: empty part in key path '{key}'")
-    return parts, load_yaml_text(value, f"--set {key}") if value.strip() else None
+    return parts, load_yaml_text(value, f"--set {text}") if value.strip() else None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """A copy of ``raw`` with each ``dotted.key=value`` set (mappings created as needed)."""
+    return _apply_overrides(raw, overrides)[0]
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: list[str]) -> tuple[dict[str, Any], tuple[tuple[str, str], ...]]:
+    """``apply_overrides``, and which key path each override that still counts set (for error messages)."""
     out = copy.deepcopy(raw)
+    origin: dict[str, str] = {}
     for text in overrides:
         parts, value = parse_override(text)
         node = out
@@ -280,7 +332,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 raise RecipeError(f"--set {text}: '{'.'.join(parts[: i + 1])}' is not a mapping")
             node = child
         node[parts[-1]] = value
-    return out
+        key = ".".join(parts)
+        # A later override of a mapping replaces what earlier ones set inside it.
+        origin = {k: v for k, v in origin.items() if not k.startswith(key + ".")}
+        origin[key] = text.strip()
+    return out, tuple(origin.items())
 
 
 def recipe_sha256(raw: dict[str, Any]) -> str:
@@ -289,16 +345,22 @@ def recipe_sha256(raw: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe; every problem is a ``RecipeError`` naming file and key."""
+def load_recipe(path: str | Path, overrides: list[str] | None = None, *, check_files: bool = True) -> Recipe:
+    """Read, override and validate a recipe; every problem is a ``RecipeError`` naming file and key.
+
+    With ``check_files`` every file the recipe names must exist and be readable, so
+    ``validate`` and ``convert`` find a wrong path before loading anything.
+    """
     path = Path(path)
     raw = load_yaml_file(path, "recipe")
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: expected a mapping of recipe keys at the top level, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides or [])
-    where = Where(str(path), path.resolve().parent)
+    raw, origin = _apply_overrides(raw, overrides or [])
+    where = Where(str(path), path.resolve().parent, overrides=origin)
     recipe: Recipe = build(Recipe, raw, where)
     _check_targets(recipe, where)
+    if check_files:
+        _check_files(recipe, where)
     object.__setattr__(recipe, "source", path)
     object.__setattr__(recipe, "sha256", recipe_sha256(raw))
     return recipe
@@ -326,6 +388,38 @@ def _check_targets(recipe: Recipe, where: Where) -> None:
             )
         if spec.host and profile.kind != "ssh":
             raise at.key("host").error(f"'{spec.device}' is a {profile.kind} device; only ssh devices take a host")
+
+
+def _check_files(recipe: Recipe, where: Where) -> None:
+    """Every path the recipe names exists and can be read (models and data may be folders)."""
+    named: list[tuple[Where, Path, bool]] = [(where.key("model"), recipe.model, True)]
+    sources = [("calibration", recipe.data.calibration), ("evaluation", recipe.data.evaluation)]
+    named += [(where.key("data").key(k).key("path"), s.path, True) for k, s in sources if s is not None]
+    if recipe.tuning.qat is not None:
+        named.append((where.key("tuning").key("qat").key("data").key("path"), recipe.tuning.qat.data.path, True))
+    for i, spec in enumerate(recipe.target_specs()):
+        at = where.key("targets").key(i)
+        keys = (("identity", spec.identity), ("known_hosts", spec.known_hosts))
+        named += [(at.key(k), p, False) for k, p in keys if p is not None]
+    for at, path, folder_ok in named:
+        problem = _path_problem(path, folder_ok)
+        if problem:
+            raise at.error(f"{problem}; check the path (relative paths start at the recipe's folder)")
+
+
+def _path_problem(path: Path, folder_ok: bool) -> str | None:
+    try:
+        if path.is_dir():
+            if not folder_ok:
+                return f"{path} is a folder; name a file"
+            return None if os.access(path, os.R_OK | os.X_OK) else f"cannot read the folder {path}"
+        if path.is_file():
+            return None if os.access(path, os.R_OK) else f"cannot read {path} (permission denied)"
+        if path.exists():
+            return f"{path} is not a regular file"
+    except OSError as e:  # e.g. a name too long for the file system
+        return f"cannot look at {path}: {e.strerror or e}"
+    return f"not found: {path}"
 
 
 def recipe_json_schema() -> dict[str, Any]:

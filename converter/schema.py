@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -21,13 +22,21 @@ from .errors import RecipeError
 T = TypeVar("T")
 
 
+_FIELD_PREFIX = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[\d+\])?: ")
+
+
 @dataclass(frozen=True)
 class Where:
-    """The file being read, its key path, and the folder relative paths resolve against."""
+    """The file being read, its key path, and the folder relative paths resolve against.
+
+    ``overrides`` maps the key paths that ``--set`` options replaced to the option's text, so
+    an error in a value the user typed on the command line blames that option, not the file.
+    """
 
     file: str
     base_dir: Path
     path: str = ""
+    overrides: tuple[tuple[str, str], ...] = ()
 
     def key(self, name: str | int) -> Where:
         """The location one level down (``a.b`` for keys, ``a[0]`` for list items)."""
@@ -36,9 +45,33 @@ class Where:
         return dataclasses.replace(self, path=f"{self.path}.{name}" if self.path else name)
 
     def error(self, message: str) -> RecipeError:
-        """A ``RecipeError`` that starts with ``file: key.path:``."""
+        """A ``RecipeError`` that starts with ``file: key.path:`` (or ``--set key=value:``)."""
+        option = self._override(message)
+        if option is not None:
+            key = option.partition("=")[0].strip()
+            m = _FIELD_PREFIX.match(message)
+            if m and f"{self.path}.{m.group(1)}".lstrip(".") == key:
+                message = message[m.end() :]  # "calibration: input_range: ..." is the key the option names
+            elif self.path and self.path != key:
+                message = f"{self.path}: {message}"
+            return RecipeError(f"--set {option}: {message}")
         prefix = f"{self.file}: {self.path}: " if self.path else f"{self.file}: "
         return RecipeError(prefix + message)
+
+    def _override(self, message: str) -> str | None:
+        """The ``--set`` text that supplied the value at fault, if one did (the most specific one)."""
+        if not self.overrides:
+            return None
+        path = self.path
+        # Cross-field checks raise at the parent with a message that starts with the field's name.
+        m = _FIELD_PREFIX.match(message)
+        if m:
+            path = f"{path}.{m.group(1)}" if path else m.group(1)
+        best: tuple[str, str] | None = None
+        for key, text in self.overrides:
+            if (path == key or path.startswith((key + ".", key + "["))) and (best is None or len(key) > len(best[0])):
+                best = (key, text)
+        return best[1] if best else None
 
 
 def _describe(value: Any) -> str:
@@ -50,7 +83,8 @@ def _describe(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    return f"{type(value).__name__} {value!r}"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
 
 
 def suggest(name: str, known: typing.Iterable[str]) -> str:
@@ -118,18 +152,18 @@ def _scalar(tp: Any, value: Any, where: Where, meta: typing.Mapping[str, Any]) -
     elif tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise where.error(f"expected a number, got {_describe(value)}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise where.error(f"expected a finite number, got an integer with {len(str(value))} digits") from None
         if value != value or value in (float("inf"), float("-inf")):
             raise where.error(f"expected a finite number, got {value}")
     elif tp is str:
         if not isinstance(value, str):
             raise where.error(f"expected a string, got {_describe(value)}")
         pattern = meta.get("pattern")
-        if pattern is not None:
-            import re
-
-            if not re.fullmatch(pattern, value):
-                raise where.error(f"{value!r} does not match {pattern} ({meta.get('pattern_doc', '')})")
+        if pattern is not None and not re.fullmatch(pattern, value):
+            raise where.error(f"{value!r} does not match {pattern} ({meta.get('pattern_doc', '')})")
         return value
     else:  # pragma: no cover - a programming error in a dataclass declaration
         raise TypeError(f"schema: unsupported type {tp!r}")
