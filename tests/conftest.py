@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """CI sets EDGECONV_REQUIRE_REALDATA=1 where the real models are: then they must not be skipped."""
     if os.environ.get("EDGECONV_REQUIRE_REALDATA") == "1" and not REALDATA.is_dir():
         raise pytest.UsageError(f"EDGECONV_REQUIRE_REALDATA=1 but {REALDATA} is not a folder")
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a child a test interrupts: a shell's background job (CI) starts with SIGINT
+    ignored, which Python children inherit, so Ctrl-C would never reach them."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def tiny_data(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

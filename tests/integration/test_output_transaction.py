@@ -19,7 +19,7 @@ from click.testing import CliRunner, Result
 
 from converter import artifacts, pipeline
 from converter.cli import main
-from tests.conftest import ROOT, tiny_recipe
+from tests.conftest import ROOT, sigint_default, tiny_recipe
 from tests.unit.test_publish import beside, snapshot
 
 HIST = "calibration_histograms.png"
@@ -32,7 +32,9 @@ def _convert(recipe: Path, out: Path, *extra: str) -> Result:
 def _start(recipe: Path, out: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "converter", "convert", "--recipe", str(recipe), "--out", str(out)]
     full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.Popen(cmd, cwd=ROOT, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default
+    )
 
 
 def _wait_for(proc: subprocess.Popen[str], ready: Callable[[], bool], what: str, seconds: float = 240) -> None:

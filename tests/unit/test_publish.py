@@ -16,7 +16,7 @@ from converter import artifacts
 from converter.artifacts import STAMP, Interrupted, OutputFolder, write_outputs
 from converter.bench import run_child
 from converter.errors import OutputError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, sigint_default
 
 OLD = {"model_int8.tflite": b"old int8", "calibration_histograms.png": b"old png", "firmware/model.cc": b"old cc"}
 NEW = {"model_int8.tflite": b"new int8", "report.json": b'{"new": 1}', "firmware/model.cc": b"new cc"}
@@ -202,7 +202,9 @@ def test_killed_during_the_switch_leaves_old_or_new(
     gate = tmp_path / "gate"
     env = {**os.environ, hook: str(gate), "PYTHONPATH": str(ROOT)}
     script = KILLED if exchange else NO_EXCHANGE + KILLED
-    proc = subprocess.Popen([sys.executable, "-c", script, str(out)], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(out)], env=env, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default
+    )
     deadline = time.monotonic() + 60
     while not Path(f"{gate}.reached").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
