@@ -34,7 +34,7 @@ QUANTIZED_DTYPES = ("int8", "uint8", "int16")
 QUANTIZE_OPS = ("QUANTIZE", "DEQUANTIZE")
 
 
-def missing_extra(module: str, error: ImportError) -> UserInputError:
+def missing_extra_error(module: str, error: ImportError) -> UserInputError:
     """The error for a converter package that cannot be imported: which extra to install."""
     return UserInputError(
         f"converting a model needs '{module}', which cannot be imported in this Python ({error}); "
@@ -47,7 +47,7 @@ def require(module: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise missing_extra(module, e) from e
+        raise missing_extra_error(module, e) from e
 
 
 @dataclass(frozen=True)

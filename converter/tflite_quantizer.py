@@ -45,9 +45,9 @@ def import_tensorflow() -> None:
     try:
         from tensorflow.lite.python import convert  # noqa: F401
     except ImportError as e:
-        from .load import missing_extra
+        from .load import missing_extra_error
 
-        raise missing_extra("tensorflow", e) from e
+        raise missing_extra_error("tensorflow", e) from e
 
 
 def quantize_with_ranges(
