@@ -168,7 +168,9 @@ def test_missing_convert_extra_is_exit_2_naming_the_extra(
     fake = tmp_path / "lean" / module
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text(f"raise ModuleNotFoundError(\"No module named '{module}'\", name='{module}')\n")
-    result = _cli(_recipe(tmp_path, tiny_model_dir, model), tmp_path / "out", f"{tmp_path / 'lean'}{os.pathsep}{ROOT}")
+    lean = f"{tmp_path / 'lean'}{os.pathsep}{ROOT}"
+    # An empty float cache: with a cached float model the .keras source needs no Keras at all.
+    result = _cli(_recipe(tmp_path, tiny_model_dir, model), tmp_path / "out", lean, EDGECONV_CACHE_DIR=str(tmp_path))
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: converting a model needs '{module}', which cannot be imported in this Python (No module named "
