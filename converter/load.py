@@ -3,7 +3,9 @@
 Keras, legacy .h5 and SavedModel are converted once (batch fixed to 1, as MCU and
 Edge TPU runtimes need static shapes); a float .tflite is taken as it is. Loading never
 runs code from the model file: Keras safe mode is on, Lambda layers in legacy .h5 files
-are refused, and custom objects come only from modules the recipe names.
+are refused, custom objects come only from modules the recipe names, and a SavedModel is
+inspected before TensorFlow loads it (``saved_model_guard``: no op of the model's runs unless
+it is provably harmless).
 """
 
 from __future__ import annotations
@@ -11,18 +13,41 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import re
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from . import model_cache
-from .errors import ModelLoadError
+from .errors import ModelLoadError, UserInputError
 from .runtime.model import TFLiteModel
 
 log = logging.getLogger(__name__)
 
 ModelFormat = Literal["keras", "h5", "saved_model", "tflite"]
+
+CONVERT_EXTRA = 'pip install "edgeconv[convert]"'
+# Tensor types that only a quantized model holds with scales, and the ops that move between them.
+QUANTIZED_DTYPES = ("int8", "uint8", "int16")
+QUANTIZE_OPS = ("QUANTIZE", "DEQUANTIZE")
+
+
+def missing_extra_error(module: str, error: ImportError) -> UserInputError:
+    """The error for a converter package that cannot be imported: which extra to install."""
+    return UserInputError(
+        f"converting a model needs '{module}', which cannot be imported in this Python ({error}); "
+        f"the lean install only runs models: install the converter extra with {CONVERT_EXTRA}"
+    )
+
+
+def require(module: str) -> Any:
+    """Import a package of the ``convert`` extra, or say which extra to install (exit 2, not a crash)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise missing_extra_error(module, e) from e
 
 
 @dataclass(frozen=True)
@@ -117,20 +142,66 @@ def _read_float_tflite(path: Path) -> bytes:
             f"model: {path}: is already quantized (I/O dtypes {[t.dtype for t in ref.inputs + ref.outputs]}); "
             "give the float model it was made from"
         )
+    reason = quantized_reason(content)
+    if reason:
+        raise ModelLoadError(
+            f"model: {path}: is not a float model: {reason}. edgeconv takes a float32 model as the reference "
+            "(float I/O alone is not enough: a model with int8/uint8/int16 tensors that carry quantization "
+            "scales, QUANTIZE/DEQUANTIZE ops or float16 weights has lost precision already, and its numbers would "
+            "be reported as float); give the float32 .tflite, Keras file or SavedModel it was made from"
+        )
     return content
+
+
+def quantized_reason(content: bytes) -> str | None:
+    """Why a .tflite with float I/O is not a float32 model, or None.
+
+    Refused: any int8/uint8/int16 tensor with quantization scales (dynamic-range weights, full-integer
+    internals), any QUANTIZE/DEQUANTIZE op, and any float16 tensor (float16-weights models: TFLite's
+    quantizer cannot read their weights, and their rounding would be reported as float).
+    """
+    import numpy as np
+
+    from .runtime.interpreter import make_interpreter
+
+    interpreter = make_interpreter(model_content=content, delegate="none")
+    for d in interpreter.get_tensor_details():
+        dtype = np.dtype(d["dtype"]).name
+        scales = d.get("quantization_parameters", {}).get("scales")
+        if dtype in QUANTIZED_DTYPES and scales is not None and len(scales) > 0:
+            return f"tensor '{d['name']}' is {dtype} with quantization scales"
+        if dtype == "float16":
+            return f"tensor '{d['name']}' is float16 (a float16-weights model)"
+    for op in interpreter._get_ops_details():  # noqa: SLF001 - the only op listing LiteRT offers
+        if op["op_name"] in QUANTIZE_OPS:
+            return f"it has a {op['op_name']} op (op {op['index']})"
+    return None
 
 
 def _h5_has_lambda(path: Path) -> bool:
     """Whether a legacy .h5 model config contains Lambda layers (their code would run on load)."""
-    import h5py
+    h5py = require("h5py")
 
+    _check_not_empty(path)
     try:
         with h5py.File(path, "r") as f:
             config = f.attrs.get("model_config")
     except OSError as e:
-        raise ModelLoadError(f"model: {path}: not a readable HDF5 file ({e}); is the file complete?") from e
+        what = (
+            "is truncated: shorter than its HDF5 header says"
+            if "truncated" in str(e)
+            else "is not an HDF5 file: it has no HDF5 signature"
+            if "signature" in str(e)
+            else "is not a readable HDF5 file"
+        )
+        raise ModelLoadError(
+            f"model: {path}: {what} (h5py: {e}); copy or save the model again (a complete Keras HDF5 file)"
+        ) from e
     if config is None:
-        return False
+        raise ModelLoadError(
+            f"model: {path}: the HDF5 file holds no model config (a weights-only file?); save the whole model "
+            "with model.save()"
+        )
 
     def walk(node: Any) -> bool:
         if isinstance(node, dict):
@@ -142,8 +213,70 @@ def _h5_has_lambda(path: Path) -> bool:
     return walk(json.loads(config.decode() if isinstance(config, bytes) else str(config)))
 
 
+def _check_not_empty(path: Path) -> None:
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"model: {path}: the file is empty (0 bytes); copy or save the model again")
+
+
+def _check_keras_archive(path: Path) -> None:
+    """A .keras file is a zip archive with config.json: say what is wrong before Keras says "File not found"."""
+    _check_not_empty(path)
+    redo = "copy or save the model again with model.save('model.keras')"
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(
+            f"model: {path}: is not a .keras archive: a .keras file is a zip archive and this one has no zip "
+            f"directory ({path.stat().st_size} bytes; truncated or not a Keras file); {redo}"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise ModelLoadError(f"model: {path}: is a damaged zip archive ({e}); {redo}") from e
+    if bad is not None:
+        raise ModelLoadError(f"model: {path}: the archive member '{bad}' is damaged (bad CRC); {redo}")
+    if "config.json" not in names:
+        raise ModelLoadError(f"model: {path}: is a zip archive but not a Keras model (no config.json inside); {redo}")
+
+
+_MISSING_CLASS = re.compile(r"(?:Could not locate (?:class|function)|Unknown \w+):? '([^']+)'")
+_REGISTERED = re.compile(r"'registered_name': '([^']+)'")
+_KERAS_MESSAGE_CHARS = 300
+
+
+def _explain_keras_error(path: Path, errors: Iterable[Exception]) -> ModelLoadError | None:
+    """Our own paragraph for Keras errors whose advice we do not follow (safe_mode=False) or that dump configs."""
+    for error in errors:
+        text = str(error)
+        found = _MISSING_CLASS.search(text)
+        if found:
+            name = found.group(1).rsplit(">", 1)[-1]
+            registered = _REGISTERED.search(text)
+            as_registered = f" (registered as '{registered.group(1)}')" if registered else ""
+            return ModelLoadError(
+                f"model: {path}: uses the custom class '{name}'{as_registered}, which is not among the recipe's "
+                f"custom_objects; add the class to the recipe's custom_objects as 'module:{name}', naming the Python "
+                "module (importable here) that defines it"
+            )
+        if "safe_mode" in text:
+            first = text.split(". ", 1)[0].strip()
+            return ModelLoadError(
+                f"model: {path}: refused: {first}; loading it would run Python code stored in the model file, so "
+                "edgeconv keeps Keras safe_mode on. Rewrite the Lambda (or lambda function) as a custom layer class "
+                "and list it under the recipe's custom_objects as 'module:Name'"
+            )
+    return None
+
+
+def _short(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= _KERAS_MESSAGE_CHARS else text[: _KERAS_MESSAGE_CHARS - 3] + "..."
+
+
 def _load_keras(path: Path, fmt: ModelFormat, objects: dict[str, Any]) -> tuple[Any, str]:
-    import keras
+    if fmt == "keras":
+        _check_keras_archive(path)
+    keras = require("keras")
 
     # Keras before 3.11.3 ignored safe_mode for .h5 files (CVE-2025-9905): look before loading.
     if fmt == "h5" and _h5_has_lambda(path):
@@ -158,28 +291,27 @@ def _load_keras(path: Path, fmt: ModelFormat, objects: dict[str, Any]) -> tuple[
     except Exception as e:  # noqa: BLE001 - Keras raises many types for bad files
         first_error = e
     if fmt != "h5":
-        raise ModelLoadError(
-            f"model: {path}: Keras cannot load it ({first_error}); is the file complete and a Keras model?"
+        raise _explain_keras_error(path, [first_error]) or ModelLoadError(
+            f"model: {path}: Keras cannot load it ({_short(first_error)}); is the file complete and a Keras model?"
         ) from first_error
     # Many real Keras 2 .h5 files (e.g. old DepthwiseConv2D configs) fail in Keras 3:
     # fall back to tf_keras, the Keras 2 line, which reads them as they were written.
+    tf_keras = require("tf_keras")
     try:
-        import tf_keras
-
         model = tf_keras.models.load_model(path, compile=False, custom_objects=objects or None)
     except ModelLoadError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(
-            f"model: {path}: cannot load this .h5 with Keras 3 ({first_error}) nor with tf_keras ({e}); "
-            "is the file complete and a Keras model?"
+        raise _explain_keras_error(path, [first_error, e]) or ModelLoadError(
+            f"model: {path}: cannot load this .h5 with Keras 3 ({_short(first_error)}) nor with tf_keras "
+            f"({_short(e)}); is the file complete and a Keras model?"
         ) from e
     log.info("Keras 3 could not read %s (%s); loaded with tf_keras %s", path.name, first_error, tf_keras.__version__)
     return model, f"tf_keras {tf_keras.__version__} (Keras 3 failed: {type(first_error).__name__})"
 
 
 def _keras_to_tflite(model: Any, path: Path) -> bytes:
-    import tensorflow as tf
+    tf = require("tensorflow")
 
     inputs = model.inputs
     if len(inputs) != 1:
@@ -206,9 +338,12 @@ def _keras_to_tflite(model: Any, path: Path) -> bytes:
 
 def _saved_model_to_tflite(path: Path) -> bytes:
     # TFLiteConverter.from_saved_model works on Keras 2 SavedModels where
-    # tf.saved_model.load fails (optimizer slots), so it is the one route here.
-    import tensorflow as tf
+    # tf.saved_model.load fails (optimizer slots), so it is the one route here. It runs the
+    # model's load-time ops (restore, init and table ops): the guard refuses any it cannot prove harmless.
+    tf = require("tensorflow")
+    from .saved_model_guard import check_saved_model
 
+    check_saved_model(path)
     try:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(path))
         return bytes(converter.convert())

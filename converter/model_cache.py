@@ -31,7 +31,8 @@ def _tf_version() -> str:
 
 def source_key(path: Path, custom_objects: Iterable[str]) -> str:
     """sha256 over the source model's files, the custom objects named and the converting versions."""
-    h = hashlib.sha256(json.dumps(["float-reference-v1", __version__, _tf_version(), list(custom_objects)]).encode())
+    # v2: entries made before SavedModels were inspected for load-time ops must not be trusted.
+    h = hashlib.sha256(json.dumps(["float-reference-v2", __version__, _tf_version(), list(custom_objects)]).encode())
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
         h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
@@ -41,22 +42,48 @@ def source_key(path: Path, custom_objects: Iterable[str]) -> str:
     return h.hexdigest()
 
 
+META_KEYS = ("sha256", "format", "loader")
+
+
+def _read_meta(meta_path: Path) -> dict[str, str]:
+    """The entry's metadata: a JSON object with a string for each of ``META_KEYS``, or ValueError."""
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if not isinstance(meta, dict):
+        raise ValueError(f"holds {type(meta).__name__}, not an object")
+    missing = [k for k in META_KEYS if not isinstance(meta.get(k), str)]
+    if missing:
+        raise ValueError(f"no text for {', '.join(missing)}")
+    return {k: meta[k] for k in META_KEYS}
+
+
 def load(key: str) -> tuple[bytes, dict[str, str]] | None:
-    """The cached float model and its metadata, or None (a corrupt entry is removed)."""
+    """The cached float model and its metadata, or None.
+
+    A corrupt entry (unreadable or malformed metadata, a model that does not match its sha256)
+    is a warning naming its files, which are deleted so the caller rebuilds them.
+    """
     folder = cache_dir() / "float"
     model_path, meta_path = folder / f"{key}.tflite", folder / f"{key}.json"
     if not (model_path.is_file() and meta_path.is_file()):
         return None
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = _read_meta(meta_path)
         content = model_path.read_bytes()
         if hashlib.sha256(content).hexdigest() != meta["sha256"]:
-            raise ValueError("sha256 mismatch")
+            raise ValueError(f"{model_path.name} does not match the sha256 in {meta_path.name}")
         return content, meta
-    except (OSError, ValueError, KeyError) as e:
-        log.warning("float model cache entry %s is corrupt (%s); rebuilding it", model_path, e)
-        model_path.unlink(missing_ok=True)
-        meta_path.unlink(missing_ok=True)
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        log.warning(
+            "warning: float model cache entry %s is corrupt (%s); deleted it and %s, rebuilding",
+            meta_path,
+            e,
+            model_path.name,
+        )
+        for stale in (model_path, meta_path):
+            try:
+                stale.unlink(missing_ok=True)
+            except OSError as gone:
+                log.warning("warning: could not delete %s: %s", stale, gone)
         return None
 
 

@@ -38,8 +38,16 @@ def _tf() -> Any:
 
 
 def import_tensorflow() -> None:
-    """Import TensorFlow's converter now (seconds on first use), so later steps time only their work."""
-    from tensorflow.lite.python import convert  # noqa: F401
+    """Import TensorFlow's converter now (seconds on first use), so later steps time only their work.
+
+    Without the ``convert`` extra this is where a .tflite source first needs TensorFlow: say which extra.
+    """
+    try:
+        from tensorflow.lite.python import convert  # noqa: F401
+    except ImportError as e:
+        from .load import missing_extra_error
+
+        raise missing_extra_error("tensorflow", e) from e
 
 
 def quantize_with_ranges(
