@@ -22,13 +22,12 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import ConverterError
+from .errors import INSTALL_CONVERT, ConverterError
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_STEP = 0, 1, 2, 3
 
 # Packages only the converter extra installs; an import of one of them failing means that extra is missing.
 CONVERT_EXTRA = ("tensorflow", "keras", "tf_keras", "h5py", "tflite_micro", "matplotlib")
-INSTALL_CONVERT = 'pip install "edgeconv[convert]"'
 
 
 def quiet_tensorflow() -> None:

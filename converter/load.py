@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import model_cache
-from .errors import ModelLoadError, UserInputError
+from .errors import INSTALL_CONVERT, ModelLoadError, UserInputError
 from .runtime.model import TFLiteModel
 
 log = logging.getLogger(__name__)
 
 ModelFormat = Literal["keras", "h5", "saved_model", "tflite"]
 
-CONVERT_EXTRA = 'pip install "edgeconv[convert]"'
 # Tensor types that only a quantized model holds with scales, and the ops that move between them.
 QUANTIZED_DTYPES = ("int8", "uint8", "int16")
 QUANTIZE_OPS = ("QUANTIZE", "DEQUANTIZE")
@@ -38,7 +37,7 @@ def missing_extra_error(module: str, error: ImportError) -> UserInputError:
     """The error for a converter package that cannot be imported: which extra to install."""
     return UserInputError(
         f"converting a model needs '{module}', which cannot be imported in this Python ({error}); "
-        f"the lean install only runs models: install the converter extra with {CONVERT_EXTRA}"
+        f"the lean install only runs models: install the converter extra with {INSTALL_CONVERT}"
     )
 
 
