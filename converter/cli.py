@@ -78,6 +78,11 @@ def main() -> None:
 @out_option
 @click.option("--force", is_flag=True, help="Overwrite an output folder that holds another recipe's artifacts.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout instead of the summary.")
+@click.option(
+    "--allow-custom-objects",
+    is_flag=True,
+    help="Import the Python modules the recipe's custom_objects name (their code runs); off by default.",
+)
 @baseline_option
 @debug_option
 def convert(
@@ -86,6 +91,7 @@ def convert(
     out_dir: Path | None,
     force: bool,
     as_json: bool,
+    allow_custom_objects: bool,
     baseline_path: str | None,
     debug: bool,
 ) -> None:
@@ -100,7 +106,14 @@ def convert(
 
         recipe = load_recipe(recipe_path, list(overrides))
         baseline = load_baseline(baseline_path) if baseline_path else None
-        result = run_pipeline(recipe, out_dir, force=force, baseline=baseline, baseline_path=baseline_path)
+        result = run_pipeline(
+            recipe,
+            out_dir,
+            force=force,
+            baseline=baseline,
+            baseline_path=baseline_path,
+            allow_custom_objects=allow_custom_objects,
+        )
         if as_json:
             click.echo(json.dumps(result.report, indent=2))
         else:

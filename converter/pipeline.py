@@ -25,7 +25,7 @@ from .artifacts import OutputFolder
 from .ci_outputs import finalize
 from .data import Dataset, load_dataset, prepare
 from .devices import DeviceProfile, load_device
-from .errors import DataError, DeployError, ModelLoadError
+from .errors import DataError, DeployError, ModelLoadError, UserInputError
 from .evaluate import evaluate_host
 from .load import LoadedModel, detect_format, load_model
 from .measure import TargetResult, measure_target
@@ -76,10 +76,21 @@ def convert(
     force: bool = False,
     baseline: dict[str, Any] | None = None,
     baseline_path: str | None = None,
+    allow_custom_objects: bool = False,
 ) -> RunResult:
-    """Run the whole pipeline for ``recipe`` and publish its artifacts as the content of ``out_dir``."""
+    """Run the whole pipeline for ``recipe`` and publish its artifacts as the content of ``out_dir``.
+
+    ``custom_objects`` are imported only with ``allow_custom_objects``: importing a module runs its
+    code, and a recipe alone (it may come from a pull request) must never make that happen.
+    """
     out = out_dir or default_out_dir(recipe)
     # Cheap checks first, so bad input fails in milliseconds and writes nothing.
+    if recipe.custom_objects and not allow_custom_objects:
+        raise UserInputError(
+            f"{recipe.source}: custom_objects: importing {', '.join(recipe.custom_objects)} would run the code of "
+            "those Python modules, and a recipe alone may not run code here (recipes arrive in pull requests and "
+            "CI runs them); if you trust these modules, pass --allow-custom-objects to edgeconv convert"
+        )
     try:
         detect_format(recipe.model)
     except ModelLoadError as e:

@@ -275,7 +275,10 @@ class Recipe:
     )
     custom_objects: tuple[str, ...] = field(
         default=(),
-        metadata={"doc": "Keras custom objects as 'module:Name'; imported (code runs) only because you list them"},
+        metadata={
+            "doc": "Keras custom objects as 'module:Name'; imported (their code runs) only with "
+            "convert --allow-custom-objects"
+        },
     )
     source: Path = field(default=Path("recipe.yaml"), init=False, compare=False)
 
