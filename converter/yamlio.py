@@ -110,14 +110,21 @@ def load_yaml_text(text: str, name: str) -> Any:
     """Parse YAML text with the strict, bounded safe loader."""
     if len(text) > MAX_BYTES:
         raise RecipeError(f"{name}: the YAML is larger than {MAX_BYTES // 1024} KiB")
-    loader = _StrictLoader(text)
+    loader: _StrictLoader | None = None
     try:
+        loader = _StrictLoader(text)  # its reader refuses control characters: a YAMLError too
         node = loader.get_single_node()  # type: ignore[no-untyped-call]
         if node is None:
             return None
         if _expanded_size(node, {}) > MAX_NODES:
             raise _LimitError(f"expands to more than {MAX_NODES:,} values (through aliases)", node.start_mark)
         return loader.construct_document(node)  # type: ignore[no-untyped-call]
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        raise RecipeError(
+            f"{name}: line {line}: malformed YAML: character U+{e.character:04X} ({e.reason}); "
+            "remove control characters from the text"
+        ) from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -126,4 +133,5 @@ def load_yaml_text(text: str, name: str) -> Any:
     except (ValueError, OverflowError) as e:  # a scalar PyYAML cannot turn into a value (a 5,000-digit int, 2001-13-45)
         raise RecipeError(f"{name}: malformed YAML: a value cannot be read: {e}") from e
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]
+        if loader is not None:
+            loader.dispose()  # type: ignore[no-untyped-call]

@@ -414,3 +414,11 @@ def test_convert_finds_a_missing_data_file_before_loading_the_model(
     out = tmp_path / "out"
     _user_error(_run("convert", "--recipe", str(recipe), "--out", str(out)), "data.calibration.path: not found")
     assert not out.exists()
+
+
+def test_control_characters_are_a_yaml_error_naming_the_line(tmp_path: Path) -> None:
+    # Found by the fuzz test: PyYAML's reader raised while the loader was being built, outside the handler (exit 3).
+    from converter.yamlio import load_yaml_text
+
+    with pytest.raises(RecipeError, match=r"^r\.yaml: line 2: malformed YAML: character U\+0001 "):
+        load_yaml_text("version: 1\nname: a\x01b\n", "r.yaml")
