@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,31 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """CI sets EDGECONV_REQUIRE_REALDATA=1 where the real models are: then they must not be skipped."""
     if os.environ.get("EDGECONV_REQUIRE_REALDATA") == "1" and not REALDATA.is_dir():
         raise pytest.UsageError(f"EDGECONV_REQUIRE_REALDATA=1 but {REALDATA} is not a folder")
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """Make ``folder`` read-only for this process, also as root (CI runs as root, and root ignores
+    mode bits): there a read-only bind mount of the folder onto itself; skipped where neither works."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"root ignores mode bits and cannot bind-mount here: {mounted.stderr.decode().strip()}")
+    try:
+        remount = subprocess.run(
+            ["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True, check=False, text=True
+        )
+        if remount.returncode != 0:
+            pytest.skip(f"root ignores mode bits and cannot remount read-only here: {remount.stderr.strip()}")
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
 
 
 def sigint_default() -> None:
