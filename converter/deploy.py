@@ -2,10 +2,11 @@
 
 Using ``ssh``/``scp`` themselves means ``~/.ssh/config``, agents, jump hosts and known
 hosts work as they do for the user. Host keys are verified: ``BatchMode=yes`` turns an
-unknown or changed key into an error instead of a prompt, and nothing here disables
-``StrictHostKeyChecking``. Every remote argument is shell-quoted (ssh hands the remote
-side one command line). A step that loses its connection (ssh exit 255) is retried once;
-the remote working folder is removed at the end unless ``keep``.
+unknown or changed key into an error instead of a prompt, and ``StrictHostKeyChecking=yes`` is
+passed explicitly, so a user config with ``accept-new`` or ``no`` cannot weaken it. Every
+remote argument is shell-quoted (ssh hands the remote side one command line). A step that
+loses its connection (ssh exit 255) is retried once; the remote working folder is removed at
+the end unless ``keep``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ class SSHTarget:
                 raise UserInputError(f"ssh option {option!r}: {problem}")
 
     def _common(self, port_flag: str) -> list[str]:
-        args = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}"]
+        # Options on the command line beat ~/.ssh/config: an unknown or changed host key is always an error.
+        args = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+        args += ["-o", f"ConnectTimeout={self.connect_timeout}"]
         if self.port:
             args += [port_flag, str(self.port)]
         if self.identity:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 EXAMPLES = "e.g. pi@raspberrypi.local, pi@192.168.1.20 or pi@[fe80::1]"
 _USER = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.+@-]*")
 _LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?")
+_SCOPE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_HOST = 253
 MAX_LABEL = 63
 MAX_USER = 64
@@ -54,6 +55,22 @@ def _describe(ch: str) -> str:
     return f"'{ch}'"
 
 
+def _ipv6_problem(address: str) -> str | None:
+    """Why ``address`` is not an IPv6 address with an optional plain scope (``%eth0``), or None.
+
+    ``ipaddress`` accepts anything after ``%``; ssh before 9.6 pasted the host into a
+    ``ProxyCommand`` of the user's config (CVE-2023-51385), so the scope must be a plain name.
+    """
+    bare, percent, scope = address.partition("%")
+    try:
+        ipaddress.IPv6Address(bare)
+    except ValueError:
+        return "is not an IPv6 address"
+    if percent and not _SCOPE.fullmatch(scope):
+        return "has a zone after '%' that is not a plain interface name (letters, digits, '_', '.', '-')"
+    return None
+
+
 def _host_problem(host: str) -> str | None:
     if not host:
         return "the host name is empty"
@@ -61,17 +78,13 @@ def _host_problem(host: str) -> str | None:
         if not (host.startswith("[") and host.endswith("]")):
             return "unbalanced brackets around the IPv6 address"
         inner = host[1:-1]
-        try:
-            ipaddress.IPv6Address(inner)
-        except ValueError:
-            return f"'{inner}' in brackets is not an IPv6 address"
-        return None
+        problem = _ipv6_problem(inner)
+        return f"'{inner}' in brackets {problem}" if problem else None
     if ":" in host:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
+        problem = _ipv6_problem(host)
+        if problem == "is not an IPv6 address":
             return f"'{host}' has a ':' but is not an IPv6 address (give the port with --port or port:)"
-        return None
+        return f"'{host}' {problem}" if problem else None
     if host.startswith("-"):
         return "the host name starts with '-' (ssh would read it as an option)"
     if len(host) > MAX_HOST:
