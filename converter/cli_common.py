@@ -22,12 +22,10 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import INSTALL_CONVERT, ConverterError
+from .errors import ConverterError
+from .extras import INSTALL_CONVERT, missing_extra
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_STEP = 0, 1, 2, 3
-
-# Packages only the converter extra installs; an import of one of them failing means that extra is missing.
-CONVERT_EXTRA = ("tensorflow", "keras", "tf_keras", "h5py", "tflite_micro", "matplotlib")
 
 
 def quiet_tensorflow() -> None:
@@ -47,23 +45,6 @@ def setup_logging(debug: bool) -> None:
     )
     for noisy in ("tensorflow", "absl", "h5py", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING if debug else logging.ERROR)
-
-
-def missing_extra(error: BaseException) -> str | None:
-    """The converter-extra package whose import failed somewhere in ``error``'s chain, else None."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ImportError):
-            name = current.name or ""
-            if not name and "'" in str(current):  # "No module named 'keras'" without .name
-                name = str(current).split("'")[1]
-            top = name.split(".")[0]
-            if top in CONVERT_EXTRA:
-                return top
-        current = current.__cause__ or current.__context__
-    return None
 
 
 def _command() -> str:

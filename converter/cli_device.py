@@ -21,7 +21,7 @@ from .cli_common import (
     setup_logging,
 )
 from .errors import UserInputError
-from .ssh_options import check_ssh_options
+from .ssh_options import ssh_option_problem
 
 
 def _host(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -50,13 +50,22 @@ ssh_options = [
         "ssh_opts",
         multiple=True,
         metavar="KEY=VALUE",
-        callback=lambda _ctx, _param, values: check_ssh_options(values),
+        callback=lambda _ctx, _param, values: _check_ssh_options(values),
         help="Extra ssh -o option (a safe list: ProxyJump, ConnectTimeout, ServerAliveInterval, ...).",
     ),
     click.option("--python", "remote_python", help="Python on the device [the profile's, python3]."),
     click.option("--keep", is_flag=True, help="Leave the working folder on the device."),
     click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
 ]
+
+
+def _check_ssh_options(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--ssh-option`` callback: a refused option is a usage error (exit 2) naming the option."""
+    for value in values:
+        problem = ssh_option_problem(value)
+        if problem:
+            raise click.BadParameter(problem, param_hint=f"--ssh-option {value!r}")
+    return values
 
 
 def _with_ssh_options(fn: Any) -> Any:

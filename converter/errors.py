@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-# What a lean install (runtime only) lacks for converting; named by every "missing package" error.
-INSTALL_CONVERT = 'pip install "edgeconv[convert]"'
-
 
 class ConverterError(Exception):
     """Base class. ``exit_code`` follows the CLI contract: 2 bad input, 3 a step failed."""

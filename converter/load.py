@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import model_cache
-from .errors import INSTALL_CONVERT, ModelLoadError, UserInputError
+from .errors import ModelLoadError
+from .extras import require
 from .runtime.model import TFLiteModel
 
 log = logging.getLogger(__name__)
@@ -31,22 +32,6 @@ ModelFormat = Literal["keras", "h5", "saved_model", "tflite"]
 # Tensor types that only a quantized model holds with scales, and the ops that move between them.
 QUANTIZED_DTYPES = ("int8", "uint8", "int16")
 QUANTIZE_OPS = ("QUANTIZE", "DEQUANTIZE")
-
-
-def missing_extra_error(module: str, error: ImportError) -> UserInputError:
-    """The error for a converter package that cannot be imported: which extra to install."""
-    return UserInputError(
-        f"converting a model needs '{module}', which cannot be imported in this Python ({error}); "
-        f"the lean install only runs models: install the converter extra with {INSTALL_CONVERT}"
-    )
-
-
-def require(module: str) -> Any:
-    """Import a package of the ``convert`` extra, or say which extra to install (exit 2, not a crash)."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise missing_extra_error(module, e) from e
 
 
 @dataclass(frozen=True)

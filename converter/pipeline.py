@@ -27,6 +27,7 @@ from .data import Dataset, load_dataset, prepare
 from .devices import DeviceProfile, load_device
 from .errors import DataError, DeployError, ModelLoadError, UserInputError
 from .evaluate import evaluate_host
+from .extras import check_importable
 from .load import LoadedModel, detect_format, load_model
 from .measure import TargetResult, measure_target
 from .plots import histogram_png, most_clipped
@@ -96,6 +97,9 @@ def convert(
     except ModelLoadError as e:
         raise ModelLoadError(f"{recipe.source}: {e}") from e
     targets = {t.device: load_device(t.device) for t in recipe.target_specs()}
+    for name, profile in targets.items():
+        if profile.runtime == "tflm":
+            check_importable("tflite_micro", f"target {name} (TFLite Micro)")
     qat = recipe.tuning.qat
     if qat is not None and not qat.data.path.exists():
         raise DataError(f"{recipe.source}: tuning.qat.data.path: {qat.data.path} does not exist")

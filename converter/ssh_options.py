@@ -163,13 +163,3 @@ def ssh_option_problem(text: str) -> str | None:
     problem = ALLOWED[name](value)
     return f"{name}: {problem}, got {value!r}" if problem else None
 
-
-def check_ssh_options(values: tuple[str, ...]) -> tuple[str, ...]:
-    """``--ssh-option`` callback: a refused option is a usage error (exit 2) naming the option."""
-    import click
-
-    for value in values:
-        problem = ssh_option_problem(value)
-        if problem:
-            raise click.BadParameter(problem, param_hint=f"--ssh-option {value!r}")
-    return values

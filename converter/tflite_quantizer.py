@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConversionError
+from .extras import require
 from .inspect_model import float_ops
 
 SUPPORTED_TF = (">=2.16", "<2.22")
@@ -42,12 +43,8 @@ def import_tensorflow() -> None:
 
     Without the ``convert`` extra this is where a .tflite source first needs TensorFlow: say which extra.
     """
-    try:
-        from tensorflow.lite.python import convert  # noqa: F401
-    except ImportError as e:
-        from .load import missing_extra_error
-
-        raise missing_extra_error("tensorflow", e) from e
+    require("tensorflow")
+    from tensorflow.lite.python import convert  # noqa: F401  # a move of this private module is our bug: exit 3
 
 
 def quantize_with_ranges(

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import TargetError
+from .extras import require
 from .inspect_model import list_ops
 from .ops import tflm_missing
 from .runtime.model import TFLiteModel, quantize
@@ -51,10 +52,9 @@ class TFLMResult:
 
 
 def _runtime() -> Any:
-    try:
-        from tflite_micro.python.tflite_micro import runtime
-    except ImportError as e:
-        raise TargetError("the tflite-micro package is not installed: pip install tflite-micro") from e
+    require("tflite_micro")
+    from tflite_micro.python.tflite_micro import runtime
+
     return runtime
 
 

@@ -1,0 +1,61 @@
+"""Packages of the ``convert`` extra: import them, or say which extra to install.
+
+The lean install (``.[runtime]``) only runs models; converting needs TensorFlow, Keras, h5py,
+TFLite Micro and matplotlib. A missing one is the user's install, so it is exit 2 with the
+pip command, never a traceback. Only a missing *top-level* package counts: an ``ImportError``
+from inside an installed package (a private API that moved) is a bug here and stays exit 3.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any
+
+from .errors import UserInputError
+
+INSTALL_CONVERT = 'pip install "edgeconv[convert]"'
+CONVERT_EXTRA = ("tensorflow", "keras", "tf_keras", "h5py", "tflite_micro", "matplotlib")
+
+
+# Where the extra cannot help: packages published for some platforms only.
+PLATFORM_NOTES = {
+    "tflite_micro": "tflite-micro is published for Linux x86_64 only, so on other machines MCU targets "
+    "(TFLite Micro) cannot be checked; run this recipe on Linux x86_64 (e.g. in CI) or drop its MCU targets",
+}
+
+
+def missing_extra_error(module: str, error: ImportError) -> UserInputError:
+    """The error for a converter package that cannot be imported: which extra to install."""
+    note = PLATFORM_NOTES.get(module)
+    return UserInputError(
+        f"converting a model needs '{module}', which cannot be imported in this Python ({error}); "
+        f"the lean install only runs models: install the converter extra with {INSTALL_CONVERT}"
+        + (f" ({note})" if note else "")
+    )
+
+
+def check_importable(module: str, what: str) -> None:
+    """Fail before any work when ``what`` will need ``module`` and it is not installed."""
+    if importlib.util.find_spec(module) is None:
+        raise missing_extra_error(module, ModuleNotFoundError(f"{what} needs it; it is not installed", name=module))
+
+
+def require(module: str) -> Any:
+    """Import a package of the ``convert`` extra, or say which extra to install (exit 2, not a crash)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise missing_extra_error(module, e) from e
+
+
+def missing_extra(error: BaseException) -> str | None:
+    """The converter-extra package that is not installed, if ``error``'s chain says so, else None."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ModuleNotFoundError) and current.name in CONVERT_EXTRA:
+            return current.name
+        current = current.__cause__ or current.__context__
+    return None
