@@ -94,7 +94,6 @@ def _labels(y: np.ndarray, n: int, where: str, path: Path) -> np.ndarray:
             raise DataError(f"{where}.path: {path}: labels 'y' must be integer class indices")
     elif y.dtype.kind == "u" and y.size and int(y.max()) >= 2**63:
         raise DataError(f"{where}.path: {path}: labels 'y' must be integer class indices, got {int(y.max())}")
-        y = y.astype(np.int64)
     return y.astype(np.int64)
 
 

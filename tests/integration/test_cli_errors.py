@@ -216,6 +216,16 @@ def test_check_in_a_read_only_folder(tmp_path: Path) -> None:
     assert sorted(p.name for p in report.parent.iterdir()) == ["report.json"]
 
 
+def test_an_unwritable_step_summary_is_a_warning_not_the_exit_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = _report(tmp_path)
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path))  # a folder: cannot be appended to
+    result = _run("check", "--report", str(report))
+    assert result.exit_code == 1, result.output  # the gates' verdict, not exit 2 after publishing
+    assert f"warning: GITHUB_STEP_SUMMARY {tmp_path}: cannot append report.md to it" in result.stderr
+
+
 def test_check_still_passes_a_real_report(tmp_path: Path) -> None:
     report = _report(tmp_path)
     result = _run("check", "--report", str(report))
