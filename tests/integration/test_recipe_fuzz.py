@@ -2,8 +2,8 @@
 
 Whatever the document, the answer is exit 0 or 2 with one paragraph: never exit 3, never
 a traceback, never a file written. Derandomized and bounded, so it is the same run every
-time and takes seconds. ``convert`` gets recipes whose model is missing, so it stops at
-validation like a wrong recipe must, before TensorFlow is imported.
+time and takes seconds. ``convert`` runs every check before the work for real and stops at a
+sentinel where the steps would start, so TensorFlow is never imported.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from converter import pipeline
 from converter.cli import main
+from converter.errors import UserInputError
 from converter.recipe import Recipe
 from tests.conftest import ROOT
 
@@ -239,11 +241,53 @@ def test_validate_never_crashes(workdir: Path, text: str, sets: list[str]) -> No
     _check(CliRunner().invoke(main, args), (0, 2), workdir, before)
 
 
-@FUZZ
-@given(text=documents(), sets=overrides())
-def test_convert_never_crashes_and_writes_nothing(workdir: Path, text: str, sets: list[str]) -> None:
-    # A missing model: a recipe that would otherwise validate must stop at validation, before any work.
-    (workdir / "recipe.yaml").write_text(text.replace(str(MODEL), "missing.tflite"), encoding="utf-8")
-    before = {p.name for p in workdir.iterdir()}
-    args = ["convert", "--recipe", "recipe.yaml", "--out", "out"] + [a for s in sets for a in ("--set", s)]
-    _check(CliRunner().invoke(main, args), (2,), workdir, before)
+DEVICES = ["host", "raspberry-pi-4", "stm32h7", "arduino-nano-33-ble-sense", "coral-usb-accelerator"]
+
+
+@st.composite
+def near_valid(draw: st.DrawFn) -> str:
+    """A recipe that usually validates, varied in what convert checks before the work."""
+    doc = copy.deepcopy(BASE)
+    doc["name"] = draw(st.sampled_from(["fuzz", "a.b", "x-1", "out"]))
+    devices = draw(st.lists(st.sampled_from(DEVICES), min_size=1, max_size=3, unique=True))
+    doc["targets"] = [
+        {"device": d, "host": draw(st.sampled_from(["pi@127.0.0.1", "pi@[::1]", "pi@x"]))}
+        if d == "raspberry-pi-4" and draw(st.booleans())
+        else d
+        for d in devices
+    ]
+    if draw(st.booleans()):
+        doc["custom_objects"] = draw(st.sampled_from([[], ["a:b"], ["os:system"]]))
+    if draw(st.booleans()):
+        doc["calibration"] = {"method": draw(st.sampled_from(["minmax", "auto", "percentile"]))}
+    if draw(st.booleans()):
+        doc["budgets"] = {"model_bytes": draw(st.sampled_from(["1KB", "+2%", 100]))}
+    return yaml.safe_dump(doc)
+
+
+class _Reached(UserInputError):
+    """Raised in place of the pipeline's steps: the recipe got through every check before the work."""
+
+
+def test_convert_never_crashes_and_writes_nothing(workdir: Path) -> None:
+    # The real model, and the steps after the cheap checks replaced by a sentinel: every check convert makes
+    # before the work (custom_objects, model format, device profiles, the output folder's lock and staging)
+    # meets the generated recipes, and a run stopped there must leave nothing behind.
+    reached: list[str] = []
+
+    def stop(recipe: Recipe, *args: object) -> None:
+        reached.append(recipe.name)
+        raise _Reached("stopped before the work")
+
+    @FUZZ
+    @given(text=documents() | near_valid(), sets=overrides())
+    def run(text: str, sets: list[str]) -> None:
+        (workdir / "recipe.yaml").write_text(text, encoding="utf-8")
+        before = {p.name for p in workdir.iterdir()}
+        args = ["convert", "--recipe", "recipe.yaml", "--out", "out"] + [a for s in sets for a in ("--set", s)]
+        _check(CliRunner().invoke(main, args), (2,), workdir, before)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "_run", stop)
+        run()
+    assert len(reached) >= 50, f"only {len(reached)} generated recipes got past validation"
