@@ -8,9 +8,11 @@ session initializer. A hostile model can put ``WriteFile`` (or a ``PyFunc``) the
 ``.pth`` into site-packages. So before TensorFlow sees the folder, this module parses
 ``saved_model.pb`` with the protobuf classes alone (nothing executes), walks every node that
 would run at load time -- transitively through inputs, control inputs, function-call ops and
-every func-typed attr, into ``graph_def.library`` functions (whose whole bodies count) -- and
-refuses any stateful op outside ``SAFE_STATEFUL_OPS``, any op TensorFlow does not know, and,
-anywhere in the graph or its functions, the ops in ``DANGEROUS_OPS`` (code, files, network).
+every func-typed attr (including functions bound inside another function's attrs, at any depth),
+into ``graph_def.library`` functions (whose whole bodies count) -- and refuses any stateful op
+outside ``SAFE_STATEFUL_OPS``, any op TensorFlow does not know, any ``RestoreV2`` except the
+saver's own reading the filename the loader feeds, and, anywhere in the graph or its functions,
+the ops in ``DANGEROUS_OPS`` (code, files, network).
 
 It relies on TensorFlow internals, all checked on TensorFlow 2.21 (and the layouts written by
 TF 2.16-2.21 and Keras 3 ``model.export``):
@@ -38,8 +40,8 @@ from typing import Any
 from .errors import ModelLoadError
 
 # Stateful ops that may run while a SavedModel loads: variables, tables filled from tensors in
-# the graph, checkpoint restore from the model's own variables/ folder, control flow whose bodies
-# are walked too, random initial values and asserts. Nothing here reads or writes a path the
+# the graph, control flow whose bodies are walked too, random initial values and asserts
+# (``RestoreV2`` is not here: see ``RESTORE_OPS``). Nothing here reads or writes a path the
 # model chooses, starts a process or talks to the network.
 SAFE_STATEFUL_OPS = frozenset(
     {
@@ -59,8 +61,6 @@ SAFE_STATEFUL_OPS = frozenset(
         "AssignAdd",
         "AssignSub",
         "DestroyResourceOp",
-        # checkpoint restore (the prefix is fed by the loader: the model's variables/ folder)
-        "RestoreV2",
         # hash tables created and filled from in-graph tensors
         "HashTable",
         "HashTableV2",
@@ -88,6 +88,11 @@ SAFE_STATEFUL_OPS = frozenset(
         "Assert",
     }
 )
+
+# Checkpoint reads, allowed at load time only inside the saver's restore op (``saver_def.restore_op_name``)
+# and only when their prefix is the saver's filename tensor, which the loader feeds with the model's own
+# variables/ folder. Anywhere else (a main_op, an init function) the prefix is a path the model chooses.
+RESTORE_OPS = frozenset({"RestoreV2"})
 
 # Ops refused anywhere in the graph, whether or not loading reaches them: they run Python, read or
 # write files or talk to the network. SaveV2/MergeV2Checkpoints are not here: every SavedModel
@@ -120,6 +125,13 @@ DANGEROUS_PATTERNS = (
         "reads or writes files",
     ),
 )
+
+RESTORE_WHY = (
+    "reads a checkpoint from a path the model chooses (a RestoreV2 may run while loading only in the saver's "
+    "restore op, reading the variables/ folder the loader names)"
+)
+# Ops that call the function in their attr ``f`` with their own inputs as its arguments.
+_CALL_OPS = frozenset({"StatefulPartitionedCall", "PartitionedCall"})
 
 _LOAD_TIME_COLLECTIONS = ("saved_model_main_op", "legacy_init_op", "table_initializer", "local_init_op")
 _INIT_SIGNATURE = "__saved_model_init_op"
@@ -168,14 +180,33 @@ def _node_name(ref: str) -> str:
     return ref.lstrip("^").split(":", 1)[0]
 
 
-def _func_names(node: Any) -> Iterator[str]:
-    """Functions a node calls: every func-typed attr (incl. lists) and the op itself if it is a function."""
-    for value in node.attr.values():
-        kind = value.WhichOneof("value")
-        if kind == "func":
-            yield value.func.name
-        elif kind == "list":
-            yield from (f.name for f in value.list.func)
+def _attr_funcs(value: Any) -> Iterator[str]:
+    """Every function an attr value names, including those bound inside a function's own attrs, at any depth.
+
+    ``f={name: g, attr: {b: func h}}`` runs ``h`` as well as ``g`` (``g`` calls its attr ``b``), and a list
+    of funcs (``Case`` branches) may carry such bindings too.
+    """
+    kind = value.WhichOneof("value")
+    funcs = [value.func] if kind == "func" else list(value.list.func) if kind == "list" else []
+    for func in funcs:
+        yield func.name
+        for nested in func.attr.values():
+            yield from _attr_funcs(nested)
+
+
+def _func_names(attrs: Any) -> Iterator[str]:
+    """Functions named anywhere in an attr map (a node's, or a function's own)."""
+    for value in attrs.values():
+        yield from _attr_funcs(value)
+
+
+def _data_inputs(node: Any) -> list[str]:
+    return [ref for ref in node.input if not ref.startswith("^")]
+
+
+def _tensor(ref: str) -> str:
+    """A graph input ref as ``name:index`` (``name`` means output 0)."""
+    return ref if ":" in ref else f"{ref}:0"
 
 
 def _dangerous(node: Any) -> str | None:
@@ -222,7 +253,10 @@ class _MetaGraphCheck:
                 raise self.refuse(op, why)
 
     def load_time_roots(self) -> tuple[list[str], list[str]]:
-        """Graph node names and library function names that TensorFlow runs while loading."""
+        """Graph node names and library function names that TensorFlow runs while loading.
+
+        The saver's restore op is a root too, walked apart by ``check_load_time`` (it may restore).
+        """
         nodes: list[str] = []
         functions: list[str] = []
         for key in _LOAD_TIME_COLLECTIONS:
@@ -237,8 +271,6 @@ class _MetaGraphCheck:
                 nodes.extend(n for n in (var.initializer_name, var.snapshot_name) if n)
         if _INIT_SIGNATURE in self.meta.signature_def:
             nodes.extend(t.name for t in self.meta.signature_def[_INIT_SIGNATURE].outputs.values())
-        if self.meta.saver_def.restore_op_name:
-            nodes.append(self.meta.saver_def.restore_op_name)
         objects = self.meta.object_graph_def.nodes
 
         def object_functions(index: int) -> Iterable[str]:
@@ -262,55 +294,95 @@ class _MetaGraphCheck:
         return nodes, functions
 
     def check_load_time(self) -> None:
-        """Walk what loading runs; refuse unknown ops and stateful ops outside the allowlist."""
+        """Walk what loading runs; refuse unknown ops and stateful ops outside the allowlist.
+
+        The walk from the saver's restore op carries where the loader's filename feed flows (the
+        graph tensor ``saver_def.filename_tensor_name``, then the function arguments it is passed to),
+        so that a ``RestoreV2`` is allowed there only when it reads that feed.
+        """
         node_roots, function_roots = self.load_time_roots()
-        seen_nodes: set[str] = set()
-        seen_functions: set[str] = set()
-        pending_nodes = [_node_name(n) for n in node_roots]
-        pending_functions = list(function_roots)
+        restore_root = _node_name(self.meta.saver_def.restore_op_name)
+        filename = _tensor(self.meta.saver_def.filename_tensor_name) if self.meta.saver_def.filename_tensor_name else ""
+        seen_nodes: set[tuple[str, bool]] = set()
+        seen_functions: set[tuple[str, frozenset[str]]] = set()
+        pending_nodes = [(_node_name(n), False) for n in node_roots]
+        if restore_root:  # without a filename tensor nothing is fed, and no RestoreV2 is allowed
+            pending_nodes.append((restore_root, bool(filename)))
+        pending_functions: list[tuple[str, frozenset[str]]] = [(f, frozenset()) for f in function_roots]
         while pending_nodes or pending_functions:
             if pending_nodes:
-                name = pending_nodes.pop()
-                if name in seen_nodes:
+                name, restoring = pending_nodes.pop()
+                if (name, restoring) in seen_nodes:
                     continue
-                seen_nodes.add(name)
+                seen_nodes.add((name, restoring))
                 node = self.nodes.get(name)
                 if node is None:
                     raise ModelLoadError(
                         f"model: {self.path}: the SavedModel's load-time op '{name}' is not in its graph; "
                         "the file is corrupt or hand-made"
                     )
-                self.check_op(_Op(name, node.op, "the graph", node), pending_functions)
-                pending_nodes.extend(_node_name(i) for i in node.input)
+                fed = {i for i, ref in enumerate(_data_inputs(node)) if restoring and _tensor(ref) == filename}
+                pending_functions.extend(self.check_op(_Op(name, node.op, "the graph", node), fed))
+                pending_nodes.extend((_node_name(i), restoring) for i in node.input)
             else:
-                fname = pending_functions.pop()
-                if fname in seen_functions:
+                fname, filename_args = pending_functions.pop()
+                if (fname, filename_args) in seen_functions:
                     continue
-                seen_functions.add(fname)
+                seen_functions.add((fname, filename_args))
                 function = self.functions.get(fname)
                 if function is None:
                     raise ModelLoadError(
                         f"model: {self.path}: the SavedModel calls function '{fname}' at load time, which is not "
                         "in its library; the file is corrupt or hand-made"
                     )
+                pending_functions.extend((f, frozenset()) for f in _func_names(function.attr))
                 for node in function.node_def:
-                    self.check_op(_Op(node.name, node.op, f"function {fname}", node), pending_functions)
+                    # inside a function body a plain name (no ':') is one of the function's arguments
+                    fed = {i for i, ref in enumerate(_data_inputs(node)) if ref in filename_args}
+                    pending_functions.extend(self.check_op(_Op(node.name, node.op, f"function {fname}", node), fed))
 
-    def check_op(self, op: _Op, pending_functions: list[str]) -> None:
-        pending_functions.extend(_func_names(op.node))
+    def _called(self, node: Any) -> str | None:
+        """The library function a node calls with its own inputs as arguments, or None."""
+        if node.op in self.functions:
+            return str(node.op)
+        if node.op in _CALL_OPS and "f" in node.attr and node.attr["f"].WhichOneof("value") == "func":
+            return str(node.attr["f"].func.name)
+        return None
+
+    def check_op(self, op: _Op, fed: set[int]) -> list[tuple[str, frozenset[str]]]:
+        """Check one load-time op; return the functions it runs, each with its arguments that hold the filename feed.
+
+        ``fed`` are the positions of the op's data inputs that carry the loader's filename feed (empty
+        outside the saver's restore op). Every function named in any attr, at any depth, is walked.
+        """
+        called = self._called(op.node)
+        functions: list[tuple[str, frozenset[str]]] = []
+        if called is not None:
+            signature = self.functions[called].signature if called in self.functions else None
+            args = [a.name for a in signature.input_arg] if signature is not None else []
+            functions.append((called, frozenset(args[i] for i in fed if i < len(args))))
+        calls_f = op.op in _CALL_OPS and called is not None
+        for value_key, value in op.node.attr.items():
+            if value_key == "f" and calls_f:  # the called function itself is added above, with its arguments
+                functions.extend((f, frozenset()) for f in _func_names(value.func.attr))
+            else:
+                functions.extend((f, frozenset()) for f in _attr_funcs(value))
         if op.op in self.functions:  # a direct call of a library function
-            pending_functions.append(op.op)
-            return
+            return functions
         why = _dangerous(op.node)
         if why:
             raise self.refuse(op, why, at_load=True)
         op_def = self.registry.get(op.op)
         if op_def is None:
             raise self.refuse(op, "is not an op this TensorFlow knows (a custom op could do anything)", at_load=True)
-        if op_def.is_stateful and op.op not in SAFE_STATEFUL_OPS:
+        if op.op in RESTORE_OPS:
+            if 0 not in fed:
+                raise self.refuse(op, RESTORE_WHY, at_load=True)
+        elif op_def.is_stateful and op.op not in SAFE_STATEFUL_OPS:
             raise self.refuse(
                 op, "is stateful and not on edgeconv's list of ops known to be harmless at load time", at_load=True
             )
+        return functions
 
 
 def check_saved_model(path: Path) -> None:
