@@ -1,4 +1,4 @@
-"""The SavedModel guard's review holes: functions bound inside attrs, and RestoreV2 outside the saver.
+"""The SavedModel guard's walk: functions bound inside attrs, and RestoreV2 outside the saver.
 
 Each hostile model is a real TF1 SavedModel built in a child process (graph mode must not leak
 into the test process) and, where TensorFlow's own builders cannot express the trick, rewritten as
