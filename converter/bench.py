@@ -9,12 +9,14 @@ TensorFlow in its memory.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,13 +125,45 @@ def run_local(request: BenchRequest) -> dict[str, Any]:
     return _parse("run", result.stdout, "host") if result.stdout else _raise_local(result)
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive SIGKILL when edgeconv dies (Linux ``prctl``); None elsewhere.
+
+    The child runs in its own session, so no signal to edgeconv's process group reaches it, and a
+    SIGKILLed edgeconv runs no ``finally``: without this the benchmark would run on, an orphan.
+    Everything is looked up before the fork; the child only makes the call.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (AttributeError, OSError):
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # edgeconv died before the call: the signal will never come
+            os._exit(1)
+
+    return arm
+
+
 def run_child(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` in its own process group; if we stop waiting (timeout, SIGINT, SIGTERM) the whole group dies.
 
     ``subprocess.run`` kills only the direct child, and a child of that child would live on as an orphan.
+    If edgeconv itself is killed (SIGKILL: no cleanup runs), the kernel kills the child (``_die_with_parent``).
     """
     with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_die_with_parent(),  # only a prepared foreign call runs between fork and exec
     ) as proc:
         try:
             stdout, stderr = proc.communicate(timeout=timeout)

@@ -49,12 +49,6 @@ def _step_summary(markdown_file: Path) -> None:
             )
 
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
 def gates_table(report: dict[str, Any]) -> str:
     """The gates as a compact console table."""
     from .render import gate_line
@@ -163,11 +157,13 @@ def check(report_path: Path, baseline_path: str | None, as_json: bool, debug: bo
     setup_logging(debug)
 
     def run() -> int:
+        from .artifacts import sha256_of, update_outputs
         from .ci_outputs import finalize, images_in
         from .errors import UserInputError
         from .gates import load_baseline, read_report
         from .report import dumps
 
+        read = sha256_of(report_path)  # before reading: a report rewritten after this is not overwritten
         report = read_report(report_path, f"--report {report_path}")
         baseline = load_baseline(baseline_path) if baseline_path else None
         folder = report_path.parent
@@ -181,7 +177,14 @@ def check(report_path: Path, baseline_path: str | None, as_json: bool, debug: bo
                 "convert, this is a bug in edgeconv: please report it)"
             ) from e
         files[report_path.name] = dumps(report)
-        _publish(folder, files, f"--report {report_path}")
+        update_outputs(
+            folder,
+            files,
+            where=f"--report {report_path}",
+            fix="Make the folder writable, or copy the report into a writable folder and check it there",
+            again="run edgeconv check again",
+            based_on={report_path.name: read},
+        )
         if as_json:
             click.echo(json.dumps({"passed": report["passed"], "gates": report["gates"]}, indent=2))
         else:
@@ -190,35 +193,6 @@ def check(report_path: Path, baseline_path: str | None, as_json: bool, debug: bo
         return EXIT_GATE if report["passed"] is False else EXIT_OK
 
     guarded(debug, run)
-
-
-def _publish(folder: Path, files: dict[str, bytes], where: str) -> None:
-    """Write every file or none: each is staged beside its target first, then all are renamed in."""
-    import tempfile
-
-    from .errors import OutputError
-
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for name, data in files.items():
-            target = folder / name
-            if target.exists() and not target.is_file():
-                raise OSError(f"{target} exists and is not a file")
-            fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-            staged.append((Path(tmp_name), target))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            Path(tmp_name).chmod(0o666 & ~_umask())  # mkstemp makes 0600; these are ordinary files
-    except OSError as e:
-        for stage, _ in staged:
-            stage.unlink(missing_ok=True)
-        reason = e.strerror or str(e)
-        raise OutputError(
-            f"{where}: cannot write {', '.join(files)} beside it in {folder} ({reason}); nothing was written. "
-            "Make the folder writable, or copy the report into a writable folder and check it there"
-        ) from e
-    for stage, target in staged:
-        stage.replace(target)
 
 
 @main.command()

@@ -355,7 +355,7 @@ def analyze(**kw: Any) -> None:
     def run() -> int:
         from .analyze import analyze as per_layer
         from .analyze import isolate
-        from .artifacts import write_atomic
+        from .artifacts import sha256_of, update_outputs
         from .data import load_dataset, prepare
         from .errors import OutputError
         from .gates import read_report
@@ -364,6 +364,7 @@ def analyze(**kw: Any) -> None:
 
         recipe = load_recipe(kw["recipe_path"], list(kw["overrides"]))
         out = kw["out_dir"] or Path("build") / recipe.name
+        read = sha256_of(out / REPORT_NAME)  # before the models: the analysis is recorded only if both still match
         for name in (INT8_NAME, FLOAT_NAME):
             if not (out / name).is_file():
                 raise OutputError(f"{out}: no {name}; run edgeconv convert --recipe {recipe.source} first")
@@ -399,13 +400,14 @@ def analyze(**kw: Any) -> None:
                 "samples": len(x),
                 "layers": [e.to_json() for e in layers],
             }
-            try:
-                write_atomic(report_path, dumps(report))
-            except OSError as error:
-                raise OutputError(
-                    f"{report_path}: cannot record the analysis in it ({error.strerror or error}); make {out} writable "
-                    "(or copy the folder somewhere writable and analyze it there)"
-                ) from error
+            update_outputs(
+                out,
+                {REPORT_NAME: dumps(report)},
+                where=str(report_path),
+                fix=f"Make {out} writable (or copy the folder somewhere writable and analyze it there)",
+                again=f"run edgeconv analyze --recipe {recipe.source} again",
+                based_on={REPORT_NAME: read},
+            )
         if kw["as_json"]:
             click.echo(json.dumps([e.to_json() for e in layers], indent=2))
             return EXIT_OK

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .artifacts import write_atomic
+from .artifacts import sha256_of, update_outputs
 from .ci_outputs import finalize, images_in
 from .data import load_dataset
 from .devices import load_device
@@ -47,6 +47,7 @@ def deploy_recipe(
     report_path = out / REPORT_NAME
     if not report_path.is_file():
         raise OutputError(f"{out}: no report.json; run edgeconv convert --recipe {recipe.source} first")
+    read = sha256_of(report_path)  # the run measured here; checked again before its result is written
     report = read_report(report_path, str(report_path))  # a malformed report is exit 2 naming the key
     if report["recipe"]["name"] != recipe.name:
         raise OutputError(f"{report_path}: belongs to recipe '{report['recipe']['name']}', not '{recipe.name}'")
@@ -86,7 +87,15 @@ def deploy_recipe(
             "accuracy": result.accuracy,
         }
     )
-    for file, data in finalize(report, images_in(out, report)).items():
-        write_atomic(out / file, data)
-    write_atomic(report_path, dumps(report))
+    files = finalize(report, images_in(out, report))
+    # Minutes after reading it: if a convert (or analyze, check) rewrote the folder meanwhile, this
+    # measurement belongs to models that are gone, and writing the old report back would mix two runs.
+    update_outputs(
+        out,
+        {**files, REPORT_NAME: dumps(report)},
+        where=str(report_path),
+        fix=f"make {out} writable, then run edgeconv deploy again",
+        again=f"the measurement was not recorded; run edgeconv deploy --recipe {recipe.source} again",
+        based_on={REPORT_NAME: read},
+    )
     return name, result.latency, result.accuracy, report_path, report["passed"] is not False

@@ -19,6 +19,7 @@ from click.testing import CliRunner, Result
 
 from converter import artifacts, pipeline
 from converter.cli import main
+from converter.errors import OutputError
 from tests.conftest import ROOT, sigint_default, tiny_recipe
 from tests.unit.test_publish import beside, snapshot
 
@@ -29,8 +30,14 @@ def _convert(recipe: Path, out: Path, *extra: str) -> Result:
     return CliRunner().invoke(main, ["convert", "--recipe", str(recipe), "--out", str(out), *extra])
 
 
-def _start(recipe: Path, out: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "converter", "convert", "--recipe", str(recipe), "--out", str(out)]
+NO_EXCHANGE = (
+    "import converter.artifacts as a; a._exchange = lambda x, y: False; from converter.cli import main; main()"
+)
+
+
+def _start(recipe: Path, out: Path, env: dict[str, str] | None = None, exchange: bool = True) -> subprocess.Popen[str]:
+    how = ["-m", "converter"] if exchange else ["-c", NO_EXCHANGE]  # the fallback: two renames
+    cmd = [sys.executable, *how, "convert", "--recipe", str(recipe), "--out", str(out)]
     full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.Popen(
         cmd, cwd=ROOT, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default
@@ -91,7 +98,12 @@ def test_failure_at_each_write_keeps_the_previous_run(
         monkeypatch.setattr(artifacts, "write_file", failing)
         try:
             pipeline.convert(recipe, out)
-        except PermissionError:
+        except OutputError as e:  # exit 2 naming the folder and the errno text (was an OSError: exit 3)
+            assert str(e) == (
+                f"--out {out}: cannot write this run's files (Permission denied: {calls[-1]}); nothing of this run "
+                f"was published; {out} keeps the previous run's files. Free space or fix the file system, "
+                "then run again"
+            )
             assert snapshot(out) == before, f"failure at write {n}"
             assert beside(out) == ["out"]
             continue
@@ -134,32 +146,46 @@ def test_out_under_a_file_is_refused_at_once(recipes: dict[str, Path], tmp_path:
 
 
 @pytest.mark.parametrize(
-    ("hook", "sig"),
+    ("hook", "sig", "exchange"),
     [
-        (artifacts.PAUSE_BEFORE_SWITCH, signal.SIGKILL),
-        (artifacts.PAUSE_BEFORE_SWITCH, signal.SIGINT),
-        (artifacts.PAUSE_MID_SWITCH, signal.SIGKILL),
-        (artifacts.PAUSE_MID_SWITCH, signal.SIGINT),
+        (artifacts.PAUSE_BEFORE_SWITCH, signal.SIGKILL, True),
+        (artifacts.PAUSE_BEFORE_SWITCH, signal.SIGINT, True),
+        (artifacts.PAUSE_MID_SWITCH, signal.SIGKILL, True),  # exchanged, not yet marked published
+        (artifacts.PAUSE_MID_SWITCH, signal.SIGINT, True),
+        (artifacts.PAUSE_MID_SWITCH, signal.SIGKILL, False),  # between the fallback's two renames
+        (artifacts.PAUSE_MID_SWITCH, signal.SIGINT, False),
+        (artifacts.PAUSE_AFTER_SWITCH, signal.SIGINT, True),
     ],
+    ids=["before-KILL", "before-INT", "exchanged-KILL", "exchanged-INT", "fallback-KILL", "fallback-INT", "after-INT"],
 )
-def test_a_run_killed_during_the_switch_leaves_old_or_new(
-    recipes: dict[str, Path], tmp_path: Path, hook: str, sig: int
+def test_a_run_signalled_before_during_or_after_the_switch_leaves_old_or_new(
+    recipes: dict[str, Path], tmp_path: Path, hook: str, sig: int, exchange: bool
 ) -> None:
+    """A signal before the switch keeps the old set; SIGINT during it waits until the switch is over
+    (TensorFlow's threads are alive: the kernel may hand it to one of them); SIGKILL in the middle of
+    the fallback leaves the old set aside, which the next run restores."""
     out = tmp_path / "build" / "out"
     assert _convert(recipes["percentile"], out).exit_code == 0
     before = snapshot(out)
     gate = tmp_path / "gate"
-    proc = _start(recipes["minmax"], out, {hook: str(gate)})
+    proc = _start(recipes["minmax"], out, {hook: str(gate)}, exchange)
     _wait_for(proc, Path(f"{gate}.reached").exists, "the switch")
     proc.send_signal(sig)
+    if sig == signal.SIGINT:
+        time.sleep(0.5)
+        gate.touch()  # a run held in the switch goes on; one held before it has been interrupted already
     _, stderr = proc.communicate(timeout=120)
-    switched = hook == artifacts.PAUSE_MID_SWITCH
-    now = snapshot(out)
-    if switched:
-        assert HIST not in now and set(now) == set(before) - {HIST}  # the new set, whole
-        assert json.loads(now["report.json"])["calibration"]["method"] == "minmax"
+    switched = hook != artifacts.PAUSE_BEFORE_SWITCH
+    if sig == signal.SIGKILL and not exchange:
+        assert not out.exists() and snapshot(out.parent / ".out.edgeconv-old") == before
+        switched = False
     else:
-        assert now == before
+        now = snapshot(out)
+        if switched:
+            assert HIST not in now and set(now) == set(before) - {HIST}  # the new set, whole
+            assert json.loads(now["report.json"])["calibration"]["method"] == "minmax"
+        else:
+            assert now == before
     if sig == signal.SIGINT:
         assert proc.returncode == 130, stderr
         told = (

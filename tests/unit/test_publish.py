@@ -63,8 +63,13 @@ def test_failure_at_every_write_leaves_the_previous_set(
             real_write(path, data)
 
         monkeypatch.setattr(artifacts, "write_file", failing)
-        with pytest.raises(OSError, match="No space left on device"):
+        with pytest.raises(OutputError) as failed:
             write_outputs(out, "r", NEW)
+        assert str(failed.value) == (
+            f"--out {out}: cannot write this run's files (No space left on device); nothing of this run was "
+            f"published; {out} keeps the previous run's files. Free space or fix the file system, then run again"
+        )
+        assert failed.value.exit_code == 2
         assert len(calls) == n
         assert snapshot(out) == expected(OLD), f"failure at write {n}"
         assert beside(out) == ["out"]
@@ -79,8 +84,12 @@ def test_failure_of_the_switch_itself(out: Path, monkeypatch: pytest.MonkeyPatch
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(artifacts, "_exchange", refuse)
-    with pytest.raises(OSError, match="Input/output error"):
+    with pytest.raises(OutputError) as failed:
         write_outputs(out, "r", NEW)
+    assert str(failed.value) == (
+        f"--out {out}: cannot write this run's files (Input/output error); nothing of this run was published; "
+        f"{out} keeps the previous run's files. Free space or fix the file system, then run again"
+    )
     assert snapshot(out) == expected(OLD) and beside(out) == ["out"]
 
     # Fallback: the old set is moved aside, then moving the new one in fails: the old set comes back.
@@ -93,7 +102,7 @@ def test_failure_of_the_switch_itself(out: Path, monkeypatch: pytest.MonkeyPatch
         return real_rename(self, target)
 
     monkeypatch.setattr(Path, "rename", rename)
-    with pytest.raises(OSError, match="Input/output error"):
+    with pytest.raises(OutputError, match=r"cannot write this run's files \(Input/output error\); nothing of this"):
         write_outputs(out, "r", NEW)
     assert snapshot(out) == expected(OLD) and beside(out) == ["out"]
 
@@ -180,9 +189,15 @@ def test_read_only_parent_is_refused_before_work(tmp_path: Path) -> None:
 
 
 KILLED = """
-import sys
-from converter.artifacts import write_outputs
-write_outputs(__import__("pathlib").Path(sys.argv[1]), "r", {"model_int8.tflite": b"new int8", "report.json": b"{}"})
+import sys, threading, time
+from pathlib import Path
+from converter.artifacts import Interrupted, write_outputs
+# A second thread, as TensorFlow's are: the kernel may deliver a process signal to it.
+threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+try:
+    write_outputs(Path(sys.argv[1]), "r", {"model_int8.tflite": b"new int8", "report.json": b"{}"})
+except Interrupted as e:
+    sys.exit(f"interrupted ({e}): {e.outcome}")
 """
 NO_EXCHANGE = "import converter.artifacts as a; a._exchange = lambda x, y: False\n"
 
@@ -194,11 +209,16 @@ NO_EXCHANGE = "import converter.artifacts as a; a._exchange = lambda x, y: False
         (artifacts.PAUSE_BEFORE_SWITCH, signal.SIGKILL),
         (artifacts.PAUSE_MID_SWITCH, signal.SIGKILL),
         (artifacts.PAUSE_BEFORE_SWITCH, signal.SIGINT),
+        (artifacts.PAUSE_MID_SWITCH, signal.SIGINT),
+        (artifacts.PAUSE_AFTER_SWITCH, signal.SIGINT),
     ],
+    ids=["before-SIGKILL", "mid-SIGKILL", "before-SIGINT", "mid-SIGINT", "after-SIGINT"],
 )
 def test_killed_during_the_switch_leaves_old_or_new(
     out: Path, tmp_path: Path, hook: str, sig: int, exchange: bool
 ) -> None:
+    """PAUSE_MID_SWITCH: the old set has left the output name (exchanged, or moved aside by the fallback)
+    and the run has not yet marked itself published; a SIGINT there waits until the switch is over."""
     gate = tmp_path / "gate"
     env = {**os.environ, hook: str(gate), "PYTHONPATH": str(ROOT)}
     script = KILLED if exchange else NO_EXCHANGE + KILLED
@@ -210,19 +230,29 @@ def test_killed_during_the_switch_leaves_old_or_new(
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
         time.sleep(0.02)
     proc.send_signal(sig)
+    if sig == signal.SIGINT:
+        time.sleep(0.3)  # the signal is handled (recorded) in the pause...
+        gate.touch()  # ...then the run goes on
     _, stderr = proc.communicate(timeout=60)
     new = {"model_int8.tflite": b"new int8", "report.json": b"{}"}
-    if hook == artifacts.PAUSE_MID_SWITCH and not exchange:
-        # Between the fallback's two renames (signals held there; SIGKILL cannot be): no output folder,
+    switched = hook != artifacts.PAUSE_BEFORE_SWITCH
+    if hook == artifacts.PAUSE_MID_SWITCH and not exchange and sig == signal.SIGKILL:
+        # Between the fallback's two renames (SIGKILL cannot be deferred): no output folder,
         # the old set aside. The next run restores it, then publishes its own.
         assert not out.exists() and snapshot(out.parent / ".out.edgeconv-old") == expected(OLD)
     else:
-        assert snapshot(out) == (expected(new) if hook == artifacts.PAUSE_MID_SWITCH else expected(OLD))
+        assert snapshot(out) == (expected(new) if switched else expected(OLD))
     if sig == signal.SIGINT:
-        assert proc.returncode == 1 and "Interrupted: SIGINT" in stderr, stderr
+        told = (
+            f"{out} holds this run's complete set of files"
+            if switched
+            else f"nothing of this run was published; {out} keeps the previous run's files"
+        )
+        assert proc.returncode == 1 and stderr == f"interrupted (SIGINT): {told}\n", stderr
         assert beside(out) == ["out"]
     with OutputFolder(out, "r") as folder:  # the next run cleans up before it starts
-        assert snapshot(out) == (expected(new) if hook == artifacts.PAUSE_MID_SWITCH and exchange else expected(OLD))
+        kept_new = switched and (exchange or sig == signal.SIGINT)
+        assert snapshot(out) == (expected(new) if kept_new else expected(OLD))
         assert not any(folder.staging.iterdir())
     assert beside(out) == ["out"]
 
