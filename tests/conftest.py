@@ -51,6 +51,17 @@ def read_only(folder: Path) -> Iterator[None]:
         subprocess.run(["umount", str(folder)], check=False)
 
 
+@pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt in this process, even when pytest runs as a background job
+    (a shell starts those with SIGINT ignored, and Python then installs no handler)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def sigint_default() -> None:
     """``preexec_fn`` for a child a test interrupts: a shell's background job (CI) starts with SIGINT
     ignored, which Python children inherit, so Ctrl-C would never reach them."""

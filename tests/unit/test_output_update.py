@@ -132,6 +132,7 @@ def test_temporary_files_edgeconv_left_are_leftovers_not_foreign_files(out: Path
         write_outputs(out, "r", {"report.json": b"{}"})
 
 
+@pytest.mark.usefixtures("sigint_raises")
 def test_a_signal_during_the_cleanup_after_the_switch_is_raised_once_it_is_done(
     out: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -149,6 +150,7 @@ def test_a_signal_during_the_cleanup_after_the_switch_is_raised_once_it_is_done(
     assert snapshot(out) == expected({"report.json": b"new"}) and beside(out) == ["out"]
 
 
+@pytest.mark.usefixtures("sigint_raises")
 def test_a_signal_delivered_to_another_thread_during_the_switch_is_deferred(
     out: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
