@@ -1,7 +1,9 @@
 """Load a model in any supported format and return its float .tflite, the pipeline's reference.
 
 Keras, legacy .h5 and SavedModel are converted once (batch fixed to 1, as MCU and
-Edge TPU runtimes need static shapes); a float .tflite is taken as it is. Loading never
+Edge TPU runtimes need static shapes); a float .tflite is taken as it is, except that in every
+format a float NEG op (Keras LayerNormalization's ``-mean``; TFLite has no int8 NEG kernel) becomes
+the exactly equal MUL by -1, so the model can go full-integer (``rewrite_neg``). Loading never
 runs code from the model file: Keras safe mode is on, Lambda layers in legacy .h5 files
 are refused, custom objects come only from modules the recipe names, and a SavedModel is
 inspected before TensorFlow loads it (``saved_model_guard``: no op of the model's runs unless
@@ -23,6 +25,7 @@ from typing import Any, Literal
 from . import model_cache
 from .errors import ModelLoadError
 from .extras import require
+from .float_rewrites import rewrite_neg
 from .runtime.model import TFLiteModel
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,9 @@ def load_model(path: Path, custom_objects: Iterable[str] = (), cache: bool = Fal
             content = _keras_to_tflite(model, path)
         if key:
             model_cache.save(key, content, fmt, loader)
+    content, rewritten = rewrite_neg(content)
+    if rewritten:
+        loader += f"; {rewritten} NEG op{'s' if rewritten > 1 else ''} rewritten as MUL by -1 (NEG has no int8 kernel)"
     try:
         ref = TFLiteModel(model_content=content)
     except Exception as e:  # noqa: BLE001 - the interpreter raises bare RuntimeError/ValueError
