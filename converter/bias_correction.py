@@ -7,6 +7,13 @@ quantizing cancels the shift; weights quantize exactly as before because their s
 depend on the weights only. ``E[x]`` is the per-channel mean of the layer's float input;
 zero padding at conv borders is ignored (an approximation). Corrections are computed from
 the already quantized model's own weights, so they match TFLite's rounding exactly.
+
+The corrected float model is checked before use (``transform_check``): it must prepare and
+run, and it may move away from the original only as far as the quantized model does. The
+correction adds, per channel, the mean of the error weight rounding puts into the int8
+model, so it changes the outputs by part of that model's own error; ``BIAS_TOLERANCE``
+times the int8 model's relative output error (plus the float rounding allowance) is the
+limit. A correction that moves the outputs further is wrong (a mismatched layer or layout).
 """
 
 from __future__ import annotations
@@ -16,10 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import flatbuf
+from .equalize import TOLERANCE
 from .runtime.interpreter import make_interpreter
 from .runtime.model import TensorInfo, quantize
+from .transform_check import check_transform, outputs, relative_error
 
 MAX_SAMPLES = 256
+BIAS_TOLERANCE = 2.0
 
 
 @dataclass(frozen=True)
@@ -102,4 +112,11 @@ def correct_biases(
         scale = float(qout.quantization.scale[0]) if qout.quantization and qout.quantization.scale else 1.0
         steps = np.abs(shift) / scale
         fixes.append(BiasFix(name, code, float(steps.mean()), float(steps.max())))
-    return flatbuf.dump(fmodel), fixes
+    corrected = flatbuf.dump(fmodel)
+    if fixes:
+        what = "bias correction"
+        int8_error = relative_error(
+            outputs(float_tflite, x, f"{what} (original model)"), outputs(quant_tflite, x, what)
+        )
+        check_transform(float_tflite, corrected, x, what, BIAS_TOLERANCE * int8_error + TOLERANCE)
+    return corrected, fixes

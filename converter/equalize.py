@@ -8,6 +8,17 @@ channel in A and in B) both get range ``sqrt(r1_i · r2_i)``. What matters for i
 tensor between them: one channel 1000x larger than the rest sets the per-tensor activation
 range and leaves the others a level or two; after equalization it no longer does. Full
 integer, data-free; ReLU6 pairs are left alone (clipping at 6 does not commute with scaling).
+
+A's bias is divided by ``s_i`` too. For a dead channel of A (weights near zero, as weight
+decay leaves some depthwise channels of trained MobileNets) ``r1_i ≈ 0`` gives ``s_i ≈ 0``
+and the channel's bias, its whole output, grew by ``1/s_i`` (1.0 became 5e9 on a
+MobileNetV1): the float function was unchanged, but that one channel then set the int8
+range of the tensor, and the next layer's requantization scale went past what XNNPACK
+accepts (256), so LiteRT refused the model ("failed to create XNNPACK runtime"). So no
+channel's bias may grow past the largest bias the layer had: ``s_i >= |b_i| / max|b|``.
+
+With ``check_x`` the result is run against the original (``transform_check``): it must
+prepare, run and give the same outputs within ``TOLERANCE``.
 """
 
 from __future__ import annotations
@@ -19,9 +30,16 @@ from typing import Any
 import numpy as np
 
 from . import flatbuf
+from .transform_check import check_transform
 
 PASSES = 8
 EQUIVARIANT = (0, 1)  # ActivationFunctionType NONE, RELU
+# Relative output change allowed. Equalization changes the float function only by float32
+# rounding: each weight gets one relative error of ~6e-8 when written back, and a conv sums
+# them over its inputs, layer after layer; MobileNetV1-style models measure ~2e-7, so 1e-5
+# leaves a 50x margin while any real change of the function (a wrong axis, a clipped
+# channel) is orders of magnitude larger.
+TOLERANCE = 1e-5
 
 
 @dataclass
@@ -76,8 +94,12 @@ def _pairs(model: Any) -> list[_Pair]:
     return pairs
 
 
-def equalize(float_tflite: bytes) -> tuple[bytes, int]:
-    """The equalized float model and how many layer pairs were equalized."""
+def equalize(float_tflite: bytes, check_x: np.ndarray | None = None) -> tuple[bytes, int]:
+    """The equalized float model and how many layer pairs were equalized.
+
+    With ``check_x`` (preprocessed samples) the result is checked against the original first
+    (``TransformRejected`` when it fails).
+    """
     model = flatbuf.load(float_tflite)
     tensors = model.subgraphs[0].tensors
     weights: dict[int, np.ndarray] = {}
@@ -105,11 +127,16 @@ def equalize(float_tflite: bytes) -> tuple[bytes, int]:
             r1 = np.abs(np.moveaxis(w1, out_axis, 0)).reshape(channels, -1).max(axis=1)
             r2 = np.abs(np.moveaxis(w2, in_axis, 0)).reshape(channels, -1).max(axis=1)
             s = np.where((r1 > 0) & (r2 > 0), np.sqrt(r1 / np.where(r2 > 0, r2, 1)), 1.0)
+            has_bias = len(p.first.inputs) > 2 and p.first.inputs[2] >= 0
+            if has_bias:  # a channel's bias (all of a dead channel's output) never outgrows the layer's largest
+                bias = np.abs(get(int(p.first.inputs[2])))
+                if bias.max(initial=0.0) > 0:
+                    s = np.maximum(s, bias / bias.max())
             shape1, shape2 = [1] * w1.ndim, [1] * w2.ndim
             shape1[out_axis], shape2[in_axis] = channels, channels
             weights[int(p.first.inputs[1])] = w1 / s.reshape(shape1)
             weights[int(p.second.inputs[1])] = w2 * s.reshape(shape2)
-            if len(p.first.inputs) > 2 and p.first.inputs[2] >= 0:
+            if has_bias:
                 weights[int(p.first.inputs[2])] = get(int(p.first.inputs[2])) / s
             biggest = max(biggest, float(np.abs(np.log(s)).max()))
             done.add(k)
@@ -119,4 +146,7 @@ def equalize(float_tflite: bytes) -> tuple[bytes, int]:
         return float_tflite, 0
     for index, values in weights.items():
         flatbuf.set_data(model, tensors[index], values)
-    return flatbuf.dump(model), len(done)
+    equalized = flatbuf.dump(model)
+    if check_x is not None:
+        check_transform(float_tflite, equalized, check_x, "cross-layer equalization", TOLERANCE)
+    return equalized, len(done)

@@ -119,7 +119,7 @@ def quantize(
     contract = contract_range(prep) if eight_bit_data else None
     pairs = None
     if plan.equalization:  # a different float model: its own statistics and ranges
-        float_tflite, pairs = equalize(float_tflite)
+        float_tflite, pairs = equalize(float_tflite, check_x=cal_x)
     spec = dataclasses.replace(recipe.calibration, method=plan.method)
     calibration = calibrate(float_tflite, cal_x, spec, prep_json(prep), contract)
     if calibration.cache_hit:

@@ -11,6 +11,12 @@ kernels. Edge TPU and MCU targets run integer kernels only: there the loop stops
 step 4 and names the worst layers. Every attempt is recorded. Attempts are scored on the
 evaluation data (the same data the gate uses), so the chosen fix is tuned to it; use
 enough samples.
+
+An attempt that fails to build or to run (a transformed model that does not prepare, a
+quantizer error, an interpreter that refuses the result) is recorded under ``skipped`` with
+its reason and the loop goes on: the recipe's own result is always there to fall back on.
+Only errors in the user's input (``UserInputError``, e.g. unlabelled ``tuning.qat.data``)
+and interrupts (``KeyboardInterrupt`` and ``artifacts.Interrupted``) stop the loop.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import numpy as np
 
 from .analyze import LayerError, analyze
 from .devices import DeviceProfile
-from .errors import ConversionError
+from .errors import ConverterError, UserInputError
 from .evaluate import evaluate_host
 from .flatbuf import LINEAR
 from .inspect_model import Graph, op_graph
@@ -179,19 +185,41 @@ class Loop:
     def better(best: Attempt, candidate: Attempt | None) -> Attempt:
         return best if candidate is None else min(best, candidate, key=Attempt.score)
 
+    def layers(self, step: str, base: Attempt, x: np.ndarray) -> list[LayerError] | None:
+        """Per-layer errors of ``base`` (to pick the layers to keep float); None, recorded as skipped, if that fails."""
+        try:
+            return analyze(base.quantized.float_reference(self.float_tflite), base.quantized.model, x)
+        except UserInputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the loop goes on without per-layer errors
+            self.skip(step, e)
+            return None
+
+    def skip(self, step: str, error: Exception) -> None:
+        """Record why ``step`` gave no attempt; the loop goes on without it."""
+        reason = reason_of(error)
+        log.warning("tuning: %s not tried: %s", step, reason)
+        self.skipped.append({"step": step, "reason": reason})
+
     def attempt(self, step: str, detail: str, plan: Plan) -> Attempt | None:
-        """Quantize with ``plan`` and score it; None (recorded under ``skipped``) when that fails."""
+        """Quantize with ``plan`` and score it; None (recorded under ``skipped``) when either fails."""
         start = time.perf_counter()
         try:
-            q = self.quantizer(plan)
-        except (QatUnavailable, ConversionError) as e:
-            log.warning("tuning: %s not tried: %s", step, e)
-            self.skipped.append({"step": step, "reason": str(e)})
+            a = self.record(step, detail, self.quantizer(plan))
+        except UserInputError:
+            raise  # the user's input is wrong: every later attempt would fail the same way
+        except Exception as e:  # noqa: BLE001 - one failed attempt must not lose the conversion
+            self.skip(step, e)
             return None
-        a = self.record(step, detail, q)
         a = dataclasses.replace(a, seconds=a.seconds + time.perf_counter() - start)
         self.attempts[-1] = a
         return a
+
+
+def reason_of(error: Exception) -> str:
+    """The error as one line for the report; the class name for errors that are not ours (they may say little)."""
+    text = " ".join(str(error).split()) or "no message"
+    return text if isinstance(error, ConverterError | QatUnavailable) else f"{type(error).__name__}: {text}"
 
 
 def tune(
@@ -248,9 +276,8 @@ def tune(
         return _result(loop, best, "met with full-integer fixes", None)
     integer_only = sorted(name for name, p in targets.items() if p.runtime != "litert")
     if integer_only or plan.activations != "int8":
-        reference = best_ptq.quantized.float_reference(float_tflite)
-        layers = analyze(reference, best_ptq.quantized.model, eval_x[: max(recipe.analysis.samples, 1)])
-        worst = [e.to_json() for e in layers[:5]]
+        layers = loop.layers("worst layers", best_ptq, eval_x[: max(recipe.analysis.samples, 1)])
+        worst = [e.to_json() for e in (layers or [])[:5]]
         why = (
             f"{', '.join(integer_only)} take full-int8 models only (float layers break Edge TPU and microcontroller "
             "deployments; 16x8 is offered for CPU targets only)"
@@ -276,10 +303,8 @@ def _fallbacks(
 ) -> TuneResult:
     """CPU-only steps: keep the worst tensors float, then 16x8."""
     base = best.quantized.plan
-    layers = analyze(
-        best.quantized.float_reference(float_tflite), best.quantized.model, eval_x[: max(recipe.analysis.samples, 1)]
-    )
-    worst = [e for e in layers if e.op and (e.sqnr_drop_db or 0) > 0]
+    layers = loop.layers("float layers", best, eval_x[: max(recipe.analysis.samples, 1)])
+    worst = [e for e in layers or [] if e.op and (e.sqnr_drop_db or 0) > 0]
     nodes: tuple[str, ...] = ()
     taken: list[LayerError] = []
     tried: set[tuple[str, ...]] = set()
@@ -292,7 +317,13 @@ def _fallbacks(
             replace(base, float_nodes=nodes),
         )
 
-    graph = op_graph(float_tflite)
+    try:
+        graph = op_graph(float_tflite)
+    except UserInputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - without the graph no float region; 16x8 may still help
+        loop.skip("float layers", e)
+        worst = []
     size = 1
     for layer in worst:
         more = tuple(n for n in float_nodes_for(graph, layer.name) if n not in nodes)
