@@ -12,9 +12,17 @@ CHUNK = 64  # samples between progress updates
 
 
 def evaluate_host(
-    float_tflite: bytes, quant_tflite: bytes, x: np.ndarray, labels: np.ndarray | None, top_k: int | None = None
+    float_tflite: bytes,
+    quant_tflite: bytes,
+    x: np.ndarray,
+    labels: np.ndarray | None,
+    top_k: int | None = None,
+    metric: str = "auto",
 ) -> Accuracy:
-    """Run both models on preprocessed ``x`` with the runtime used on devices."""
+    """Run both models on preprocessed ``x`` with the runtime used on devices, scored by ``metric``.
+
+    Raises ``MetricError`` when ``metric`` cannot be measured on this model and data.
+    """
     ref, quant = TFLiteModel(model_content=float_tflite), TFLiteModel(model_content=quant_tflite)
     names = [o.name for o in ref.outputs]
     ref_out: list[list[np.ndarray]] = [[] for _ in ref.outputs]
@@ -28,5 +36,11 @@ def evaluate_host(
                 acc.append(out)
             progress.advance(len(chunk))
     return compare(
-        [np.concatenate(o) for o in ref_out], [np.concatenate(o) for o in quant_out], labels, names=names, top_k=top_k
+        [np.concatenate(o) for o in ref_out],
+        [np.concatenate(o) for o in quant_out],
+        labels,
+        names=names,
+        top_k=top_k,
+        inputs=x,
+        metric=metric,
     )
