@@ -139,3 +139,66 @@ def test_rank2_reconstruction_gets_no_agreement() -> None:
     assert plain.metric == "mse" and plain.agreement is not None and plain.agreement > 0.9
     labelled = compare([scores], [noisy], np.argmax(scores, axis=1), inputs=x)
     assert labelled.metric == "top1" and labelled.float == 1.0 and labelled.unit == "fraction"
+
+
+def test_metric_the_data_cannot_give_is_a_usage_error(
+    models: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    recipe = _recipe(models, "ae")
+    recipe["data"]["evaluation"]["metric"] = "top1"
+    code, text = _run(write_recipe, recipe, tmp_path / "out")
+    assert code == 2, text
+    assert (
+        f"{tmp_path / 'recipe.yaml'}: data.evaluation.metric: metric top1 cannot be measured: the evaluation data "
+        "has no labels (give an .npz with y, or an image folder with class sub-folders); use auto, or mse"
+    ) in text
+    recipe = _recipe(models, "reg")
+    recipe["data"]["evaluation"]["metric"] = "sqnr"
+    code, text = _run(write_recipe, recipe, tmp_path / "out2")
+    assert code == 2, text
+    assert (
+        "data.evaluation.metric: metric sqnr cannot be measured: sqnr is the reconstruction SNR against the input, "
+        "and the output shape [1] is not the input shape [8]"
+    ) in text
+    recipe["data"]["evaluation"]["metric"] = "snr"
+    code, text = _run(write_recipe, recipe, tmp_path / "out3")
+    assert code == 2 and "data.evaluation.metric" in text and "snr" in text, text
+
+
+def test_accuracy_drop_gate_is_in_the_metric_unit(
+    models: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    recipe = _recipe(models, "ae", budgets={"accuracy_drop": 0.5, "min_accuracy": 0.5}, tuning={"enabled": False})
+    code, text = _run(write_recipe, recipe, tmp_path / "out")
+    assert code == 0, text
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    drop = report["accuracy"]["drop"]
+    assert f"ok   accuracy_drop [*]: passed: {drop:.2f} dB <= 0.50 dB (budget 0.5 dB, recipe)" in text
+    assert "skip min_accuracy [*]: skipped (min_accuracy is a top-1 fraction; this model is scored by sqnr)" in text
+    # The same autoencoder scored by relative MSE on request: a tight budget fails, in that unit.
+    recipe["data"]["evaluation"]["metric"] = "mse"
+    recipe["budgets"] = {"accuracy_drop": 1e-6}
+    code, text = _run(write_recipe, recipe, tmp_path / "out2")
+    assert code == 1, text
+    acc = json.loads((tmp_path / "out2" / "report.json").read_text())["accuracy"]
+    assert acc["metric"] == "mse" and acc["unit"] == "relative MSE" and acc["drop"] > 1e-6
+    assert acc["reconstruction"] is not None and "agreement" not in text
+    assert (
+        f"FAIL accuracy_drop [*]: failed: {acc['drop']:.4g} relative MSE exceeds 1e-06 relative MSE "
+        "(budget 1e-06 relative MSE, recipe)"
+    ) in text
+
+
+def test_tuning_loop_runs_on_the_metric_without_labels(
+    models: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    recipe = _recipe(models, "ae", budgets={"accuracy_drop": 0.0})
+    code, text = _run(write_recipe, recipe, tmp_path / "out")
+    assert code in (0, 1), text
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    tuning = report["tuning"]
+    assert tuning["ran"] is True and len(tuning["attempts"]) >= 2, tuning
+    chosen = next(a for a in tuning["attempts"] if a["chosen"])
+    assert all(-1 < a["drop"] < 1 for a in tuning["attempts"])  # dB lost, not top-1 fractions (which would be None)
+    assert report["accuracy"]["drop"] == pytest.approx(chosen["drop"])
+    assert f"  tuning for drop <= 0.00 dB: {len(tuning['attempts'])} attempts" in text
