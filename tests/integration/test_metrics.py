@@ -202,3 +202,42 @@ def test_tuning_loop_runs_on_the_metric_without_labels(
     assert all(-1 < a["drop"] < 1 for a in tuning["attempts"])  # dB lost, not top-1 fractions (which would be None)
     assert report["accuracy"]["drop"] == pytest.approx(chosen["drop"])
     assert f"  tuning for drop <= 0.00 dB: {len(tuning['attempts'])} attempts" in text
+
+
+def _layers(recipe: dict[str, Any], write_recipe: Callable[..., Path], out: Path) -> list[dict[str, Any]]:
+    from converter.pipeline import convert
+    from converter.recipe import load_recipe
+
+    layers: list[dict[str, Any]] = convert(load_recipe(write_recipe(recipe)), out).report["analysis"]["layers"]
+    return layers
+
+
+def test_first_conv_is_not_ranked_worst_by_an_exact_input(
+    tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    """8-bit images under a scale-1 input contract quantize exactly (200 dB): the conv they feed once showed
+    "158 dB lost" and was always ranked worst; against its own int8 grid it loses what it adds."""
+    from tests.conftest import tiny_recipe
+
+    recipe = tiny_recipe(tiny_model_dir, benchmark={"enabled": False}, analysis={"samples": 32})
+    layers = _layers(recipe, write_recipe, tmp_path / "out")
+    model_input = next(e for e in layers if e["op"] == "")
+    assert model_input["sqnr_db"] == 200.0  # the artefact's source: the input is exact
+    conv = next(e for e in layers if e["op"] == "CONV_2D")
+    assert conv["ceiling_db"] is not None and 30 < conv["ceiling_db"] < 60
+    assert conv["sqnr_drop_db"] == pytest.approx(conv["ceiling_db"] - conv["sqnr_db"])
+    assert -3 < conv["sqnr_drop_db"] < 10  # it was 200 - sqnr_db, about 160
+    assert layers[0]["op"] != "CONV_2D" or layers[0]["name"] != conv["name"], layers[:3]
+    assert all(e["sqnr_drop_db"] is None or e["sqnr_drop_db"] < 30 for e in layers), layers
+
+
+def test_the_outlier_conv_is_still_ranked_first(write_recipe: Callable[..., Path], tmp_path: Path) -> None:
+    from tools import outlier_model
+
+    model = outlier_model.build(tmp_path / "outlier.keras")
+    layers = _layers(outlier_model.recipe(model, benchmark={"enabled": False}), write_recipe, tmp_path / "out")
+    worst = layers[0]
+    assert "wide" in worst["name"] and worst["op"] == "CONV_2D", [(e["name"], e["sqnr_drop_db"]) for e in layers]
+    # Its range is set by one channel: a high whole-tensor ceiling, starved channels (low median SQNR).
+    assert worst["ceiling_db"] - worst["sqnr_db"] > 20
+    assert worst["sqnr_drop_db"] > 20 + max(e["sqnr_drop_db"] or 0 for e in layers[1:])
