@@ -4,8 +4,17 @@ Both models run on the same samples with every intermediate tensor preserved; te
 matched by name (the quantizer keeps them), falling back to position among same-shaped op
 outputs. Per tensor: SQNR in dB (the median over channels -- the last axis -- so one large channel cannot hide
 the others, as it does in a whole-tensor SQNR), cosine similarity and RMSE in quantization steps, plus
-``sqnr_drop_db`` -- the SQNR lost across the op that writes the tensor (its worst input's
-SQNR minus its own): an estimate of the error that op adds by itself. Worst first.
+``sqnr_drop_db`` -- the SQNR lost across the op that writes the tensor: an estimate of the error that op
+adds by itself. Worst first.
+
+``sqnr_drop_db`` means the same for every op: the best SQNR its output could have, minus the SQNR it has.
+That best is its worst input's SQNR, but never more than ``ceiling_db``, the SQNR of rounding the
+tensor to its own int8 grid and nothing else: 10 log10(mean(x^2) / (scale^2 / 12)) over the whole
+float tensor ``x``. Without that floor an op fed by an exactly quantized model input (SQNR at the 200 dB
+cap, as 8-bit images under a scale-1 input contract are) showed "158 dB lost" -- the cap minus its own
+SQNR -- and was always ranked worst; measured against its own grid it loses what it really adds. The
+ceiling is whole-tensor on purpose: a tensor whose range is set by one outlier channel still has a high
+ceiling, so the starved channels (a low median SQNR) show as a large drop.
 
 ``isolate`` then measures that directly for the worst few: the model quantized with only that op in
 int8 (every other op denylisted, so float), scored by the model output's SQNR against float.
@@ -43,6 +52,7 @@ class LayerError:
     sqnr_drop_db: float | None
     matched_by: str
     alone_sqnr_db: float | None = None
+    ceiling_db: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +121,18 @@ def channel_sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     return float(np.median(_sqnr((ref * ref).sum(axis=0), ((ref - out) ** 2).sum(axis=0))))
 
 
+def rounding_ceiling_db(mean_square: float, scale: float, dtype: Any) -> float | None:
+    """SQNR of rounding a tensor of power ``mean_square`` to its integer grid (uniform error, scale^2 / 12).
+
+    None for a float tensor or one without a scale; capped like every SQNR here.
+    """
+    if not scale or np.dtype(dtype).kind not in "iu":
+        return None
+    if mean_square <= 0:
+        return -SQNR_CAP_DB
+    return float(np.clip(10 * np.log10(mean_square / (scale * scale / 12)), -SQNR_CAP_DB, SQNR_CAP_DB))
+
+
 def analyze(float_tflite: bytes, quant_tflite: bytes, x: np.ndarray) -> list[LayerError]:
     """Per-tensor error of the quantized model on preprocessed samples ``x``, worst first.
 
@@ -158,6 +180,8 @@ def analyze(float_tflite: bytes, quant_tflite: bytes, x: np.ndarray) -> list[Lay
         norm = np.sqrt(s.ref_sq * s.test_sq)
         scale = d["quantization"][0]
         rmse = float(np.sqrt(s.noise.sum() / max(s.count, 1)))
+        ceiling = rounding_ceiling_db(s.ref_sq / max(s.count, 1), scale, d["dtype"])
+        best = None if not inputs else min(min(inputs), ceiling) if ceiling is not None else min(inputs)
         results.append(
             LayerError(
                 d["name"],
@@ -165,8 +189,9 @@ def analyze(float_tflite: bytes, quant_tflite: bytes, x: np.ndarray) -> list[Lay
                 sqnr[j],
                 float(s.dot / norm) if norm > 0 else None,
                 rmse / scale if scale else None,
-                (min(inputs) - sqnr[j]) if inputs else None,
+                (best - sqnr[j]) if best is not None else None,
                 how,
+                ceiling_db=ceiling,
             )
         )
     return sorted(results, key=lambda e: (e.sqnr_drop_db is None, -(e.sqnr_drop_db or 0), e.sqnr_db))

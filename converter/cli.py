@@ -207,8 +207,30 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
+def accuracy_lines(acc: dict[str, Any]) -> list[str]:
+    """The accuracy in the metric that fits the model; agreement only for a model that classifies."""
+    from .render import accuracy_figure, output_figures
+
+    if not acc.get("metric"):
+        return ["  accuracy: not measured (no data.evaluation in the recipe)"]
+    head = f"  accuracy ({acc['where']}, {acc['metric']}, {acc['samples']} samples): "
+    agreement = f", agreement {_pct(acc['agreement'])}" if acc.get("agreement") is not None else ""
+    out = [head + accuracy_figure(acc) + agreement]
+    if acc["metric"] != "top1" and acc.get("outputs"):
+        out.append(f"  int8 vs float: {output_figures(acc['outputs'])}")
+    recon = acc.get("reconstruction")
+    if recon:
+        out.append(
+            f"  reconstruction error (MSE against the input): float {recon['float_mse']:.4g}, "
+            f"int8 {recon['int8_mse']:.4g}"
+        )
+    return out
+
+
 def summary(out_dir: Path, report: dict[str, Any]) -> str:
     """A few lines for humans: sizes, accuracy, where the files are."""
+    from .render import drop_text
+
     art = report["artifacts"]
     f_bytes, q_bytes = art["float"]["bytes"], art["int8"]["bytes"]
     q = report["quantization"]
@@ -221,21 +243,13 @@ def summary(out_dir: Path, report: dict[str, Any]) -> str:
         f"  calibration {report['calibration']['method']} on {report['calibration']['samples']} samples "
         f"in {report['calibration']['seconds']:.1f}s",
     ]
-    acc = report["accuracy"]
-    if acc["metric"]:
-        lines.append(
-            f"  accuracy ({acc['where']}, {acc['metric']}, {acc['samples']} samples): float {_pct(acc['float'])}, "
-            f"int8 {_pct(acc['int8'])}, drop {100 * acc['drop']:.2f} points, agreement {_pct(acc['agreement'])}"
-        )
-    elif acc["agreement"] is not None:
-        lines.append(f"  float/int8 top-1 agreement ({acc['samples']} samples): {_pct(acc['agreement'])}")
-    else:
-        lines.append("  accuracy: not measured (no evaluation data with labels)")
+    lines += accuracy_lines(report["accuracy"])
     tuning = report.get("tuning") or {}
     if tuning.get("ran") or tuning.get("worst_layers"):
         chosen = next(a for a in tuning["attempts"] if a["chosen"])
         lines.append(
-            f"  tuning for drop <= {100 * tuning['budget']:.2f} points: {len(tuning['attempts'])} attempts, "
+            f"  tuning for drop <= {drop_text(tuning['budget'], report['accuracy'].get('unit'))}: "
+            f"{len(tuning['attempts'])} attempts, "
             f"chose '{chosen['step']}' ({tuning['outcome']})"
         )
         for layer in (tuning.get("worst_layers") or [])[:3]:

@@ -147,7 +147,7 @@ def _latency_lines(name: str, record: dict[str, Any]) -> list[str]:
 def _accuracy_line(acc: dict[str, Any] | None) -> str | None:
     if not acc:
         return None
-    if acc["metric"]:
+    if acc["metric"] == "top1":  # sqnr/mse: the per-output figures below
         return (
             f"  accuracy on {acc['where']} ({acc['samples']} samples): float {100 * acc['float']:.2f}%, "
             f"int8 {100 * acc['int8']:.2f}%, agreement {100 * acc['agreement']:.2f}%"

@@ -4,17 +4,37 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import DataError
 from .progress import Progress
-from .runtime.accuracy import Accuracy, compare
+from .runtime.accuracy import Accuracy, MetricError, compare, pick_metric
 from .runtime.model import TFLiteModel
 
 CHUNK = 64  # samples between progress updates
 
 
+def check_metric(float_tflite: bytes, x: np.ndarray, labels: np.ndarray | None, metric: str, where: str) -> str:
+    """The metric ``evaluate_host`` will use, checked before calibration: a metric the data cannot give fails fast."""
+    shape = TFLiteModel(model_content=float_tflite).outputs[0].shape
+    try:
+        return pick_metric(metric, np.empty((len(x), *shape[1:]), dtype=np.float32), x, labels)
+    except MetricError as e:
+        raise DataError(f"{where}: {e}") from e
+
+
 def evaluate_host(
-    float_tflite: bytes, quant_tflite: bytes, x: np.ndarray, labels: np.ndarray | None, top_k: int | None = None
+    float_tflite: bytes,
+    quant_tflite: bytes,
+    x: np.ndarray,
+    labels: np.ndarray | None,
+    top_k: int | None = None,
+    metric: str = "auto",
+    where: str = "data.evaluation.metric",
 ) -> Accuracy:
-    """Run both models on preprocessed ``x`` with the runtime used on devices."""
+    """Run both models on preprocessed ``x`` with the runtime used on devices, scored by ``metric``.
+
+    Raises ``DataError`` (prefixed with ``where``, the recipe file and key) when ``metric`` cannot be
+    measured on this model and data, e.g. top1 without labels.
+    """
     ref, quant = TFLiteModel(model_content=float_tflite), TFLiteModel(model_content=quant_tflite)
     names = [o.name for o in ref.outputs]
     ref_out: list[list[np.ndarray]] = [[] for _ in ref.outputs]
@@ -27,6 +47,15 @@ def evaluate_host(
             for acc, out in zip(quant_out, quant.predict(chunk), strict=True):
                 acc.append(out)
             progress.advance(len(chunk))
-    return compare(
-        [np.concatenate(o) for o in ref_out], [np.concatenate(o) for o in quant_out], labels, names=names, top_k=top_k
-    )
+    try:
+        return compare(
+            [np.concatenate(o) for o in ref_out],
+            [np.concatenate(o) for o in quant_out],
+            labels,
+            names=names,
+            top_k=top_k,
+            inputs=x,
+            metric=metric,
+        )
+    except MetricError as e:
+        raise DataError(f"{where}: {e}") from e

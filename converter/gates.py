@@ -50,6 +50,27 @@ def _accuracy(report: dict[str, Any], target: str) -> dict[str, Any] | None:
     return dict(acc) if acc else None
 
 
+def _top1(report: dict[str, Any], target: str) -> dict[str, Any]:
+    """The accuracy when it is top-1 (``min_accuracy`` is a top-1 fraction), else empty."""
+    acc = _accuracy(report, target) or {}
+    return acc if acc.get("metric") in ("top1", None) else {}
+
+
+def accuracy_unit(report: dict[str, Any] | None, target: str) -> str:
+    """The unit of ``accuracy_drop`` in a report: its metric's (``runtime.accuracy.UNITS``); top-1 fraction."""
+    return ((_accuracy(report, target) if report else None) or {}).get("unit") or "fraction"
+
+
+def _metric_mismatch(name: str, report: dict[str, Any], baseline: dict[str, Any], target: str) -> str | None:
+    """Why a relative ``accuracy_drop`` cannot compare with the baseline: the two runs used other metrics."""
+    if name != "accuracy_drop":
+        return None
+    now, before = ((_accuracy(r, target) or {}).get("metric") for r in (report, baseline))
+    if before and now and before != now:
+        return f"the baseline measured accuracy_drop as {before}, this run as {now}; they do not compare"
+    return None
+
+
 def value_of(report: dict[str, Any], name: str, target: str) -> float | None:
     """The measured figure a budget limits, or None when it was not measured."""
     getters: dict[str, Callable[[], Any]] = {
@@ -59,7 +80,7 @@ def value_of(report: dict[str, Any], name: str, target: str) -> float | None:
         "latency_p50_ms": lambda: report["latency"][target]["int8"]["p50_ms"],
         "latency_p90_ms": lambda: report["latency"][target]["int8"]["p90_ms"],
         "accuracy_drop": lambda: (_accuracy(report, target) or {}).get("drop"),
-        "min_accuracy": lambda: (_accuracy(report, target) or {}).get("int8"),
+        "min_accuracy": lambda: _top1(report, target).get("int8"),
         "min_agreement": lambda: (_accuracy(report, target) or {}).get("agreement"),
     }
     try:
@@ -98,7 +119,7 @@ def evaluate(report: dict[str, Any], baseline: dict[str, Any] | None = None) -> 
     gates = []
     for name, target, raw, source in budget_rows(report):
         try:
-            unit = UNITS[name]
+            unit = accuracy_unit(report, target) if name == "accuracy_drop" else UNITS[name]
             limit: Limit = parse_limit(name, raw)
         except (KeyError, ValueError) as e:
             raise UserInputError(f"budget {name} for target {target}: {e}; fix the recipe's budgets") from e
@@ -107,12 +128,19 @@ def evaluate(report: dict[str, Any], baseline: dict[str, Any] | None = None) -> 
         if value is None:
             t = report.get("targets", {}).get(target) or {} if target != ALL_TARGETS else {}
             why = "; ".join(t.get("problems") or []) if name in ("arena_bytes", "flash_bytes") else ""
+            scored_by = (_accuracy(report, target) or {}).get("metric")
+            if name == "min_accuracy" and scored_by not in ("top1", None):
+                why = f"min_accuracy is a top-1 fraction; this model is scored by {scored_by}"
             why = why or t.get("reason") or f"{name} was not measured for {target}"
             gates.append(_skip(name, target, unit, budget, source, why))
             continue
         bound = limit.value
         if limit.relative:
             base = value_of(baseline, name, target) if baseline else None
+            mismatch = _metric_mismatch(name, report, baseline, target) if baseline else None
+            if mismatch:
+                gates.append(_skip(name, target, unit, budget, source, mismatch))
+                continue
             if base is None:
                 reason = "relative budget needs a baseline (--baseline)" if not baseline else "not in the baseline"
                 gates.append(_skip(name, target, unit, budget, source, reason))

@@ -6,7 +6,7 @@ import base64
 from html import escape
 from typing import Any
 
-from .render import TUNING_HEAD, fmt, tuning_rows
+from .render import TUNING_HEAD, accuracy_figure, drop_text, fmt, output_figures, tuning_rows
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1060px;
@@ -120,7 +120,7 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
             )
         parts += ["<h2>Gates</h2>", _table(["gate", "target", "value", "limit", "status"], rows, {2, 3})]
     acc = report.get("accuracy") or {}
-    if acc.get("metric"):
+    if acc.get("metric") == "top1":
         parts += [
             "<h2>Accuracy</h2>",
             _table(
@@ -131,19 +131,27 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
                         str(acc["samples"]),
                         fmt(acc["float"], "fraction"),
                         fmt(acc["int8"], "fraction"),
-                        f"{100 * acc['drop']:.2f} points",
+                        drop_text(acc["drop"], acc.get("unit")),
                         fmt(acc["agreement"], "fraction"),
                     ]
                 ],
                 {1, 2, 3, 4, 5},
             ),
         ]
+    elif acc.get("metric"):
+        parts += [
+            f"<h2>Accuracy ({escape(acc['metric'])})</h2>",
+            f"<p class=muted>{escape(acc.get('definition') or '')}</p>",
+            f"<p>{escape(acc['where'])}, {acc['samples']} samples: {escape(accuracy_figure(acc))}.</p>",
+            f"<p>int8 vs float: {escape(output_figures(acc.get('outputs') or []))}.</p>",
+        ]
     tuning_cells = tuning_rows(report)
     if tuning_cells:
         t = report["tuning"]
         parts += [
             "<h2>Accuracy tuning</h2>",
-            f"<p class=muted>Budget: drop ≤ {100 * t['budget']:.2f} points. {escape(t['outcome'])}.</p>",
+            f"<p class=muted>Budget: drop ≤ {escape(drop_text(t['budget'], acc.get('unit')))}. "
+            f"{escape(t['outcome'])}.</p>",
             _table(TUNING_HEAD, [[escape(c) for c in r] for r in tuning_cells], {2, 3, 4, 5, 6}),
         ]
     latency = {k: v for k, v in (report.get("latency") or {}).items() if v}

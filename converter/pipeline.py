@@ -26,7 +26,7 @@ from .ci_outputs import finalize
 from .data import Dataset, load_dataset, prepare
 from .devices import DeviceProfile, load_device
 from .errors import DataError, DeployError, ModelLoadError, UserInputError
-from .evaluate import evaluate_host
+from .evaluate import check_metric, evaluate_host
 from .extras import check_importable
 from .load import LoadedModel, detect_format, load_model
 from .measure import TargetResult, measure_target
@@ -145,6 +145,9 @@ def _run(
     cal_x, cal_ds, _ = _timed("data", steps, lambda: read("calibration"))
     eval_x, eval_ds, eval_y = read("evaluation") if recipe.data.evaluation else (None, None, None)
     eval_raw = eval_ds.x if eval_ds is not None else None
+    metric = recipe.data.evaluation.metric if recipe.data.evaluation else "auto"
+    if eval_x is not None:  # a metric the data cannot give fails before calibration, not after
+        check_metric(model.float_tflite, eval_x, eval_y, metric, f"{where}.evaluation.metric")
 
     # TensorFlow is needed to quantize; importing it takes seconds that are not calibration's.
     _timed("import tf", steps, import_tensorflow)
@@ -161,7 +164,13 @@ def _run(
 
     first = _timed("calibrate", steps, quantizer)
     accuracy = (
-        _timed("evaluate", steps, lambda: evaluate_host(model.float_tflite, first.model, eval_x, eval_y))
+        _timed(
+            "evaluate",
+            steps,
+            lambda: evaluate_host(
+                model.float_tflite, first.model, eval_x, eval_y, metric=metric, where=f"{where}.evaluation.metric"
+            ),
+        )
         if eval_x is not None
         else not_measured()
     )

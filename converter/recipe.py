@@ -67,11 +67,26 @@ class DataSource:
 
 
 @dataclass(frozen=True)
+class EvaluationSource(DataSource):
+    """Held-out samples, and the metric that scores int8 against float on them (``runtime.accuracy``)."""
+
+    metric: Literal["auto", "top1", "sqnr", "mse"] = field(
+        default="auto",
+        metadata={
+            "doc": "auto: top1 for class scores with labels, sqnr for a reconstruction model, else mse; "
+            "accuracy_drop is in its unit (top-1 points as a fraction, dB lost, relative MSE)"
+        },
+    )
+
+
+@dataclass(frozen=True)
 class DataSpec:
     """Representative data for calibration, and optional labelled data for evaluation."""
 
     calibration: DataSource = field(metadata={"doc": "Representative samples (a few hundred)"})
-    evaluation: DataSource | None = field(default=None, metadata={"doc": "Held-out samples; labels give accuracy"})
+    evaluation: EvaluationSource | None = field(
+        default=None, metadata={"doc": "Held-out samples; labels give top-1 accuracy"}
+    )
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,44 @@ def fmt(value: float | None, unit: str = "") -> str:
         return f"{100 * value:.2f}%"
     if unit == "ms":
         return f"{value:.3f} ms"
+    if unit == "dB":
+        return f"{value:.2f} dB"
+    if unit == "relative MSE":
+        return f"{value:.4g} relative MSE"
     return f"{value:g}"
+
+
+def drop_text(drop: float | None, unit: str | None) -> str:
+    """An accuracy drop in its metric's unit: top-1 points, dB lost, or relative MSE."""
+    if drop is None:
+        return "n/a"
+    return f"{100 * drop:.2f} points" if unit in (None, "fraction") else fmt(drop, unit)
+
+
+def accuracy_figure(acc: dict[str, Any]) -> str:
+    """float, int8 and drop of the report's accuracy in its metric (see ``runtime.accuracy``)."""
+    metric, unit = acc["metric"], acc.get("unit")
+    if metric == "sqnr":
+        return (
+            f"reconstruction SNR float {fmt(acc['float'], 'dB')}, int8 {fmt(acc['int8'], 'dB')}, "
+            f"drop {drop_text(acc['drop'], unit)}"
+        )
+    if metric == "mse":
+        return f"int8 vs float output: {drop_text(acc['drop'], unit)}"
+    return (
+        f"float {fmt(acc['float'], 'fraction')}, int8 {fmt(acc['int8'], 'fraction')}, "
+        f"drop {drop_text(acc['drop'], unit)}"
+    )
+
+
+def output_figures(outputs: list[dict[str, Any]]) -> str:
+    """SQNR, cosine and MSE of each output against the float model."""
+    parts = []
+    for o in outputs:
+        cos = "n/a" if o.get("cosine") is None else f"{o['cosine']:.5f}"
+        name = f"{o['name']}: " if len(outputs) > 1 else ""
+        parts.append(f"{name}SQNR {o['sqnr_db']:.2f} dB, cosine {cos}, MSE {o['mse']:.4g}")
+    return "; ".join(parts)
 
 
 def gate_line(g: dict[str, Any]) -> str:
@@ -32,7 +69,7 @@ def gate_line(g: dict[str, Any]) -> str:
     )
 
 
-TUNING_HEAD = ["step", "what", "int8 top-1", "drop", "agreement", "bytes", "host p50", "chosen"]
+TUNING_HEAD = ["step", "what", "int8", "drop", "agreement", "bytes", "host p50", "chosen"]
 
 
 def tuning_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -40,12 +77,13 @@ def tuning_rows(report: dict[str, Any]) -> list[list[str]]:
     tuning = report.get("tuning") or {}
     if not (tuning.get("ran") or tuning.get("worst_layers")):
         return []
+    unit = (report.get("accuracy") or {}).get("unit")
     return [
         [
             a["step"],
             a["detail"],
-            fmt(a["int8"], "fraction"),
-            f"{100 * a['drop']:.2f} points",
+            fmt(a["int8"], unit or "fraction"),
+            drop_text(a["drop"], unit),
             fmt(a["agreement"], "fraction"),
             fmt(a["bytes"], "bytes"),
             fmt(a["latency_p50_ms"], "ms"),
@@ -81,21 +119,30 @@ def markdown(report: dict[str, Any], deltas: list[dict[str, Any]] | None = None)
             lines.append(f"| {g['name']} | {g['target']} | {fmt(g['value'], g['unit'])} | {limit} | {mark}{note} |")
         lines.append("")
     acc = report.get("accuracy") or {}
-    if acc.get("metric"):
+    if acc.get("metric") == "top1":
         lines += [
             "### Accuracy",
             "",
             "| where | samples | float | int8 | drop | agreement |",
             "|---|---|---|---|---|---|",
             f"| {acc['where']} | {acc['samples']} | {fmt(acc['float'], 'fraction')} | {fmt(acc['int8'], 'fraction')} "
-            f"| {100 * acc['drop']:.2f} points | {fmt(acc['agreement'], 'fraction')} |",
+            f"| {drop_text(acc['drop'], acc.get('unit'))} | {fmt(acc['agreement'], 'fraction')} |",
+            "",
+        ]
+    elif acc.get("metric"):
+        lines += [
+            f"### Accuracy ({acc['metric']}: {acc.get('definition') or acc['metric']})",
+            "",
+            f"{acc['where']}, {acc['samples']} samples: {accuracy_figure(acc)}.",
+            "",
+            f"int8 vs float: {output_figures(acc.get('outputs') or [])}.",
             "",
         ]
     rows = tuning_rows(report)
     if rows:
         t = report["tuning"]
         lines += [
-            f"### Accuracy tuning (budget: drop ≤ {100 * t['budget']:.2f} points) — {t['outcome']}",
+            f"### Accuracy tuning (budget: drop ≤ {drop_text(t['budget'], acc.get('unit'))}) — {t['outcome']}",
             "",
             "| " + " | ".join(TUNING_HEAD) + " |",
             "|" + "---|" * len(TUNING_HEAD),

@@ -127,7 +127,8 @@ def build_report(o: Outcome) -> dict[str, Any]:
         },
         "analysis": {
             "samples": o.analysis_samples,
-            "metric": "median per-channel SQNR (dB); sqnr_drop_db: SQNR lost across the writing op",
+            "metric": "median per-channel SQNR (dB); sqnr_drop_db: SQNR lost across the writing op, from its worst "
+            "input's SQNR capped at ceiling_db (rounding to its own int8 grid alone)",
             "layers": o.layers,
         },
         "budgets": {

@@ -151,16 +151,22 @@ class Loop:
     """State of one tuning run: the attempts so far and how to score a plan."""
 
     def __init__(
-        self, float_tflite: bytes, eval_x: np.ndarray, eval_y: np.ndarray, budget: float, quantizer: Quantizer
+        self,
+        float_tflite: bytes,
+        eval_x: np.ndarray,
+        eval_y: np.ndarray | None,
+        budget: float,
+        quantizer: Quantizer,
+        metric: str = "auto",
     ):
-        self.float_tflite, self.eval_x, self.eval_y = float_tflite, eval_x, eval_y
+        self.float_tflite, self.eval_x, self.eval_y, self.metric = float_tflite, eval_x, eval_y, metric
         self.budget, self.quantizer = budget, quantizer
         self.attempts: list[Attempt] = []
         self.skipped: list[dict[str, str]] = []
 
     def record(self, step: str, detail: str, q: Quantized, accuracy: Accuracy | None = None) -> Attempt:
         start = time.perf_counter()
-        acc = accuracy or evaluate_host(self.float_tflite, q.model, self.eval_x, self.eval_y)
+        acc = accuracy or evaluate_host(self.float_tflite, q.model, self.eval_x, self.eval_y, metric=self.metric)
         attempt = Attempt(
             step,
             detail,
@@ -172,8 +178,9 @@ class Loop:
         )
         self.attempts.append(attempt)
         log.info(
-            "tuning: %-16s top-1 %.4f, drop %+.4f, agreement %.4f%s",
+            "tuning: %-16s %s int8 %.4g, drop %+.4g, agreement %.4f%s",
             step,
+            acc.metric,
             acc.int8 or 0.0,
             acc.drop or 0.0,
             acc.agreement or 0.0,
@@ -242,9 +249,9 @@ def tune(
         return skipped("no accuracy_drop budget")
     if not recipe.tuning.enabled:
         return skipped("tuning.enabled is false in the recipe")
-    if eval_x is None or eval_y is None or first_accuracy.drop is None:
-        return skipped("needs labelled evaluation data (data.evaluation with labels)")
-    loop = Loop(float_tflite, eval_x, eval_y, budget, quantizer)
+    if eval_x is None or first_accuracy.drop is None:
+        return skipped("needs evaluation data (data.evaluation)")
+    loop = Loop(float_tflite, eval_x, eval_y, budget, quantizer, first_accuracy.metric or "auto")
     best = loop.record("recipe", "the recipe's own settings", first, first_accuracy)
     if best.meets:
         return _result(loop, best, "the recipe's result meets the budget", None)

@@ -1,6 +1,18 @@
 """Accuracy of a quantized model against its float reference and the labels.
 
 numpy only: the same code scores a model on the host and on a device.
+
+The metric fits the model (``pick_metric``); ``drop`` is always "lower is better", in the metric's unit:
+
+- ``top1`` (class scores with labels): float top-1 minus int8 top-1, a fraction (0.01 = 1 point).
+- ``sqnr`` (a reconstruction model, whose output has the input's shape): the reconstruction SNR
+  (10 log10(sum x^2 / sum (x - model(x))^2) against the input ``x``) of the float model minus the int8
+  model's, in dB lost. It needs that reference: the output of any other model has no ground truth here.
+- ``mse``: relative MSE of the int8 output against the float output, MSE(int8, float) / mean(float^2),
+  a fraction (0.01: the noise has 1% of the output's power, 20 dB SQNR).
+
+Per-output SQNR, cosine and MSE against the float model are reported for every metric; top-1
+agreement only when the output is a class-score vector (rank 2, more than one class, not a reconstruction).
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ import numpy as np
 
 SQNR_CAP_DB = 200.0  # identical outputs have infinite SQNR; JSON has no infinity
 Fraction = float | None  # an alias: the field named ``float`` below would shadow the type
+Number = float  # the same reason, for annotations below that field
 
 
 def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
@@ -51,9 +64,60 @@ def _top_k(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(np.mean(np.any(best == labels[:, None], axis=1)))
 
 
+METRICS = ("auto", "top1", "sqnr", "mse")
+UNITS = {"top1": "fraction", "sqnr": "dB", "mse": "relative MSE"}
+DEFINITIONS = {
+    "top1": "float top-1 minus int8 top-1 against the labels (0.01 = 1 point)",
+    "sqnr": "reconstruction SNR against the input, float minus int8 (dB lost)",
+    "mse": "relative MSE of the int8 output against the float output: MSE(int8, float) / mean(float^2)",
+}
+
+
+class MetricError(ValueError):
+    """The metric asked for cannot be measured on this model and data (the message says why)."""
+
+
+def classifies(output: np.ndarray, reconstruction: bool) -> bool:
+    """A class-score vector: rank 2 with more than one class, and not a copy of the input's shape."""
+    return output.ndim == 2 and output.shape[1] > 1 and not reconstruction
+
+
+def is_reconstruction(output: np.ndarray, inputs: np.ndarray | None) -> bool:
+    """The model's output has its input's shape (an autoencoder, a denoiser)."""
+    return inputs is not None and tuple(output.shape) == tuple(inputs.shape)
+
+
+def pick_metric(asked: str, output: np.ndarray, inputs: np.ndarray | None, labels: np.ndarray | None) -> str:
+    """``asked`` when this model and data can give it; ``auto``: top1, else sqnr, else mse."""
+    recon = is_reconstruction(output, inputs)
+    can = {"top1": labels is not None and classifies(output, recon), "sqnr": recon, "mse": True}
+    if asked == "auto":
+        return next(m for m in ("top1", "sqnr", "mse") if can[m])
+    if asked not in can:
+        raise MetricError(f"unknown metric {asked!r}; use one of {', '.join(METRICS)}")
+    if can[asked]:
+        return asked
+    shape = f"output shape {list(output.shape[1:])}"
+    if asked == "top1":
+        why = (
+            "the evaluation data has no labels (give an .npz with y, or an image folder with class sub-folders)"
+            if labels is None
+            else f"the model does not output class scores ({shape}; top-1 needs [classes] with classes > 1)"
+        )
+    else:
+        where = f"input shape {list(inputs.shape[1:])}" if inputs is not None else "no input"
+        why = f"sqnr is the reconstruction SNR against the input, and the {shape} is not the {where}"
+    raise MetricError(f"metric {asked} cannot be measured: {why}; use auto, or mse (relative to the float output)")
+
+
 @dataclass(frozen=True)
 class Accuracy:
-    """Top-1 of both models against labels (when given), their agreement, and per-output error."""
+    """The chosen metric for both models (``float``, ``int8``, ``drop`` in ``unit``), agreement and per-output error.
+
+    ``float``/``int8``: top-1 fractions (top1), reconstruction SNR in dB (sqnr), or for mse ``int8`` is the
+    relative MSE and ``float`` is null (the float output is the reference). ``reconstruction`` holds the
+    MSE and SNR of both models against the input when the output has the input's shape.
+    """
 
     metric: str | None
     float: Fraction
@@ -66,6 +130,9 @@ class Accuracy:
     float_top_k: Fraction = None
     int8_top_k: Fraction = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    unit: str | None = None
+    definition: str | None = None
+    reconstruction: dict[str, Number] | None = None  # MSE and SNR of both models against the input
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +140,16 @@ class Accuracy:
 
 def not_measured(where: str = "host") -> Accuracy:
     return Accuracy(None, None, None, None, None, 0, where)
+
+
+def _reconstruction(inputs: np.ndarray, f_out: np.ndarray, q_out: np.ndarray) -> dict[str, float]:
+    x = np.asarray(inputs, dtype=np.float64)
+    return {
+        "float_mse": float(np.mean((x - f_out) ** 2)),
+        "int8_mse": float(np.mean((x - q_out) ** 2)),
+        "float_snr_db": sqnr_db(x, f_out),
+        "int8_snr_db": sqnr_db(x, q_out),
+    }
 
 
 def compare(
@@ -83,18 +160,56 @@ def compare(
     names: list[str] | None = None,
     top_k: int | None = None,
     where: str = "host",
+    inputs: np.ndarray | None = None,
+    metric: str = "auto",
 ) -> Accuracy:
-    """Score the quantized outputs against the float ones and the labels (first output classifies)."""
+    """Score the quantized outputs against the float ones, the labels and the ``inputs`` (first output scored).
+
+    Raises ``MetricError`` when ``metric`` cannot be measured on these outputs and data.
+    """
     names = names or [f"output_{i}" for i in range(len(float_outputs))]
     errors = [output_error(n, f, q) for n, f, q in zip(names, float_outputs, quant_outputs, strict=True)]
     f_out, q_out = float_outputs[0], quant_outputs[0]
     n = len(f_out)
-    if not (f_out.ndim == 2 and f_out.shape[1] > 1):  # regression-style: errors only
-        return Accuracy(None, None, None, None, None, n, where, outputs=errors)
+    chosen = pick_metric(metric, f_out, inputs, labels)
+    recon = _reconstruction(inputs, f_out, q_out) if inputs is not None and is_reconstruction(f_out, inputs) else None
+    agreement = None
+    if classifies(f_out, recon is not None):
+        agreement = float(np.mean(np.argmax(f_out, axis=1) == np.argmax(q_out, axis=1)))
+    unit, definition = UNITS[chosen], DEFINITIONS[chosen]
+    if chosen == "sqnr" and recon is not None:  # pick_metric chose sqnr only for a reconstruction
+        f_db, q_db = recon["float_snr_db"], recon["int8_snr_db"]
+        return Accuracy(
+            "sqnr",
+            f_db,
+            q_db,
+            f_db - q_db,
+            agreement,
+            n,
+            where,
+            outputs=errors,
+            reconstruction=recon,
+            unit=unit,
+            definition=definition,
+        )
+    if chosen == "mse" or labels is None:
+        power = float(np.mean(np.asarray(f_out, dtype=np.float64) ** 2))
+        noise = float(errors[0]["mse"])
+        rel = min(noise / power, 1e300) if power > 0 else (0.0 if noise == 0 else 1e300)  # JSON has no infinity
+        return Accuracy(
+            "mse",
+            None,
+            rel,
+            rel,
+            agreement,
+            n,
+            where,
+            outputs=errors,
+            reconstruction=recon,
+            unit=unit,
+            definition=definition,
+        )
     f_top, q_top = np.argmax(f_out, axis=1), np.argmax(q_out, axis=1)
-    agreement = float(np.mean(f_top == q_top))
-    if labels is None:
-        return Accuracy(None, None, None, None, agreement, n, where, outputs=errors)
     acc_f, acc_q = float(np.mean(f_top == labels)), float(np.mean(q_top == labels))
     k = top_k if top_k and top_k > 1 else None
     return Accuracy(
@@ -109,4 +224,7 @@ def compare(
         _top_k(f_out, labels, k) if k else None,
         _top_k(q_out, labels, k) if k else None,
         errors,
+        reconstruction=recon,
+        unit=unit,
+        definition=definition,
     )

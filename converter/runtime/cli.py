@@ -120,7 +120,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         x, y = data
         ref, test = models["float"], models["model"]
         acc = compare(
-            ref.predict(x), test.predict(x), y, names=[o.name for o in ref.outputs], top_k=args.top_k, where=args.label
+            ref.predict(x),
+            test.predict(x),
+            y,
+            names=[o.name for o in ref.outputs],
+            top_k=args.top_k,
+            where=args.label,
+            inputs=x,
         )
         out["accuracy"] = acc.to_json()
     else:
