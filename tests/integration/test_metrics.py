@@ -22,7 +22,8 @@ def _autoencoder_data(n: int = 160, seed: int = 0) -> np.ndarray:
     centres = rng.uniform(2, 10, size=(n, 2))
     blobs = np.exp(-((yy - centres[:, 0, None, None]) ** 2 + (xx - centres[:, 1, None, None]) ** 2) / 8.0)
     colours = rng.uniform(0.3, 1.0, size=(n, 1, 1, 3))
-    return (blobs[..., None] * colours).astype(np.float32)
+    images: np.ndarray = (blobs[..., None] * colours).astype(np.float32)
+    return images
 
 
 @pytest.fixture(scope="module")
