@@ -76,7 +76,12 @@ class Budgets:
     latency_p50_ms: float | str | None = field(default=None, metadata={"doc": "Max median latency ('5ms', '+10%')"})
     latency_p90_ms: float | str | None = field(default=None, metadata={"doc": "Max 90th percentile latency"})
     accuracy_drop: float | None = field(
-        default=None, metadata={"doc": "Max float - int8 top-1 (0.01 = 1 point)", "min": 0}
+        default=None,
+        metadata={
+            "doc": "Max loss in the evaluation metric: top-1 fraction (0.01 = 1 point), reconstruction "
+            "SNR dB (sqnr) or relative MSE (mse)",
+            "min": 0,
+        },
     )
     min_accuracy: float | None = field(default=None, metadata={"doc": "Min int8 top-1 (0..1)", "min": 0, "max": 1})
     min_agreement: float | None = field(
