@@ -27,7 +27,7 @@ from .errors import ModelLoadError
 from .extras import require
 from .float_rewrites import rewrite_neg
 from .runtime.model import TFLiteModel
-from .unroll import unroll_recurrent
+from .unroll import rewrite_dangling_splits, unroll_recurrent
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,9 @@ def load_model(path: Path, custom_objects: Iterable[str] = (), cache: bool = Fal
     content, rewritten = rewrite_neg(content)
     if rewritten:
         loader += f"; {rewritten} NEG op{'s' if rewritten > 1 else ''} rewritten as MUL by -1 (NEG has no int8 kernel)"
+    content, sliced = rewrite_dangling_splits(content)
+    if sliced:
+        loader += f"; {sliced} SPLIT op{'s' if sliced > 1 else ''} with unused outputs rewritten as SLICE ops"
     try:
         ref = TFLiteModel(model_content=content)
     except Exception as e:  # noqa: BLE001 - the interpreter raises bare RuntimeError/ValueError
