@@ -18,8 +18,9 @@ from .errors import ConversionError, ModelLoadError
 log = logging.getLogger(__name__)
 
 # Largest absolute difference allowed between the original and the unrolled Keras model's float outputs
-# on seeded standard-normal inputs: both run the same cell in the same order, so only the summation order
-# of the fused loop differs. Measured on the test models (2026-11-28): at most 6e-8 (softmax outputs).
+# on seeded standard-normal inputs: both run the same cell in the same order. Measured on the test models
+# (2026-11-28): 0 (bit-equal) for LSTM, GRU, SimpleRNN and Bidirectional(LSTM); the float .tflite traced from
+# the unrolled model differs from the original Keras model by at most 9.2e-7 (softmax outputs).
 UNROLL_ATOL = 1e-5
 _CHECK_SAMPLES = 8
 

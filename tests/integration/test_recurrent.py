@@ -28,8 +28,8 @@ from converter.unroll import UNROLL_ATOL
 
 REPO = Path(__file__).resolve().parents[2]
 INTEGER_DTYPES = {"int8", "int16", "int32"}
-# Measured on these seeded models (2026-11-28, 360 digits / 200 synthetic held-out samples): top-1 drop
-# LSTM 0.00, Bidirectional(LSTM) -0.28, GRU and SimpleRNN see test_int8_top1_within_one_point; 1 point allowed.
+# Measured on these seeded models (2026-11-28, 360 digits / 200 sine-wave held-out samples): float/int8 top-1
+# LSTM 94.72/94.72, Bidirectional(LSTM) 93.06/93.33, GRU 100/100, SimpleRNN 100/100; 1 point allowed.
 MAX_DROP_POINTS = 1.0
 STEPS, CHANNELS, CLASSES = 16, 2, 4
 
