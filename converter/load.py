@@ -27,6 +27,7 @@ from .errors import ModelLoadError
 from .extras import require
 from .float_rewrites import rewrite_neg
 from .runtime.model import TFLiteModel
+from .unroll import rewrite_dangling_splits, unroll_recurrent
 
 log = logging.getLogger(__name__)
 
@@ -88,22 +89,61 @@ def load_model(path: Path, custom_objects: Iterable[str] = (), cache: bool = Fal
             content, loader = _saved_model_to_tflite(path), "tf.lite.TFLiteConverter.from_saved_model"
         else:
             model, loader = _load_keras(path, fmt, objects)
+            model, unrolled = unroll_recurrent(model, path)
+            loader += unrolled
             content = _keras_to_tflite(model, path)
         if key:
             model_cache.save(key, content, fmt, loader)
     content, rewritten = rewrite_neg(content)
     if rewritten:
         loader += f"; {rewritten} NEG op{'s' if rewritten > 1 else ''} rewritten as MUL by -1 (NEG has no int8 kernel)"
+    content, sliced = rewrite_dangling_splits(content)
+    if sliced:
+        loader += f"; {sliced} SPLIT op{'s' if sliced > 1 else ''} with unused outputs rewritten as SLICE ops"
     try:
         ref = TFLiteModel(model_content=content)
     except Exception as e:  # noqa: BLE001 - the interpreter raises bare RuntimeError/ValueError
         raise ModelLoadError(f"model: {path}: the TFLite interpreter cannot open it: {e}") from e
+    _refuse_loops(content, path, fmt)
     if len(ref.inputs) != 1:
         raise ModelLoadError(
             f"model: {path}: has {len(ref.inputs)} inputs; this version converts single-input models only"
         )
     info = ref.inputs[0]
     return LoadedModel(path, fmt, content, loader, info.shape, info.dtype)
+
+
+# Control-flow ops: TFLite has no int8 kernel for them, so a model holding one cannot go full-integer.
+LOOP_OPS = ("WHILE", "IF")
+
+
+def _refuse_loops(content: bytes, path: Path, fmt: ModelFormat) -> None:
+    """A WHILE/IF op in the float reference is a ``ModelLoadError`` that names it and the remedy.
+
+    edgeconv's output is full-integer and TFLite has no int8 WHILE kernel (the stock converter leaves the
+    loop float), so converting would only fail later; saying it here names the loop and what to do.
+    """
+    from .inspect_model import list_ops
+
+    loops = [f"{op.name} (op {op.index})" for op in list_ops(content) if op.name in LOOP_OPS]
+    if not loops:
+        return
+    if fmt == "tflite":
+        remedy = (
+            "a recurrent layer (Keras LSTM, GRU, SimpleRNN) traced without unrolling becomes such a loop: give "
+            "edgeconv the Keras model itself (.keras or .h5) with a fixed sequence length, and it unrolls the "
+            "recurrent layers into int8 ops, or export this .tflite from the model rebuilt with unroll=True"
+        )
+    else:
+        remedy = (
+            "edgeconv unrolls Keras LSTM, GRU and SimpleRNN layers (also in Bidirectional) with a fixed sequence "
+            "length, so this loop comes from another layer (a custom layer's loop or tf.cond): rewrite it without "
+            "data-dependent control flow, or build the recurrent layers with unroll=True"
+        )
+    raise ModelLoadError(
+        f"model: {path}: the float model has control flow ({', '.join(loops)}), which has no int8 kernel in "
+        f"TFLite, so it cannot become a full-integer model; {remedy}"
+    )
 
 
 def _import_custom_objects(specs: Iterable[str]) -> dict[str, Any]:

@@ -32,7 +32,8 @@ def _tf_version() -> str:
 def source_key(path: Path, custom_objects: Iterable[str]) -> str:
     """sha256 over the source model's files, the custom objects named and the converting versions."""
     # v2: entries made before SavedModels were inspected for load-time ops must not be trusted.
-    h = hashlib.sha256(json.dumps(["float-reference-v2", __version__, _tf_version(), list(custom_objects)]).encode())
+    # v3: entries made before recurrent layers were unrolled hold float WHILE loops.
+    h = hashlib.sha256(json.dumps(["float-reference-v3", __version__, _tf_version(), list(custom_objects)]).encode())
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
         h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())

@@ -89,14 +89,23 @@ class CalibrationStats:
         return {t.index: t for t in self.tensors}
 
 
+# Ops whose outputs are loop or branch state (a WHILE's counters, tensor lists and carried values).
+CONTROL_FLOW_OPS = frozenset({"WHILE", "IF", "CALL_ONCE"})
+
+
 def activation_tensors(interpreter: Any) -> list[dict[str, Any]]:
     """Float tensors that carry activations: model inputs and every op's outputs (not constants).
+
+    Only float32 tensors: boolean, integer (loop counters, indices) and other tensors get no range,
+    and neither do the outputs of control-flow ops (``CONTROL_FLOW_OPS``).
 
     Each detail dict gains ``op``: the name of the op that writes it ("" for inputs).
     """
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     wanted = [(d["index"], "") for d in interpreter.get_input_details()]
     for op in interpreter._get_ops_details():  # noqa: SLF001 - op listing; see inspect_model
+        if str(op["op_name"]) in CONTROL_FLOW_OPS:
+            continue  # loop-carried state and tensor lists, not activations: no int8 kernel will read them
         wanted += [(int(i), str(op["op_name"])) for i in op["outputs"] if int(i) >= 0]
     seen: set[int] = set()
     out = []
