@@ -55,7 +55,7 @@ def rewrite_neg(content: bytes) -> tuple[bytes, int]:
         minus_one.buffer = len(model.buffers) - 1
         subgraph.tensors.append(minus_one)
         for op in negs:
-            op.opcodeIndex = _mul_opcode(model, schema)
+            op.opcodeIndex = _opcode(model, schema, int(schema.BuiltinOperator.MUL))
             op.inputs = [op.inputs[0], len(subgraph.tensors) - 1]
             op.builtinOptionsType = schema.BuiltinOptions.MulOptions
             op.builtinOptions = schema.MulOptionsT()
@@ -65,20 +65,6 @@ def rewrite_neg(content: bytes) -> tuple[bytes, int]:
     _drop_unused_opcodes(model)
     log.info("rewrote %d float NEG op(s) as MUL by -1: TFLite has no int8 NEG kernel", rewritten)
     return flatbuf.dump(model), rewritten
-
-
-def _mul_opcode(model: Any, schema: Any) -> int:
-    """The index of the model's MUL operator code, added (version 1) when the model has none."""
-    mul = int(schema.BuiltinOperator.MUL)
-    for i, code in enumerate(model.operatorCodes):
-        if max(int(code.builtinCode), int(code.deprecatedBuiltinCode)) == mul:
-            return i
-    code = schema.OperatorCodeT()
-    code.builtinCode = mul
-    code.deprecatedBuiltinCode = mul
-    code.version = 1
-    model.operatorCodes.append(code)
-    return len(model.operatorCodes) - 1
 
 
 def _drop_unused_opcodes(model: Any) -> None:
@@ -91,3 +77,95 @@ def _drop_unused_opcodes(model: Any) -> None:
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
             op.opcodeIndex = index[int(op.opcodeIndex)]
+
+
+def rewrite_dangling_splits(content: bytes) -> tuple[bytes, int]:
+    """Replace each float SPLIT with an unused output by one SLICE per used output; how many were replaced.
+
+    An unrolled LSTM's first step multiplies the forget gate by the zero initial state, which TensorFlow
+    folds away, so the SPLIT of the gate pre-activations keeps an output nobody reads. TFLite's MLIR
+    quantizer then leaves such a SPLIT float in some runs and not in others (seen: 1 or 2 of the 2 first
+    steps of a Bidirectional(LSTM) float, from identical inputs). SLICE copies the same numbers (exact) and
+    has int8 kernels in LiteRT and TFLite Micro. A model without such a SPLIT keeps its bytes.
+    """
+    if not _has_dangling_split(content):
+        return content, 0
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = flatbuf.load(content)
+    names = flatbuf.enum_names("BuiltinOperator")
+    rewritten = 0
+    for subgraph in model.subgraphs:
+        used = {int(i) for op in subgraph.operators for i in op.inputs} | {int(i) for i in subgraph.outputs}
+        new_ops = []
+        for op in subgraph.operators:
+            outputs = [int(i) for i in op.outputs]
+            if (
+                flatbuf.op_code(model, op, names) != "SPLIT"
+                or flatbuf.type_name(subgraph.tensors[op.inputs[1]].type) != "FLOAT32"
+                or all(i in used for i in outputs)
+            ):
+                new_ops.append(op)
+                continue
+            source = subgraph.tensors[op.inputs[1]]
+            shape = [int(d) for d in source.shape]
+            axis = int(flatbuf.data(model, subgraph.tensors[op.inputs[0]], "<i4").reshape(-1)[0]) % len(shape)
+            part = shape[axis] // len(outputs)
+            for k, out in enumerate(outputs):
+                if out not in used:
+                    continue
+                begin, size = [0] * len(shape), list(shape)
+                begin[axis], size[axis] = k * part, part
+                piece = schema.OperatorT()
+                piece.opcodeIndex = _opcode(model, schema, int(schema.BuiltinOperator.SLICE))
+                piece.inputs = [
+                    int(op.inputs[1]),
+                    _int32_constant(model, subgraph, schema, begin, f"edgeconv/slice_begin_{out}"),
+                    _int32_constant(model, subgraph, schema, size, f"edgeconv/slice_size_{out}"),
+                ]
+                piece.outputs = [out]
+                piece.builtinOptionsType = schema.BuiltinOptions.SliceOptions
+                piece.builtinOptions = schema.SliceOptionsT()
+                new_ops.append(piece)
+            rewritten += 1
+        subgraph.operators = new_ops
+    if not rewritten:
+        return content, 0
+    _drop_unused_opcodes(model)
+    log.info("rewrote %d SPLIT op(s) with unused outputs as SLICE ops (exact)", rewritten)
+    return flatbuf.dump(model), rewritten
+
+
+def _has_dangling_split(content: bytes) -> bool:
+    """Whether the main subgraph has a SPLIT with an output that no op reads and the model does not return."""
+    interpreter = make_interpreter(model_content=content, delegate="none")
+    ops = interpreter._get_ops_details()  # noqa: SLF001 - the only op listing LiteRT offers (see list_ops)
+    used = {int(i) for op in ops for i in op["inputs"]} | {int(d["index"]) for d in interpreter.get_output_details()}
+    return any(op["op_name"] == "SPLIT" and not {int(i) for i in op["outputs"]} <= used for op in ops)
+
+
+def _opcode(model: Any, schema: Any, builtin: int) -> int:
+    """The index of the model's operator code for ``builtin``, added (version 1) when the model has none."""
+    for i, code in enumerate(model.operatorCodes):
+        if max(int(code.builtinCode), int(code.deprecatedBuiltinCode)) == builtin:
+            return i
+    code = schema.OperatorCodeT()
+    code.builtinCode = builtin
+    code.deprecatedBuiltinCode = min(builtin, 127)
+    code.version = 1
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+def _int32_constant(model: Any, subgraph: Any, schema: Any, values: list[int], name: str) -> int:
+    """Append a constant int32 vector tensor (with its own buffer) and return its index."""
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(np.asarray(values, dtype="<i4").tobytes(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    tensor = schema.TensorT()
+    tensor.shape = [len(values)]
+    tensor.type = schema.TensorType.INT32
+    tensor.name = name.encode()
+    tensor.buffer = len(model.buffers) - 1
+    subgraph.tensors.append(tensor)
+    return len(subgraph.tensors) - 1

@@ -25,9 +25,9 @@ from typing import Any, Literal
 from . import model_cache
 from .errors import ModelLoadError
 from .extras import require
-from .float_rewrites import rewrite_neg
+from .float_rewrites import rewrite_dangling_splits, rewrite_neg
 from .runtime.model import TFLiteModel
-from .unroll import rewrite_dangling_splits, unroll_recurrent
+from .unroll import unroll_recurrent
 
 log = logging.getLogger(__name__)
 
