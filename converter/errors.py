@@ -35,6 +35,16 @@ class ConversionError(ConverterError):
     """TensorFlow failed to produce a model from valid input."""
 
 
+class NoIntegerKernelError(ConversionError):
+    """Ops of the model have no integer kernel in TFLite: the model, not edgeconv, must change (exit 2).
+
+    A ``ConversionError`` so the accuracy loop skips an attempt that hits it, but exit 2 for the run:
+    the remedy is in the user's hands (another layer, or a target that allows float ops).
+    """
+
+    exit_code = 2
+
+
 class EvaluationError(ConverterError):
     """Running a converted model failed."""
 

@@ -19,6 +19,7 @@ class OpInfo:
     output_dtypes: tuple[str, ...]
     input_shapes: tuple[tuple[int, ...], ...] = ()
     output_shapes: tuple[tuple[int, ...], ...] = ()
+    output_names: tuple[str, ...] = ()
 
 
 def list_ops(model: bytes) -> list[OpInfo]:
@@ -44,9 +45,16 @@ def list_ops(model: bytes) -> list[OpInfo]:
                 tuple(map(dtype, outs)),
                 tuple(map(shape, ins)),
                 tuple(map(shape, outs)),
+                tuple(str(details[i]["name"]) if i in details else "" for i in outs),
             )
         )
     return ops
+
+
+def source_layer(tensor_name: str) -> str:
+    """The layer a TFLite tensor came from, as its name records it ('model/layer/op;…' → 'model/layer')."""
+    first = tensor_name.split(";")[0]
+    return first.rsplit("/", 1)[0] if "/" in first else first
 
 
 @dataclass(frozen=True)

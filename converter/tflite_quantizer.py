@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConversionError
+from .errors import ConversionError, NoIntegerKernelError
 from .extras import require
-from .inspect_model import float_ops
+from .inspect_model import float_ops, source_layer
 
 SUPPORTED_TF = (">=2.16", "<2.22")
 
@@ -144,10 +144,16 @@ def _finish(result: bytes, *, allow_float: bool = False) -> bytes:
     model_out = _deduplicate(result)
     left = float_ops(model_out)
     if left and not allow_float:
-        names = ", ".join(sorted({f"{op.name} (op {op.index})" for op in left}))
-        raise ConversionError(
-            f"the model is not fully integer: {len(left)} ops stay float ({names}); these ops have no int8 "
-            "kernel in TFLite, so replace them in the model or choose a target that allows float ops"
+        names = "; ".join(
+            f"{op.name} (op {op.index}, from '{source_layer(op.output_names[0])}')" if op.output_names else op.name
+            for op in left
+        )
+        kinds = ", ".join(sorted({op.name for op in left}))
+        raise NoIntegerKernelError(
+            f"the model is not fully integer: {len(left)} op{'s' if len(left) > 1 else ''} without an int8 kernel "
+            f"in TFLite {'stay' if len(left) > 1 else 'stays'} float: {names}. Replace the layer{'s' if len(left) > 1 else ''} behind {kinds} in "
+            "the model with ones built from ops that have integer kernels (conv, dense, add, mul, the usual "
+            "activations); MCU and Edge TPU targets run integer ops only"
         )
     return model_out
 
