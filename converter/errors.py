@@ -44,6 +44,10 @@ class NoIntegerKernelError(ConversionError):
 
     exit_code = 2
 
+    def __init__(self, message: str, nodes: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.nodes = nodes  # the float ops' first output tensor names, as the quantizer's denylist takes them
+
 
 class EvaluationError(ConverterError):
     """Running a converted model failed."""

@@ -8,6 +8,7 @@ previous set untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import tempfile
@@ -25,7 +26,7 @@ from .artifacts import OutputFolder
 from .ci_outputs import finalize
 from .data import Dataset, load_dataset, prepare
 from .devices import DeviceProfile, load_device
-from .errors import DataError, DeployError, ModelLoadError, UserInputError
+from .errors import DataError, DeployError, ModelLoadError, NoIntegerKernelError, UserInputError
 from .evaluate import check_metric, evaluate_host
 from .extras import check_importable
 from .load import LoadedModel, detect_format, load_model
@@ -162,7 +163,7 @@ def _run(
             return quantize_qat(recipe, model.format, plan, train_x, train_y, cal_x)
         return quantize(model.float_tflite, cal_x, recipe, prep, eight_bit_data=cal_ds.eight_bit, plan=plan)
 
-    first = _timed("calibrate", steps, quantizer)
+    first = _timed("calibrate", steps, lambda: _first_model(recipe, targets, quantizer))
     accuracy = (
         _timed(
             "evaluate",
@@ -213,6 +214,28 @@ def _run(
     images = {HIST_NAME: picture} if picture is not None else {}
     files.update(finalize(report, images, baseline, baseline_path))
     return report, {**files, REPORT_NAME: dumps(report)}
+
+
+def _first_model(
+    recipe: Recipe, targets: dict[str, DeviceProfile], quantizer: Callable[[Plan | None], Quantized]
+) -> Quantized:
+    """The recipe's plan; ops without an int8 kernel stay float when every target runs LiteRT on a CPU.
+
+    LiteRT runs a model with float islands (quantize/dequantize around them); MCUs and the Edge TPU
+    do not, so for them the error stands and says which layer to replace.
+    """
+    try:
+        return quantizer(None)
+    except NoIntegerKernelError as e:
+        integer_only = [name for name, p in targets.items() if p.runtime != "litert"]
+        if integer_only or not e.nodes:
+            raise
+        log.warning(
+            "warning: %d op(s) have no int8 kernel and stay float (every target runs LiteRT on a CPU): %s",
+            len(e.nodes),
+            ", ".join(e.nodes),
+        )
+        return quantizer(dataclasses.replace(Plan.of(recipe), float_nodes=e.nodes))
 
 
 def layer_errors(recipe: Recipe, float_tflite: bytes, chosen: Quantized, x: np.ndarray) -> list[LayerError]:

@@ -135,11 +135,9 @@ def quantize(
             float_nodes=float_nodes,
         )
 
-    model = run(float_tflite, ())
+    model = run(float_tflite, plan.float_nodes)
     fixes: list[BiasFix] = []
     if plan.bias_correction:
         corrected, fixes = correct_biases(float_tflite, model, cal_x, skip=set(plan.float_nodes))
         model = run(corrected, plan.float_nodes)
-    elif plan.float_nodes:
-        model = run(float_tflite, plan.float_nodes)
     return Quantized(model, plan, calibration, tuple(fixes), pairs, float_tflite if plan.equalization else None)

@@ -149,11 +149,14 @@ def _finish(result: bytes, *, allow_float: bool = False) -> bytes:
             for op in left
         )
         kinds = ", ".join(sorted({op.name for op in left}))
+        many = len(left) > 1
         raise NoIntegerKernelError(
-            f"the model is not fully integer: {len(left)} op{'s' if len(left) > 1 else ''} without an int8 kernel "
-            f"in TFLite {'stay' if len(left) > 1 else 'stays'} float: {names}. Replace the layer{'s' if len(left) > 1 else ''} behind {kinds} in "
-            "the model with ones built from ops that have integer kernels (conv, dense, add, mul, the usual "
-            "activations); MCU and Edge TPU targets run integer ops only"
+            f"the model is not fully integer: {len(left)} op{'s' if many else ''} without an int8 kernel in TFLite "
+            f"{'stay' if many else 'stays'} float: {names}. Replace the layer{'s' if many else ''} behind {kinds} "
+            "in the model with ones built from ops that have integer kernels (conv, dense, add, mul, the usual "
+            "activations); MCU and Edge TPU targets run integer ops only, and on CPU-only targets (LiteRT) "
+            "edgeconv keeps these ops float instead",
+            tuple(op.output_names[0] for op in left if op.output_names),
         )
     return model_out
 
