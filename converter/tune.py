@@ -65,7 +65,7 @@ class Attempt:
     meets: bool
 
     def score(self) -> tuple[float, float, float]:
-        """Lower is better: top-1 drop, then disagreement, then negative output SQNR."""
+        """Lower is better: the drop in the evaluation metric, then disagreement, then negative output SQNR."""
         a = self.accuracy
         sqnr = a.outputs[0]["sqnr_db"] if a.outputs else 0.0
         return (round(a.drop if a.drop is not None else 1.0, 9), -(a.agreement or 0.0), -sqnr)
