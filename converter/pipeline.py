@@ -40,6 +40,7 @@ from .runtime.accuracy import not_measured
 from .runtime.preprocess import Preprocess
 from .targets import check_targets, early_warnings
 from .tflite_quantizer import import_tensorflow, quantize_with_ranges
+from .transform_check import TransformRejected
 from .tune import tune
 
 log = logging.getLogger(__name__)
@@ -222,10 +223,36 @@ def _first_model(
     """The recipe's plan; ops without an int8 kernel stay float when every target runs LiteRT on a CPU.
 
     LiteRT runs a model with float islands (quantize/dequantize around them); MCUs and the Edge TPU
-    do not, so for them the error stands and says which layer to replace.
+    do not, so for them the error stands and says which layer to replace. A transform the recipe asked
+    for (equalization, bias correction) whose result fails its check is dropped with a warning and
+    recorded in the report: the model is still made, as the accuracy loop would make it.
     """
+    rejected: list[tuple[str, str]] = []
+    plan = Plan.of(recipe)
+    while True:
+        try:
+            return _recipe_plan(recipe, targets, quantizer, plan if rejected else None, tuple(rejected))
+        except TransformRejected as e:
+            if not e.transform or not getattr(plan, e.transform, False):
+                raise
+            log.warning("warning: calibration.%s is dropped for this model: %s", e.transform, e)
+            rejected.append((e.transform, str(e)))
+            if e.transform == "equalization":
+                plan = dataclasses.replace(plan, equalization=False)
+            else:
+                plan = dataclasses.replace(plan, bias_correction=False)
+
+
+def _recipe_plan(
+    recipe: Recipe,
+    targets: dict[str, DeviceProfile],
+    quantizer: Callable[[Plan | None], Quantized],
+    plan: Plan | None,
+    rejected: tuple[tuple[str, str], ...],
+) -> Quantized:
+    """``plan`` (None: the recipe's), with the float-node fallback for all-CPU targets."""
     try:
-        return quantizer(None)
+        return dataclasses.replace(quantizer(plan), rejected=rejected)
     except NoIntegerKernelError as e:
         integer_only = [name for name, p in targets.items() if p.runtime != "litert"]
         if integer_only or not e.nodes:
@@ -235,7 +262,8 @@ def _first_model(
             len(e.nodes),
             ", ".join(e.nodes),
         )
-        return quantizer(dataclasses.replace(Plan.of(recipe), float_nodes=e.nodes))
+        fallback = dataclasses.replace(plan or Plan.of(recipe), float_nodes=e.nodes)
+        return dataclasses.replace(quantizer(fallback), rejected=rejected)
 
 
 def layer_errors(recipe: Recipe, float_tflite: bytes, chosen: Quantized, x: np.ndarray) -> list[LayerError]:

@@ -49,6 +49,8 @@ class Quantized:
 
     ``reference`` is the float model whose tensors it mirrors layer by layer (the equalized
     one after equalization: same function, rescaled channels); None means the original.
+    ``rejected`` maps a transform the recipe asked for but whose result failed its check
+    ("equalization", "bias_correction") to the reason; the model was made without it.
     """
 
     model: bytes
@@ -57,6 +59,7 @@ class Quantized:
     bias_fixes: tuple[BiasFix, ...] = ()
     equalized_pairs: int | None = None
     reference: bytes | None = None
+    rejected: tuple[tuple[str, str], ...] = ()
 
     def float_reference(self, original: bytes) -> bytes:
         return self.reference if self.reference is not None else original
@@ -64,6 +67,7 @@ class Quantized:
     def to_json(self) -> dict[str, Any]:
         p = self.plan
         route = "ranges learned by quantization-aware training" if p.qat else "minmax (TFLite 16x8)"
+        rejected = dict(self.rejected)
         return {
             "method": p.method if self.calibration is not None else route,
             "activations": p.activations,
@@ -72,11 +76,17 @@ class Quantized:
                 "max_shift_steps": max((f.max_shift_steps for f in self.bias_fixes), default=None),
             }
             if p.bias_correction
-            else None,
-            "equalization": {"pairs": self.equalized_pairs} if p.equalization else None,
+            else self._rejected(rejected, "bias_correction", {"layers": 0, "max_shift_steps": None}),
+            "equalization": {"pairs": self.equalized_pairs}
+            if p.equalization
+            else self._rejected(rejected, "equalization", {"pairs": None}),
             "qat": p.qat,
             "float_nodes": list(p.float_nodes),
         }
+
+    @staticmethod
+    def _rejected(rejected: dict[str, str], transform: str, empty: dict[str, Any]) -> dict[str, Any] | None:
+        return {**empty, "rejected": rejected[transform]} if transform in rejected else None
 
 
 def contract_range(prep: Preprocess) -> tuple[float, float]:

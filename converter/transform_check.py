@@ -17,7 +17,18 @@ SAMPLES = 8  # the function is compared, not the accuracy: a few real inputs fin
 
 
 class TransformRejected(ConversionError):
-    """A transformed float model failed its check; the message says which transform and why."""
+    """A transformed float model failed its check; the message says which transform and why.
+
+    ``transform`` is the plan field it came from ("equalization", "bias_correction"), so a caller can
+    drop that one transform and go on.
+    """
+
+    def __init__(self, message: str, transform: str = "") -> None:
+        super().__init__(message)
+        self.transform = transform
+
+
+TRANSFORMS = {"cross-layer equalization": "equalization", "bias correction": "bias_correction"}
 
 
 def outputs(model: bytes, x: np.ndarray, what: str) -> list[np.ndarray]:
@@ -26,7 +37,8 @@ def outputs(model: bytes, x: np.ndarray, what: str) -> list[np.ndarray]:
         return TFLiteModel(model_content=model).predict(x[:SAMPLES])
     except Exception as e:  # noqa: BLE001 - any refusal by the interpreter rejects the transform
         raise TransformRejected(
-            f"{what}: the transformed model does not run in LiteRT ({type(e).__name__}: {' '.join(str(e).split())})"
+            f"{what}: the transformed model does not run in LiteRT ({type(e).__name__}: {' '.join(str(e).split())})",
+            TRANSFORMS.get(what.split(" (")[0], ""),
         ) from e
 
 
@@ -47,6 +59,7 @@ def check_transform(original: bytes, transformed: bytes, x: np.ndarray, what: st
     if not error <= tolerance:
         raise TransformRejected(
             f"{what}: the transformed model's outputs differ from the original's by {error:.3g} of their largest "
-            f"magnitude on {min(len(x), SAMPLES)} calibration samples (tolerance {tolerance:g})"
+            f"magnitude on {min(len(x), SAMPLES)} calibration samples (tolerance {tolerance:g})",
+            TRANSFORMS.get(what, ""),
         )
     return error
