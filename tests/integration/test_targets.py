@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from converter.devices import devices_dir
-from converter.edgetpu import parse_log, predict
 from converter.firmware import op_resolver
 from converter.inspect_model import OpInfo, list_ops
 from converter.ops import TFLM_RESOLVER, tflm_missing
 from converter.pipeline import convert
 from converter.recipe import load_recipe
+from converter.targets.edgetpu import parse_log, predict
 from tests.conftest import ROOT, tiny_recipe
 from tests.tflm_symbols import method_key, registration_key, tflm_library, tflm_registrations
 

@@ -17,8 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .inspect_model import OpInfo
-from .ops import EDGETPU_OPS
+from ..devices import DeviceProfile
+from ..inspect_model import OpInfo
+from ..ops import EDGETPU_OPS
+from .base import Check, Context, fit
 
 INTEGER = {"int8", "uint8", "int32"}  # int32: biases and shape tensors
 
@@ -132,3 +134,24 @@ def compile_model(model: bytes) -> tuple[bytes, CompilerLog, str] | None:
         if proc.returncode != 0 or not out.is_file():
             return None
         return out.read_bytes(), parse_log(proc.stdout), proc.stdout
+
+
+def check(ctx: Context, name: str, profile: DeviceProfile) -> Check:
+    """The static mapping prediction, and the compiler's own verdict and model when it is installed."""
+    prediction = predict(ctx.ops, ctx.input_dtype, ctx.output_dtype)
+    out = Check(problems=list(prediction.problems))
+    compiled = compile_model(ctx.model)
+    if compiled is None:
+        compiler: dict[str, Any] = {
+            "available": compiler_path() is not None,
+            "reason": "edgetpu_compiler is not installed here; the mapping above is a static prediction"
+            if compiler_path() is None
+            else "edgetpu_compiler failed on this model",
+        }
+    else:
+        data, parsed, raw = compiled
+        out.files["model_int8_edgetpu.tflite"] = data
+        compiler = {"available": True, "log": parsed.__dict__, "raw": raw}
+    out.section.update(edgetpu={"prediction": prediction.to_json(), "compiler": compiler})
+    out.section.update(fit(profile, len(ctx.model), None, out.problems))
+    return out
