@@ -17,6 +17,9 @@ UNITS = {
     "arena_bytes": "bytes",
     "latency_p50_ms": "ms",
     "latency_p90_ms": "ms",
+    "latency_estimate_ms": "ms",
+    "sram_bytes": "bytes",
+    "npu_ops_fraction": "fraction",
     "accuracy_drop": "fraction",
     "min_accuracy": "fraction",
     "min_agreement": "fraction",
@@ -75,6 +78,19 @@ class Budgets:
     arena_bytes: float | str | None = field(default=None, metadata={"doc": "Max tensor arena (RAM) in bytes"})
     latency_p50_ms: float | str | None = field(default=None, metadata={"doc": "Max median latency ('5ms', '+10%')"})
     latency_p90_ms: float | str | None = field(default=None, metadata={"doc": "Max 90th percentile latency"})
+    latency_estimate_ms: float | str | None = field(
+        default=None,
+        metadata={
+            "doc": "Max estimated latency where none is measured: Vela's performance model (Ethos-U), "
+            "MACs x cycles/MAC (MCU profiles); an estimate, labelled so"
+        },
+    )
+    sram_bytes: float | str | None = field(
+        default=None, metadata={"doc": "Max NPU SRAM (Vela's figure for the memory mode), bytes"}
+    )
+    npu_ops_fraction: float | None = field(
+        default=None, metadata={"doc": "Min fraction of operators on the NPU (Vela's count)", "min": 0, "max": 1}
+    )
     accuracy_drop: float | None = field(
         default=None,
         metadata={

@@ -229,7 +229,7 @@ def accuracy_lines(acc: dict[str, Any]) -> list[str]:
 
 def summary(out_dir: Path, report: dict[str, Any]) -> str:
     """A few lines for humans: sizes, accuracy, where the files are."""
-    from .render import drop_text
+    from .render import drop_text, npu_line
 
     art = report["artifacts"]
     f_bytes, q_bytes = art["float"]["bytes"], art["int8"]["bytes"]
@@ -255,6 +255,10 @@ def summary(out_dir: Path, report: dict[str, Any]) -> str:
         for layer in (tuning.get("worst_layers") or [])[:3]:
             lines.append(f"    worst layer: {layer['op']} {layer['name'][-60:]} ({layer['sqnr_db']:.1f} dB SQNR)")
     for name, lat in (report.get("latency") or {}).items():
+        npu = npu_line(name, report["targets"].get(name) or {})
+        if npu is not None and lat is None:
+            lines.append(f"  npu {npu}")
+            continue
         if lat is None:
             lines.append(f"  latency {name}: not measured ({report['targets'][name]['reason']})")
             continue

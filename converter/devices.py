@@ -15,14 +15,57 @@ from .yamlio import load_yaml_file
 NAME_PATTERN = r"[a-z0-9][a-z0-9_.-]*"
 
 
+VELA_ACCELERATORS = Literal[
+    "ethos-u55-32",
+    "ethos-u55-64",
+    "ethos-u55-128",
+    "ethos-u55-256",
+    "ethos-u65-256",
+    "ethos-u65-512",
+    "ethos-u85-128",
+    "ethos-u85-256",
+    "ethos-u85-512",
+    "ethos-u85-1024",
+    "ethos-u85-2048",
+]
+
+
+@dataclass(frozen=True)
+class NpuSpec:
+    """An Arm Ethos-U NPU as Vela models it: its configuration, system config and memory mode."""
+
+    accelerator: VELA_ACCELERATORS = field(metadata={"doc": "Vela's --accelerator-config (NPU and MACs/cycle)"})
+    system_config: str = field(
+        metadata={"doc": "A [System_Config.*] of Vela's vela.ini: clocks, AXI ports and memory latencies"}
+    )
+    memory_mode: str = field(
+        metadata={"doc": "A [Memory_Mode.*] of Vela's vela.ini: where the arena, constants and cache live"}
+    )
+    clock_mhz: int | None = field(
+        default=None,
+        metadata={"doc": "NPU clock when the board's differs from the system config's core_clock", "min": 1},
+    )
+    config_file: Path | None = field(
+        default=None,
+        metadata={
+            "doc": "The board vendor's Vela .ini (relative to the profile) when system_config/memory_mode are "
+            "its sections rather than Vela's shipped ones"
+        },
+    )
+    source: str | None = field(default=None, metadata={"doc": "Where the figures come from (datasheet, page)"})
+
+
 @dataclass(frozen=True)
 class DeviceProfile:
     """Where a model will run: the runtime it uses and the limits it must fit."""
 
     name: str = field(metadata={"doc": "Profile name; equals the file name without .yaml", "pattern": NAME_PATTERN})
     description: str = field(metadata={"doc": "One line for humans"})
-    runtime: Literal["litert", "tflm", "edgetpu"] = field(
-        metadata={"doc": "Interpreter on the device: LiteRT (TFLite), TFLite Micro, or LiteRT + Edge TPU delegate"}
+    runtime: Literal["litert", "tflm", "edgetpu", "ethos-u"] = field(
+        metadata={
+            "doc": "Interpreter on the device: LiteRT (TFLite), TFLite Micro, LiteRT + Edge TPU delegate, or an "
+            "Arm Ethos-U NPU (a Vela-compiled model; the NPU's driver runs it, CPU ops run in TFLite Micro)"
+        }
     )
     kind: Literal["host", "ssh", "mcu"] = field(
         default="ssh",
@@ -59,6 +102,7 @@ class DeviceProfile:
     cycles_per_mac: float | None = field(
         default=None, metadata={"doc": "Cycles per int8 multiply-accumulate, for the latency estimate", "min": 0}
     )
+    npu: NpuSpec | None = field(default=None, metadata={"doc": "The Ethos-U NPU (runtime: ethos-u)"})
     budgets: Budgets = field(default_factory=Budgets, metadata={"doc": "Default budgets; a recipe's win"})
 
 
@@ -87,4 +131,6 @@ def load_device(name: str, folder: Path | None = None) -> DeviceProfile:
     profile: DeviceProfile = build(DeviceProfile, raw, Where(str(path), path.parent))
     if profile.name != name:
         raise RecipeError(f"{path}: name: '{profile.name}' must equal the file name '{name}'")
+    if (profile.runtime == "ethos-u") != (profile.npu is not None):
+        raise RecipeError(f"{path}: npu: give an npu section exactly when runtime is ethos-u")
     return profile

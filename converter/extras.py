@@ -15,6 +15,9 @@ from typing import Any
 from .errors import UserInputError
 
 INSTALL_CONVERT = 'pip install "edgeconv[convert]"'
+INSTALL_NPU = 'pip install "edgeconv[npu]"'
+# Packages of other extras than ``convert``, with the command that installs them.
+OTHER_EXTRAS = {"ethosu": ("Arm's Vela compiler for Ethos-U targets", INSTALL_NPU)}
 CONVERT_EXTRA = ("tensorflow", "keras", "tf_keras", "h5py", "tflite_micro", "matplotlib")
 
 
@@ -27,6 +30,11 @@ PLATFORM_NOTES = {
 
 def missing_extra_error(module: str, error: ImportError) -> UserInputError:
     """The error for a converter package that cannot be imported: which extra to install."""
+    if module in OTHER_EXTRAS:
+        what, install = OTHER_EXTRAS[module]
+        return UserInputError(
+            f"'{module}' ({what}) cannot be imported in this Python ({error}); install it with {install}"
+        )
     note = PLATFORM_NOTES.get(module)
     return UserInputError(
         f"converting a model needs '{module}', which cannot be imported in this Python ({error}); "

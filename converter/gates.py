@@ -16,8 +16,16 @@ from .budgets import UNITS, Limit, parse_limit
 from .errors import UserInputError
 
 MODEL_LEVEL = ("model_bytes", "accuracy_drop", "min_accuracy", "min_agreement")
-TARGET_LEVEL = ("flash_bytes", "arena_bytes", "latency_p50_ms", "latency_p90_ms")
-LOWER_BOUNDS = ("min_accuracy", "min_agreement")
+TARGET_LEVEL = (
+    "flash_bytes",
+    "arena_bytes",
+    "latency_p50_ms",
+    "latency_p90_ms",
+    "latency_estimate_ms",
+    "sram_bytes",
+    "npu_ops_fraction",
+)
+LOWER_BOUNDS = ("min_accuracy", "min_agreement", "npu_ops_fraction")
 ALL_TARGETS = "*"
 
 
@@ -71,12 +79,22 @@ def _metric_mismatch(name: str, report: dict[str, Any], baseline: dict[str, Any]
     return None
 
 
+def _estimate(t: dict[str, Any]) -> Any:
+    """A target's latency estimate: the NPU compiler's own when it gave one, else the profile's MAC count."""
+    if t.get("latency_estimate_ms") is not None:
+        return t["latency_estimate_ms"]
+    return ((t.get("cost") or {}).get("latency_estimate") or {}).get("latency_ms")
+
+
 def value_of(report: dict[str, Any], name: str, target: str) -> float | None:
     """The measured figure a budget limits, or None when it was not measured."""
     getters: dict[str, Callable[[], Any]] = {
         "model_bytes": lambda: report["artifacts"]["int8"]["bytes"],
         "flash_bytes": lambda: report["targets"][target].get("flash_bytes"),
         "arena_bytes": lambda: report["targets"][target].get("arena_bytes"),
+        "sram_bytes": lambda: report["targets"][target].get("sram_bytes"),
+        "npu_ops_fraction": lambda: report["targets"][target].get("npu_ops_fraction"),
+        "latency_estimate_ms": lambda: _estimate(report["targets"][target]),
         "latency_p50_ms": lambda: report["latency"][target]["int8"]["p50_ms"],
         "latency_p90_ms": lambda: report["latency"][target]["int8"]["p90_ms"],
         "accuracy_drop": lambda: (_accuracy(report, target) or {}).get("drop"),
@@ -127,7 +145,8 @@ def evaluate(report: dict[str, Any], baseline: dict[str, Any] | None = None) -> 
         value = value_of(report, name, target)
         if value is None:
             t = report.get("targets", {}).get(target) or {} if target != ALL_TARGETS else {}
-            why = "; ".join(t.get("problems") or []) if name in ("arena_bytes", "flash_bytes") else ""
+            fit = ("arena_bytes", "flash_bytes", "sram_bytes", "npu_ops_fraction")
+            why = "; ".join(t.get("problems") or []) if name in fit else ""
             scored_by = (_accuracy(report, target) or {}).get("metric")
             if name == "min_accuracy" and scored_by not in ("top1", None):
                 why = f"min_accuracy is a top-1 fraction; this model is scored by {scored_by}"
@@ -317,7 +336,7 @@ def check_report(doc: Any, where: str) -> dict[str, Any]:
         shape.need(t, "problems", at, (list,), optional=True)
         shape.need(t, "reason", at, (str,), optional=True)
         shape.need(t, "accuracy", at, (dict,), optional=True)
-        for key in ("flash_bytes", "ram_bytes", "arena_bytes"):
+        for key in ("flash_bytes", "ram_bytes", "arena_bytes", "sram_bytes", "npu_ops_fraction"):
             shape.need(t, key, at, _NUMBER, optional=True)
     for target, lat in (shape.need(doc, "latency", "", (dict,), optional=True) or {}).items():
         at = f"latency.{target}"

@@ -6,7 +6,7 @@ import base64
 from html import escape
 from typing import Any
 
-from .render import TUNING_HEAD, accuracy_figure, drop_text, fmt, output_figures, tuning_rows
+from .render import TUNING_HEAD, accuracy_figure, drop_text, fmt, npu_line, output_figures, tuning_rows
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1060px;
@@ -189,6 +189,11 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
                 ]
             )
         parts += ["<h2>Targets: fit</h2>", _table(["target", "verdict", "flash", "RAM", "problems"], rows)]
+        npu = [npu_line(name, t) for name, t in targets.items()]
+        if any(npu):
+            parts += ["<h2>NPU (compiled by Vela; latency is Vela's estimate)</h2>", "<ul>"]
+            parts += [f"<li>{escape(line)}</li>" for line in npu if line]
+            parts += ["</ul>"]
     layers = [e for e in ((report.get("analysis") or {}).get("layers") or []) if e.get("sqnr_drop_db") is not None]
     if layers:
         parts += [

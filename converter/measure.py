@@ -86,6 +86,12 @@ def measure_target(
     keep: bool = False,
 ) -> TargetResult:
     """Measure one target; raises ``DeployError``/``EvaluationError`` when a measurement fails."""
+    if profile.runtime == "ethos-u":
+        return TargetResult(
+            None,
+            reason=f"{profile.name} runs the Vela-compiled model with the Ethos-U driver, which is not on this "
+            f"machine; see targets.{profile.name}.latency_estimate (Vela's performance model, an estimate)",
+        )
     if profile.kind == "mcu":
         return TargetResult(
             None,

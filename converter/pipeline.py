@@ -102,6 +102,8 @@ def convert(
     for name, profile in targets.items():
         if profile.runtime == "tflm":
             check_importable("tflite_micro", f"target {name} (TFLite Micro)")
+        if profile.runtime == "ethos-u":
+            check_importable("ethosu", f"target {name} (Arm Ethos-U)")
     qat = recipe.tuning.qat
     if qat is not None and not qat.data.path.exists():
         raise DataError(f"{recipe.source}: tuning.qat.data.path: {qat.data.path} does not exist")

@@ -72,6 +72,22 @@ def gate_line(g: dict[str, Any]) -> str:
 TUNING_HEAD = ["step", "what", "int8", "drop", "agreement", "bytes", "host p50", "chosen"]
 
 
+def npu_line(name: str, t: dict[str, Any]) -> str | None:
+    """One line for an NPU target compiled by its vendor's compiler (Vela); None for other targets."""
+    compiler = t.get("compiler") or {}
+    if compiler.get("name") != "vela":
+        return None
+    if compiler.get("error"):
+        return f"{name}: Vela {compiler.get('version')} failed: {compiler['error']}"
+    cpu = f": {', '.join(t['cpu_ops'])}" if t.get("cpu_ops") else ""
+    return (
+        f"{name}: Vela {compiler.get('version')}, {fmt(t.get('npu_ops_fraction'), 'fraction')} of ops on the NPU "
+        f"({t.get('npu_ops')} NPU, {t.get('cpu_op_count')} CPU{cpu}), SRAM {fmt(t.get('sram_bytes'), 'bytes')}, "
+        f"model {fmt((t.get('compiled_model') or {}).get('bytes'), 'bytes')}, "
+        f"{fmt(t.get('latency_estimate_ms'), 'ms')} estimated by Vela"
+    )
+
+
 def tuning_rows(report: dict[str, Any]) -> list[list[str]]:
     """The accuracy loop's attempts as table cells (empty when the loop did not run)."""
     tuning = report.get("tuning") or {}
@@ -178,6 +194,25 @@ def markdown(report: dict[str, Any], deltas: list[dict[str, Any]] | None = None)
             lines.append(
                 f"| {name} | {ok} | {fmt(t.get('flash_bytes'), 'bytes')} | {fmt(t.get('ram_bytes'), 'bytes')} "
                 f"| {fmt(t.get('arena_bytes'), 'bytes')} | {problems} |"
+            )
+        lines.append("")
+    npu = [(name, t) for name, t in targets.items() if (t.get("compiler") or {}).get("name") == "vela"]
+    if npu:
+        lines += [
+            "### NPU (compiled by Vela)",
+            "",
+            "| target | accelerator | NPU ops | CPU ops | SRAM | model | cycles | latency (estimate) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, t in npu:
+            if (t.get("compiler") or {}).get("error"):
+                lines.append(f"| {name} | — | — | — | — | — | — | Vela failed: {t['compiler']['error']} |")
+                continue
+            cpu = ", ".join(t.get("cpu_ops") or []) or "—"
+            lines.append(
+                f"| {name} | {t['npu']['accelerator']} at {t['npu']['clock_mhz']:g} MHz | {t['npu_ops']} | {cpu} "
+                f"| {fmt(t.get('sram_bytes'), 'bytes')} | {fmt(t['compiled_model']['bytes'], 'bytes')} "
+                f"| {t['cycles']:,} | {fmt(t.get('latency_estimate_ms'), 'ms')} |"
             )
         lines.append("")
     if deltas:

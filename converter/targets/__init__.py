@@ -15,10 +15,15 @@ from ..devices import DeviceProfile
 from ..inspect_model import list_ops
 from ..recipe import Recipe
 from ..runtime.model import TFLiteModel
-from . import edgetpu, litert, tflm
+from . import edgetpu, ethos_u, litert, tflm
 from .base import Backend, Context, cost
 
-BACKENDS: dict[str, Backend] = {"litert": litert.check, "tflm": tflm.check, "edgetpu": edgetpu.check}
+BACKENDS: dict[str, Backend] = {
+    "litert": litert.check,
+    "tflm": tflm.check,
+    "edgetpu": edgetpu.check,
+    "ethos-u": ethos_u.check,
+}
 
 
 def early_warnings(recipe: Recipe, profiles: dict[str, DeviceProfile]) -> list[str]:
