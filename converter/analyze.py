@@ -168,6 +168,8 @@ def analyze(float_tflite: bytes, quant_tflite: bytes, x: np.ndarray) -> list[Lay
     for sample in x:
         ref_i.set_tensor(ref_in.index, quantize(sample[None], ref_in))
         test_i.set_tensor(test_in.index, quantize(sample[None], test_in))
+        ref_i.reset_all_variables()  # a fused LSTM's state starts from zero for each sample
+        test_i.reset_all_variables()
         ref_i.invoke()
         test_i.invoke()
         for j, (i, _) in matches.items():

@@ -50,6 +50,7 @@ def _input_means(float_tflite: bytes, indices: set[int], x: np.ndarray) -> dict[
     counts: dict[int, int] = {}
     for sample in x[:MAX_SAMPLES]:
         interpreter.set_tensor(info.index, quantize(sample[None], info))
+        interpreter.reset_all_variables()  # a fused LSTM's state starts from zero for each sample
         interpreter.invoke()
         for i in indices:
             t = interpreter.get_tensor(i).astype(np.float64)

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import calib_cache
 from .errors import CalibrationError
+from .lstm_intermediates import lstm_ranges
 from .quant import asymmetric, levels_used
 from .ranges import RangeChoice, choose
 from .recipe import CalibrationSpec
@@ -66,9 +67,11 @@ class Calibration:
     cache_hit: bool | None
     cache_key: str
     seconds: float
+    # (tensor index, (min, max)) of fused LSTMs' intermediates and states, from TensorFlow's calibrator
+    lstm: tuple[tuple[int, tuple[float, float]], ...] = ()
 
     def ranges(self) -> dict[int, tuple[float, float]]:
-        return ranges_of(self.records)
+        return {**dict(self.lstm), **ranges_of(self.records)}
 
     def warnings(self) -> list[str]:
         return [f"{r.stats.name}: {r.note}" for r in self.records if r.note]
@@ -184,4 +187,5 @@ def calibrate(
     start = time.perf_counter()
     stats, hit, key = gather_stats(model, x, spec, preprocessing)
     records = choose_ranges(stats, spec, contract)
-    return Calibration(tuple(records), stats.samples, stats.batch, hit, key, time.perf_counter() - start)
+    lstm = tuple(sorted(lstm_ranges(model, x).items()))
+    return Calibration(tuple(records), stats.samples, stats.batch, hit, key, time.perf_counter() - start, lstm)

@@ -28,6 +28,7 @@ import numpy as np
 from .errors import ConversionError, NoIntegerKernelError
 from .extras import require
 from .inspect_model import float_ops, source_layer
+from .lstm_intermediates import add_intermediates
 
 SUPPORTED_TF = (">=2.16", "<2.22")
 
@@ -59,14 +60,16 @@ def quantize_with_ranges(
     """Write ``ranges`` (tensor index of subgraph 0 -> (min, max)) into the model and quantize it.
 
     ``float_nodes`` (output tensor names) stay float, with quantize/dequantize ops around them
-    (the quantizer's ``denylisted_nodes``); only then may the result hold float ops.
+    (the quantizer's ``denylisted_nodes``); only then may the result hold float ops. A fused LSTM first
+    gains the intermediate tensors its int8 kernel needs, appended after the others (``lstm_intermediates``):
+    their indices are those ``lstm_ranges`` gives.
     """
     tf = _tf()
     from tensorflow.lite.python import convert as tf_convert
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(float_tflite))
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(add_intermediates(float_tflite)))
     tensors = model.subgraphs[0].tensors
     for index, (lo, hi) in sorted(ranges.items()):
         params = tensors[index].quantization or schema.QuantizationParametersT()

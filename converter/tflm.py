@@ -159,10 +159,12 @@ def validate(model: bytes, samples: np.ndarray | None) -> TFLMResult:
     equal, worst, agree = [], 0, []
     for row in x:
         q = quantize(row[None], info)
+        interpreter.reset()  # variable tensors (a fused LSTM's state) start from zero for each sample, in both
         interpreter.set_input(q, 0)
         interpreter.invoke()
         micro = interpreter.get_output(0)
         litert.interpreter.set_tensor(info.index, q)
+        litert.interpreter.reset_all_variables()
         litert.interpreter.invoke()
         ref = litert.interpreter.get_tensor(litert.outputs[0].index)
         diff = np.abs(micro.astype(np.int64) - ref.astype(np.int64))

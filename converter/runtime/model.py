@@ -76,6 +76,8 @@ class TFLiteModel:
         """One invocation; each sample has the input's full shape (batch included)."""
         for info, x in zip(self.inputs, samples, strict=True):
             self.interpreter.set_tensor(info.index, quantize(x, info))
+        # Variable tensors (a fused LSTM's state) persist across invocations: each call starts from zero.
+        self.interpreter.reset_all_variables()
         self.interpreter.invoke()
         return [dequantize(self.interpreter.get_tensor(o.index), o) for o in self.outputs]
 
