@@ -6,6 +6,7 @@ Skipped cleanly where that folder is absent; set EDGECONV_REALDATA to point else
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,13 +31,30 @@ pytestmark = [
 ]
 
 
-def real_recipe(name: str) -> Recipe:
-    """The shipped recipe of a real model, with its paths pointed at REALDATA."""
-    return load_recipe(realdata.recipe_path(name), realdata.overrides(name))
+def real_recipe(name: str, *extra: str) -> Recipe:
+    """The shipped recipe of a real model, with its paths pointed at REALDATA (and ``extra`` --set overrides)."""
+    return load_recipe(realdata.recipe_path(name), [*realdata.overrides(name), *extra])
+
+
+NPU_TARGETS = "targets=[host, ethos-u55-128, grove-vision-ai-v2]"
+
+
+def assert_all_on_the_npu(report: dict[str, Any], sram_under: int) -> None:
+    """Vela (the real compiler) put every op on the Ethos-U, in less SRAM than ``sram_under`` bytes.
+
+    Measured (Vela 5.2.0): ResNet-8 42/42 ops, 51,840 B SRAM; KWS 39/39 ops, 22,080 B (U55-128) and
+    20,768 B (Grove Vision AI V2).
+    """
+    for name in ("ethos-u55-128", "grove-vision-ai-v2"):
+        t = report["targets"][name]
+        assert t["compatible"] is True and t["cpu_ops"] == [] and t["npu_ops_fraction"] == 1.0, t["problems"]
+        assert 0 < t["sram_bytes"] < sram_under and t["cycles"] > 0
+        int8 = report["artifacts"]["int8"]["bytes"]
+        assert 0.5 * int8 < t["compiled_model"]["bytes"] < 1.1 * int8  # Vela compresses the weights
 
 
 def test_resnet8_h5_to_int8_within_one_point(tmp_path: Path) -> None:
-    report = convert(real_recipe("resnet8"), tmp_path / "out").report
+    report = convert(real_recipe("resnet8", NPU_TARGETS), tmp_path / "out").report
     acc = report["accuracy"]
     assert acc["samples"] == 200 and report["model"]["format"] == "h5"
     assert acc["float"] == pytest.approx(0.855, abs=0.005)  # the README's reference figure
@@ -48,10 +66,11 @@ def test_resnet8_h5_to_int8_within_one_point(tmp_path: Path) -> None:
     # Within a few percent of the upstream int8 model's size (98,496 bytes).
     upstream = (REALDATA / "ic-resnet8" / "pretrainedResnet_quant.tflite").stat().st_size
     assert abs(report["artifacts"]["int8"]["bytes"] - upstream) / upstream < 0.05
+    assert_all_on_the_npu(report, 64 * 1024)
 
 
 def test_kws_savedmodel_to_int8_within_one_point(tmp_path: Path) -> None:
-    report = convert(real_recipe("kws"), tmp_path / "out").report
+    report = convert(real_recipe("kws", NPU_TARGETS), tmp_path / "out").report
     acc = report["accuracy"]
     assert acc["samples"] == 700 and report["model"]["format"] == "saved_model"
     assert acc["float"] >= 0.88
@@ -62,6 +81,7 @@ def test_kws_savedmodel_to_int8_within_one_point(tmp_path: Path) -> None:
     ours = report["quantization"]["input"]
     assert ours["scale"] == pytest.approx(upstream.scale, rel=0.05)
     assert abs(ours["zero_point"] - upstream.zero_point) <= 3
+    assert_all_on_the_npu(report, 32 * 1024)
 
 
 @pytest.mark.parametrize("name", ["resnet8", "kws"])
