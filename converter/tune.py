@@ -286,8 +286,8 @@ def tune(
         layers = loop.layers("worst layers", best_ptq, eval_x[: max(recipe.analysis.samples, 1)])
         worst = [e.to_json() for e in (layers or [])[:5]]
         why = (
-            f"{', '.join(integer_only)} take full-int8 models only (float layers break Edge TPU and microcontroller "
-            "deployments; 16x8 is offered for CPU targets only)"
+            f"{', '.join(integer_only)} take full-int8 models only (float layers break Edge TPU, NPU and "
+            "microcontroller deployments; 16x8 is offered for CPU targets only)"
             if integer_only
             else "the recipe already uses 16x8 activations"
         )
