@@ -55,6 +55,10 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
                 None, None, f"a key must be a plain name, got {kind}", key_node.start_mark
             )
         key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if not isinstance(key, str | int | float | bool) and key is not None:  # e.g. "? !!set": a set
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a key must be a plain name, got a {type(key).__name__}", key_node.start_mark
+            )
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from converter import pipeline
@@ -234,6 +234,7 @@ FUZZ = settings(
 
 @FUZZ
 @given(text=documents(), sets=overrides())
+@example(text="? !!set \n", sets=[])  # a set as a key: was exit 3 (TypeError: unhashable type: 'set')
 def test_validate_never_crashes(workdir: Path, text: str, sets: list[str]) -> None:
     (workdir / "recipe.yaml").write_text(text, encoding="utf-8")
     before = {p.name for p in workdir.iterdir()}
