@@ -23,7 +23,7 @@ from typing import IO, Any
 import numpy as np
 
 from .errors import DataError, RecipeError
-from .runtime.model import pack_inputs
+from .runtime.model import TFLiteModel, pack_inputs, signature_names
 from .runtime.preprocess import Preprocess, resize_bilinear
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,12 @@ class ModelInput:
 
     def describe(self) -> str:
         return f"{self.name} {['N', *self.shape[1:]]}".replace("'", "")
+
+
+def model_inputs(model: TFLiteModel) -> tuple[ModelInput, ...]:
+    """Every input of a (float) model in its order, named as a data file keys it (see ``ModelInput``)."""
+    keys = signature_names(model.interpreter)
+    return tuple(ModelInput(keys.get(i.index, i.name), i.name, i.shape, i.dtype) for i in model.inputs)
 
 
 @dataclass(frozen=True)

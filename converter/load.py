@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import model_cache
-from .data import ModelInput
+from .data import ModelInput, model_inputs
 from .errors import ModelLoadError
 from .extras import require
 from .float_rewrites import rewrite_dangling_splits, rewrite_neg
-from .runtime.model import TFLiteModel, signature_names
+from .runtime.model import TFLiteModel
 from .unroll import unroll_recurrent
 
 log = logging.getLogger(__name__)
@@ -109,12 +109,6 @@ def load_model(path: Path, custom_objects: Iterable[str] = (), cache: bool = Fal
     _refuse_loops(content, path, fmt)
     inputs = model_inputs(ref)
     return LoadedModel(path, fmt, content, loader, inputs[0].shape, inputs[0].dtype, inputs)
-
-
-def model_inputs(ref: TFLiteModel) -> tuple[ModelInput, ...]:
-    """Every input of the float model in its order, named as a data file keys it (see ``ModelInput``)."""
-    keys = signature_names(ref.interpreter)
-    return tuple(ModelInput(keys.get(i.index, i.name), i.name, i.shape, i.dtype) for i in ref.inputs)
 
 
 # Control-flow ops: TFLite has no int8 kernel for them, so a model holding one cannot go full-integer.
