@@ -159,7 +159,11 @@ def _accuracy_line(acc: dict[str, Any] | None) -> str | None:
 @click.command()
 @click.option("--model", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Model to measure.")
 @click.option("--float", "float_model", type=click.Path(path_type=Path, dir_okay=False), help="Float reference.")
-@click.option("--data", type=click.Path(path_type=Path, dir_okay=False), help=".npz of raw samples x (and labels y).")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help=".npz of raw samples x (and labels y); several inputs: one array per input, keyed by name.",
+)
 @click.option(
     "--resize",
     nargs=2,
