@@ -74,7 +74,7 @@ def test_npz_keyed_by_input_name_selects_the_same_rows_of_every_array(tmp_path: 
 def test_tensor_names_work_as_keys_too(tmp_path: Path) -> None:
     features, image, _ = _arrays()
     path = tmp_path / "d.npz"
-    np.savez(path, **{"serving_default_features:0": features, "image": image})
+    np.savez(path, **{"serving_default_features:0": features, "image": image})  # type: ignore[arg-type]
     ds = load_inputs(path, INPUTS, where=W)
     np.testing.assert_array_equal(ds.x["serving_default_features:0"], features)
 
