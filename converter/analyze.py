@@ -34,7 +34,7 @@ from .errors import ConversionError
 from .inspect_model import op_graph
 from .runtime.accuracy import SQNR_CAP_DB, sqnr_db
 from .runtime.interpreter import make_interpreter
-from .runtime.model import TensorInfo, TFLiteModel, quantize
+from .runtime.model import TensorInfo, TFLiteModel, input_arrays, quantize
 
 log = logging.getLogger(__name__)
 ISOLATE = 8  # worst layers measured alone
@@ -94,7 +94,7 @@ def _outputs(interpreter: Any) -> tuple[list[int], dict[int, Any], dict[int, Any
     """Model input and op outputs (tensor indices), tensor details, and each tensor's writing op."""
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     writer: dict[int, Any] = {}
-    wanted = [interpreter.get_input_details()[0]["index"]]
+    wanted = [int(d["index"]) for d in interpreter.get_input_details()]
     for op in interpreter._get_ops_details():  # noqa: SLF001 - see inspect_model
         for i in op["outputs"]:
             if int(i) >= 0:
@@ -163,11 +163,12 @@ def analyze(float_tflite: bytes, quant_tflite: bytes, x: np.ndarray) -> list[Lay
         )
         for j in matches
     }
-    ref_in = TensorInfo.from_details(ref_i.get_input_details()[0])
-    test_in = TensorInfo.from_details(test_i.get_input_details()[0])
-    for sample in x:
-        ref_i.set_tensor(ref_in.index, quantize(sample[None], ref_in))
-        test_i.set_tensor(test_in.index, quantize(sample[None], test_in))
+    ref_in = [TensorInfo.from_details(d) for d in ref_i.get_input_details()]
+    test_in = [TensorInfo.from_details(d) for d in test_i.get_input_details()]
+    for row in range(len(x)):
+        for interpreter, infos in ((ref_i, ref_in), (test_i, test_in)):
+            for info, values in zip(infos, input_arrays(x[row : row + 1], infos), strict=True):
+                interpreter.set_tensor(info.index, quantize(values, info))
         ref_i.reset_all_variables()  # a fused LSTM's state starts from zero for each sample
         test_i.reset_all_variables()
         ref_i.invoke()
@@ -211,7 +212,7 @@ def isolate(
     ``requantize(float_nodes=…)`` returns the model quantized the same way with those nodes float.
     """
     nodes = [n.name for n in op_graph(float_tflite).nodes]
-    reference = TFLiteModel(model_content=float_tflite, delegate="none").predict(x)[0]
+    reference = TFLiteModel(model_content=float_tflite, delegate="none").predict(x)
     out = list(layers)
     for i, layer in enumerate(layers[:count]):
         if layer.name not in nodes or layer.op in ("", "QUANTIZE", "DEQUANTIZE"):
@@ -221,6 +222,7 @@ def isolate(
         except ConversionError as e:
             log.info("analysis: %s not quantized alone: %s", layer.name, e)
             continue
-        test = TFLiteModel(model_content=model, delegate="none").predict(x)[0]
-        out[i] = dataclasses.replace(layer, alone_sqnr_db=sqnr_db(reference, test))
+        test = TFLiteModel(model_content=model, delegate="none").predict(x)
+        worst = min(sqnr_db(r, t) for r, t in zip(reference, test, strict=True))  # several outputs: the worst
+        out[i] = dataclasses.replace(layer, alone_sqnr_db=worst)
     return out

@@ -88,11 +88,14 @@ class BenchRequest:
 
 
 def write_eval_npz(path: Path, x: np.ndarray, y: np.ndarray | None) -> Path:
-    """Raw evaluation samples for a device (preprocessing happens there, by the runtime)."""
-    if y is None:
-        np.savez(path, x=x)
-    else:
-        np.savez(path, x=x, y=y)
+    """Raw evaluation samples for a device (preprocessing happens there, by the runtime).
+
+    Packed samples (several inputs) are stored as one array per input, keyed by input tensor name.
+    """
+    arrays = {name: x[name] for name in x.dtype.names} if x.dtype.names else {"x": x}
+    if y is not None:
+        arrays["y"] = y
+    np.savez(path, **arrays)  # type: ignore[arg-type]
     return path
 
 

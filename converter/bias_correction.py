@@ -25,7 +25,7 @@ import numpy as np
 from . import flatbuf
 from .equalize import TOLERANCE
 from .runtime.interpreter import make_interpreter
-from .runtime.model import TensorInfo, quantize
+from .runtime.model import TensorInfo, input_arrays, quantize
 from .transform_check import check_transform, outputs, relative_error
 
 MAX_SAMPLES = 256
@@ -45,11 +45,12 @@ class BiasFix:
 def _input_means(float_tflite: bytes, indices: set[int], x: np.ndarray) -> dict[int, np.ndarray]:
     """Per-channel (last axis) mean of each float tensor in ``indices`` over the samples ``x``."""
     interpreter = make_interpreter(model_content=float_tflite, delegate="none", preserve_all_tensors=True)
-    info = TensorInfo.from_details(interpreter.get_input_details()[0])
+    infos = [TensorInfo.from_details(d) for d in interpreter.get_input_details()]
     sums: dict[int, np.ndarray] = {}
     counts: dict[int, int] = {}
-    for sample in x[:MAX_SAMPLES]:
-        interpreter.set_tensor(info.index, quantize(sample[None], info))
+    for row in range(min(len(x), MAX_SAMPLES)):
+        for info, values in zip(infos, input_arrays(x[row : row + 1], infos), strict=True):
+            interpreter.set_tensor(info.index, quantize(values, info))
         interpreter.reset_all_variables()  # a fused LSTM's state starts from zero for each sample
         interpreter.invoke()
         for i in indices:

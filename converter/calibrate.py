@@ -159,7 +159,7 @@ def choose_ranges(
         method, pct, by_rule = method_for(s.name, spec)
         if s.op in FIXED_OUTPUT_RANGES:
             choice = RangeChoice(*FIXED_OUTPUT_RANGES[s.op], "fixed")
-        elif s.index == stats.input_index and not by_rule:
+        elif (s.index == stats.input_index or not s.op) and not by_rule:  # no writing op: a model input
             choice = _input_choice(s, spec, contract)
         else:
             choice = choose(s, method, pct)

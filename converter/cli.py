@@ -216,7 +216,7 @@ def accuracy_lines(acc: dict[str, Any]) -> list[str]:
     head = f"  accuracy ({acc['where']}, {acc['metric']}, {acc['samples']} samples): "
     agreement = f", agreement {_pct(acc['agreement'])}" if acc.get("agreement") is not None else ""
     out = [head + accuracy_figure(acc) + agreement]
-    if acc["metric"] != "top1" and acc.get("outputs"):
+    if acc.get("outputs") and (acc["metric"] != "top1" or len(acc["outputs"]) > 1):
         out.append(f"  int8 vs float: {output_figures(acc['outputs'])}")
     recon = acc.get("reconstruction")
     if recon:
@@ -225,6 +225,19 @@ def accuracy_lines(acc: dict[str, Any]) -> list[str]:
             f"int8 {recon['int8_mse']:.4g}"
         )
     return out
+
+
+def _io_line(q: dict[str, Any]) -> str:
+    """The int8 model's I/O types; every input by name when there are several."""
+    inputs, outputs = q.get("inputs") or [q["input"]], q.get("outputs") or [q["output"]]
+    if len(inputs) == 1 and len(outputs) == 1:
+        i = q["input"]
+        return (
+            f"  I/O    {i['dtype']} in (scale {i['scale']}, zero point {i['zero_point']}), {q['output']['dtype']} out"
+        )
+    ins = ", ".join(f"{i['name']} {i['dtype']} (scale {i['scale']}, zero point {i['zero_point']})" for i in inputs)
+    outs = ", ".join(f"{o['name']} {o['dtype']}" for o in outputs)
+    return f"  I/O    {len(inputs)} in: {ins}; {len(outputs)} out: {outs}"
 
 
 def summary(out_dir: Path, report: dict[str, Any]) -> str:
@@ -238,8 +251,7 @@ def summary(out_dir: Path, report: dict[str, Any]) -> str:
         f"edgeconv {report['tool']['version']} · {report['recipe']['name']}",
         f"  float  {art['float']['path']:<20} {f_bytes:>11,} bytes",
         f"  int8   {art['int8']['path']:<20} {q_bytes:>11,} bytes ({100 * q_bytes / f_bytes:.1f}% of float)",
-        f"  I/O    {q['input']['dtype']} in (scale {q['input']['scale']}, zero point {q['input']['zero_point']}), "
-        f"{q['output']['dtype']} out",
+        _io_line(q),
         f"  calibration {report['calibration']['method']} on {report['calibration']['samples']} samples "
         f"in {report['calibration']['seconds']:.1f}s",
     ]

@@ -159,7 +159,11 @@ def _accuracy_line(acc: dict[str, Any] | None) -> str | None:
 @click.command()
 @click.option("--model", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Model to measure.")
 @click.option("--float", "float_model", type=click.Path(path_type=Path, dir_okay=False), help="Float reference.")
-@click.option("--data", type=click.Path(path_type=Path, dir_okay=False), help=".npz of raw samples x (and labels y).")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help=".npz of raw samples x (and labels y); several inputs: one array per input, keyed by name.",
+)
 @click.option(
     "--resize",
     nargs=2,
@@ -356,11 +360,12 @@ def analyze(**kw: Any) -> None:
         from .analyze import analyze as per_layer
         from .analyze import isolate
         from .artifacts import sha256_of, update_outputs
-        from .data import load_dataset, prepare
+        from .data import check_preprocess, model_inputs, read_samples
         from .errors import OutputError
         from .gates import read_report
         from .recipe import load_recipe
         from .report import FLOAT_NAME, INT8_NAME, REPORT_NAME, dumps
+        from .runtime.model import TFLiteModel
 
         recipe = load_recipe(kw["recipe_path"], list(kw["overrides"]))
         out = kw["out_dir"] or Path("build") / recipe.name
@@ -369,19 +374,17 @@ def analyze(**kw: Any) -> None:
             if not (out / name).is_file():
                 raise OutputError(f"{out}: no {name}; run edgeconv convert --recipe {recipe.source} first")
         again = f"run edgeconv convert --recipe {recipe.source} again"
-        shape = _input_shapes(out / FLOAT_NAME, str(out), again)[0]
-        if _input_shapes(out / INT8_NAME, str(out), again)[0] != shape:
+        shapes = _input_shapes(out / FLOAT_NAME, str(out), again)
+        if _input_shapes(out / INT8_NAME, str(out), again) != shapes:
             raise OutputError(f"{out}: {INT8_NAME} and {FLOAT_NAME} take different inputs; {again}")
         src = recipe.data.evaluation or recipe.data.calibration
-        ds = load_dataset(
-            src.path,
-            where=f"{recipe.source}: data",
-            samples=kw["samples"],
+        inputs = model_inputs(TFLiteModel(model_path=str(out / FLOAT_NAME), delegate="none"))
+        kind = "evaluation" if recipe.data.evaluation else "calibration"
+        check_preprocess(recipe.preprocess(), inputs, str(recipe.source))
+        x, _ = read_samples(
+            src.path, inputs, recipe.preprocess(), where=f"{recipe.source}: data.{kind}", samples=kw["samples"],
             seed=src.seed,
-            channels=shape[-1] if len(shape) == 4 else None,
-            image_size=recipe.input.resize,
-        )
-        x = prepare(ds, recipe.preprocess(), shape, "data")
+        )  # fmt: skip
         float_tflite = (out / FLOAT_NAME).read_bytes()
         report_path = out / REPORT_NAME
         report = read_report(report_path, str(report_path)) if report_path.is_file() else {}

@@ -1,5 +1,11 @@
 """Calibration and evaluation data: .npz / .npy arrays and image folders, chosen reproducibly.
 
+A single-input model takes an .npz (``x``, optional ``y``; ``x`` may also be keyed by the input's
+name), an .npy or an image folder. A model with several inputs takes an .npz with one array per
+input keyed by the input's name (``ModelInput.name``; the input tensor's name works too) and an
+optional ``y``; its samples are packed into one structured array (``runtime.model.pack_inputs``),
+so a sample's inputs stay together through selection and slicing.
+
 Data files come from strangers too: numpy's own errors are replaced by ours (never its
 advice to load pickles "unsafely": ``allow_pickle`` stays False), each array's header is
 read before its data so object, complex, string and structured arrays are refused by name,
@@ -16,12 +22,37 @@ from typing import IO, Any
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, RecipeError
+from .runtime.model import TFLiteModel, pack_inputs, signature_names
 from .runtime.preprocess import Preprocess, resize_bilinear
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm")
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """One input of the float model: the name a data file keys it by, its tensor's name, shape and dtype.
+
+    ``name`` is the model's signature name for the input when it has one (a SavedModel's or the stock
+    converter's float .tflite: ``image`` for the tensor ``serving_default_image:0``), else the tensor's
+    name (edgeconv's own Keras conversion names each tensor as the Keras input).
+    """
+
+    name: str
+    tensor: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def describe(self) -> str:
+        return f"{self.name} {['N', *self.shape[1:]]}".replace("'", "")
+
+
+def model_inputs(model: TFLiteModel) -> tuple[ModelInput, ...]:
+    """Every input of a (float) model in its order, named as a data file keys it (see ``ModelInput``)."""
+    keys = signature_names(model.interpreter)
+    return tuple(ModelInput(keys.get(i.index, i.name), i.name, i.shape, i.dtype) for i in model.inputs)
 
 
 @dataclass(frozen=True)
@@ -54,11 +85,13 @@ def load_dataset(
     seed: int = 0,
     channels: int | None = None,
     image_size: tuple[int, int] | None = None,
+    input_names: tuple[str, ...] = (),
 ) -> Dataset:
     """Read a dataset; ``where`` ("recipe.yaml: data.calibration") prefixes every error.
 
     ``channels`` picks grayscale (1) or RGB (3) decoding for image folders;
-    ``image_size`` lets folders of mixed-size images be resized on decode.
+    ``image_size`` lets folders of mixed-size images be resized on decode;
+    ``input_names``: names the model input has, accepted in an .npz instead of ``x``.
     """
     if not path.exists():
         raise DataError(
@@ -67,7 +100,7 @@ def load_dataset(
     if path.is_dir():
         ds = _load_folder(path, where, samples, seed, channels, image_size)
     elif path.suffix == ".npz":
-        ds = _load_npz(path, where, samples, seed)
+        ds = _load_npz(path, where, samples, seed, input_names)
     elif path.suffix == ".npy":
         ds = _load_npy(path, where, samples, seed)
     else:
@@ -79,6 +112,122 @@ def load_dataset(
     if samples is not None and samples > ds.available:
         log.warning("%s: asked for %d samples, %s has only %d; using all", where, samples, path, ds.available)
     return ds
+
+
+def load_inputs(
+    path: Path, inputs: tuple[ModelInput, ...], *, where: str, samples: int | None = None, seed: int = 0
+) -> Dataset:
+    """Samples of a model with several ``inputs``: an .npz with one array per input, keyed by input name.
+
+    The arrays must hold the same number of samples; ``y`` (labels) is optional. ``x`` of the
+    returned dataset is packed (one field per input, named by its tensor, in the model's order).
+    """
+    expected = ", ".join(i.describe() for i in inputs)
+    layout = (
+        f"the model has {len(inputs)} inputs ({expected}), so the data is an .npz with one array per input, "
+        "keyed by the input's name (optional y: labels), e.g. numpy.savez(path, "
+        + ", ".join(f"{i.name}=..." for i in inputs[:2])
+        + ", y=labels)"
+    )
+    if not path.exists():
+        raise DataError(
+            f"{where}.path: not found: {path}; check the path (relative paths start at the recipe's folder)"
+        )
+    if path.is_dir() or path.suffix != ".npz":
+        kind = "an image folder" if path.is_dir() else f"a {path.suffix or 'extensionless'} file"
+        raise DataError(f"{where}.path: {path}: is {kind}, which feeds a single-input model only; {layout}")
+    arrays, y_all = _read_npz_inputs(path, inputs, where, layout)
+    counts = {name: len(a) for name, a in arrays.items()}
+    if y_all is not None:
+        counts["y"] = len(y_all)
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{k}: {v}" for k, v in counts.items())
+        raise DataError(
+            f"{where}.path: {path}: the arrays hold different numbers of samples ({listed}); every input "
+            "(and y) needs one row per sample, in the same order"
+        )
+    n = len(next(iter(arrays.values())))
+    if n == 0:
+        raise DataError(f"{where}.path: {path}: the dataset is empty; it needs at least one sample")
+    idx = select(n, samples, seed)
+    y = _labels(np.asarray(y_all), n, where, path)[idx] if y_all is not None else None
+    if samples is not None and samples > n:
+        log.warning("%s: asked for %d samples, %s has only %d; using all", where, samples, path, n)
+    eight_bit = all(a.dtype == np.uint8 for a in arrays.values())
+    picked = {i.tensor: np.asarray(arrays[i.name][idx]) for i in inputs}
+    return Dataset(x=pack_inputs(picked), y=y, source=path, available=n, eight_bit=eight_bit)
+
+
+def _read_npz_inputs(
+    path: Path, inputs: tuple[ModelInput, ...], where: str, layout: str
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The .npz arrays of every input (by ``ModelInput.name``) and ``y``, headers checked before any data."""
+    if _magic(path, where)[:4] not in _ZIP_MAGIC:
+        raise DataError(f"{where}.path: {path}: cannot read .npz: it is not a zip archive; {_NPZ_HELP}")
+    names = {i.name for i in inputs} | {i.tensor for i in inputs}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {n.removesuffix(".npy"): n for n in archive.namelist()}
+            keys: dict[str, str] = {}
+            for i in inputs:
+                key = i.name if i.name in members else i.tensor if i.tensor in members else None
+                if key is None:
+                    raise DataError(
+                        f"{where}.path: {path}: no array '{i.name}' for the model input '{i.name}'; it has: "
+                        f"{', '.join(members) or 'nothing'}; {layout}"
+                    )
+                keys[i.name] = key
+            labels = "y" if "y" in members and "y" not in names else None
+            for key in [*keys.values(), *([labels] if labels else [])]:
+                with archive.open(members[key]) as f:
+                    _, dtype = _read_header(f, where, path, key)
+                problem = _dtype_problem(dtype, f"array '{key}'" if key != "y" else "labels 'y'")
+                if problem:
+                    raise DataError(f"{where}.path: {path}: {problem}")
+            extra = sorted(set(members) - set(keys.values()) - {labels})
+            if extra:
+                log.warning("%s: %s: arrays %s are not model inputs; ignored", where, path, ", ".join(extra))
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[key] for name, key in keys.items()}
+            y_all = npz[labels] if labels else None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, MemoryError, NotImplementedError) as e:
+        raise _read_failed(e, where, path, ".npz") from e
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray) or a.ndim < 1:
+            raise DataError(f"{where}.path: {path}: array '{keys[name]}' is not an array of samples; {layout}")
+    return arrays, y_all
+
+
+def prepare_inputs(ds: Dataset, inputs: tuple[ModelInput, ...], where: str) -> np.ndarray:
+    """Packed float32 samples for a model with several inputs, each array checked against its input.
+
+    No preprocessing contract applies (it is defined for one input): each array reaches the model as
+    float32, unchanged but for a missing channel axis of size 1.
+    """
+    out: dict[str, np.ndarray] = {}
+    for i in inputs:
+        a = ds.x[i.tensor]
+        if a.ndim == len(i.shape) - 1 and i.shape[-1] == 1:
+            a = a[..., None]
+        if tuple(a.shape[1:]) != tuple(i.shape[1:]):
+            raise DataError(
+                f"{where}.path: {ds.source}: array '{i.name}' has samples of shape {list(a.shape[1:])} but the model "
+                f"input '{i.name}' expects {list(i.shape[1:])} (inputs: {', '.join(j.describe() for j in inputs)}); "
+                "store each input's samples as [N, ...] in the input's shape"
+            )
+        try:
+            a = np.asarray(a, dtype=np.float32)
+        except MemoryError as e:
+            raise DataError(f"{where}: {ds.source}: {len(a)} samples do not fit in memory; use fewer samples") from e
+        bad = ~np.isfinite(a)
+        if bad.any():
+            rows = np.unique(np.nonzero(bad)[0])
+            raise DataError(
+                f"{where}: {ds.source}: array '{i.name}': {bad.sum()} NaN/Inf values in {len(rows)} samples "
+                f"(first: sample {int(rows[0])}); remove or repair them"
+            )
+        out[i.tensor] = a
+    return pack_inputs(out)
 
 
 def _labels(y: np.ndarray, n: int, where: str, path: Path) -> np.ndarray:
@@ -166,26 +315,28 @@ def _read_failed(e: BaseException, where: str, path: Path, kind: str) -> DataErr
     return DataError(f"{where}.path: {path}: cannot read {kind}: {text}")
 
 
-def _load_npz(path: Path, where: str, samples: int | None, seed: int) -> Dataset:
+def _load_npz(path: Path, where: str, samples: int | None, seed: int, names: tuple[str, ...] = ()) -> Dataset:
     if _magic(path, where)[:4] not in _ZIP_MAGIC:
         raise DataError(f"{where}.path: {path}: cannot read .npz: it is not a zip archive; {_NPZ_HELP}")
     try:
         with zipfile.ZipFile(path) as archive:
             members = {n.removesuffix(".npy"): n for n in archive.namelist()}
-            if "x" not in members:
+            x_key = next((k for k in ("x", *names) if k in members), None)
+            if x_key is None:
+                also = f" or '{names[0]}' (the model input's name)" if names else ""
                 raise DataError(
-                    f"{where}.path: {path}: no array 'x' in the .npz (it has: {', '.join(members) or 'nothing'})"
+                    f"{where}.path: {path}: no array 'x'{also} in the .npz (it has: {', '.join(members) or 'nothing'})"
                 )
-            for key in ("x", "y"):
+            for key in (x_key, "y"):
                 if key not in members:
                     continue
                 with archive.open(members[key]) as f:
                     _, dtype = _read_header(f, where, path, key)
-                problem = _dtype_problem(dtype, "samples" if key == "x" else "labels 'y'")
+                problem = _dtype_problem(dtype, "labels 'y'" if key == "y" else "samples")
                 if problem:
                     raise DataError(f"{where}.path: {path}: {problem}")
         with np.load(path, allow_pickle=False) as npz:
-            x_all = npz["x"]
+            x_all = npz[x_key]
             y_all = npz["y"] if "y" in members else None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, MemoryError, NotImplementedError) as e:
         raise _read_failed(e, where, path, ".npz") from e
@@ -302,3 +453,43 @@ def prepare(ds: Dataset, preprocess: Preprocess, input_shape: tuple[int, ...], w
             f"(first: sample {int(rows[0])}); remove or repair them"
         )
     return out
+
+
+def check_preprocess(preprocess: Preprocess, inputs: tuple[ModelInput, ...], where: str) -> None:
+    """The recipe's ``input`` contract is for one input: with several, it must be left at its defaults.
+
+    Which input a resize or scale would mean is ambiguous, and applying it to every input would scale
+    feature vectors like pixels; so samples for several inputs are stored as the model takes them.
+    """
+    if len(inputs) > 1 and preprocess != Preprocess():
+        raise RecipeError(
+            f"{where}: input: resize/scale/offset apply to single-input models, and this model has {len(inputs)} "
+            f"inputs ({', '.join(i.describe() for i in inputs)}); remove the recipe's input section and store each "
+            "input's array in the .npz already preprocessed, as the model takes it (it is fed as float32, unchanged)"
+        )
+
+
+def read_samples(
+    path: Path,
+    inputs: tuple[ModelInput, ...],
+    preprocess: Preprocess,
+    *,
+    where: str,
+    samples: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, Dataset]:
+    """Preprocessed samples for the model's ``inputs`` (packed for several) and the raw dataset they came from."""
+    if len(inputs) > 1:
+        ds = load_inputs(path, inputs, where=where, samples=samples, seed=seed)
+        return prepare_inputs(ds, inputs, where), ds
+    shape = inputs[0].shape
+    ds = load_dataset(
+        path,
+        where=where,
+        samples=samples,
+        seed=seed,
+        channels=shape[-1] if len(shape) == 4 else None,
+        image_size=preprocess.resize,
+        input_names=tuple(dict.fromkeys((inputs[0].name, inputs[0].tensor))),
+    )
+    return prepare(ds, preprocess, shape, where), ds

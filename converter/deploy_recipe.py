@@ -7,7 +7,7 @@ from typing import Any
 
 from .artifacts import sha256_of, update_outputs
 from .ci_outputs import finalize, images_in
-from .data import load_dataset
+from .data import check_preprocess, model_inputs, read_samples
 from .devices import load_device
 from .errors import OutputError, UserInputError
 from .gates import read_report
@@ -58,17 +58,14 @@ def deploy_recipe(
     spec = TargetSpec(name, host, port, identity, known_hosts, ssh_options, python)
     eval_data = None
     if recipe.data.evaluation:
-        shape = TFLiteModel(model_path=str(out / INT8_NAME)).inputs[0].shape
+        inputs = model_inputs(TFLiteModel(model_path=str(out / FLOAT_NAME)))
         src = recipe.data.evaluation
-        ds = load_dataset(
-            src.path,
-            where=f"{recipe.source}: data.evaluation",
-            samples=src.samples,
+        check_preprocess(recipe.preprocess(), inputs, str(recipe.source))
+        _, ds = read_samples(
+            src.path, inputs, recipe.preprocess(), where=f"{recipe.source}: data.evaluation", samples=src.samples,
             seed=src.seed,
-            channels=shape[-1] if len(shape) == 4 else None,
-            image_size=recipe.input.resize,
-        )
-        eval_data = (ds.x, ds.y)
+        )  # fmt: skip
+        eval_data = (ds.x, ds.y)  # raw: the runtime on the device preprocesses
     prep = recipe.preprocess()
     models = {"float": out / FLOAT_NAME, "int8": out / INT8_NAME}
     result = measure_target(spec, profile, recipe.benchmark, models, eval_data, prep, keep=keep)

@@ -7,16 +7,17 @@ import numpy as np
 from .errors import DataError
 from .progress import Progress
 from .runtime.accuracy import Accuracy, MetricError, compare, pick_metric
-from .runtime.model import TFLiteModel
+from .runtime.model import TFLiteModel, signature_names
 
 CHUNK = 64  # samples between progress updates
 
 
 def check_metric(float_tflite: bytes, x: np.ndarray, labels: np.ndarray | None, metric: str, where: str) -> str:
     """The metric ``evaluate_host`` will use, checked before calibration: a metric the data cannot give fails fast."""
-    shape = TFLiteModel(model_content=float_tflite).outputs[0].shape
+    outputs = TFLiteModel(model_content=float_tflite).outputs
+    shaped = [np.empty((len(x), *o.shape[1:]), dtype=np.float32) for o in outputs]
     try:
-        return pick_metric(metric, np.empty((len(x), *shape[1:]), dtype=np.float32), x, labels)
+        return pick_metric(metric, shaped, x, labels)
     except MetricError as e:
         raise DataError(f"{where}: {e}") from e
 
@@ -30,13 +31,16 @@ def evaluate_host(
     metric: str = "auto",
     where: str = "data.evaluation.metric",
 ) -> Accuracy:
-    """Run both models on preprocessed ``x`` with the runtime used on devices, scored by ``metric``.
+    """Run both models on preprocessed ``x`` (packed for several inputs) with the runtime used on devices.
+
+    Scored by ``metric``; outputs are named as the float model's signature names them, else by tensor name.
 
     Raises ``DataError`` (prefixed with ``where``, the recipe file and key) when ``metric`` cannot be
     measured on this model and data, e.g. top1 without labels.
     """
     ref, quant = TFLiteModel(model_content=float_tflite), TFLiteModel(model_content=quant_tflite)
-    names = [o.name for o in ref.outputs]
+    keys = signature_names(ref.interpreter)
+    names = [keys.get(o.index, o.name) for o in ref.outputs]
     ref_out: list[list[np.ndarray]] = [[] for _ in ref.outputs]
     quant_out: list[list[np.ndarray]] = [[] for _ in quant.outputs]
     with Progress("evaluate", len(x)) as progress:

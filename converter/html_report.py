@@ -6,7 +6,17 @@ import base64
 from html import escape
 from typing import Any
 
-from .render import TUNING_HEAD, accuracy_figure, drop_text, fmt, npu_line, output_figures, tuning_rows
+from .render import (
+    IO_HEAD,
+    TUNING_HEAD,
+    accuracy_figure,
+    drop_text,
+    fmt,
+    io_rows,
+    npu_line,
+    output_figures,
+    tuning_rows,
+)
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1060px;
@@ -104,6 +114,9 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
             {1},
         ),
     ]
+    io = io_rows(report)
+    if io:
+        parts += ["<h2>Model I/O</h2>", _table(IO_HEAD, [[escape(c) for c in r] for r in io], {4, 5})]
     if gates:
         rows = []
         for g in gates:
@@ -138,6 +151,11 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
                 {1, 2, 3, 4, 5},
             ),
         ]
+        if len(acc.get("outputs") or []) > 1:
+            parts.append(
+                f"<p>top-1 on output {escape(str(acc.get('output')))}; int8 vs float: "
+                f"{escape(output_figures(acc['outputs']))}.</p>"
+            )
     elif acc.get("metric"):
         parts += [
             f"<h2>Accuracy ({escape(acc['metric'])})</h2>",

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import model_cache
+from .data import ModelInput, model_inputs
 from .errors import ModelLoadError
 from .extras import require
 from .float_rewrites import rewrite_dangling_splits, rewrite_neg
@@ -46,8 +47,9 @@ class LoadedModel:
     format: ModelFormat
     float_tflite: bytes
     loader: str
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]  # the first input's (the only one for most models)
     input_dtype: str
+    inputs: tuple[ModelInput, ...] = ()  # every input, in the float model's order
 
 
 def detect_format(path: Path) -> ModelFormat:
@@ -105,12 +107,8 @@ def load_model(path: Path, custom_objects: Iterable[str] = (), cache: bool = Fal
     except Exception as e:  # noqa: BLE001 - the interpreter raises bare RuntimeError/ValueError
         raise ModelLoadError(f"model: {path}: the TFLite interpreter cannot open it: {e}") from e
     _refuse_loops(content, path, fmt)
-    if len(ref.inputs) != 1:
-        raise ModelLoadError(
-            f"model: {path}: has {len(ref.inputs)} inputs; this version converts single-input models only"
-        )
-    info = ref.inputs[0]
-    return LoadedModel(path, fmt, content, loader, info.shape, info.dtype)
+    inputs = model_inputs(ref)
+    return LoadedModel(path, fmt, content, loader, inputs[0].shape, inputs[0].dtype, inputs)
 
 
 # Control-flow ops: TFLite has no int8 kernel for them, so a model holding one cannot go full-integer.
@@ -343,27 +341,76 @@ def _load_keras(path: Path, fmt: ModelFormat, objects: dict[str, Any]) -> tuple[
 def _keras_to_tflite(model: Any, path: Path) -> bytes:
     tf = require("tensorflow")
 
-    inputs = model.inputs
-    if len(inputs) != 1:
-        raise ModelLoadError(f"model: {path}: has {len(inputs)} inputs; this version converts single-input models only")
-    shape = tuple(inputs[0].shape[1:])
-    if any(d is None for d in shape):
-        raise ModelLoadError(
-            f"model: {path}: input shape {list(inputs[0].shape)} has unknown dimensions; "
-            "save the model with a fixed input size (microcontrollers and Edge TPU need static shapes)"
-        )
+    inputs = list(model.inputs)
+    for tensor in inputs:
+        if any(d is None for d in tuple(tensor.shape[1:])):
+            which = f" '{_keras_input_name(tensor)}'" if len(inputs) > 1 else ""
+            raise ModelLoadError(
+                f"model: {path}: input{which} shape {list(tensor.shape)} has unknown dimensions; "
+                "save the model with a fixed input size (microcontrollers and Edge TPU need static shapes)"
+            )
     # Trace with a batch-1 input (MCU and Edge TPU runtimes need static shapes; a fixed batch
     # also keeps a dynamic batch's SHAPE/PACK ops out of the graph) and freeze the variables
     # ourselves: 3x faster than from_keras_model, which round-trips a SavedModel on disk.
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    spec = tf.TensorSpec([1, *shape], tf.as_dtype(getattr(inputs[0].dtype, "name", inputs[0].dtype)), name="input")
+    # One input keeps the name "input" (calibration rules and caches name it); several keep their Keras
+    # names, which is how a data file keys them.
+    names = ["input"] if len(inputs) == 1 else _unique_op_names([_keras_input_name(t) for t in inputs])
+    specs = [
+        tf.TensorSpec([1, *t.shape[1:]], tf.as_dtype(getattr(t.dtype, "name", t.dtype)), name=name)
+        for t, name in zip(inputs, names, strict=True)
+    ]
     try:
-        concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+        if len(specs) == 1:
+            concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(specs[0])
+        else:
+            concrete = tf.function(lambda *xs: model(list(xs), training=False)).get_concrete_function(*specs)
         frozen = convert_variables_to_constants_v2(concrete)
-        return bytes(tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
+        content = bytes(tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"model: {path}: TensorFlow cannot convert it to TFLite: {e}") from e
+    outputs = [str(n) for n in getattr(model, "output_names", None) or []]
+    return _name_outputs(content, outputs) if len(outputs) > 1 else content
+
+
+def _name_outputs(content: bytes, names: list[str]) -> bytes:
+    """Several outputs get their Keras names (the traced graph calls them Identity, Identity_1, ...).
+
+    Only when the names are unique and no other tensor has one of them: analysis matches tensors by name.
+    """
+    from . import flatbuf
+
+    model = flatbuf.load(content)
+    subgraph = model.subgraphs[0]
+    taken = {t.name.decode() if isinstance(t.name, bytes) else str(t.name) for t in subgraph.tensors}
+    if len(subgraph.outputs) != len(names) or len(set(names)) != len(names) or taken & set(names):
+        return content
+    for index, name in zip(subgraph.outputs, names, strict=True):
+        subgraph.tensors[index].name = name.encode()
+    return flatbuf.dump(model)
+
+
+def _keras_input_name(tensor: Any) -> str:
+    """A Keras input's name without TensorFlow's ``:0`` suffix (tf_keras tensors carry it)."""
+    return str(getattr(tensor, "name", "input")).split(":", 1)[0]
+
+
+_OP_NAME = re.compile(r"[^A-Za-z0-9_.\-/]")
+
+
+def _unique_op_names(names: list[str]) -> list[str]:
+    """Valid TensorFlow op names, kept as they are where possible, made unique with _1, _2 suffixes."""
+    out: list[str] = []
+    for name in names:
+        base = _OP_NAME.sub("_", name) or "input"
+        base = base if base[0].isalnum() or base[0] == "." else f"input_{base}"
+        candidate, n = base, 0
+        while candidate in out:
+            n += 1
+            candidate = f"{base}_{n}"
+        out.append(candidate)
+    return out
 
 
 def _saved_model_to_tflite(path: Path) -> bytes:

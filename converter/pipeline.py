@@ -24,7 +24,7 @@ import numpy as np
 from .analyze import LayerError, analyze, isolate
 from .artifacts import OutputFolder
 from .ci_outputs import finalize
-from .data import Dataset, load_dataset, prepare
+from .data import Dataset, check_preprocess, read_samples
 from .devices import DeviceProfile, load_device
 from .errors import DataError, DeployError, ModelLoadError, NoIntegerKernelError, UserInputError
 from .evaluate import check_metric, evaluate_host
@@ -129,22 +129,15 @@ def _run(
     for warning in early_warnings(recipe, targets):
         log.warning("warning: %s", warning)
     prep = recipe.preprocess()
-    channels = model.input_shape[-1] if len(model.input_shape) == 4 else None
+    check_preprocess(prep, model.inputs, str(recipe.source))
 
     def read(
         kind: str, src: DataSource | None = None, at: str | None = None
     ) -> tuple[np.ndarray, Dataset, np.ndarray | None]:
         src = src or getattr(recipe.data, kind)
         at = at or f"{where}.{kind}"
-        ds = load_dataset(
-            src.path,
-            where=at,
-            samples=src.samples,
-            seed=src.seed,
-            channels=channels,
-            image_size=recipe.input.resize,
-        )
-        return prepare(ds, prep, model.input_shape, at), ds, ds.y
+        x, ds = read_samples(src.path, model.inputs, prep, where=at, samples=src.samples, seed=src.seed)
+        return x, ds, ds.y
 
     cal_x, cal_ds, _ = _timed("data", steps, lambda: read("calibration"))
     eval_x, eval_ds, eval_y = read("evaluation") if recipe.data.evaluation else (None, None, None)

@@ -102,6 +102,8 @@ def quantize_qat(
     """The loop's QAT attempt for ``recipe`` (which must set ``tuning.qat``)."""
     if recipe.tuning.qat is None:
         raise QatUnavailable("tuning.qat is not set in the recipe")
+    if train_x.dtype.names is not None:
+        raise QatUnavailable(f"QAT trains single-input models only; this model has {len(train_x.dtype.names)} inputs")
     model = fine_tune(
         recipe.model,
         fmt,

@@ -52,8 +52,32 @@ def output_figures(outputs: list[dict[str, Any]]) -> str:
     for o in outputs:
         cos = "n/a" if o.get("cosine") is None else f"{o['cosine']:.5f}"
         name = f"{o['name']}: " if len(outputs) > 1 else ""
-        parts.append(f"{name}SQNR {o['sqnr_db']:.2f} dB, cosine {cos}, MSE {o['mse']:.4g}")
+        agree = f", top-1 agreement {fmt(o['agreement'], 'fraction')}" if len(outputs) > 1 and "agreement" in o else ""
+        parts.append(f"{name}SQNR {o['sqnr_db']:.2f} dB, cosine {cos}, MSE {o['mse']:.4g}{agree}")
     return "; ".join(parts)
+
+
+IO_HEAD = ["", "name", "dtype", "shape", "scale", "zero point"]
+
+
+def io_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The int8 model's inputs and outputs as table cells; empty for one input and one output (said in a line)."""
+    q = report.get("quantization") or {}
+    inputs, outputs = q.get("inputs") or [], q.get("outputs") or []
+    if len(inputs) <= 1 and len(outputs) <= 1:
+        return []
+    return [
+        [
+            kind,
+            t["name"],
+            t["dtype"],
+            str(t["shape"]),
+            "n/a" if t["scale"] is None else f"{t['scale']:.6g}",
+            "n/a" if t["zero_point"] is None else str(t["zero_point"]),
+        ]
+        for kind, tensors in (("input", inputs), ("output", outputs))
+        for t in tensors
+    ]
 
 
 def gate_line(g: dict[str, Any]) -> str:
@@ -123,6 +147,10 @@ def markdown(report: dict[str, Any], deltas: list[dict[str, Any]] | None = None)
         f"edgeconv {report['tool']['version']}.",
         "",
     ]
+    io = io_rows(report)
+    if io:
+        lines += ["### Model I/O", "", "| " + " | ".join(IO_HEAD) + " |", "|" + "---|" * len(IO_HEAD)]
+        lines += ["| " + " | ".join(r) + " |" for r in io] + [""]
     if gates:
         lines += ["### Gates", "", "| gate | target | value | limit | status |", "|---|---|---|---|---|"]
         for g in gates:
@@ -145,6 +173,8 @@ def markdown(report: dict[str, Any], deltas: list[dict[str, Any]] | None = None)
             f"| {drop_text(acc['drop'], acc.get('unit'))} | {fmt(acc['agreement'], 'fraction')} |",
             "",
         ]
+        if len(acc.get("outputs") or []) > 1:
+            lines += [f"top-1 on output {acc.get('output')}; int8 vs float: {output_figures(acc['outputs'])}.", ""]
     elif acc.get("metric"):
         lines += [
             f"### Accuracy ({acc['metric']}: {acc.get('definition') or acc['metric']})",

@@ -15,7 +15,7 @@ from .provenance import tool_info
 from .quantize import Quantized
 from .recipe import Recipe
 from .runtime.accuracy import Accuracy
-from .runtime.model import TFLiteModel
+from .runtime.model import TFLiteModel, signature_names
 
 SCHEMA_VERSION = 1
 FLOAT_NAME = "model_float.tflite"
@@ -67,10 +67,39 @@ def _calibration_json(
 
 
 def _io_record(model: TFLiteModel) -> dict[str, Any]:
+    """The quantized model's I/O: ``input``/``output`` (the first, as before), and all in ``inputs``/``outputs``.
+
+    Each listed tensor carries ``name`` (its signature name, else the tensor's) and ``tensor``.
+    """
+    keys = signature_names(model.interpreter)
+
     def one(info: Any) -> dict[str, Any]:
         return {"dtype": info.dtype, "shape": list(info.shape), "scale": info.scale, "zero_point": info.zero_point}
 
-    return {"input": one(model.inputs[0]), "output": one(model.outputs[0])}
+    def named(info: Any) -> dict[str, Any]:
+        return {"name": keys.get(info.index, info.name), "tensor": info.name, **one(info)}
+
+    return {
+        "input": one(model.inputs[0]),
+        "output": one(model.outputs[0]),
+        "inputs": [named(i) for i in model.inputs],
+        "outputs": [named(o) for o in model.outputs],
+    }
+
+
+def _model_io(model: LoadedModel) -> dict[str, Any]:
+    """The float model's inputs (named as data files key them) and outputs, in the model's order."""
+    ref = TFLiteModel(model_content=model.float_tflite, delegate="none")
+    keys = signature_names(ref.interpreter)
+    return {
+        "inputs": [
+            {"name": i.name, "tensor": i.tensor, "shape": list(i.shape), "dtype": i.dtype} for i in model.inputs
+        ],
+        "outputs": [
+            {"name": keys.get(o.index, o.name), "tensor": o.name, "shape": list(o.shape), "dtype": o.dtype}
+            for o in ref.outputs
+        ],
+    }
 
 
 @dataclass(frozen=True)
@@ -107,6 +136,7 @@ def build_report(o: Outcome) -> dict[str, Any]:
             "format": model.format,
             "loader": model.loader,
             "input_shape": list(model.input_shape),
+            **_model_io(model),
         },
         "artifacts": {
             "float": file_record(Path(FLOAT_NAME), model.float_tflite),

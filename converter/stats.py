@@ -20,6 +20,7 @@ import numpy as np
 from .errors import CalibrationError
 from .progress import Progress
 from .runtime.interpreter import make_interpreter
+from .runtime.model import TensorInfo, input_arrays
 
 log = logging.getLogger(__name__)
 
@@ -126,16 +127,19 @@ class _Observer:
             model_content=model, num_threads=threads, delegate="none", preserve_all_tensors=True
         )
         self.input = self.interpreter.get_input_details()[0]
+        self.inputs = [TensorInfo.from_details(d) for d in self.interpreter.get_input_details()]
         if batch != 1:
-            shape = [batch, *self.input["shape"][1:]]
-            self.interpreter.resize_tensor_input(self.input["index"], shape, strict=False)
+            for info in self.inputs:
+                self.interpreter.resize_tensor_input(info.index, [batch, *info.shape[1:]], strict=False)
             self.interpreter.allocate_tensors()
         self.tensors = activation_tensors(self.interpreter)
         self.seed = seed
         self._subsample: dict[int, np.ndarray | None] = {}
 
     def run(self, x: np.ndarray) -> None:
-        self.interpreter.set_tensor(self.input["index"], x)
+        """One batch: an array for a single-input model, packed samples for several inputs."""
+        for info, values in zip(self.inputs, input_arrays(x, self.inputs), strict=True):
+            self.interpreter.set_tensor(info.index, values)
         self.interpreter.reset_all_variables()  # a fused LSTM's state: each sample is a sequence of its own
         self.interpreter.invoke()
 

@@ -29,6 +29,7 @@ from .errors import ConversionError, NoIntegerKernelError
 from .extras import require
 from .inspect_model import float_ops, source_layer
 from .lstm_intermediates import add_intermediates
+from .runtime.model import TFLiteModel, input_arrays
 
 SUPPORTED_TF = (">=2.16", "<2.22")
 
@@ -106,9 +107,11 @@ def stock_quantize(
     from tensorflow.lite.python import util as tf_util
     from tensorflow.lite.python.optimize import calibrator
 
-    def dataset() -> Iterator[list[np.ndarray]]:
-        for row in samples:
-            yield [np.asarray(row[None], dtype=np.float32)]
+    inputs = TFLiteModel(model_content=float_tflite, delegate="none").inputs
+
+    def dataset() -> Iterator[list[np.ndarray]]:  # one list per sample, an array per input (packed samples)
+        for row in range(len(samples)):
+            yield [np.asarray(a, dtype=np.float32) for a in input_arrays(samples[row : row + 1], inputs)]
 
     gen: Callable[[], Iterator[list[np.ndarray]]] = dataset
     in_dtype = tf.as_dtype(input_type)

@@ -24,7 +24,7 @@ from .errors import TargetError
 from .extras import require
 from .inspect_model import list_ops
 from .ops import tflm_missing
-from .runtime.model import TFLiteModel, quantize
+from .runtime.model import TensorInfo, TFLiteModel, input_arrays, pack_inputs, quantize
 
 ARENA_ALIGNMENT = 16
 # Below about 1 KB the TFLM Python wrapper crashes (segfault) instead of reporting a failed
@@ -78,19 +78,22 @@ class _CapturedStderr:
 class _Prober:
     """Allocation trials, each in a fresh process (see ``tflm_probe``), remembered by size."""
 
-    def __init__(self, model: bytes, sample: np.ndarray, folder: str) -> None:
+    def __init__(self, model: bytes, sample: np.ndarray | list[np.ndarray], folder: str) -> None:
         self.model_path = os.path.join(folder, "model.tflite")  # noqa: PTH118
-        self.sample_path = os.path.join(folder, "sample.npy")  # noqa: PTH118
         with open(self.model_path, "wb") as f:  # noqa: PTH123
             f.write(model)
-        np.save(self.sample_path, sample)
+        self.sample_paths = []  # one .npy per model input, in the model's input order
+        for i, values in enumerate(sample if isinstance(sample, list) else [sample]):
+            path = os.path.join(folder, "sample.npy" if i == 0 else f"sample_{i}.npy")  # noqa: PTH118
+            np.save(path, values)
+            self.sample_paths.append(path)
         self.results: dict[int, bool] = {}
 
     def works(self, arena: int) -> bool:
         if arena not in self.results:
             # By file path with -I: no module named "converter" from the working folder can stand in.
             probe = str(Path(__file__).with_name("tflm_probe.py"))
-            cmd = [sys.executable, "-I", probe, self.model_path, str(arena), self.sample_path]
+            cmd = [sys.executable, "-I", probe, self.model_path, str(arena), *self.sample_paths]
             try:
                 proc = subprocess.run(cmd, capture_output=True, timeout=300, check=False)
             except subprocess.TimeoutExpired as e:
@@ -101,7 +104,7 @@ class _Prober:
         return self.results[arena]
 
 
-def smallest_arena(model: bytes, sample: np.ndarray, hint: int, upper: int) -> int | None:
+def smallest_arena(model: bytes, sample: np.ndarray | list[np.ndarray], hint: int, upper: int) -> int | None:
     """The smallest arena (a multiple of 16 bytes, at least ``ARENA_FLOOR``) in which the model runs.
 
     Starts at ``hint`` (the recording allocator's total), steps up exponentially until a
@@ -132,18 +135,26 @@ def smallest_arena(model: bytes, sample: np.ndarray, hint: int, upper: int) -> i
 
 
 def validate(model: bytes, samples: np.ndarray | None) -> TFLMResult:
-    """Run ``model`` in TFLM: op coverage, arena, and agreement with LiteRT on float ``samples``."""
+    """Run ``model`` in TFLM: op coverage, arena, and agreement with LiteRT on float ``samples``.
+
+    ``samples`` are packed for a model with several inputs; every output is compared.
+    """
     runtime = _runtime()
     missing = tflm_missing(list_ops(model))
     litert = TFLiteModel(model_content=model, delegate="none")
-    info = litert.inputs[0]
-    x = samples if samples is not None and len(samples) else np.zeros((1, *info.shape[1:]), np.float32)
-    first = quantize(x[:1], info)
+    infos = litert.inputs
+    x = samples if samples is not None and len(samples) else _zeros(infos)
+
+    def quantized_row(row: int) -> list[np.ndarray]:
+        return [quantize(a, info) for a, info in zip(input_arrays(x[row : row + 1], infos), infos, strict=True)]
+
+    first = quantized_row(0)
     generous = max(len(model) * 10, 4 << 20)
     with _CapturedStderr() as log:
         try:
             interpreter = runtime.Interpreter.from_bytes(model, arena_size=generous)
-            interpreter.set_input(first, 0)
+            for i, q in enumerate(first):
+                interpreter.set_input(q, i)
             interpreter.invoke()
             interpreter.print_allocations()
         except (RuntimeError, ValueError) as e:
@@ -154,24 +165,31 @@ def validate(model: bytes, samples: np.ndarray | None) -> TFLMResult:
         return TFLMResult(False, found, None, None, 0, None, None, None, reason)
     match = re.search(r"Arena allocation total (\d+) bytes", log.text)
     recorded = int(match.group(1)) if match else None
-    arena = smallest_arena(model, first, recorded or ARENA_FLOOR, generous)
+    arena = smallest_arena(model, first if len(first) > 1 else first[0], recorded or ARENA_FLOOR, generous)
     # The verdict on coverage is TFLM's own: it ran, so nothing the table flagged is missing.
     equal, worst, agree = [], 0, []
-    for row in x:
-        q = quantize(row[None], info)
+    for row in range(len(x)):
         interpreter.reset()  # variable tensors (a fused LSTM's state) start from zero for each sample, in both
-        interpreter.set_input(q, 0)
-        interpreter.invoke()
-        micro = interpreter.get_output(0)
-        litert.interpreter.set_tensor(info.index, q)
         litert.interpreter.reset_all_variables()
+        for i, (q, info) in enumerate(zip(quantized_row(row), infos, strict=True)):
+            interpreter.set_input(q, i)
+            litert.interpreter.set_tensor(info.index, q)
+        interpreter.invoke()
         litert.interpreter.invoke()
-        ref = litert.interpreter.get_tensor(litert.outputs[0].index)
-        diff = np.abs(micro.astype(np.int64) - ref.astype(np.int64))
-        equal.append(float(np.mean(diff == 0)))
-        worst = max(worst, int(diff.max()))
-        if ref.ndim == 2 and ref.shape[1] > 1:
-            agree.append(float(np.argmax(micro, 1)[0] == np.argmax(ref, 1)[0]))
+        for k, out in enumerate(litert.outputs):
+            micro = interpreter.get_output(k)
+            ref = litert.interpreter.get_tensor(out.index)
+            diff = np.abs(micro.astype(np.int64) - ref.astype(np.int64))
+            equal.append(float(np.mean(diff == 0)))
+            worst = max(worst, int(diff.max()))
+            if ref.ndim == 2 and ref.shape[1] > 1:
+                agree.append(float(np.argmax(micro, 1)[0] == np.argmax(ref, 1)[0]))
     return TFLMResult(
         True, [], arena, recorded, len(x), float(np.mean(equal)), worst, float(np.mean(agree)) if agree else None
     )
+
+
+def _zeros(infos: list[TensorInfo]) -> np.ndarray:
+    """One all-zero sample for the model's inputs (packed for several)."""
+    arrays = {info.name: np.zeros((1, *info.shape[1:]), np.float32) for info in infos}
+    return pack_inputs(arrays) if len(arrays) > 1 else next(iter(arrays.values()))

@@ -1,4 +1,6 @@
-"""One TFLM allocation trial in a fresh process: ``python -m converter.tflm_probe MODEL ARENA INPUT.npy``.
+"""One TFLM allocation trial in a fresh process: ``python -m converter.tflm_probe MODEL ARENA INPUT.npy...``.
+
+One INPUT.npy per model input, in the model's input order.
 
 Exit 0 when the model allocates and runs in an arena of ARENA bytes, 1 when it does not.
 A process per trial, because the TFLM Python wrapper corrupts its state after repeated
@@ -19,15 +21,16 @@ def main() -> int:
         print(f"cannot import TFLite Micro: {e}", file=sys.stderr)
         return 2
 
-    model_path, arena, sample_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    model_path, arena, sample_paths = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     with open(model_path, "rb") as f:  # noqa: PTH123 - keep the probe minimal
         model = f.read()
-    sample = np.load(sample_path)
+    samples = [np.load(path) for path in sample_paths]  # one per model input, in its order
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)  # TFLM reports failed allocations on stderr; the exit code is the answer
     try:
         interpreter = runtime.Interpreter.from_bytes(model, arena_size=arena)
-        interpreter.set_input(sample, 0)
+        for i, sample in enumerate(samples):
+            interpreter.set_input(sample, i)
         interpreter.invoke()
     except (RuntimeError, ValueError):
         return 1

@@ -95,8 +95,10 @@ def unroll_recurrent(model: Any, path: Path) -> tuple[Any, str]:
             f"model: {path}: cannot rebuild it with unroll=True on its recurrent layers "
             f"({', '.join(layer.name for layer in layers)}): {e}; save the model with unroll=True on those layers"
         ) from e
-    shape = [_CHECK_SAMPLES, *(int(d) for d in model.inputs[0].shape[1:])]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    rng = np.random.default_rng(0)
+    shapes = [[_CHECK_SAMPLES, *(int(d) for d in t.shape[1:])] for t in model.inputs]
+    xs = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+    x = xs[0] if len(xs) == 1 else xs  # a model with several inputs takes a list
     before = _outputs(model(x, training=False))
     after = _outputs(unrolled(x, training=False))
     worst = max(float(np.max(np.abs(a - b))) for a, b in zip(before, after, strict=True))

@@ -83,21 +83,33 @@ def classifies(output: np.ndarray, reconstruction: bool) -> bool:
 
 
 def is_reconstruction(output: np.ndarray, inputs: np.ndarray | None) -> bool:
-    """The model's output has its input's shape (an autoencoder, a denoiser)."""
-    return inputs is not None and tuple(output.shape) == tuple(inputs.shape)
+    """The model's output has its input's shape (an autoencoder, a denoiser); never for several inputs."""
+    return inputs is not None and inputs.dtype.names is None and tuple(output.shape) == tuple(inputs.shape)
 
 
-def pick_metric(asked: str, output: np.ndarray, inputs: np.ndarray | None, labels: np.ndarray | None) -> str:
-    """``asked`` when this model and data can give it; ``auto``: top1, else sqnr, else mse."""
-    recon = is_reconstruction(output, inputs)
-    can = {"top1": labels is not None and classifies(output, recon), "sqnr": recon, "mse": True}
+def pick_metric(
+    asked: str, output: np.ndarray | list[np.ndarray], inputs: np.ndarray | None, labels: np.ndarray | None
+) -> str:
+    """``asked`` when this model and data can give it; ``auto``: top1, else sqnr, else mse.
+
+    ``output`` is the model's output, or all of its outputs: top1 needs one that holds class scores
+    (and labels), sqnr one with the input's shape.
+    """
+    outputs = output if isinstance(output, list) else [output]
+    recon = [is_reconstruction(o, inputs) for o in outputs]
+    can = {
+        "top1": labels is not None and any(classifies(o, r) for o, r in zip(outputs, recon, strict=True)),
+        "sqnr": any(recon),
+        "mse": True,
+    }
     if asked == "auto":
         return next(m for m in ("top1", "sqnr", "mse") if can[m])
     if asked not in can:
         raise MetricError(f"unknown metric {asked!r}; use one of {', '.join(METRICS)}")
     if can[asked]:
         return asked
-    shape = f"output shape {list(output.shape[1:])}"
+    shapes = ", ".join(str(list(o.shape[1:])) for o in outputs)
+    shape = f"output shape {shapes}" if len(outputs) == 1 else f"output shapes {shapes}"
     if asked == "top1":
         why = (
             "the evaluation data has no labels (give an .npz with y, or an image folder with class sub-folders)"
@@ -105,9 +117,24 @@ def pick_metric(asked: str, output: np.ndarray, inputs: np.ndarray | None, label
             else f"the model does not output class scores ({shape}; top-1 needs [classes] with classes > 1)"
         )
     else:
-        where = f"input shape {list(inputs.shape[1:])}" if inputs is not None else "no input"
+        packed = inputs is not None and inputs.dtype.names is not None
+        where = (
+            f"input shape {list(inputs.shape[1:])}"
+            if inputs is not None and not packed
+            else "one of several inputs"
+            if packed
+            else "no input"
+        )
         why = f"sqnr is the reconstruction SNR against the input, and the {shape} is not the {where}"
     raise MetricError(f"metric {asked} cannot be measured: {why}; use auto, or mse (relative to the float output)")
+
+
+def relative_mse(reference: np.ndarray, test: np.ndarray) -> float:
+    """MSE(test, reference) / mean(reference^2): the noise's share of the output's power (1e300 for a zero output)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    noise = float(np.mean((ref - np.asarray(test, dtype=np.float64)) ** 2))
+    power = float(np.mean(ref**2))
+    return min(noise / power, 1e300) if power > 0 else (0.0 if noise == 0 else 1e300)  # JSON has no infinity
 
 
 @dataclass(frozen=True)
@@ -133,6 +160,7 @@ class Accuracy:
     unit: str | None = None
     definition: str | None = None
     reconstruction: dict[str, Number] | None = None  # MSE and SNR of both models against the input
+    output: str | None = None  # the output the metric scores (top1: the first class-score output; mse: the worst)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,54 +191,42 @@ def compare(
     inputs: np.ndarray | None = None,
     metric: str = "auto",
 ) -> Accuracy:
-    """Score the quantized outputs against the float ones, the labels and the ``inputs`` (first output scored).
+    """Score the quantized outputs against the float ones, the labels and the ``inputs``.
 
-    Raises ``MetricError`` when ``metric`` cannot be measured on these outputs and data.
+    Every output gets SQNR, cosine, MSE, MAE and relative MSE against float; an output of class scores
+    also its top-1 agreement. The metric scores one output: top1 the first class-score output (the
+    labels are its classes), sqnr the first output with the input's shape, mse the output with the
+    largest relative MSE (the worst). Raises ``MetricError`` when ``metric`` cannot be measured.
     """
     names = names or [f"output_{i}" for i in range(len(float_outputs))]
-    errors = [output_error(n, f, q) for n, f, q in zip(names, float_outputs, quant_outputs, strict=True)]
-    f_out, q_out = float_outputs[0], quant_outputs[0]
-    n = len(f_out)
-    chosen = pick_metric(metric, f_out, inputs, labels)
-    recon = _reconstruction(inputs, f_out, q_out) if inputs is not None and is_reconstruction(f_out, inputs) else None
-    agreement = None
-    if classifies(f_out, recon is not None):
-        agreement = float(np.mean(np.argmax(f_out, axis=1) == np.argmax(q_out, axis=1)))
+    recon_flags = [is_reconstruction(f, inputs) for f in float_outputs]
+    errors = []
+    for name, f, q, recon_i in zip(names, float_outputs, quant_outputs, recon_flags, strict=True):
+        error = {**output_error(name, f, q), "relative_mse": relative_mse(f, q)}
+        if classifies(f, recon_i):
+            error["agreement"] = float(np.mean(np.argmax(f, axis=1) == np.argmax(q, axis=1)))
+        errors.append(error)
+    n = len(float_outputs[0])
+    chosen = pick_metric(metric, list(float_outputs), inputs, labels)
+    classifier = next((i for i, e in enumerate(errors) if "agreement" in e), None)
+    agreement = errors[classifier]["agreement"] if classifier is not None else None
+    first_recon = next((i for i, r in enumerate(recon_flags) if r), None)
+    recon = None
+    if inputs is not None and first_recon is not None:
+        recon = _reconstruction(inputs, float_outputs[first_recon], quant_outputs[first_recon])
     unit, definition = UNITS[chosen], DEFINITIONS[chosen]
-    if chosen == "sqnr" and recon is not None:  # pick_metric chose sqnr only for a reconstruction
+    common: dict[str, Any] = {"outputs": errors, "reconstruction": recon, "unit": unit, "definition": definition}
+    if chosen == "sqnr" and recon is not None and first_recon is not None:  # sqnr: only for a reconstruction
         f_db, q_db = recon["float_snr_db"], recon["int8_snr_db"]
-        return Accuracy(
-            "sqnr",
-            f_db,
-            q_db,
-            f_db - q_db,
-            agreement,
-            n,
-            where,
-            outputs=errors,
-            reconstruction=recon,
-            unit=unit,
-            definition=definition,
-        )
-    if chosen == "mse" or labels is None:
-        power = float(np.mean(np.asarray(f_out, dtype=np.float64) ** 2))
-        noise = float(errors[0]["mse"])
-        rel = min(noise / power, 1e300) if power > 0 else (0.0 if noise == 0 else 1e300)  # JSON has no infinity
-        return Accuracy(
-            "mse",
-            None,
-            rel,
-            rel,
-            agreement,
-            n,
-            where,
-            outputs=errors,
-            reconstruction=recon,
-            unit=unit,
-            definition=definition,
-        )
+        return Accuracy("sqnr", f_db, q_db, f_db - q_db, agreement, n, where, output=names[first_recon], **common)
+    if chosen == "mse" or labels is None or classifier is None:
+        worst = max(range(len(errors)), key=lambda i: errors[i]["relative_mse"])
+        rel = errors[worst]["relative_mse"]
+        return Accuracy("mse", None, rel, rel, agreement, n, where, output=names[worst], **common)
+    f_out, q_out = float_outputs[classifier], quant_outputs[classifier]
     f_top, q_top = np.argmax(f_out, axis=1), np.argmax(q_out, axis=1)
     acc_f, acc_q = float(np.mean(f_top == labels)), float(np.mean(q_top == labels))
+    errors[classifier].update(float_top1=acc_f, int8_top1=acc_q)
     k = top_k if top_k and top_k > 1 else None
     return Accuracy(
         "top1",
@@ -223,8 +239,6 @@ def compare(
         k,
         _top_k(f_out, labels, k) if k else None,
         _top_k(q_out, labels, k) if k else None,
-        errors,
-        reconstruction=recon,
-        unit=unit,
-        definition=definition,
+        output=names[classifier],
+        **common,
     )

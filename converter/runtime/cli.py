@@ -29,7 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="latency (and accuracy with --data) of one or two models")
     bench.add_argument("--model", required=True, type=Path, help="the model to measure (usually int8)")
     bench.add_argument("--float", dest="float_model", type=Path, help="its float reference, measured alongside")
-    bench.add_argument("--data", type=Path, help=".npz with x (raw samples) and optional y (labels)")
+    bench.add_argument(
+        "--data",
+        type=Path,
+        help=".npz with x (raw samples) and optional y (labels); a model with several inputs: one array per input, "
+        "keyed by input name",
+    )
     bench.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"))
     bench.add_argument("--scale", type=float, default=1.0)
     bench.add_argument("--offset", type=float, default=0.0)
@@ -61,6 +66,48 @@ def _load(path: Path, threads: int | None, delegate: str) -> Any:
         if "delegate" in type(e).__name__.lower():
             raise
         raise RuntimeInputError(f"{path}: the interpreter cannot load it: {e}") from e
+
+
+def _packed_samples(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
+    """Samples of a model with several inputs: one array per input in the .npz, keyed by input name."""
+    import numpy as np
+
+    from .model import pack_inputs, signature_names
+
+    keys = signature_names(model.interpreter)
+    try:
+        with np.load(args.data, allow_pickle=False) as npz:
+            files = [f for f in npz.files if f != "y"]
+            arrays = {}
+            for position, info in enumerate(model.inputs):
+                names = [info.name, keys.get(info.index, info.name)]
+                key = next((n for n in names if n in files), None)
+                if key is None and len(files) == len(model.inputs):
+                    key = files[position]  # written by edgeconv for the float model, whose names may differ
+                if key is None:
+                    raise RuntimeInputError(
+                        f"{args.data}: no array for the model input '{names[-1]}'; it has: {', '.join(files)}"
+                    )
+                arrays[info.name] = np.asarray(npz[key], dtype=np.float32)
+            y = npz["y"] if "y" in npz.files else None
+    except (OSError, KeyError, ValueError) as e:
+        raise RuntimeInputError(f"{args.data}: cannot read the input arrays from it: {e}") from e
+    if args.resize or args.scale != 1.0 or args.offset != 0.0:
+        raise RuntimeInputError("--resize/--scale/--offset apply to single-input models; this model has several")
+    for info in model.inputs:
+        a = arrays[info.name]
+        if a.ndim == len(info.shape) - 1 and info.shape[-1] == 1:
+            arrays[info.name] = a = a[..., None]
+        if tuple(a.shape[1:]) != tuple(info.shape[1:]):
+            raise RuntimeInputError(
+                f"{args.data}: input '{info.name}' samples have shape {list(a.shape[1:])}, "
+                f"the model expects {list(info.shape[1:])}"
+            )
+        if not np.isfinite(a).all():
+            raise RuntimeInputError(f"{args.data}: input '{info.name}' samples contain NaN or Inf")
+    if len({len(a) for a in arrays.values()}) > 1:
+        raise RuntimeInputError(f"{args.data}: the input arrays hold different numbers of samples")
+    return pack_inputs(arrays), y
 
 
 def _samples(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[Any, Any]:
@@ -97,6 +144,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     from .accuracy import compare
     from .latency import measure
     from .machine import machine_info, peak_rss_mb
+    from .model import signature_names
 
     args.threads = args.threads or os.cpu_count() or 1
     models = {"model": _load(args.model, args.threads, args.delegate)}
@@ -104,7 +152,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         # The Edge TPU runs int8 only: its float reference runs on the CPU (XNNPACK) beside it.
         float_delegate = args.float_delegate or ("xnnpack" if args.delegate == "edgetpu" else args.delegate)
         models["float"] = _load(args.float_model, args.threads, float_delegate)
-    data = _samples(args, models["model"].inputs[0].shape) if args.data else None
+    data = None
+    if args.data:
+        many = len(models["model"].inputs) > 1
+        data = _packed_samples(args, models["model"]) if many else _samples(args, models["model"].inputs[0].shape)
     out: dict[str, Any] = {"schema": SCHEMA, "machine": machine_info(), "models": {}}
     for key, model in models.items():
         sample = data[0][:1] if data is not None else None
@@ -114,6 +165,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         out["models"][key] = {
             "path": args.model.name if key == "model" else args.float_model.name,
             "input": {"dtype": model.inputs[0].dtype, "shape": list(model.inputs[0].shape)},
+            "inputs": [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in model.inputs],
             "latency": latency.to_json(),
         }
     if data is not None and "float" in models:
@@ -123,7 +175,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             ref.predict(x),
             test.predict(x),
             y,
-            names=[o.name for o in ref.outputs],
+            names=[signature_names(ref.interpreter).get(o.index, o.name) for o in ref.outputs],
             top_k=args.top_k,
             where=args.label,
             inputs=x,

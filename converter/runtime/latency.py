@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .model import TFLiteModel, quantize
+from .model import TFLiteModel, input_arrays, quantize
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,13 @@ def measure(
     max_runs: int = 100_000,
     threads: int | None = None,
 ) -> Latency:
-    """Time ``model`` on ``sample`` (float, the input's shape; zeros when None)."""
+    """Time ``model`` on ``sample`` (float, the input's shape, or packed for several inputs; zeros when None)."""
     interpreter = model.interpreter
-    for info in model.inputs:
-        x = np.zeros(info.shape, dtype=np.float32) if sample is None else sample.reshape(info.shape)
+    values: list[np.ndarray | None] = [None] * len(model.inputs)
+    if sample is not None:
+        values = list(input_arrays(sample, model.inputs))
+    for info, given in zip(model.inputs, values, strict=True):
+        x = np.zeros(info.shape, dtype=np.float32) if given is None else given.reshape(info.shape)
         interpreter.set_tensor(info.index, quantize(x, info))
     for _ in range(warmup):
         interpreter.invoke()

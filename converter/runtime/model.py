@@ -2,6 +2,11 @@
 
 Inputs are quantized with the model's own scale and zero point, outputs dequantized, so
 float and integer models are compared on the same float scale. numpy + interpreter only.
+
+Samples of a model with several inputs travel as one numpy *structured* array: one record per
+sample, one field per model input (named like the float model's input tensor). Selecting,
+slicing and counting samples then keeps the inputs of a sample together everywhere, and
+``input_arrays`` splits a batch into the arrays the interpreter takes, matched by name.
 """
 
 from __future__ import annotations
@@ -50,6 +55,56 @@ def quantize(x: np.ndarray, info: TensorInfo) -> np.ndarray:
     return out
 
 
+def signature_names(interpreter: Any) -> dict[int, str]:
+    """Tensor index -> name in the model's one signature (inputs and outputs); empty without a signature.
+
+    A model exported from a SavedModel or by ``TFLiteConverter.from_keras_model`` names its input tensors
+    ``serving_default_image:0`` but its signature calls them ``image``, as the Keras model did.
+    """
+    try:
+        signatures = interpreter.get_signature_list()
+        if len(signatures) != 1:
+            return {}
+        runner = interpreter.get_signature_runner(next(iter(signatures)))
+        found = {**runner.get_input_details(), **runner.get_output_details()}
+    except (AttributeError, ValueError, RuntimeError, KeyError):
+        return {}
+    return {int(d["index"]): str(name) for name, d in found.items()}
+
+
+def pack_inputs(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """One structured array of samples from per-input arrays (same length), fields in the given order."""
+    fields = list(arrays.items())
+    n = len(fields[0][1])
+    out = np.empty(n, dtype=[(name, a.dtype, a.shape[1:]) for name, a in fields])
+    for name, a in fields:
+        out[name] = a
+    return out
+
+
+def input_names(x: np.ndarray) -> tuple[str, ...] | None:
+    """The input names of packed samples (``pack_inputs``), or None for a plain single-input array."""
+    return x.dtype.names
+
+
+def input_arrays(x: np.ndarray, inputs: list[TensorInfo]) -> list[np.ndarray]:
+    """The per-input arrays of a batch ``x``, in the order of ``inputs``.
+
+    A plain array feeds a single-input model. Packed samples are matched to ``inputs`` by tensor name,
+    else by position (a quantized model's input may carry another name than the float one's).
+    """
+    names = x.dtype.names
+    if names is None:
+        if len(inputs) != 1:
+            raise ValueError(f"the model has {len(inputs)} inputs but the samples are one array of shape {x.shape}")
+        return [x]
+    if len(names) != len(inputs):
+        raise ValueError(f"the model has {len(inputs)} inputs but the samples hold {len(names)} ({', '.join(names)})")
+    if all(info.name in names for info in inputs):
+        return [np.ascontiguousarray(x[info.name]) for info in inputs]
+    return [np.ascontiguousarray(x[name]) for name in names]
+
+
 def dequantize(q: np.ndarray, info: TensorInfo) -> np.ndarray:
     """The tensor's values as real numbers: r = (q - Z) * S."""
     if info.scale is None or info.zero_point is None:
@@ -73,7 +128,9 @@ class TFLiteModel:
         self.outputs = [TensorInfo.from_details(d) for d in self.interpreter.get_output_details()]
 
     def run(self, *samples: np.ndarray) -> list[np.ndarray]:
-        """One invocation; each sample has the input's full shape (batch included)."""
+        """One invocation; each sample has the input's full shape (batch included), or one packed batch."""
+        if len(samples) == 1 and samples[0].dtype.names is not None:
+            samples = tuple(input_arrays(samples[0], self.inputs))
         for info, x in zip(self.inputs, samples, strict=True):
             self.interpreter.set_tensor(info.index, quantize(x, info))
         # Variable tensors (a fused LSTM's state) persist across invocations: each call starts from zero.
@@ -82,11 +139,11 @@ class TFLiteModel:
         return [dequantize(self.interpreter.get_tensor(o.index), o) for o in self.outputs]
 
     def predict(self, x: np.ndarray) -> list[np.ndarray]:
-        """Outputs for every row of ``x`` (single-input models), stacked along axis 0."""
+        """Outputs for every row of ``x`` (an array, or packed samples for several inputs), stacked along axis 0."""
         batch = self.inputs[0].shape[0] if self.inputs[0].shape else 1
         rows: list[list[np.ndarray]] = [[] for _ in self.outputs]
         for start in range(0, len(x), batch):
             chunk = x[start : start + batch]
-            for out, value in zip(rows, self.run(chunk), strict=True):
+            for out, value in zip(rows, self.run(*input_arrays(chunk, self.inputs)), strict=True):
                 out.append(value[: len(chunk)])
         return [np.concatenate(r, axis=0) for r in rows]
