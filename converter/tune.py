@@ -32,7 +32,7 @@ import numpy as np
 
 from .analyze import LayerError, analyze
 from .devices import DeviceProfile
-from .errors import ConverterError, UserInputError
+from .errors import ConversionError, ConverterError, UserInputError
 from .evaluate import evaluate_host
 from .flatbuf import LINEAR
 from .inspect_model import Graph, op_graph
@@ -42,6 +42,7 @@ from .recipe import Method, Recipe
 from .runtime.accuracy import Accuracy
 from .runtime.latency import measure
 from .runtime.model import TFLiteModel
+from .targets import ethos_u
 
 log = logging.getLogger(__name__)
 
@@ -208,11 +209,12 @@ class Loop:
         log.warning("tuning: %s not tried: %s", step, reason)
         self.skipped.append({"step": step, "reason": reason})
 
-    def attempt(self, step: str, detail: str, plan: Plan) -> Attempt | None:
-        """Quantize with ``plan`` and score it; None (recorded under ``skipped``) when either fails."""
+    def attempt(self, step: str, detail: str, plan: Plan, quantizer: Quantizer | None = None) -> Attempt | None:
+        """Quantize with ``plan`` (and ``quantizer`` when given) and score it; None (recorded under
+        ``skipped``) when either fails."""
         start = time.perf_counter()
         try:
-            a = self.record(step, detail, self.quantizer(plan))
+            a = self.record(step, detail, (quantizer or self.quantizer)(plan))
         except UserInputError:
             raise  # the user's input is wrong: every later attempt would fail the same way
         except Exception as e:  # noqa: BLE001 - one failed attempt must not lose the conversion
@@ -282,12 +284,17 @@ def tune(
     if best.meets:
         return _result(loop, best, "met with full-integer fixes", None)
     integer_only = sorted(name for name, p in targets.items() if p.runtime != "litert")
+    npu = _npu_16x8(loop, recipe, targets, integer_only) if plan.activations == "int8" else None
+    if npu is not None and npu.meets:
+        return _result(loop, npu, "met with 16x8 activations (Vela maps every op to each Ethos-U)", None)
+    best = loop.better(best, npu)
     if integer_only or plan.activations != "int8":
         layers = loop.layers("worst layers", best_ptq, eval_x[: max(recipe.analysis.samples, 1)])
         worst = [e.to_json() for e in (layers or [])[:5]]
+        sixteen = "16x8 was tried and compiled by Vela" if npu is not None else "16x8 is offered for CPU targets only"
         why = (
-            f"{', '.join(integer_only)} take full-int8 models only (float layers break Edge TPU, NPU and "
-            "microcontroller deployments; 16x8 is offered for CPU targets only)"
+            f"{', '.join(integer_only)} take full-integer models only (float layers break Edge TPU, NPU and "
+            f"microcontroller deployments; {sixteen})"
             if integer_only
             else "the recipe already uses 16x8 activations"
         )
@@ -298,6 +305,39 @@ def tune(
         )
         return _result(loop, best, f"stopped: {why}", {"worst_layers": worst, "needed": need})
     return _fallbacks(loop, best_ptq, recipe, float_tflite, eval_x, targets)
+
+
+def _npu_16x8(loop: Loop, recipe: Recipe, targets: dict[str, DeviceProfile], integer_only: list[str]) -> Attempt | None:
+    """16x8 for integer-only targets that are all Ethos-U NPUs, kept only where Vela maps every op to the NPU.
+
+    The Ethos-U runs int16 activations for most ops (Vela's supported-ops list), so 16x8 is an integer
+    fix there; the attempt's model is compiled for each target and refused when Vela leaves an op to the CPU.
+    """
+    npus = [targets[n] for n in integer_only]
+    if not npus or any(p.runtime != "ethos-u" or p.npu is None for p in npus):
+        return None
+    if not recipe.tuning.int16 or not all(p.supports_int16 for p in targets.values()):
+        return None
+
+    def accepted_by_vela(plan: Plan) -> Quantized:
+        q = loop.quantizer(plan)
+        for p in npus:
+            assert p.npu is not None
+            compiled = ethos_u.compile_model(q.model, p.npu)
+            if compiled.cpu_ops:
+                ops = sorted({op for op, _ in compiled.cpu_reasons.values()})
+                raise ConversionError(
+                    f"Vela leaves {compiled.cpu_ops} op(s) of the 16x8 model to the CPU on {p.name}"
+                    + (f" ({', '.join(ops)})" if ops else "")
+                )
+        return q
+
+    return loop.attempt(
+        "16x8",
+        "int16 activations, int8 weights, int16 I/O (TFLite min/max); compiled by Vela for every Ethos-U target",
+        Plan("minmax", activations="int16", input_type="int16", output_type="int16"),
+        accepted_by_vela,
+    )
 
 
 def _fallbacks(

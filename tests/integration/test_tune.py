@@ -118,7 +118,8 @@ def test_integer_only_targets_stop_and_name_the_worst_layer(
     recipe = write_recipe(_recipe(outlier_pooled, targets=["host", "arduino-nano-33-ble-sense"]))
     code, report = _convert(recipe, tmp_path / "o")
     tuning = report["tuning"]
-    assert code == 1 and tuning["outcome"].startswith("stopped: arduino-nano-33-ble-sense take full-int8 models only")
+    assert code == 1
+    assert tuning["outcome"].startswith("stopped: arduino-nano-33-ble-sense take full-integer models only")
     assert "wide" in tuning["worst_layers"][0]["name"] and "quantization-aware training" in tuning["needed"]
     assert all(not a["plan"]["float_nodes"] and a["plan"]["activations"] == "int8" for a in tuning["attempts"])
     assert not float_ops((tmp_path / "o" / "model_int8.tflite").read_bytes())
