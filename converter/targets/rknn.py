@@ -108,7 +108,7 @@ def run_toolkit(python: Path, model: bytes, platform: str, inputs: np.ndarray, t
 def _reference(ctx: Context) -> tuple[np.ndarray, list[np.ndarray], TFLiteModel]:
     """The quantized input samples and our TFLite int8 model's raw outputs on them (shared by every RKNN target)."""
     if "rknn:reference" not in ctx.shared:
-        model = TFLiteModel(model_content=ctx.model, delegate="none")
+        model = TFLiteModel(model_content=ctx.model)  # as the host evaluation runs it (XNNPACK), like for like
         samples = ctx.samples if ctx.samples is not None else np.empty((0, *model.inputs[0].shape[1:]), np.float32)
         x = quantize(samples, model.inputs[0])  # the int8 tensor a pre-quantized model is fed
         raw: list[list[np.ndarray]] = [[] for _ in model.outputs]

@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from converter.cli import main
-from tests.conftest import ROOT, tiny_recipe
+from tests.conftest import REALDATA, ROOT, tiny_recipe
 
 TARGETS = ["rk3588", "rv1106"]
 # Agreement bound: the issue asks for the simulator within 1 point of our TFLite int8; measured 100%.
@@ -158,3 +158,32 @@ def test_every_rknn_profile_names_a_platform_the_toolkit_knows() -> None:
     for profile in rknn:
         assert profile.rknn is not None and profile.rknn.platform in known, profile.name
         assert profile.rknn.source, profile.name
+
+
+# Measured 2026-11-28 (rknn-toolkit2 2.5.0, both platforms alike): ResNet-8 simulator 86.00% = our TFLite
+# int8 86.00%, agreement 97.0%; KWS 90.86% vs 91.43%, agreement 99.0%. Raw outputs are not bit-exact
+# (up to 81 and 48 int8 steps on a few samples), so the bounds are the issue's 1 point and a margin below
+# the measured agreement.
+REAL_MODELS = [("resnet8", 200, 0.95), ("kws", 700, 0.97)]
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REALDATA.is_dir(), reason=f"real models not found at {REALDATA}")
+@pytest.mark.parametrize(("name", "samples", "min_agreement"), REAL_MODELS)
+def test_real_models_on_the_rknn_simulator_within_one_point(
+    rknn_env: Path, tmp_path: Path, name: str, samples: int, min_agreement: float
+) -> None:
+    from converter.pipeline import convert
+    from converter.recipe import load_recipe
+    from tools import realdata
+
+    sets = ["targets=[rk3588]", "benchmark.enabled=false", "analysis.samples=0"]
+    report = convert(load_recipe(realdata.recipe_path(name), [*realdata.overrides(name), *sets]), tmp_path).report
+    t = report["targets"]["rk3588"]
+    assert t["compatible"] is True, t["problems"]
+    acc = t["accuracy"]
+    assert acc["samples"] == report["accuracy"]["samples"] == samples
+    assert acc["tflite_int8"] == pytest.approx(report["accuracy"]["int8"])
+    assert abs(acc["drop_vs_tflite_int8"]) <= 0.01  # the issue's "within 1 point of our TFLite int8"
+    assert acc["agreement"] >= min_agreement
+    assert (tmp_path / "firmware" / "rk3588" / "model.rknn").stat().st_size == t["artifact"]["bytes"]
