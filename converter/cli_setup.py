@@ -22,7 +22,8 @@ def setup() -> None:
     "--venv",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Where to create it (default: $EDGECONV_RKNN_VENV, else the cache folder's rknn/).",
+    help="Where to create it (default: $EDGECONV_RKNN_VENV, else the cache folder's rknn/); convert finds a "
+    "folder given here through $EDGECONV_RKNN_VENV.",
 )
 @click.option(
     "--python", "python", default=None, help="A CPython 3.11 to base it on (default: this one, or python3.11)."
