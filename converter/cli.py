@@ -28,6 +28,7 @@ from .cli_common import (
     setup_logging,
 )
 from .cli_device import analyze, bench, deploy
+from .cli_setup import setup
 
 
 def _step_summary(markdown_file: Path) -> None:
@@ -282,5 +283,5 @@ def summary(out_dir: Path, report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-for _command in (bench, deploy, analyze):
+for _command in (bench, deploy, analyze, setup):
     main.add_command(_command)

@@ -56,15 +56,36 @@ class NpuSpec:
 
 
 @dataclass(frozen=True)
+class RknnSpec:
+    """A Rockchip NPU as rknn-toolkit2 builds for it; the figures are for humans and reports."""
+
+    platform: str = field(
+        metadata={
+            "doc": "rknn-toolkit2's target_platform (2.5.0: rk3588, rk3576, rk3566, rk3568, rk3562, rv1103, rv1106, "
+            "rv1103b, rv1106b, rv1126b, rk2118); the toolkit itself judges it, so a platform it refuses is the "
+            "target's problem"
+        }
+    )
+    npu_tops: float | None = field(
+        default=None, metadata={"doc": "NPU peak INT8 TOPS from the vendor (null: not verified)", "min": 0}
+    )
+    memory_bytes: int | None = field(
+        default=None, metadata={"doc": "DRAM the NPU shares with the CPU (null: depends on the board)", "min": 1}
+    )
+    source: str | None = field(default=None, metadata={"doc": "Where the figures come from"})
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     """Where a model will run: the runtime it uses and the limits it must fit."""
 
     name: str = field(metadata={"doc": "Profile name; equals the file name without .yaml", "pattern": NAME_PATTERN})
     description: str = field(metadata={"doc": "One line for humans"})
-    runtime: Literal["litert", "tflm", "edgetpu", "ethos-u"] = field(
+    runtime: Literal["litert", "tflm", "edgetpu", "ethos-u", "rknn"] = field(
         metadata={
-            "doc": "Interpreter on the device: LiteRT (TFLite), TFLite Micro, LiteRT + Edge TPU delegate, or an "
-            "Arm Ethos-U NPU (a Vela-compiled model; the NPU's driver runs it, CPU ops run in TFLite Micro)"
+            "doc": "Interpreter on the device: LiteRT (TFLite), TFLite Micro, LiteRT + Edge TPU delegate, an "
+            "Arm Ethos-U NPU (a Vela-compiled model; the NPU's driver runs it, CPU ops run in TFLite Micro), or a "
+            "Rockchip NPU (a .rknn built by rknn-toolkit2, run by the RKNN runtime)"
         }
     )
     kind: Literal["host", "ssh", "mcu"] = field(
@@ -103,6 +124,7 @@ class DeviceProfile:
         default=None, metadata={"doc": "Cycles per int8 multiply-accumulate, for the latency estimate", "min": 0}
     )
     npu: NpuSpec | None = field(default=None, metadata={"doc": "The Ethos-U NPU (runtime: ethos-u)"})
+    rknn: RknnSpec | None = field(default=None, metadata={"doc": "The Rockchip NPU (runtime: rknn)"})
     budgets: Budgets = field(default_factory=Budgets, metadata={"doc": "Default budgets; a recipe's win"})
 
 
@@ -133,4 +155,6 @@ def load_device(name: str, folder: Path | None = None) -> DeviceProfile:
         raise RecipeError(f"{path}: name: '{profile.name}' must equal the file name '{name}'")
     if (profile.runtime == "ethos-u") != (profile.npu is not None):
         raise RecipeError(f"{path}: npu: give an npu section exactly when runtime is ethos-u")
+    if (profile.runtime == "rknn") != (profile.rknn is not None):
+        raise RecipeError(f"{path}: rknn: give an rknn section exactly when runtime is rknn")
     return profile

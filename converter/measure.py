@@ -92,6 +92,12 @@ def measure_target(
             reason=f"{profile.name} runs the Vela-compiled model with the Ethos-U driver, which is not on this "
             f"machine; see targets.{profile.name}.latency_estimate (Vela's performance model, an estimate)",
         )
+    if profile.runtime == "rknn":
+        return TargetResult(
+            None,
+            reason=f"{profile.name} runs the .rknn with Rockchip's RKNN runtime on the board, which is not measured "
+            f"from here; see targets.{profile.name}.accuracy (rknn-toolkit2's simulator on this machine)",
+        )
     if profile.kind == "mcu":
         return TargetResult(
             None,

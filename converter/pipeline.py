@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from . import rknn_setup
 from .analyze import LayerError, analyze, isolate
 from .artifacts import OutputFolder
 from .ci_outputs import finalize
@@ -104,6 +105,8 @@ def convert(
             check_importable("tflite_micro", f"target {name} (TFLite Micro)")
         if profile.runtime == "ethos-u":
             check_importable("ethosu", f"target {name} (Arm Ethos-U)")
+        if profile.runtime == "rknn" and rknn_setup.installed() is None:
+            raise rknn_setup.not_installed_error(f"{recipe.source}: targets: {name} (Rockchip RKNN)")
     qat = recipe.tuning.qat
     if qat is not None and not qat.data.path.exists():
         raise DataError(f"{recipe.source}: tuning.qat.data.path: {qat.data.path} does not exist")
@@ -182,7 +185,10 @@ def _run(
         else []
     )
     with _step("targets", steps):
-        checks = check_targets(recipe, targets, quant, eval_x if eval_x is not None else cal_x)
+        if eval_x is not None:
+            checks = check_targets(recipe, targets, quant, eval_x, labels=eval_y)
+        else:
+            checks = check_targets(recipe, targets, quant, cal_x, samples_kind="calibration")
     with _step("benchmark", steps):
         measured = measure_targets(recipe, targets, model.float_tflite, quant, eval_raw, eval_y, prep)
     files = {FLOAT_NAME: model.float_tflite, INT8_NAME: quant, **checks.files}

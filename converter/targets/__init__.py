@@ -15,7 +15,7 @@ from ..devices import DeviceProfile
 from ..inspect_model import list_ops
 from ..recipe import Recipe
 from ..runtime.model import TFLiteModel
-from . import edgetpu, ethos_u, litert, tflm
+from . import edgetpu, ethos_u, litert, rknn, tflm
 from .base import Backend, Context, cost
 
 BACKENDS: dict[str, Backend] = {
@@ -23,6 +23,7 @@ BACKENDS: dict[str, Backend] = {
     "tflm": tflm.check,
     "edgetpu": edgetpu.check,
     "ethos-u": ethos_u.check,
+    "rknn": rknn.check,
 }
 
 
@@ -52,12 +53,18 @@ class TargetChecks:
 
 
 def check_targets(
-    recipe: Recipe, profiles: dict[str, DeviceProfile], quant: bytes, samples: np.ndarray | None
+    recipe: Recipe,
+    profiles: dict[str, DeviceProfile],
+    quant: bytes,
+    samples: np.ndarray | None,
+    labels: np.ndarray | None = None,
+    samples_kind: str = "evaluation",
 ) -> TargetChecks:
     """Compatibility, fit, cost and exports for every target of the recipe."""
     ops = list_ops(quant)
     info = TFLiteModel(model_content=quant, delegate="none")
-    ctx = Context(recipe, quant, ops, info.inputs[0].dtype, info.outputs[0].dtype, samples)
+    dtypes = (info.inputs[0].dtype, info.outputs[0].dtype)
+    ctx = Context(recipe, quant, ops, *dtypes, samples, labels=labels, samples_kind=samples_kind)
     checks = TargetChecks()
     warnings = early_warnings(recipe, profiles)
     for name, profile in profiles.items():

@@ -32,6 +32,8 @@ class Context:
     output_dtype: str
     samples: np.ndarray | None
     shared: dict[str, Any] = field(default_factory=dict)
+    labels: np.ndarray | None = None  # of ``samples``, when they are labelled evaluation data
+    samples_kind: str = "evaluation"  # or "calibration" when the recipe has no evaluation data
 
 
 @dataclass
