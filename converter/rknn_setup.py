@@ -35,6 +35,7 @@ TOOLKIT = "rknn-toolkit2==2.5.0"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 PYTHON_VERSION = (3, 11)  # the lock's wheels (scipy 1.17, the toolkit's cp311 build) are for CPython 3.11
 MARKER = "edgeconv-rknn.json"
+PARTIAL = ".edgeconv-rknn-setup"  # written first: a folder holding it is one of ours, safe to rebuild
 WORKER = Path(__file__).resolve().parent / "targets" / "rknn_worker.py"
 PIP_TIMEOUT_S = 1800
 PROBE_TIMEOUT_S = 300
@@ -214,6 +215,12 @@ def probe(python: Path, timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
     return answer
 
 
+def _ours_or_empty(folder: Path) -> bool:
+    if not folder.is_dir():
+        return False
+    return (folder / MARKER).is_file() or (folder / PARTIAL).is_file() or not any(folder.iterdir())
+
+
 def _size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
@@ -230,9 +237,16 @@ def provision(
         return Provisioned(venv, answer["toolkit"], False, time.perf_counter() - start, _size(venv))
     base = _python_for_venv(python)
     # Built in place (a virtualenv's scripts name its folder); the marker, written last after the import
-    # check, is what makes it count as installed, so an interrupted setup is redone from scratch.
+    # check, is what makes it count as installed, so an interrupted setup is redone from scratch. Only a
+    # folder this command made (either marker) or an empty one is ever removed: --venv may name anything.
+    if venv.exists() and not _ours_or_empty(venv):
+        raise UserInputError(
+            f"--venv: {venv} exists and is not an RKNN virtualenv made by edgeconv setup rknn; "
+            "name a new or empty folder (nothing in this one was touched)"
+        )
     shutil.rmtree(venv, ignore_errors=True)
-    venv.parent.mkdir(parents=True, exist_ok=True)
+    venv.mkdir(parents=True)
+    (venv / PARTIAL).write_text("made by edgeconv setup rknn\n")
     try:
         _run([base, "-m", "venv", str(venv)], "creating the virtualenv", 300)
         pip = [str(venv_python(venv)), "-m", "pip", "--disable-pip-version-check", "install", "--no-deps", "-q"]

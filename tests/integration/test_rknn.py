@@ -149,6 +149,17 @@ def test_setup_is_idempotent(rknn_venv: Path) -> None:
     assert again.stdout.startswith(f"rknn-toolkit2 2.5.0 already set up in {rknn_venv} (")
 
 
+def test_setup_never_removes_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    """``--venv`` may name anything; setup used to ``rmtree`` it first. Only its own or empty folders go."""
+    folder = tmp_path / "precious"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("years of work")
+    done = _setup(folder)
+    assert done.returncode == 2, done.stderr
+    assert "is not an RKNN virtualenv made by edgeconv setup rknn" in done.stderr
+    assert (folder / "thesis.tex").read_text() == "years of work" and len(list(folder.iterdir())) == 1
+
+
 def test_every_rknn_profile_names_a_platform_the_toolkit_knows() -> None:
     from converter.devices import available_devices, load_device
 
