@@ -186,6 +186,8 @@ def check(ctx: Context, name: str, profile: DeviceProfile) -> Check:
     python = rknn_setup.installed()
     if python is None:  # the pipeline refuses this before any work; a caller of check_targets may not
         return Check(problems=[str(rknn_setup.not_installed_error(f"target {name}"))])
+    if len(TFLiteModel(model_content=ctx.model, delegate="none").inputs) != 1:
+        return Check(problems=["RKNN targets take single-input models in this version (the simulator run feeds one)"])
     x, ours, model = _reference(ctx)
     key = f"rknn:{spec.platform}"
     if key not in ctx.shared:
