@@ -209,7 +209,8 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
         parts += ["<h2>Targets: fit</h2>", _table(["target", "verdict", "flash", "RAM", "problems"], rows)]
         npu = [npu_line(name, t) for name, t in targets.items()]
         if any(npu):
-            parts += ["<h2>NPU (compiled by Vela; latency is Vela's estimate)</h2>", "<ul>"]
+            head = "NPU compilers (Vela latency is its own estimate; RKNN accuracy is its simulator's)"
+            parts += [f"<h2>{head}</h2>", "<ul>"]
             parts += [f"<li>{escape(line)}</li>" for line in npu if line]
             parts += ["</ul>"]
     layers = [e for e in ((report.get("analysis") or {}).get("layers") or []) if e.get("sqnr_drop_db") is not None]

@@ -97,8 +97,10 @@ TUNING_HEAD = ["step", "what", "int8", "drop", "agreement", "bytes", "host p50",
 
 
 def npu_line(name: str, t: dict[str, Any]) -> str | None:
-    """One line for an NPU target compiled by its vendor's compiler (Vela); None for other targets."""
+    """One line for an NPU target compiled by its vendor's compiler (Vela, RKNN); None for other targets."""
     compiler = t.get("compiler") or {}
+    if compiler.get("name") == "rknn-toolkit2":
+        return _rknn_line(name, t, compiler)
     if compiler.get("name") != "vela":
         return None
     if compiler.get("error"):
@@ -110,6 +112,25 @@ def npu_line(name: str, t: dict[str, Any]) -> str | None:
         f"model {fmt((t.get('compiled_model') or {}).get('bytes'), 'bytes')}, "
         f"{fmt(t.get('latency_estimate_ms'), 'ms')} estimated by Vela"
     )
+
+
+def _rknn_line(name: str, t: dict[str, Any], compiler: dict[str, Any]) -> str:
+    if compiler.get("error"):
+        return f"{name}: rknn-toolkit2 failed: {compiler['error']}"
+    acc = t.get("accuracy") or {}
+    size = fmt((t.get("artifact") or {}).get("bytes"), "bytes")
+    head = f"{name}: rknn-toolkit2 {compiler.get('version')}, model.rknn {size}"
+    if acc.get("metric") == "top1":
+        return (
+            f"{head}, simulator top-1 {fmt(acc['int8'], 'fraction')} vs our TFLite int8 "
+            f"{fmt(acc['tflite_int8'], 'fraction')} (agreement {fmt(acc['agreement'], 'fraction')}, "
+            f"{acc['samples']} samples)"
+        )
+    if acc.get("metric") == "agreement":
+        return f"{head}, simulator agrees with our TFLite int8 on {fmt(acc['agreement'], 'fraction')} of top-1"
+    if acc.get("metric") == "sqnr":
+        return f"{head}, simulator output SQNR {fmt(acc['sqnr_db_vs_tflite_int8'], 'dB')} against our TFLite int8"
+    return f"{head}, simulator not run ({acc.get('reason') or 'no samples'})"
 
 
 def tuning_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -244,6 +265,11 @@ def markdown(report: dict[str, Any], deltas: list[dict[str, Any]] | None = None)
                 f"| {fmt(t.get('sram_bytes'), 'bytes')} | {fmt(t['compiled_model']['bytes'], 'bytes')} "
                 f"| {t['cycles']:,} | {fmt(t.get('latency_estimate_ms'), 'ms')} |"
             )
+        lines.append("")
+    rknn = [(name, t) for name, t in targets.items() if (t.get("compiler") or {}).get("name") == "rknn-toolkit2"]
+    if rknn:
+        lines += ["### RKNN (rknn-toolkit2 and its simulator)", ""]
+        lines += [f"- {npu_line(name, t)}" for name, t in rknn]
         lines.append("")
     if deltas:
         lines += ["### Against the baseline", "", "| figure | baseline | current | change |", "|---|---|---|---|"]

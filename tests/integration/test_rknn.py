@@ -94,6 +94,8 @@ def test_rknn_targets_build_and_simulate(
         assert acc["raw_max_abs_diff_steps"] <= 1
         assert report["latency"][name] is None
         assert "rknn-toolkit2's simulator" in t["reason"]
+        assert f"npu {name}: rknn-toolkit2 2.5.0, model.rknn" in output and "simulator top-1" in output
+    assert "### RKNN (rknn-toolkit2 and its simulator)" in (tmp_path / "o" / "report.md").read_text()
 
 
 def test_a_toolkit_crash_or_refusal_is_the_targets_problem(
