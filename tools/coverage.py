@@ -91,7 +91,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         if tflm is None:
             micro = "–"
         elif tflm["runs"]:
-            micro = "yes"
+            micro = f"yes (≤{tflm['max_diff_steps']} steps from LiteRT)"
         else:
             micro = f"no: {', '.join(tflm['missing_ops']) or tflm['error']}"
         lines.append(
@@ -132,7 +132,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "coverage.json")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     parser.add_argument("--work", type=Path, help="keep the built models here (default: a temporary folder)")
+    parser.add_argument("--render", action="store_true", help="only rewrite the README table from the JSON")
     args = parser.parse_args(argv)
+    if args.render:
+        cases = json.loads(args.json.read_text())["cases"]
+        args.readme.write_text(replace_block(args.readme.read_text(), table(cases)))
+        return
     logging.disable(logging.WARNING)
     names = args.arch or [a.name for a in zoo.ARCHITECTURES]
     with tempfile.TemporaryDirectory(prefix="edgeconv-zoo-") as tmp:
