@@ -169,3 +169,78 @@ def _int32_constant(model: Any, subgraph: Any, schema: Any, values: list[int], n
     tensor.buffer = len(model.buffers) - 1
     subgraph.tensors.append(tensor)
     return len(subgraph.tensors) - 1
+
+
+# Integer ops a model's shape arithmetic uses; anything else (random ops, stateful ops) is never folded.
+_SHAPE_INTEGER_TYPES = ("INT32", "INT64")
+
+
+def fold_shape_arithmetic(content: bytes) -> tuple[bytes, int]:
+    """Replace the integer shape arithmetic of a dynamic-batch model by its values at batch 1; how many ops went.
+
+    A SavedModel (and the float .tflite the stock converter writes from a Keras model) keeps the batch
+    dimension unknown, so a reshape inside it (MultiHeadAttention's heads, a Flatten) computes its target
+    shape at run time: SHAPE, STRIDED_SLICE, REDUCE_PROD, PACK... on int32 tensors. Those ops are int32 in the
+    int8 model too, but TFLite Micro has no REDUCE_PROD kernel, so such a model fails MCU targets while the
+    same Keras model traced at batch 1 does not. edgeconv converts at batch 1 anyway (static shapes), so the
+    values are constants: every op whose inputs are SHAPE outputs or constants, and whose outputs are int32 or
+    int64, is computed once by the interpreter and its readers get the values as constant tensors. Only the
+    batch may be unknown (another unknown dimension would be baked in at 1): other models keep their bytes.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    ops = make_interpreter(model_content=content, delegate="none")._get_ops_details()  # noqa: SLF001 - see list_ops
+    if not any(op["op_name"] == "SHAPE" for op in ops):
+        return content, 0
+    model = flatbuf.load(content)
+    if len(model.subgraphs) != 1:
+        return content, 0
+    subgraph = model.subgraphs[0]
+    for i in subgraph.inputs:
+        signature = subgraph.tensors[i].shapeSignature
+        if signature is not None and any(int(d) < 0 for d in list(signature)[1:]):
+            return content, 0
+    names = flatbuf.enum_names("BuiltinOperator")
+
+    def is_constant(i: int) -> bool:
+        tensor = subgraph.tensors[i]
+        raw = model.buffers[tensor.buffer].data if tensor.buffer else None
+        return raw is not None and len(raw) > 0
+
+    static: set[int] = set()
+    folded: list[int] = []
+    for k, op in enumerate(subgraph.operators):
+        ins = [int(i) for i in op.inputs if int(i) >= 0]
+        outs = [int(i) for i in op.outputs]
+        integer = all(flatbuf.type_name(subgraph.tensors[i].type) in _SHAPE_INTEGER_TYPES for i in outs)
+        if not integer:
+            continue
+        if flatbuf.op_code(model, op, names) == "SHAPE" or (
+            ins and any(i in static for i in ins) and all(i in static or is_constant(i) for i in ins)
+        ):
+            static.update(outs)
+            folded.append(k)
+    if not folded:
+        return content, 0
+    kept = [op for k, op in enumerate(subgraph.operators) if k not in set(folded)]
+    frontier = {int(i) for op in kept for i in op.inputs if int(i) in static} | {
+        int(i) for i in subgraph.outputs if int(i) in static
+    }
+    interpreter = make_interpreter(model_content=content, delegate="none", preserve_all_tensors=True)
+    for d in interpreter.get_input_details():
+        interpreter.set_tensor(d["index"], np.zeros(d["shape"], dtype=d["dtype"]))
+    interpreter.invoke()
+    for i in sorted(frontier):
+        value = np.asarray(interpreter.get_tensor(i))
+        dtype = "<i8" if flatbuf.type_name(subgraph.tensors[i].type) == "INT64" else "<i4"
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(value.astype(dtype).tobytes(), dtype=np.uint8)
+        model.buffers.append(buffer)
+        tensor = subgraph.tensors[i]
+        tensor.buffer = len(model.buffers) - 1
+        tensor.shape = [int(d) for d in value.shape]
+        tensor.shapeSignature = None
+    subgraph.operators = kept
+    _drop_unused_opcodes(model)
+    log.info("folded %d shape-arithmetic op(s) of a dynamic batch into constants at batch 1", len(folded))
+    return flatbuf.dump(model), len(folded)

@@ -26,7 +26,7 @@ from . import model_cache
 from .data import ModelInput, model_inputs
 from .errors import ModelLoadError
 from .extras import require
-from .float_rewrites import rewrite_dangling_splits, rewrite_neg
+from .float_rewrites import fold_shape_arithmetic, rewrite_dangling_splits, rewrite_neg
 from .runtime.model import TFLiteModel
 from .unroll import unroll_recurrent
 
@@ -102,6 +102,9 @@ def load_model(path: Path, custom_objects: Iterable[str] = (), cache: bool = Fal
     content, sliced = rewrite_dangling_splits(content)
     if sliced:
         loader += f"; {sliced} SPLIT op{'s' if sliced > 1 else ''} with unused outputs rewritten as SLICE ops"
+    content, folded = fold_shape_arithmetic(content)
+    if folded:
+        loader += f"; {folded} shape-arithmetic op{'s' if folded > 1 else ''} of the unknown batch folded at batch 1"
     try:
         ref = TFLiteModel(model_content=content)
     except Exception as e:  # noqa: BLE001 - the interpreter raises bare RuntimeError/ValueError

@@ -1,0 +1,218 @@
+"""Convert one zoo architecture from one source with edgeconv and with the stock converter, and measure both.
+
+edgeconv runs in-process through its CLI (click's ``CliRunner``: the exit code and message a user gets),
+with the zoo's seeded calibration samples, no evaluation, analysis, latency or cache. The stock converter
+is ``TFLiteConverter`` full-integer (``TFLITE_BUILTINS_INT8``, int8 I/O) on the same samples, from the
+Keras 3 model's SavedModel (what ``from_keras_model`` converts internally; the export is shared). Both int8
+models are run in LiteRT on the held-out samples and compared with the Keras model's float outputs (cosine,
+SQNR); ours is also run in TFLite Micro's interpreter. Timings are recorded, never judged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from tools.zoo import Built
+
+INTEGER_DTYPES = frozenset({"int8", "int16", "int32"})
+SQNR_CAP_DB = 200.0
+_MISSING_OP = re.compile(r"Didn't find op for builtin opcode '([A-Z0-9_]+)'")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One int8 model's verdicts and error figures (None where the model did not come out or run)."""
+
+    converted: bool
+    error: str | None = None
+    full_integer: bool | None = None
+    float_ops: tuple[str, ...] = ()  # ops with a float tensor, as "NAME (op i)"
+    ops: int | None = None
+    runs_litert: bool | None = None
+    litert_error: str | None = None
+    cosine: float | None = None  # the worst output's, against the Keras model's float output
+    sqnr_db: float | None = None
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class TFLM:
+    """Whether TFLite Micro's interpreter loads and runs a model, and what it lacks when not."""
+
+    runs: bool
+    missing_ops: tuple[str, ...] = ()
+    error: str | None = None
+    max_diff_steps: int | None = None  # TFLM (reference kernels) vs LiteRT on the first held-out sample
+
+
+@dataclass(frozen=True)
+class Case:
+    """edgeconv's result for one (architecture, source), with the stock converter's beside it."""
+
+    arch: str
+    source: str
+    exit_code: int
+    ours: Measured
+    stock: Measured | None
+    tflm: TFLM | None
+    message: str = ""  # the CLI's output when it did not exit 0
+    notes: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
+    denom = float(np.linalg.norm(a64) * np.linalg.norm(b64))
+    return float(a64 @ b64 / denom) if denom else float(np.array_equal(a64, b64))
+
+
+def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    ref = reference.astype(np.float64)
+    noise = float(np.sum((ref - test.astype(np.float64)) ** 2))
+    signal = float(np.sum(ref**2))
+    if noise == 0.0:
+        return SQNR_CAP_DB
+    return min(SQNR_CAP_DB, 10.0 * float(np.log10(max(signal, 1e-300) / noise)))
+
+
+def measure(model: bytes, built: Built, source: str, seconds: float) -> Measured:
+    """Full-integer check, a LiteRT run on the held-out samples and its error against float."""
+    from converter.inspect_model import list_ops
+    from converter.runtime.model import TFLiteModel
+
+    ops = list_ops(model)
+    floats = tuple(
+        f"{op.name} (op {op.index})" for op in ops if set(op.input_dtypes + op.output_dtypes) - INTEGER_DTYPES
+    )
+    try:
+        outputs = TFLiteModel(model_content=model).predict(built.held_out)
+    except Exception as e:  # noqa: BLE001 - the interpreter raises bare RuntimeError/ValueError
+        return Measured(True, None, not floats, floats, len(ops), False, _short(e), seconds=seconds)
+    expected = built.float_outputs[source]
+    cos = min(cosine(f, q) for f, q in zip(expected, outputs, strict=True))
+    sqnr = min(sqnr_db(f, q) for f, q in zip(expected, outputs, strict=True))
+    return Measured(True, None, not floats, floats, len(ops), True, None, cos, sqnr, seconds)
+
+
+def _short(error: BaseException | str, limit: int = 400) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def recipe_for(built: Built, source: str) -> dict[str, Any]:
+    """A minimal recipe: the zoo's calibration samples; no evaluation, analysis, latency or cache."""
+    return {
+        "version": 1,
+        "name": f"{built.arch.name}-{source}",
+        "model": str(built.sources[source]),
+        "data": {"calibration": {"path": str(built.folder / "calibration.npz"), "samples": len(built.calibration)}},
+        "calibration": {"cache": False},
+        "benchmark": {"enabled": False},
+        "analysis": {"samples": 0},
+    }
+
+
+def run_ours(built: Built, source: str, out: Path) -> tuple[int, str, Measured]:
+    """edgeconv convert through its CLI; the exit code, its output when not 0, and the measured int8 model."""
+    from click.testing import CliRunner
+
+    from converter.cli import main
+    from converter.report import INT8_NAME
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    recipe = out.parent / f"{out.name}.yaml"
+    recipe.write_text(yaml.safe_dump(recipe_for(built, source), sort_keys=False))
+    start = time.perf_counter()
+    result = CliRunner().invoke(main, ["convert", "--recipe", str(recipe), "--out", str(out)])
+    seconds = time.perf_counter() - start
+    if result.exit_code != 0:
+        message = _short(result.output.strip().splitlines()[-1] if result.output.strip() else repr(result.exception))
+        return result.exit_code, result.output, Measured(False, message, seconds=seconds)
+    return 0, "", measure((out / INT8_NAME).read_bytes(), built, source, seconds)
+
+
+def run_stock(built: Built) -> Measured:
+    """The stock TFLiteConverter, full-integer with int8 I/O, on the same calibration samples."""
+    import tensorflow as tf
+
+    start = time.perf_counter()
+    try:
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(built.saved_model))
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([s[None]] for s in built.calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+        model = bytes(converter.convert())
+    except Exception as e:  # noqa: BLE001 - the stock converter raises many types; its failure is a finding
+        return Measured(False, _stock_error(e), seconds=time.perf_counter() - start)
+    return measure(model, built, "keras", time.perf_counter() - start)
+
+
+def _stock_error(error: Exception) -> str:
+    """The line of a converter error that names the problem (MLIR dumps pages of context)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "error:" in line:
+            return _short(line[line.index("error:") :])
+    return _short(lines[0] if lines else type(error).__name__)
+
+
+def run_tflm(model: bytes, sample: np.ndarray) -> TFLM:
+    """Load and run ``model`` in TFLite Micro's interpreter (generous arena) on one sample."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    from converter.inspect_model import list_ops
+    from converter.ops import tflm_missing
+    from converter.runtime.model import TFLiteModel, quantize
+
+    listed = tflm_missing(list_ops(model))
+    if listed:  # TFLM would refuse them; loading such a model only prints the first
+        return TFLM(False, tuple(listed), "no TFLM kernel")
+    litert = TFLiteModel(model_content=model, delegate="none")
+    q = quantize(sample[None], litert.inputs[0])
+    with tempfile.TemporaryFile() as capture:
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)  # TFLM reports on C++ stderr
+        try:
+            interpreter = runtime.Interpreter.from_bytes(model, arena_size=max(len(model) * 10, 8 << 20))
+            interpreter.set_input(q, 0)
+            interpreter.invoke()
+            micro = interpreter.get_output(0)
+            error = None
+        except (RuntimeError, ValueError) as e:
+            error = str(e)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        log = capture.read().decode(errors="replace")
+    if error is not None:
+        missing = tuple(sorted(set(_MISSING_OP.findall(log + error))))
+        last = log.strip().splitlines()[-1] if log.strip() else error
+        return TFLM(False, missing, _short(last))
+    litert.interpreter.set_tensor(litert.inputs[0].index, q)
+    litert.interpreter.invoke()
+    ref = litert.interpreter.get_tensor(litert.outputs[0].index)
+    return TFLM(True, max_diff_steps=int(np.abs(micro.astype(np.int64) - ref.astype(np.int64)).max()))
+
+
+def run_case(built: Built, source: str, out: Path, stock: Measured | None) -> Case:
+    """One (architecture, source): edgeconv's exit code and figures, TFLM on its model, stock beside it."""
+    from converter.report import INT8_NAME
+
+    code, message, ours = run_ours(built, source, out)
+    tflm = run_tflm((out / INT8_NAME).read_bytes(), built.held_out[0]) if code == 0 and ours.full_integer else None
+    notes = (f".h5 built with {built.h5_note}",) if source == "h5" else ()
+    return Case(built.arch.name, source, code, ours, stock, tflm, message, notes)
