@@ -96,13 +96,55 @@ def measure(model: bytes, built: Built, source: str, seconds: float) -> Measured
         f"{op.name} (op {op.index})" for op in ops if set(op.input_dtypes + op.output_dtypes) - INTEGER_DTYPES
     )
     try:
-        outputs = TFLiteModel(model_content=model).predict(built.held_out)
+        litert = TFLiteModel(model_content=model)
+        outputs = litert.predict(for_model(litert, built.held_out))
+        outputs = [outputs[i] for i in output_order(litert, built.output_names)]
     except Exception as e:  # noqa: BLE001 - the interpreter raises bare RuntimeError/ValueError
         return Measured(True, None, not floats, floats, len(ops), False, _short(e), seconds=seconds)
     expected = built.float_outputs[source]
     cos = min(cosine(f, q) for f, q in zip(expected, outputs, strict=True))
     sqnr = min(sqnr_db(f, q) for f, q in zip(expected, outputs, strict=True))
     return Measured(True, None, not floats, floats, len(ops), True, None, cos, sqnr, seconds)
+
+
+def _plain(name: str) -> str:
+    """A tensor's Keras name: ``serving_default_image:0`` (SavedModel routes) is ``image``."""
+    return name.removeprefix("serving_default_").split(":")[0]
+
+
+def _names(model: Any, infos: list[Any]) -> list[str]:
+    """Each tensor's name as the Keras model called it: its signature name, else its own."""
+    from converter.runtime.model import signature_names
+
+    signature = signature_names(model.interpreter)
+    return [_plain(signature.get(info.index, info.name)) for info in infos]
+
+
+def for_model(model: Any, x: np.ndarray) -> np.ndarray:
+    """Samples packed per Keras input name, re-keyed by the model's own input tensor names (one input: as is).
+
+    A converted model's inputs may be ordered and named differently (``serving_default_image:0``); matching
+    by the signature's names feeds each array to its input whatever the order.
+    """
+    from converter.runtime.model import pack_inputs
+
+    if x.dtype.names is None:
+        return x
+    return pack_inputs(
+        {info.name: x[name] for info, name in zip(model.inputs, _names(model, model.inputs), strict=True)}
+    )
+
+
+def output_order(model: Any, keras_names: tuple[str, ...]) -> list[int]:
+    """The model's output positions in the Keras model's output order (by name; positional when names differ)."""
+    names = _names(model, model.outputs)
+    if len(names) > 1 and sorted(names) == sorted(keras_names):
+        return [names.index(n) for n in keras_names]
+    # Keras 3's model.export names the signature's outputs output_0, output_1, ... in the model's order.
+    numbered = [f"output_{k}" for k in range(len(names))]
+    if len(names) > 1 and sorted(names) == sorted(numbered):
+        return [names.index(n) for n in numbered]
+    return list(range(len(names)))
 
 
 def _short(error: BaseException | str, limit: int = 400) -> str:
@@ -150,7 +192,12 @@ def run_stock(built: Built) -> Measured:
     try:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(built.saved_model))
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([s[None]] for s in built.calibration)
+        cal = built.calibration
+        names = cal.dtype.names
+        if names is None:
+            converter.representative_dataset = lambda: ([s[None]] for s in cal)
+        else:  # several inputs: one dict per sample, keyed by the signature's input names
+            converter.representative_dataset = lambda: ({n: s[n][None] for n in names} for s in cal)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
@@ -170,26 +217,28 @@ def _stock_error(error: Exception) -> str:
 
 
 def run_tflm(model: bytes, sample: np.ndarray) -> TFLM:
-    """Load and run ``model`` in TFLite Micro's interpreter (generous arena) on one sample."""
+    """Load and run ``model`` in TFLite Micro's interpreter (generous arena) on one sample (a batch of one)."""
     from tflite_micro.python.tflite_micro import runtime
 
     from converter.inspect_model import list_ops
     from converter.ops import tflm_missing
-    from converter.runtime.model import TFLiteModel, quantize
+    from converter.runtime.model import TFLiteModel, input_arrays, quantize
 
     listed = tflm_missing(list_ops(model))
     if listed:  # TFLM would refuse them; loading such a model only prints the first
         return TFLM(False, tuple(listed), "no TFLM kernel")
     litert = TFLiteModel(model_content=model, delegate="none")
-    q = quantize(sample[None], litert.inputs[0])
+    arrays = input_arrays(for_model(litert, sample), litert.inputs)
+    qs = [quantize(a, info) for a, info in zip(arrays, litert.inputs, strict=True)]
     with tempfile.TemporaryFile() as capture:
         saved = os.dup(2)
         os.dup2(capture.fileno(), 2)  # TFLM reports on C++ stderr
         try:
             interpreter = runtime.Interpreter.from_bytes(model, arena_size=max(len(model) * 10, 8 << 20))
-            interpreter.set_input(q, 0)
+            for i, q in enumerate(qs):
+                interpreter.set_input(q, i)
             interpreter.invoke()
-            micro = interpreter.get_output(0)
+            micro = [interpreter.get_output(k) for k in range(len(litert.outputs))]
             error = None
         except (RuntimeError, ValueError) as e:
             error = str(e)
@@ -202,10 +251,12 @@ def run_tflm(model: bytes, sample: np.ndarray) -> TFLM:
         missing = tuple(sorted(set(_MISSING_OP.findall(log + error))))
         last = log.strip().splitlines()[-1] if log.strip() else error
         return TFLM(False, missing, _short(last))
-    litert.interpreter.set_tensor(litert.inputs[0].index, q)
+    for q, info in zip(qs, litert.inputs, strict=True):
+        litert.interpreter.set_tensor(info.index, q)
     litert.interpreter.invoke()
-    ref = litert.interpreter.get_tensor(litert.outputs[0].index)
-    return TFLM(True, max_diff_steps=int(np.abs(micro.astype(np.int64) - ref.astype(np.int64)).max()))
+    refs = [litert.interpreter.get_tensor(o.index) for o in litert.outputs]
+    steps = max(int(np.abs(m.astype(np.int64) - r.astype(np.int64)).max()) for m, r in zip(micro, refs, strict=True))
+    return TFLM(True, max_diff_steps=steps)
 
 
 def run_case(built: Built, source: str, out: Path, stock: Measured | None) -> Case:
@@ -213,6 +264,6 @@ def run_case(built: Built, source: str, out: Path, stock: Measured | None) -> Ca
     from converter.report import INT8_NAME
 
     code, message, ours = run_ours(built, source, out)
-    tflm = run_tflm((out / INT8_NAME).read_bytes(), built.held_out[0]) if code == 0 and ours.full_integer else None
+    tflm = run_tflm((out / INT8_NAME).read_bytes(), built.held_out[:1]) if code == 0 and ours.full_integer else None
     notes = (f".h5 built with {built.h5_note}",) if source == "h5" else ()
     return Case(built.arch.name, source, code, ours, stock, tflm, message, notes)

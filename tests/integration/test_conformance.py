@@ -37,13 +37,8 @@ KNOWN_TFLM_MISSING: dict[str, tuple[str, ...]] = {
     "transformer": ("GELU",),
     "unet": ("TILE",),  # Keras 3 UpSampling2D is traced as a repeat (TILE + RESHAPE), not RESIZE_NEAREST_NEIGHBOR
 }
-# (architecture, source) cases that fail today, with the reason: strict, so a fix shows up as XPASS.
-_MOBILENET_V2 = (
-    "output SQNR 32.8 dB vs the stock converter's 35.9 dB (cosine 0.99974 vs 0.99988) from every source, also "
-    "from the stock converter's own float .tflite, so the float graph is not the cause: the activation ranges "
-    "or the quantizer's choices differ; not yet diagnosed"
-)
-KNOWN_FAILURES: dict[tuple[str, str], str] = {("mobilenet_v2", source): _MOBILENET_V2 for source in zoo.SOURCES}
+# (architecture, source) cases that fail today, with the reason: strict, so a fix shows up as XPASS. None today.
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
 
 def _cases() -> list[object]:
