@@ -120,7 +120,7 @@ def convert(
         _step_summary(result.out_dir / "report.md")
         return EXIT_GATE if result.report["passed"] is False else EXIT_OK
 
-    guarded(debug, run)
+    guarded(debug, run, capture=True)
 
 
 @main.command()

@@ -24,6 +24,7 @@ import click
 from . import __version__
 from .errors import ConverterError
 from .extras import INSTALL_CONVERT, missing_extra
+from .native_output import TAIL_LINES, Captured, captured
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_STEP = 0, 1, 2, 3
 
@@ -43,7 +44,8 @@ def setup_logging(debug: bool) -> None:
         stream=sys.stderr,
         force=True,
     )
-    for noisy in ("tensorflow", "absl", "h5py", "PIL"):
+    logging.captureWarnings(True)  # TensorFlow's Python warnings ("Statistics for quantized inputs ...")
+    for noisy in ("tensorflow", "absl", "h5py", "PIL", "py.warnings"):
         logging.getLogger(noisy).setLevel(logging.WARNING if debug else logging.ERROR)
 
 
@@ -60,28 +62,45 @@ def _terminate(signum: int, _frame: object) -> None:
     raise Interrupted(signum)
 
 
-def guarded(debug: bool, fn: Callable[[], int]) -> None:
-    """Run ``fn``; turn errors into one paragraph and an exit code (tracebacks only with --debug)."""
+def guarded(debug: bool, fn: Callable[[], int], capture: bool = False) -> None:
+    """Run ``fn``; turn errors into one paragraph and an exit code (tracebacks only with --debug).
+
+    With ``capture`` (commands that load TensorFlow), what C++ code prints is kept off the terminal
+    and shown only when the command fails with exit 3, or live with --debug (``native_output``).
+    """
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)
     except ValueError:  # not the main thread (embedded use): leave signals alone
         previous = None
     try:
-        code = _run(debug, fn)
+        with captured(capture and not debug) as native:
+            code = _run(debug, fn, native)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     sys.exit(code)
 
 
-def _run(debug: bool, fn: Callable[[], int]) -> int:
+def _show_native(native: Captured) -> None:
+    """Before an exit-3 message: what TensorFlow/LiteRT printed, which may name the cause."""
+    tail = native.tail()
+    if tail:
+        click.echo(f"--- printed by TensorFlow/LiteRT during this run (last {TAIL_LINES} lines) ---", err=True)
+        click.echo(tail, err=True)
+        click.echo("---", err=True)
+
+
+def _run(debug: bool, fn: Callable[[], int], native: Captured | None = None) -> int:
     from .runtime.interpreter import InterpreterUnavailable
 
+    native = native or Captured(None)
     try:
         return fn()
     except ConverterError as e:
         if debug:
             traceback.print_exc()
+        if e.exit_code == EXIT_STEP:
+            _show_native(native)
         click.echo(f"error: {e}", err=True)
         return e.exit_code
     except KeyboardInterrupt as e:
@@ -106,6 +125,7 @@ def _run(debug: bool, fn: Callable[[], int]) -> int:
                 err=True,
             )
             return EXIT_USAGE
+        _show_native(native)
         how = (
             "the traceback is above"
             if debug

@@ -268,7 +268,7 @@ def bench(**kw: Any) -> None:
             click.echo("\n".join(lines + ([accuracy] if accuracy else [])))
         return EXIT_OK
 
-    guarded(kw["debug"], run)
+    guarded(kw["debug"], run, capture=True)
 
 
 @click.command()
@@ -309,7 +309,7 @@ def deploy(**kw: Any) -> None:
             )
         return EXIT_OK if passed else EXIT_GATE
 
-    guarded(kw["debug"], run)
+    guarded(kw["debug"], run, capture=True)
 
 
 def _requantizer(report: dict[str, Any], float_tflite: bytes) -> Callable[..., bytes] | None:
@@ -424,4 +424,4 @@ def analyze(**kw: Any) -> None:
             click.echo(f"  {drop} dB lost  {e.sqnr_db:6.1f} dB  alone {alone} dB  {e.op:18} {e.name[-60:]}")
         return EXIT_OK
 
-    guarded(kw["debug"], run)
+    guarded(kw["debug"], run, capture=True)
