@@ -243,7 +243,7 @@ def _io_line(q: dict[str, Any]) -> str:
 
 def summary(out_dir: Path, report: dict[str, Any]) -> str:
     """A few lines for humans: sizes, accuracy, where the files are."""
-    from .render import drop_text, npu_line
+    from .render import drop_text, latency_text, ms_text, npu_line, tail_warning
 
     art = report["artifacts"]
     f_bytes, q_bytes = art["float"]["bytes"], art["int8"]["bytes"]
@@ -273,12 +273,23 @@ def summary(out_dir: Path, report: dict[str, Any]) -> str:
             lines.append(f"  npu {npu}")
             continue
         if lat is None:
-            lines.append(f"  latency {name}: not measured ({report['targets'][name]['reason']})")
+            t = report["targets"][name]
+            estimate = ((t.get("cost") or {}).get("latency_estimate")) or None
+            if estimate is not None:
+                lines.append(
+                    f"  latency {name}: estimate {ms_text(estimate['latency_ms'])} ({estimate['basis']}); "
+                    "not measured from here"
+                )
+            else:
+                lines.append(f"  latency {name}: not measured ({t['reason']})")
             continue
-        text = f"  latency {name} ({lat['where']}): int8 p50 {lat['int8']['p50_ms']:.3f} ms"
-        if lat.get("float"):
-            text += f", float p50 {lat['float']['p50_ms']:.3f} ms ({lat['int8_speedup_p50']:.2f}x)"
-        lines.append(text + f", {lat['int8']['threads']} threads, {lat['int8']['delegate']}")
+        lines.append(
+            f"  latency {name} ({lat['where']}): {latency_text(lat)}; "
+            f"{lat['int8']['threads']} threads, {lat['int8']['delegate']}"
+        )
+        warning = tail_warning(lat)
+        if warning:
+            lines.append(f"    {warning}")
     lines.append(f"  files in {out_dir}/")
     return "\n".join(lines)
 

@@ -21,6 +21,7 @@ from .cli_common import (
     setup_logging,
 )
 from .errors import UserInputError
+from .render import ms_text, tail_warning
 from .ssh_options import ssh_option_problem
 
 
@@ -134,11 +135,11 @@ def _latency_lines(name: str, record: dict[str, Any]) -> list[str]:
     for key in ("int8", "float"):
         lat = record.get(key)
         if lat:
-            lines.append(
-                f"  {key:5} p50 {lat['p50_ms']:8.3f} ms  p90 {lat['p90_ms']:8.3f}  p99 {lat['p99_ms']:8.3f}  "
-                f"min {lat['min_ms']:8.3f}  std {lat['std_ms']:7.3f}  ({lat['runs']} runs, {lat['threads']} threads, "
-                f"{lat['delegate']})"
-            )
+            figures = "  ".join(f"{q} {ms_text(lat[f'{q}_ms'])}" for q in ("p50", "p90", "p99", "min", "std"))
+            lines.append(f"  {key:5} {figures}  ({lat['runs']} runs, {lat['threads']} threads, {lat['delegate']})")
+    warning = tail_warning(record) if record.get("int8") else None
+    if warning:
+        lines.append(f"  {warning}")
     if record.get("peak_rss_mb") is not None:
         lines.append(f"  peak RSS {record['peak_rss_mb']:.1f} MiB")
     return lines

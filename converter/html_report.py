@@ -12,6 +12,7 @@ from .render import (
     accuracy_figure,
     drop_text,
     fmt,
+    gate_figure,
     io_rows,
     npu_line,
     output_figures,
@@ -120,12 +121,12 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
     if gates:
         rows = []
         for g in gates:
-            limit = fmt(g["limit"], g["unit"]) if g["limit"] is not None else escape(g["budget"])
+            limit = gate_figure(g, g["limit"]) if g["limit"] is not None else escape(g["budget"])
             rows.append(
                 [
                     escape(g["name"]),
                     escape(g["target"]),
-                    fmt(g["value"], g["unit"]),
+                    gate_figure(g, g["value"]),
                     limit,
                     _badge(g["status"])
                     + (f" <span class=muted>{escape(g['reason'])}</span>" if g.get("reason") else ""),

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+from .gates import LOWER_BOUNDS
+
 
 def fmt(value: float | None, unit: str = "") -> str:
     """A figure as people read it: bytes with separators, fractions as percent, ms with 3 decimals."""
@@ -15,12 +17,55 @@ def fmt(value: float | None, unit: str = "") -> str:
     if unit == "fraction":
         return f"{100 * value:.2f}%"
     if unit == "ms":
-        return f"{value:.3f} ms"
+        return ms_text(value)
     if unit == "dB":
         return f"{value:.2f} dB"
     if unit == "relative MSE":
         return f"{value:.4g} relative MSE"
     return f"{value:g}"
+
+
+def _shown(ms: float) -> tuple[float, str]:
+    """A time rounded as it is printed (in ms) and its text: µs below 1 ms, ms, s above 10 s."""
+    if ms < 1.0:
+        us = round(ms * 1000, 1)
+        return us / 1000, f"{us:.1f} µs"
+    if ms < 10_000:
+        text = f"{ms:#.3g}" if ms < 100 else f"{ms:.0f}"
+        return float(text), f"{text} ms"
+    sec = round(ms / 1000, 1)
+    return sec * 1000, f"{sec:.1f} s"
+
+
+def ms_text(ms: float) -> str:
+    """A time as people read it: 0.046 ms is 46.0 µs."""
+    return _shown(ms)[1]
+
+
+TAIL_WARNING = 5.0  # p99 above this many times p50: the timing is dominated by outliers
+
+
+def latency_text(lat: dict[str, Any]) -> str:
+    """p50/p90/p99 of one run and the float ratio computed from the printed values."""
+    q = lat["int8"]
+    text = f"int8 p50 {ms_text(q['p50_ms'])}, p90 {ms_text(q['p90_ms'])}, p99 {ms_text(q['p99_ms'])}"
+    if lat.get("float"):
+        f50 = lat["float"]["p50_ms"]
+        int8_shown, float_shown = _shown(q["p50_ms"])[0], _shown(f50)[0]
+        ratio = float_shown / int8_shown if int8_shown else float("nan")  # what a reader gets from the two figures
+        text += f"; float p50 {ms_text(f50)} ({ratio:.2f}x)"
+    return text
+
+
+def tail_warning(lat: dict[str, Any]) -> str | None:
+    """Said when p99 is far above p50: the tail is other load or a cold start, not the model."""
+    q = lat["int8"]
+    if q["p50_ms"] > 0 and q["p99_ms"] > TAIL_WARNING * q["p50_ms"]:
+        return (
+            f"warning: p99 is {q['p99_ms'] / q['p50_ms']:.0f}x p50 (other load on the machine?): "
+            "compare p50s, rerun for the tail"
+        )
+    return None
 
 
 def drop_text(drop: float | None, unit: str | None) -> str:
@@ -80,16 +125,22 @@ def io_rows(report: dict[str, Any]) -> list[list[str]]:
     ]
 
 
+def gate_figure(g: dict[str, Any], value: float | None) -> str:
+    """A gate's value or limit: a drop in its metric's unit (top-1 in points, as everywhere), others by unit."""
+    return drop_text(value, g["unit"]) if g["name"] == "accuracy_drop" else fmt(value, g["unit"])
+
+
 def gate_line(g: dict[str, Any]) -> str:
     if g["status"] == "skipped":
         return f"{g['name']} [{g['target']}]: skipped ({g['reason']})"
     if g["unit"] == "check":
         return f"{g['name']} [{g['target']}]: {g['status']}" + (f" ({g['reason']})" if g.get("reason") else "")
-    lower = g["name"].startswith("min_")
+    lower = g["name"] in LOWER_BOUNDS
     op = (">=" if lower else "<=") if g["status"] == "passed" else ("is below" if lower else "exceeds")
+    # A drop is in its metric's unit, top-1 in points, as everywhere else; other fractions in percent.
     return (
-        f"{g['name']} [{g['target']}]: {g['status']}: {fmt(g['value'], g['unit'])} {op} "
-        f"{fmt(g['limit'], g['unit'])} (budget {g['budget']}, {g['source']})"
+        f"{g['name']} [{g['target']}]: {g['status']}: {gate_figure(g, g['value'])} {op} "
+        f"{gate_figure(g, g['limit'])} (budget {g['budget']}, {g['source']})"
     )
 
 
@@ -176,12 +227,12 @@ def markdown(report: dict[str, Any], deltas: list[dict[str, Any]] | None = None)
         lines += ["### Gates", "", "| gate | target | value | limit | status |", "|---|---|---|---|---|"]
         for g in gates:
             mark = {"passed": "✅ passed", "failed": "❌ failed", "skipped": "⏭ skipped"}[g["status"]]
-            limit = fmt(g["limit"], g["unit"]) if g["limit"] is not None else g["budget"]
+            limit = gate_figure(g, g["limit"]) if g["limit"] is not None else g["budget"]
             note = f" ({g['reason']})" if g.get("reason") else ""
             if g["unit"] == "check":
                 lines.append(f"| {g['name']} | {g['target']} | — | {limit} | {mark}{note} |")
                 continue
-            lines.append(f"| {g['name']} | {g['target']} | {fmt(g['value'], g['unit'])} | {limit} | {mark}{note} |")
+            lines.append(f"| {g['name']} | {g['target']} | {gate_figure(g, g['value'])} | {limit} | {mark}{note} |")
         lines.append("")
     acc = report.get("accuracy") or {}
     if acc.get("metric") == "top1":
