@@ -243,7 +243,7 @@ def _io_line(q: dict[str, Any]) -> str:
 
 def summary(out_dir: Path, report: dict[str, Any]) -> str:
     """A few lines for humans: sizes, accuracy, where the files are."""
-    from .render import drop_text, latency_text, ms_text, npu_line, tail_warning
+    from .render import drop_text, latency_text, layer_label, ms_text, npu_line, tail_warning
 
     art = report["artifacts"]
     f_bytes, q_bytes = art["float"]["bytes"], art["int8"]["bytes"]
@@ -266,7 +266,8 @@ def summary(out_dir: Path, report: dict[str, Any]) -> str:
             f"chose '{chosen['step']}' ({tuning['outcome']})"
         )
         for layer in (tuning.get("worst_layers") or [])[:3]:
-            lines.append(f"    worst layer: {layer['op']} {layer['name'][-60:]} ({layer['sqnr_db']:.1f} dB SQNR)")
+            label = layer_label(layer["name"])
+            lines.append(f"    worst layer: {layer['op']} {label} ({layer['sqnr_db']:.1f} dB SQNR)")
     for name, lat in (report.get("latency") or {}).items():
         npu = npu_line(name, report["targets"].get(name) or {})
         if npu is not None and lat is None:

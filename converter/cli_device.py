@@ -21,7 +21,7 @@ from .cli_common import (
     setup_logging,
 )
 from .errors import UserInputError
-from .render import ms_text, tail_warning
+from .render import layer_label, ms_text, tail_warning
 from .ssh_options import ssh_option_problem
 
 
@@ -422,7 +422,7 @@ def analyze(**kw: Any) -> None:
         for e in layers[: kw["top"]]:
             drop = "   n/a" if e.sqnr_drop_db is None else f"{e.sqnr_drop_db:6.1f}"
             alone = "   n/a" if e.alone_sqnr_db is None else f"{e.alone_sqnr_db:6.1f}"
-            click.echo(f"  {drop} dB lost  {e.sqnr_db:6.1f} dB  alone {alone} dB  {e.op:18} {e.name[-60:]}")
+            click.echo(f"  {drop} dB lost  {e.sqnr_db:6.1f} dB  alone {alone} dB  {e.op:18} {layer_label(e.name)}")
         return EXIT_OK
 
     guarded(kw["debug"], run, capture=True)

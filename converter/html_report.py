@@ -14,6 +14,7 @@ from .render import (
     fmt,
     gate_figure,
     io_rows,
+    layer_label,
     npu_line,
     output_figures,
     tuning_rows,
@@ -79,7 +80,7 @@ def _layer_chart(layers: list[dict[str, Any]]) -> str:
     for i, e in enumerate(layers):
         y = i * row
         w = max(0.0, e["sqnr_drop_db"]) / top * (width - label_w - 380)
-        name = escape(e["name"][-60:])
+        name = f"<title>{escape(e['name'])}</title>{escape(layer_label(e['name']))}"
         alone = e.get("alone_sqnr_db")
         alone_text = f" · alone {alone:.1f} dB" if alone is not None else ""
         bars.append(
@@ -236,7 +237,7 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
         worst = sorted(tensors, key=lambda t: -t["clipped_fraction"])[:15]
         rows = [
             [
-                escape(t["name"][-70:]),
+                f'<span title="{escape(t["name"])}">{escape(layer_label(t["name"]))}</span>',
                 escape(t["method"]),
                 f"{t['range'][0]:.4g} … {t['range'][1]:.4g}",
                 f"{100 * t['clipped_fraction']:.3f}%",

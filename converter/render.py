@@ -68,6 +68,18 @@ def tail_warning(lat: dict[str, Any]) -> str | None:
     return None
 
 
+def layer_label(tensor_name: str) -> str:
+    """The layer a user wrote, from a TFLite tensor name: 'model/block_3_expand/Relu6;model/…' is 'block_3_expand'.
+
+    Fused names join several ops' names with ';' and every name starts with the model's: the first name's
+    second path component is the Keras layer. Names without a path (a model input) are kept whole.
+    """
+    parts = [p for p in tensor_name.split(";")[0].split("/") if p]
+    if len(parts) >= 2:
+        return parts[1]
+    return parts[0] if parts else tensor_name
+
+
 def drop_text(drop: float | None, unit: str | None) -> str:
     """An accuracy drop in its metric's unit: top-1 points, dB lost, or relative MSE."""
     if drop is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -160,3 +161,9 @@ def test_html_report_renders_in_a_real_browser(passing: Path, tmp_path: Path) ->
         [*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=True
     ).stdout
     assert "Gates" in dom and "model_bytes" in dom and "arduino-nano-33-ble-sense" in dom and "passed" in dom
+    # Tensors are shown by the layer a user wrote, the full TFLite name on hover (names were cut from the left).
+    report = json.loads((passing / "report.json").read_text())
+    shown = sorted(report["calibration"]["tensors"], key=lambda t: -t["clipped_fraction"])[:15]
+    clipped = next(t["name"] for t in shown if "/" in t["name"])  # e.g. sequential_1/conv2d_1/Relu;…
+    label = clipped.split(";")[0].split("/")[1]
+    assert f'<span title="{html.escape(clipped)}">{html.escape(label)}</span>' in dom
