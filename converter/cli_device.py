@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from .cli_common import (
 from .errors import UserInputError
 from .render import layer_label, ms_text, tail_warning
 from .ssh_options import ssh_option_problem
+
+log = logging.getLogger(__name__)
 
 
 def _host(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -126,6 +129,54 @@ def _check_npz(path: Path) -> None:
         )
 
 
+def _bench_preprocess(kw: dict[str, Any]) -> Any:
+    """--resize/--scale/--offset, each defaulting to the --recipe's input section, else none/1/0."""
+    from .runtime.preprocess import Preprocess
+
+    base = Preprocess()
+    if kw["recipe_path"]:
+        from .recipe import load_recipe
+
+        base = load_recipe(kw["recipe_path"], check_files=False).preprocess()
+    resize = tuple(kw["resize"]) if kw["resize"] else base.resize
+    scale = kw["scale"] if kw["scale"] is not None else base.scale
+    offset = kw["offset"] if kw["offset"] is not None else base.offset
+    return Preprocess(resize, scale, offset)
+
+
+SATURATION_WARNING = 0.01  # more than 1 % of input values outside the int8 input range is a wrong preprocessing
+
+
+def _saturation_warning(model: Path, data: Path, prep: Any) -> str | None:
+    """Said when the preprocessed samples overrun the int8 model's input range (a forgotten --scale)."""
+    import numpy as np
+
+    from .runtime.model import TFLiteModel
+
+    info = TFLiteModel(model_path=str(model), delegate="none").inputs
+    if len(info) != 1 or info[0].scale is None or info[0].zero_point is None or info[0].dtype not in ("int8", "uint8"):
+        return None
+    scale, zero = info[0].scale, info[0].zero_point
+    try:
+        with np.load(data, allow_pickle=False) as npz:
+            raw = npz["x"][:256] if "x" in npz.files else None
+    except (OSError, ValueError):
+        return None  # the runtime reports a bad file with its own message
+    if raw is None or raw.dtype.kind not in "uif" or raw.shape[1:] != tuple(info[0].shape[1:]) and not prep.resize:
+        return None
+    x = prep(raw.astype(np.float32))
+    bits = np.iinfo(np.dtype(info[0].dtype))
+    lo, hi = (bits.min - zero) * scale, (bits.max - zero) * scale
+    outside = float(np.mean((x < lo - scale / 2) | (x > hi + scale / 2)))
+    if outside <= SATURATION_WARNING:
+        return None
+    return (
+        f"{100 * outside:.1f}% of the input values fall outside the int8 model's input range [{lo:.4g}, {hi:.4g}] "
+        f"after preprocessing (scale {prep.scale:g}, offset {prep.offset:g}): the model sees them clipped and the "
+        "accuracy is not the model's; give the recipe's preprocessing with --recipe, or --scale/--offset"
+    )
+
+
 def _latency_lines(name: str, record: dict[str, Any]) -> list[str]:
     machine = record["machine"]
     lines = [
@@ -172,8 +223,14 @@ def _accuracy_line(acc: dict[str, Any] | None) -> str | None:
     type=Bounded(int, 1, "the height and width in pixels to resize samples to", "e.g. --resize 96 96"),
     help="Preprocessing: resize to H W.",
 )
-@click.option("--scale", type=float, default=1.0, show_default=True, help="Preprocessing: x * scale + offset.")
-@click.option("--offset", type=float, default=0.0, show_default=True)
+@click.option("--scale", type=float, help="Preprocessing: x * scale + offset [the recipe's, else 1].")
+@click.option("--offset", type=float, help="Preprocessing offset [the recipe's, else 0].")
+@click.option(
+    "--recipe",
+    "recipe_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Take the preprocessing (input.resize/scale/offset) from this recipe; --resize/--scale/--offset override.",
+)
 @click.option("--device", help="Device profile (default: host locally, a generic Linux device with --host).")
 @click.option("--host", "ssh_host", metavar="USER@HOST", callback=_host, help="Measure on this device over SSH.")
 @click.option(
@@ -219,7 +276,6 @@ def bench(**kw: Any) -> None:
         from .devices import load_device
         from .measure import latency_record, ssh_target
         from .recipe import TargetSpec
-        from .runtime.preprocess import Preprocess
 
         _check_tflite(kw["model"], "--model")
         _input_shapes(kw["model"], "--model")
@@ -234,11 +290,16 @@ def bench(**kw: Any) -> None:
             raise UserInputError(f"--device {profile.name} is reached over SSH: add --host user@device")
         if profile.kind != "ssh" and kw["ssh_host"]:
             raise UserInputError(f"--device {profile.name} is a {profile.kind} device; drop --host or pick a device")
+        prep = _bench_preprocess(kw)
+        if kw["data"]:
+            warning = _saturation_warning(kw["model"], kw["data"], prep)
+            if warning:
+                log.warning("warning: %s", warning)
         request = BenchRequest(
             model=kw["model"],
             float_model=kw["float_model"],
             data=kw["data"],
-            preprocess=Preprocess(tuple(kw["resize"]) if kw["resize"] else None, kw["scale"], kw["offset"]),
+            preprocess=prep,
             threads=kw["threads"] or profile.threads,
             delegate=kw["delegate"] or profile.delegate,
             warmup=kw["warmup"],
