@@ -162,6 +162,11 @@ def recipe_for(built: Built, source: str) -> dict[str, Any]:
         "calibration": {"cache": False},
         "benchmark": {"enabled": False},
         "analysis": {"samples": 0},
+        **(
+            {"custom_objects": list(built.arch.h5_custom_objects)}
+            if source == "h5" and built.arch.h5_custom_objects
+            else {}
+        ),
     }
 
 
@@ -176,7 +181,8 @@ def run_ours(built: Built, source: str, out: Path) -> tuple[int, str, Measured]:
     recipe = out.parent / f"{out.name}.yaml"
     recipe.write_text(yaml.safe_dump(recipe_for(built, source), sort_keys=False))
     start = time.perf_counter()
-    result = CliRunner().invoke(main, ["convert", "--recipe", str(recipe), "--out", str(out)])
+    trust = ["--allow-custom-objects"] if "custom_objects" in recipe_for(built, source) else []
+    result = CliRunner().invoke(main, ["convert", "--recipe", str(recipe), "--out", str(out), *trust])
     seconds = time.perf_counter() - start
     if result.exit_code != 0:
         message = _short(result.output.strip().splitlines()[-1] if result.output.strip() else repr(result.exception))

@@ -50,6 +50,9 @@ class Arch:
     note: str = ""
     skip: str = ""  # a reason the suite cannot run it yet (expected to fail), or ""
     tags: tuple[str, ...] = field(default=())
+    # Classes a legacy .h5 of it names that Keras cannot rebuild by itself: the recipe must list them
+    # (and convert needs --allow-custom-objects), as a user of that .h5 would have to.
+    h5_custom_objects: tuple[str, ...] = field(default=())
 
 
 # ---- Keras applications -----------------------------------------------------------------------------------------
@@ -190,7 +193,14 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("resnet50", _app("ResNet50"), note="32×32", tags=("heavy",)),
     Arch("densenet121", _app("DenseNet121"), note="32×32", tags=("heavy",)),
     Arch("nasnet_mobile", _app("NASNetMobile"), note="32×32", tags=("heavy",)),
-    Arch("convnext_tiny", _app("ConvNeXtTiny"), **PIXELS, note="LayerNorm, GELU, 32×32", tags=("heavy",)),
+    Arch(
+        "convnext_tiny",
+        _app("ConvNeXtTiny"),
+        **PIXELS,
+        note="LayerNorm, GELU, 32×32",
+        tags=("heavy",),
+        h5_custom_objects=("tf_keras.src.applications.convnext:LayerScale",),
+    ),
     Arch("ds_cnn", ds_cnn, note="keyword spotter, 49×10×1"),
     Arch("conv1d", conv1d, note="128×3 signal"),
     Arch("autoencoder", autoencoder, low=0.0, note="Conv2DTranspose decoder"),
