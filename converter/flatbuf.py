@@ -1,4 +1,4 @@
-"""Reading and editing a .tflite flatbuffer with TensorFlow's object API (subgraph 0)."""
+"""Reading and editing a .tflite flatbuffer with the schema's object API (subgraph 0), without TensorFlow."""
 
 from __future__ import annotations
 
@@ -6,24 +6,22 @@ from typing import Any
 
 import numpy as np
 
+from . import tflite_schema
+
 LINEAR = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
 def load(model: bytes) -> Any:
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    return flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
+    return tflite_schema.load(model)
 
 
 def dump(model: Any) -> bytes:
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return tflite_schema.dump(model)
 
 
 def enum_names(kind: str) -> dict[int, str]:
     """Value -> name of a flatbuffer schema enum (``BuiltinOperator``, ``TensorType``)."""
-    from tensorflow.lite.python import schema_py_generated as schema
+    schema = tflite_schema.schema()
 
     return {int(v): str(k) for k, v in vars(getattr(schema, kind)).items() if not k.startswith("_")}
 
@@ -69,7 +67,7 @@ def linear_ops(model: Any) -> dict[str, tuple[str, Any]]:
 
 def bias_tensor(model: Any, op: Any, size: int, name: str) -> Any:
     """The op's bias tensor; a zero one is added where the converter dropped an all-zero bias."""
-    from tensorflow.lite.python import schema_py_generated as schema
+    schema = tflite_schema.schema()
 
     tensors = model.subgraphs[0].tensors
     if len(op.inputs) >= 3 and op.inputs[2] >= 0:
@@ -86,7 +84,7 @@ def bias_tensor(model: Any, op: Any, size: int, name: str) -> Any:
 
 def set_data(model: Any, tensor: Any, values: np.ndarray) -> None:
     """Give ``tensor`` new float32 contents; in a buffer of its own when it shares one (after deduplication)."""
-    from tensorflow.lite.python import schema_py_generated as schema
+    schema = tflite_schema.schema()
 
     raw = np.asarray(values, dtype="<f4").reshape(-1).tobytes()
     sharing = sum(t.buffer == tensor.buffer for t in model.subgraphs[0].tensors) if tensor.buffer else 0

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import flatbuf
+from . import flatbuf, tflite_schema
 from .runtime.interpreter import make_interpreter
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def rewrite_neg(content: bytes) -> tuple[bytes, int]:
     ops = make_interpreter(model_content=content, delegate="none")._get_ops_details()  # noqa: SLF001 - see list_ops
     if not any(op["op_name"] == "NEG" for op in ops):
         return content, 0
-    from tensorflow.lite.python import schema_py_generated as schema
+    schema = tflite_schema.schema()
 
     model = flatbuf.load(content)
     names = flatbuf.enum_names("BuiltinOperator")
@@ -90,7 +90,7 @@ def rewrite_dangling_splits(content: bytes) -> tuple[bytes, int]:
     """
     if not _has_dangling_split(content):
         return content, 0
-    from tensorflow.lite.python import schema_py_generated as schema
+    schema = tflite_schema.schema()
 
     model = flatbuf.load(content)
     names = flatbuf.enum_names("BuiltinOperator")
@@ -187,7 +187,7 @@ def fold_shape_arithmetic(content: bytes) -> tuple[bytes, int]:
     int64, is computed once by the interpreter and its readers get the values as constant tensors. Only the
     batch may be unknown (another unknown dimension would be baked in at 1): other models keep their bytes.
     """
-    from tensorflow.lite.python import schema_py_generated as schema
+    schema = tflite_schema.schema()
 
     ops = make_interpreter(model_content=content, delegate="none")._get_ops_details()  # noqa: SLF001 - see list_ops
     if not any(op["op_name"] == "SHAPE" for op in ops):

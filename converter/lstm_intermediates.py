@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from . import flatbuf
+from . import flatbuf, tflite_schema
 from .errors import CalibrationError
 
 # The ops TFLite's AddIntermediateTensors serves (operator_property.cc: intermediates for the 8x8->16 LSTM kernels).
@@ -33,7 +33,7 @@ LSTM_OPS = frozenset({"LSTM", "UNIDIRECTIONAL_SEQUENCE_LSTM"})
 
 def has_fused_lstm(model: bytes) -> bool:
     """Whether the model's operator-code table names a fused LSTM (read in place, nothing unpacked)."""
-    from tensorflow.lite.python import schema_py_generated as schema
+    schema = tflite_schema.schema()
 
     root = schema.Model.GetRootAsModel(model, 0)
     names = flatbuf.enum_names("BuiltinOperator")

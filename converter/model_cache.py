@@ -22,7 +22,7 @@ from .calib_cache import cache_dir
 log = logging.getLogger(__name__)
 
 
-def _tf_version() -> str:
+def tf_version() -> str:
     try:
         return metadata.version("tensorflow")
     except metadata.PackageNotFoundError:
@@ -34,7 +34,7 @@ def source_key(path: Path, custom_objects: Iterable[str]) -> str:
     # v2: entries made before SavedModels were inspected for load-time ops must not be trusted.
     # v3: entries made before recurrent layers were unrolled hold float WHILE loops.
     # v4: entries made before Keras models with several outputs kept their output names (Identity, Identity_1).
-    h = hashlib.sha256(json.dumps(["float-reference-v4", __version__, _tf_version(), list(custom_objects)]).encode())
+    h = hashlib.sha256(json.dumps(["float-reference-v4", __version__, tf_version(), list(custom_objects)]).encode())
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
         h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import rknn_setup
+from . import quant_cache, rknn_setup
 from .analyze import LayerError, analyze, isolate
 from .artifacts import OutputFolder
 from .ci_outputs import finalize
@@ -40,7 +41,7 @@ from .report import FLOAT_NAME, HIST_NAME, INT8_NAME, REPORT_NAME, Outcome, buil
 from .runtime.accuracy import not_measured
 from .runtime.preprocess import Preprocess
 from .targets import check_targets, early_warnings
-from .tflite_quantizer import import_tensorflow, quantize_with_ranges
+from .tflite_quantizer import import_seconds, import_tensorflow, quantize_with_ranges
 from .transform_check import TransformRejected
 from .tune import tune
 
@@ -62,9 +63,15 @@ def default_out_dir(recipe: Recipe) -> Path:
 
 @contextmanager
 def _step(name: str, steps: list[dict[str, Any]]) -> Iterator[None]:
-    start = time.perf_counter()
+    """Time a step; TensorFlow imported inside it (on a quantized-cache miss) is its own "import tf" step."""
+    start, imported = time.perf_counter(), import_seconds()
     yield
     seconds = time.perf_counter() - start
+    spent = import_seconds() - imported
+    if spent > 0:
+        steps.append({"name": "import tf", "seconds": round(spent, 3)})
+        log.info("%-10s %6.1fs", "import tf", spent)
+        seconds -= spent
     steps.append({"name": name, "seconds": round(seconds, 3)})
     log.info("%-10s %6.1fs", name, seconds)
 
@@ -122,6 +129,7 @@ def _run(
     """Every step, in order; returns the report and every file of the output folder."""
     where = f"{recipe.source}: data"
     steps: list[dict[str, Any]] = []
+    quant_cache.COUNTS.update(hits=0, misses=0)
     try:
         model: LoadedModel = _timed(
             "load", steps, lambda: load_model(recipe.model, recipe.custom_objects, cache=recipe.calibration.cache)
@@ -149,8 +157,9 @@ def _run(
     if eval_x is not None:  # a metric the data cannot give fails before calibration, not after
         check_metric(model.float_tflite, eval_x, eval_y, metric, f"{where}.evaluation.metric")
 
-    # TensorFlow is needed to quantize; importing it takes seconds that are not calibration's.
-    _timed("import tf", steps, import_tensorflow)
+    # TensorFlow is imported when a quantization is not in the cache (``_step`` times it apart).
+    if not recipe.calibration.cache:
+        _timed("import tf", steps, import_tensorflow)
 
     def quantizer(plan: Plan | None = None) -> Quantized:
         if plan is not None and plan.qat and recipe.tuning.qat is not None:
@@ -213,6 +222,14 @@ def _run(
             tuned.section,
         )
     )
+    report["cache"] = {
+        "enabled": recipe.calibration.cache,
+        "float_model": "float model cache" in model.loader,
+        "statistics": bool(calibration.cache_hit) if calibration else False,
+        "quantized_models": dict(quant_cache.COUNTS),
+        # In a fresh `edgeconv convert` process: whether anything of this run needed TensorFlow.
+        "tensorflow_loaded": "tensorflow" in sys.modules,
+    }
     images = {HIST_NAME: picture} if picture is not None else {}
     files.update(finalize(report, images, baseline, baseline_path))
     return report, {**files, REPORT_NAME: dumps(report)}
@@ -282,6 +299,7 @@ def layer_errors(recipe: Recipe, float_tflite: bytes, chosen: Quantized, x: np.n
         input_type="float32",
         output_type="float32",
         per_channel=recipe.quantization.per_channel,
+        cache=recipe.calibration.cache,
     )
     return isolate(layers, reference, requantize, x)
 

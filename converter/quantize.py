@@ -124,6 +124,7 @@ def quantize(
             output_type=plan.output_type,
             per_channel=per_channel,
             activations="int16",
+            cache=recipe.calibration.cache,
         )
         return Quantized(model, plan, None)
     contract = contract_range(prep) if eight_bit_data else None
@@ -143,6 +144,7 @@ def quantize(
             output_type=plan.output_type,
             per_channel=per_channel,
             float_nodes=float_nodes,
+            cache=recipe.calibration.cache,
         )
 
     model = run(float_tflite, plan.float_nodes)

@@ -20,11 +20,14 @@ test_quantizer_api.py`` fails loudly when an upgrade breaks any of this.
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
+from . import quant_cache
 from .errors import ConversionError, NoIntegerKernelError
 from .extras import require
 from .inspect_model import float_ops, source_layer
@@ -34,19 +37,42 @@ from .runtime.model import TFLiteModel, input_arrays
 SUPPORTED_TF = (">=2.16", "<2.22")
 
 
+_IMPORT_SECONDS = [0.0]  # time this process spent importing TensorFlow's converter here
+
+
 def _tf() -> Any:
+    import_tensorflow()
     import tensorflow as tf
 
     return tf
 
 
 def import_tensorflow() -> None:
-    """Import TensorFlow's converter now (seconds on first use), so later steps time only their work.
+    """Import TensorFlow's converter (seconds on first use; counted by ``import_seconds``).
 
-    Without the ``convert`` extra this is where a .tflite source first needs TensorFlow: say which extra.
+    Only a quantization that is not in the cache needs it. Without the ``convert`` extra this is where a
+    .tflite source first needs TensorFlow: say which extra.
     """
+    if "tensorflow.lite.python.convert" in sys.modules:
+        return
+    start = time.perf_counter()
     require("tensorflow")
     from tensorflow.lite.python import convert  # noqa: F401  # a move of this private module is our bug: exit 3
+
+    _IMPORT_SECONDS[0] += time.perf_counter() - start
+
+
+def import_seconds() -> float:
+    """Seconds spent importing TensorFlow through ``import_tensorflow`` so far (a step subtracts its share)."""
+    return _IMPORT_SECONDS[0]
+
+
+def _cached(kind: str, float_tflite: bytes, settings: dict[str, Any], samples: np.ndarray | None = None) -> Any:
+    """The cache entry key and its model (None on a miss), or (None, None) when caching is off."""
+    if not settings.pop("cache"):
+        return None, None
+    entry = quant_cache.key(kind, float_tflite, settings, samples)
+    return entry, quant_cache.load(entry)
 
 
 def quantize_with_ranges(
@@ -57,14 +83,27 @@ def quantize_with_ranges(
     output_type: str,
     per_channel: bool,
     float_nodes: tuple[str, ...] = (),
+    cache: bool = False,
 ) -> bytes:
     """Write ``ranges`` (tensor index of subgraph 0 -> (min, max)) into the model and quantize it.
+
+    With ``cache`` the result comes from (and goes to) ``quant_cache``: a hit needs no TensorFlow.
 
     ``float_nodes`` (output tensor names) stay float, with quantize/dequantize ops around them
     (the quantizer's ``denylisted_nodes``); only then may the result hold float ops. A fused LSTM first
     gains the intermediate tensors its int8 kernel needs, appended after the others (``lstm_intermediates``):
     their indices are those ``lstm_ranges`` gives.
     """
+    settings = {
+        "ranges": quant_cache.ranges_setting(ranges),
+        "types": [input_type, output_type],
+        "per_channel": per_channel,
+        "float_nodes": list(float_nodes),
+        "cache": cache,
+    }
+    entry, hit = _cached("ranges", float_tflite, settings)
+    if hit is not None:
+        return _check_integer(hit, allow_float=bool(float_nodes))
     tf = _tf()
     from tensorflow.lite.python import convert as tf_convert
     from tensorflow.lite.python import schema_py_generated as schema
@@ -89,7 +128,7 @@ def quantize_with_ranges(
         )
     except Exception as e:  # noqa: BLE001 - TF raises RuntimeError/ConverterError/ValueError
         raise ConversionError(f"quantization failed in TensorFlow: {e}") from e
-    return _finish(bytes(result), allow_float=bool(float_nodes))
+    return _finish(bytes(result), entry, allow_float=bool(float_nodes))
 
 
 def stock_quantize(
@@ -100,8 +139,13 @@ def stock_quantize(
     output_type: str,
     per_channel: bool,
     activations: str,
+    cache: bool = False,
 ) -> bytes:
     """The stock converter's own calibrate-and-quantize (min/max): the 16x8 route and the tests' reference."""
+    settings = {"types": [input_type, output_type], "per_channel": per_channel, "activations": activations}
+    entry, hit = _cached("stock", float_tflite, {**settings, "cache": cache}, samples)
+    if hit is not None:
+        return _check_integer(hit)
     tf = _tf()
     from tensorflow.lite.python import convert as tf_convert
     from tensorflow.lite.python import util as tf_util
@@ -142,12 +186,19 @@ def stock_quantize(
             )
     except Exception as e:  # noqa: BLE001 - TF raises RuntimeError/ConverterError/ValueError
         raise ConversionError(f"quantization failed in TensorFlow: {e}") from e
-    return _finish(bytes(result))
+    return _finish(bytes(result), entry)
 
 
-def _finish(result: bytes, *, allow_float: bool = False) -> bytes:
-    """Deduplicate buffers and insist on a full-integer model unless float nodes were asked for."""
+def _finish(result: bytes, entry: str | None, *, allow_float: bool = False) -> bytes:
+    """Deduplicate buffers (cached as they are), then insist on a full-integer model unless float nodes were asked."""
     model_out = _deduplicate(result)
+    if entry is not None:
+        quant_cache.save(entry, model_out)
+    return _check_integer(model_out, allow_float=allow_float)
+
+
+def _check_integer(model_out: bytes, *, allow_float: bool = False) -> bytes:
+    """``NoIntegerKernelError`` naming each float op and its layer, unless float nodes were asked for."""
     left = float_ops(model_out)
     if left and not allow_float:
         names = "; ".join(
