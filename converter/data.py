@@ -219,13 +219,7 @@ def prepare_inputs(ds: Dataset, inputs: tuple[ModelInput, ...], where: str) -> n
             a = np.asarray(a, dtype=np.float32)
         except MemoryError as e:
             raise DataError(f"{where}: {ds.source}: {len(a)} samples do not fit in memory; use fewer samples") from e
-        bad = ~np.isfinite(a)
-        if bad.any():
-            rows = np.unique(np.nonzero(bad)[0])
-            raise DataError(
-                f"{where}: {ds.source}: array '{i.name}': {bad.sum()} NaN/Inf values in {len(rows)} samples "
-                f"(first: sample {int(rows[0])}); remove or repair them"
-            )
+        _refuse_non_finite(a, f"{where}: {ds.source}: array '{i.name}'")
         out[i.tensor] = a
     return pack_inputs(out)
 
@@ -445,13 +439,7 @@ def prepare(ds: Dataset, preprocess: Preprocess, input_shape: tuple[int, ...], w
             f"{where}: {ds.source}: samples have shape {list(out.shape[1:])} after preprocessing but the model "
             f"expects {list(want)}; {hint} or use data made for this model"
         )
-    bad = ~np.isfinite(out)
-    if bad.any():
-        rows = np.unique(np.nonzero(bad)[0])
-        raise DataError(
-            f"{where}: {ds.source}: {bad.sum()} NaN/Inf values in {len(rows)} samples "
-            f"(first: sample {int(rows[0])}); remove or repair them"
-        )
+    _refuse_non_finite(out, f"{where}: {ds.source}")
     return out
 
 
@@ -493,3 +481,14 @@ def read_samples(
         input_names=tuple(dict.fromkeys((inputs[0].name, inputs[0].tensor))),
     )
     return prepare(ds, preprocess, shape, where), ds
+
+
+def _refuse_non_finite(a: np.ndarray, what: str) -> None:
+    """A ``DataError`` naming how many NaN/Inf values there are, in how many samples, and the first."""
+    bad = ~np.isfinite(a)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0])
+        raise DataError(
+            f"{what}: {bad.sum()} NaN/Inf values in {len(rows)} samples (first: sample {int(rows[0])}); "
+            "remove or repair them"
+        )
