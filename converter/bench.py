@@ -35,6 +35,7 @@ class BenchRequest:
 
     model: Path
     float_model: Path | None = None
+    npu_model: Path | None = None  # a .rknn built from ``model``, run with rknn-toolkit-lite2 on the device
     data: Path | None = None  # .npz of raw samples (x) and labels (y), preprocessed on the device
     preprocess: Preprocess = Preprocess()
     threads: int | None = None
@@ -66,6 +67,8 @@ class BenchRequest:
             args += ["--float", where[self.float_model]]
             if self.delegate == "edgetpu":
                 args += ["--float-delegate", "xnnpack"]
+        if self.npu_model:
+            args += ["--rknn", where[self.npu_model]]
         if self.data:
             args += [
                 "--data",
@@ -84,7 +87,7 @@ class BenchRequest:
         return args
 
     def files(self) -> list[Path]:
-        return [p for p in (self.model, self.float_model, self.data) if p is not None]
+        return [p for p in (self.model, self.float_model, self.npu_model, self.data) if p is not None]
 
 
 def write_eval_npz(path: Path, x: np.ndarray, y: np.ndarray | None) -> Path:

@@ -22,7 +22,7 @@ from .cli_common import (
     setup_logging,
 )
 from .errors import UserInputError
-from .render import layer_label, ms_text, tail_warning
+from .render import layer_label, ms_text, runs_on, tail_warning
 from .ssh_options import ssh_option_problem
 
 log = logging.getLogger(__name__)
@@ -187,13 +187,33 @@ def _latency_lines(name: str, record: dict[str, Any]) -> list[str]:
         lat = record.get(key)
         if lat:
             figures = "  ".join(f"{q} {ms_text(lat[f'{q}_ms'])}" for q in ("p50", "p90", "p99", "min", "std"))
-            lines.append(f"  {key:5} {figures}  ({lat['runs']} runs, {lat['threads']} threads, {lat['delegate']})")
+            lines.append(f"  {key:5} {figures}  ({lat['runs']} runs, {runs_on(lat)})")
     warning = tail_warning(record) if record.get("int8") else None
     if warning:
         lines.append(f"  {warning}")
     if record.get("peak_rss_mb") is not None:
         lines.append(f"  peak RSS {record['peak_rss_mb']:.1f} MiB")
     return lines
+
+
+def _check_rknn(path: Path, remote: bool) -> None:
+    if not remote:
+        raise UserInputError("--rknn: a .rknn runs only on a Rockchip board; add --host user@board")
+    if not path.is_file():
+        raise UserInputError(f"--rknn {path}: file not found; convert with an RKNN target to build it")
+
+
+def _npu_lines(npu: dict[str, Any] | None) -> list[str]:
+    """The .rknn on the board's NPU, or why it was not measured."""
+    if npu is None:
+        return []
+    if not npu.get("measured"):
+        return [f"  .rknn not measured on the NPU: {npu.get('reason')}"]
+    lat = npu["latency"]
+    figures = "  ".join(f"{q} {ms_text(lat[f'{q}_ms'])}" for q in ("p50", "p90", "p99", "min", "std"))
+    lines = [f"  npu   {figures}  ({lat['runs']} runs, {npu['runtime']} {npu.get('version')})"]
+    accuracy = _accuracy_line(npu.get("accuracy"))
+    return lines + ([accuracy] if accuracy else [])
 
 
 def _accuracy_line(acc: dict[str, Any] | None) -> str | None:
@@ -211,6 +231,13 @@ def _accuracy_line(acc: dict[str, Any] | None) -> str | None:
 @click.command()
 @click.option("--model", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Model to measure.")
 @click.option("--float", "float_model", type=click.Path(path_type=Path, dir_okay=False), help="Float reference.")
+@click.option(
+    "--rknn",
+    "rknn_model",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A .rknn built from --model (firmware/<target>/model.rknn): also run it on a Rockchip board's NPU "
+    "with rknn-toolkit-lite2 (needs --host).",
+)
 @click.option(
     "--data",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -284,6 +311,8 @@ def bench(**kw: Any) -> None:
             _check_pair(kw["model"], kw["float_model"])
         if kw["data"]:
             _check_npz(kw["data"])
+        if kw["rknn_model"]:
+            _check_rknn(kw["rknn_model"], bool(kw["ssh_host"]))
         name = kw["device"] or ("host" if not kw["ssh_host"] else None)
         profile = load_device(name) if name else _generic_ssh_profile()
         if profile.kind == "ssh" and not kw["ssh_host"]:
@@ -298,6 +327,7 @@ def bench(**kw: Any) -> None:
         request = BenchRequest(
             model=kw["model"],
             float_model=kw["float_model"],
+            npu_model=kw["rknn_model"],
             data=kw["data"],
             preprocess=prep,
             threads=kw["threads"] or profile.threads,
@@ -327,7 +357,8 @@ def bench(**kw: Any) -> None:
             record = latency_record(result, "device" if kw["ssh_host"] else "host")
             lines = _latency_lines(profile.name, record)
             accuracy = _accuracy_line(result.get("accuracy"))
-            click.echo("\n".join(lines + ([accuracy] if accuracy else [])))
+            lines += [accuracy] if accuracy else []
+            click.echo("\n".join(lines + _npu_lines(result.get("npu"))))
         return EXIT_OK
 
     guarded(kw["debug"], run, capture=True)

@@ -11,10 +11,11 @@ from .data import check_preprocess, model_inputs, read_samples
 from .devices import load_device
 from .errors import OutputError, UserInputError
 from .gates import read_report
-from .measure import measure_target
+from .measure import measure_target, merge_measured
 from .recipe import Recipe, TargetSpec
 from .report import FLOAT_NAME, INT8_NAME, REPORT_NAME, dumps
 from .runtime.model import TFLiteModel
+from .targets.rknn import ARTIFACT
 
 
 def _device_name(recipe: Recipe, device: str | None) -> str:
@@ -68,11 +69,20 @@ def deploy_recipe(
         eval_data = (ds.x, ds.y)  # raw: the runtime on the device preprocesses
     prep = recipe.preprocess()
     models = {"float": out / FLOAT_NAME, "int8": out / INT8_NAME}
+    compiled = out / "firmware" / name / ARTIFACT
+    if profile.runtime == "rknn":
+        if not compiled.is_file():
+            raise OutputError(
+                f"{out}: no firmware/{name}/{ARTIFACT}; add {name} to the recipe's targets and run "
+                f"edgeconv convert --recipe {recipe.source} first (it builds the .rknn with rknn-toolkit2)"
+            )
+        models["rknn"] = compiled
     result = measure_target(spec, profile, recipe.benchmark, models, eval_data, prep, keep=keep)
     if result.latency is None:
         raise UserInputError(f"{name}: {result.reason}")
     report.setdefault("latency", {})[name] = result.latency
-    target = report.setdefault("targets", {}).setdefault(name, {})
+    targets = report.setdefault("targets", {})
+    target = merge_measured(targets.get(name) or {}, {**result.extra, "accuracy": result.accuracy})
     target.update(
         {
             "runtime": profile.runtime,
@@ -81,9 +91,9 @@ def deploy_recipe(
             "threads": profile.threads,
             "measured": True,
             "reason": None,
-            "accuracy": result.accuracy,
         }
     )
+    targets[name] = target
     files = finalize(report, images_in(out, report))
     # Minutes after reading it: if a convert (or analyze, check) rewrote the folder meanwhile, this
     # measurement belongs to models that are gone, and writing the old report back would mix two runs.

@@ -92,11 +92,12 @@ def measure_target(
             reason=f"{profile.name} runs the Vela-compiled model with the Ethos-U driver, which is not on this "
             f"machine; see targets.{profile.name}.latency_estimate (Vela's performance model, an estimate)",
         )
-    if profile.runtime == "rknn":
+    if profile.runtime == "rknn" and (not spec.host or "rknn" not in models):
         return TargetResult(
             None,
-            reason=f"{profile.name} runs the .rknn with Rockchip's RKNN runtime on the board, which is not measured "
-            f"from here; see targets.{profile.name}.accuracy (rknn-toolkit2's simulator on this machine)",
+            reason=f"{profile.name} runs the .rknn with Rockchip's RKNN runtime on the board: set targets[].host "
+            f"(or run edgeconv deploy --host) to measure it there with rknn-toolkit-lite2; "
+            f"see targets.{profile.name}.accuracy (rknn-toolkit2's simulator on this machine)",
         )
     if profile.kind == "mcu":
         return TargetResult(
@@ -123,8 +124,49 @@ def measure_target(
     with tempfile.TemporaryDirectory(prefix="edgeconv-eval-") as tmp:
         data = write_eval_npz(Path(tmp) / "eval.npz", *eval_data) if eval_data is not None else None
         request = request_for(
-            profile, bench, models["int8"], models["float"], data=data, preprocess=preprocess, label=profile.name
+            profile,
+            bench,
+            models["int8"],
+            models["float"],
+            npu_model=models.get("rknn") if profile.runtime == "rknn" else None,
+            data=data,
+            preprocess=preprocess,
+            label=profile.name,
         )
         log.info("deploy     %s on %s", profile.name, spec.host)
         result = run_remote(request, ssh_target(spec, profile), keep=keep)
+    if request.npu_model is not None:
+        return npu_result(profile, spec, result)
     return TargetResult(latency_record(result, "device"), accuracy=result.get("accuracy"))
+
+
+def npu_result(profile: DeviceProfile, spec: TargetSpec, result: dict[str, Any]) -> TargetResult:
+    """An RKNN board: the NPU's figures are the target's; the TFLite int8 model on its CPU is kept beside them."""
+    cpu = latency_record(result, "device")
+    npu = result.get("npu") or {}
+    if not npu.get("measured"):
+        cpu_p50 = cpu["int8"]["p50_ms"]
+        why = npu.get("reason") or "the runtime gave no NPU result"
+        return TargetResult(
+            None,
+            reason=f"the .rknn was not measured on {spec.host}: {why} (the TFLite int8 model ran on its CPU "
+            f"instead: p50 {cpu_p50:.3g} ms, in targets.{profile.name}.device_cpu)",
+            extra={"device_cpu": {"latency": cpu, "accuracy": result.get("accuracy")}},
+        )
+    record = {**cpu, "where": "device NPU", "runtime": npu["runtime"], "int8": npu["latency"], "cpu_int8": cpu["int8"]}
+    if record["float"]:
+        record["int8_speedup_p50"] = record["float"]["p50_ms"] / record["int8"]["p50_ms"]
+    details = {k: npu.get(k) for k in ("runtime", "version", "input", "vs_tflite_int8")}
+    return TargetResult(
+        record,
+        accuracy=npu.get("accuracy"),
+        extra={"accuracy": npu.get("accuracy"), "npu_runtime": details, "device_cpu": {"latency": cpu}},
+    )
+
+
+def merge_measured(section: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
+    """A target's checks with what was measured on it; a device accuracy keeps the simulator's beside it."""
+    merged = {**section, **measured}
+    if measured.get("accuracy") is not None and section.get("accuracy") is not None:
+        merged["simulator_accuracy"] = section["accuracy"]
+    return merged

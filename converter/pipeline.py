@@ -32,7 +32,7 @@ from .errors import DataError, DeployError, ModelLoadError, NoIntegerKernelError
 from .evaluate import check_metric, evaluate_host
 from .extras import check_importable
 from .load import LoadedModel, detect_format, load_model
-from .measure import TargetResult, measure_target
+from .measure import TargetResult, measure_target, merge_measured
 from .plots import histogram_png, most_clipped
 from .qat import check_available, quantize_qat
 from .quantize import Plan, Quantized, quantize
@@ -40,7 +40,7 @@ from .recipe import BenchmarkSpec, DataSource, Recipe, TargetSpec
 from .report import FLOAT_NAME, HIST_NAME, INT8_NAME, REPORT_NAME, Outcome, build_report, dumps
 from .runtime.accuracy import not_measured
 from .runtime.preprocess import Preprocess
-from .targets import check_targets, early_warnings
+from .targets import check_targets, early_warnings, rknn
 from .tflite_quantizer import import_seconds, import_tensorflow, quantize_with_ranges
 from .transform_check import TransformRejected
 from .tune import tune
@@ -199,7 +199,7 @@ def _run(
         else:
             checks = check_targets(recipe, targets, quant, cal_x, samples_kind="calibration")
     with _step("benchmark", steps):
-        measured = measure_targets(recipe, targets, model.float_tflite, quant, eval_raw, eval_y, prep)
+        measured = measure_targets(recipe, targets, model.float_tflite, quant, eval_raw, eval_y, prep, checks.files)
     files = {FLOAT_NAME: model.float_tflite, INT8_NAME: quant, **checks.files}
     picture = histogram_png(most_clipped(calibration.records)) if calibration else None
     if picture is not None:
@@ -215,7 +215,7 @@ def _run(
             steps,
             HIST_NAME if picture else None,
             measured,
-            {name: {**checks.sections.get(name, {}), **measured[name].extra} for name in targets},
+            {name: merge_measured(checks.sections.get(name, {}), measured[name].extra) for name in targets},
             [e.to_json() for e in layers],
             len(analysis_x),
             chosen,
@@ -312,8 +312,13 @@ def measure_targets(
     eval_raw: np.ndarray | None,
     eval_y: np.ndarray | None,
     prep: Preprocess,
+    target_files: dict[str, bytes] | None = None,
 ) -> dict[str, TargetResult]:
-    """Latency (and device accuracy) on every target, from temporary copies of the models."""
+    """Latency (and device accuracy) on every target, from temporary copies of the models.
+
+    ``target_files``: the targets' compiled models (``firmware/<target>/model.rknn``), measured on
+    the boards whose runtime runs them.
+    """
     with tempfile.TemporaryDirectory(prefix="edgeconv-models-") as tmp:
         models = {"float": Path(tmp) / FLOAT_NAME, "int8": Path(tmp) / INT8_NAME}
         models["float"].write_bytes(float_tflite)
@@ -322,10 +327,16 @@ def measure_targets(
         if not recipe.benchmark.enabled:
             off = TargetResult(None, reason="not measured: benchmark.enabled is false in the recipe")
             return {spec.device: off for spec in recipe.target_specs()}
-        return {
-            spec.device: _measure_or_reason(spec, profiles[spec.device], recipe.benchmark, models, eval_data, prep)
-            for spec in recipe.target_specs()
-        }
+        out = {}
+        for spec in recipe.target_specs():
+            compiled = (target_files or {}).get(f"firmware/{spec.device}/{rknn.ARTIFACT}")
+            own = dict(models)
+            if compiled is not None:
+                own["rknn"] = Path(tmp) / spec.device / rknn.ARTIFACT
+                own["rknn"].parent.mkdir()
+                own["rknn"].write_bytes(compiled)
+            out[spec.device] = _measure_or_reason(spec, profiles[spec.device], recipe.benchmark, own, eval_data, prep)
+        return out
 
 
 def _measure_or_reason(

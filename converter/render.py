@@ -57,6 +57,11 @@ def latency_text(lat: dict[str, Any]) -> str:
     return text
 
 
+def runs_on(q: dict[str, Any]) -> str:
+    """How one latency figure ran: "4 threads, xnnpack", or the NPU runtime's name (no thread count)."""
+    return q["delegate"] if q.get("threads") is None else f"{q['threads']} threads, {q['delegate']}"
+
+
 def tail_warning(lat: dict[str, Any]) -> str | None:
     """Said when p99 is far above p50: the tail is other load or a cold start, not the model."""
     q = lat["int8"]
@@ -180,9 +185,16 @@ def npu_line(name: str, t: dict[str, Any]) -> str | None:
 def _rknn_line(name: str, t: dict[str, Any], compiler: dict[str, Any]) -> str:
     if compiler.get("error"):
         return f"{name}: rknn-toolkit2 failed: {compiler['error']}"
-    acc = t.get("accuracy") or {}
+    acc = t.get("simulator_accuracy") or t.get("accuracy") or {}  # measured on the board: the simulator's moved
     size = fmt((t.get("artifact") or {}).get("bytes"), "bytes")
     head = f"{name}: rknn-toolkit2 {compiler.get('version')}, model.rknn {size}"
+    board = (t.get("npu_runtime") or {}).get("vs_tflite_int8")
+    if t.get("simulator_accuracy") and board:
+        device = t.get("accuracy") or {}
+        head += (
+            f", on the board's NPU {device.get('metric')} {fmt(device.get('int8'), device.get('unit') or 'fraction')} "
+            f"(agreement with our TFLite int8 {fmt(board.get('agreement'), 'fraction')})"
+        )
     if acc.get("metric") == "top1":
         return (
             f"{head}, simulator top-1 {fmt(acc['int8'], 'fraction')} vs our TFLite int8 "
@@ -291,7 +303,7 @@ def markdown(report: dict[str, Any], deltas: list[dict[str, Any]] | None = None)
             flt = fmt(lat["float"]["p50_ms"], "ms") if lat.get("float") else "n/a"
             lines.append(
                 f"| {name} | {lat['where']} | {fmt(lat['int8']['p50_ms'], 'ms')} | "
-                f"{fmt(lat['int8']['p90_ms'], 'ms')} | {flt} | {lat['int8']['threads']} |"
+                f"{fmt(lat['int8']['p90_ms'], 'ms')} | {flt} | {lat['int8']['threads'] or lat['int8']['delegate']} |"
             )
         lines.append("")
     targets = report.get("targets") or {}

@@ -162,4 +162,3 @@ def ssh_option_problem(text: str) -> str | None:
         return f"{name} needs a value"
     problem = ALLOWED[name](value)
     return f"{name}: {problem}, got {value!r}" if problem else None
-

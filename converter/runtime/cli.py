@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--float-delegate", help="delegate for the float model (default: --delegate; xnnpack with edgetpu)"
     )
+    bench.add_argument(
+        "--rknn", type=Path, help="a .rknn built from --model, run on the NPU with rknn-toolkit-lite2 when installed"
+    )
     bench.add_argument("--warmup", type=int, default=10)
     bench.add_argument("--runs", type=int, default=50)
     bench.add_argument("--min-seconds", type=float, default=1.0)
@@ -168,12 +171,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "inputs": [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in model.inputs],
             "latency": latency.to_json(),
         }
+    predictions: dict[str, list[Any]] = {}
     if data is not None and "float" in models:
         x, y = data
         ref, test = models["float"], models["model"]
+        predictions = {"float": ref.predict(x), "model": test.predict(x)}
         acc = compare(
-            ref.predict(x),
-            test.predict(x),
+            predictions["float"],
+            predictions["model"],
             y,
             names=[signature_names(ref.interpreter).get(o.index, o.name) for o in ref.outputs],
             top_k=args.top_k,
@@ -183,8 +188,49 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         out["accuracy"] = acc.to_json()
     else:
         out["accuracy"] = None
+    if args.rknn:
+        out["npu"] = _npu(args, models, data, predictions)
     out["peak_rss_mb"] = peak_rss_mb()
     return out
+
+
+def _npu(args: argparse.Namespace, models: dict[str, Any], data: Any, predictions: dict[str, list[Any]]) -> Any:
+    """The .rknn on the board's NPU: latency, and its outputs scored like the int8 model's."""
+    import numpy as np
+
+    from .accuracy import compare
+    from .model import signature_names
+    from .rknn_lite import measure
+
+    if not args.rknn.is_file():
+        raise RuntimeInputError(f"{args.rknn}: .rknn file not found")
+    x = data[0] if data is not None else None
+    block = measure(
+        str(args.rknn), models["model"], x, warmup=args.warmup, runs=args.runs, min_seconds=args.min_seconds
+    )
+    npu = block.pop("outputs", None)
+    if npu is None or not predictions:
+        block["accuracy"] = None
+        return block
+    ref, tflite = models["float"], predictions["model"]
+    block["accuracy"] = compare(
+        predictions["float"],
+        npu,
+        data[1],
+        names=[signature_names(ref.interpreter).get(o.index, o.name) for o in ref.outputs],
+        top_k=args.top_k,
+        where=f"{args.label} NPU",
+        inputs=x,
+    ).to_json()
+    steps = [
+        float(np.max(np.abs(a - b)) / info.scale) if info.scale else None
+        for a, b, info in zip(tflite, npu, models["model"].outputs, strict=True)
+    ]
+    block["vs_tflite_int8"] = {
+        "agreement": float(np.mean(np.argmax(tflite[0], 1) == np.argmax(npu[0], 1))) if tflite[0].ndim == 2 else None,
+        "max_abs_diff_steps": steps,
+    }
+    return block
 
 
 def _fail(kind: str, message: str, code: int) -> int:

@@ -61,7 +61,12 @@ def measure(
         t0 = time.perf_counter_ns()
         interpreter.invoke()
         times.append(time.perf_counter_ns() - t0)
-    ms = np.asarray(times, dtype=np.float64) / 1e6
+    return summarize(times, warmup=warmup, threads=threads, delegate=model.delegate)
+
+
+def summarize(times_ns: list[int], *, warmup: int, threads: int | None, delegate: str) -> Latency:
+    """Percentiles of timed invocations (nanoseconds), for any runtime that was timed."""
+    ms = np.asarray(times_ns, dtype=np.float64) / 1e6
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
     return Latency(
         runs=len(ms),
@@ -73,5 +78,5 @@ def measure(
         p99_ms=float(p99),
         std_ms=float(ms.std()),
         threads=threads,
-        delegate=model.delegate,
+        delegate=delegate,
     )

@@ -29,7 +29,7 @@ import numpy as np
 from .. import rknn_setup
 from ..devices import DeviceProfile, RknnSpec
 from ..runtime.accuracy import classifies, is_reconstruction, output_error
-from ..runtime.model import TensorInfo, TFLiteModel, quantize
+from ..runtime.model import TensorInfo, TFLiteModel, input_arrays, quantize
 from .base import Check, Context, fit
 
 TIMEOUT_S = 900
@@ -62,17 +62,21 @@ def _errors(stderr: str, fallback: bool = True) -> str:
     return " | ".join((errors or (lines if fallback else []))[-3:])
 
 
-def run_toolkit(python: Path, model: bytes, platform: str, inputs: np.ndarray, timeout_s: float = TIMEOUT_S) -> RknnRun:
-    """Build ``model`` for ``platform`` and simulate it on ``inputs`` (the quantized input tensor)."""
+def run_toolkit(
+    python: Path, model: bytes, platform: str, inputs: list[np.ndarray], timeout_s: float = TIMEOUT_S
+) -> RknnRun:
+    """Build ``model`` for ``platform`` and simulate it on ``inputs`` (each input's quantized tensors, in order)."""
     with tempfile.TemporaryDirectory(prefix="edgeconv-rknn-") as tmp:
         folder = Path(tmp)
         (folder / "model.tflite").write_bytes(model)
-        np.save(folder / "inputs.npy", inputs)
+        paths = [folder / f"input_{k}.npy" for k in range(len(inputs))]
+        for path, x in zip(paths, inputs, strict=True):
+            np.save(path, x)
         request = {
             "model": str(folder / "model.tflite"),
             "platform": platform,
             "rknn": str(folder / ARTIFACT),
-            "inputs": str(folder / "inputs.npy"),
+            "inputs": [str(p) for p in paths],
             "outputs": str(folder / "outputs.npz"),
         }
         # -I: the worker's folder (converter/targets, which holds this rknn.py) must not shadow the toolkit's
@@ -105,31 +109,37 @@ def run_toolkit(python: Path, model: bytes, platform: str, inputs: np.ndarray, t
         return RknnRun((folder / ARTIFACT).read_bytes(), outputs, str(answer.get("toolkit")), answer.get("seconds", {}))
 
 
-def _reference(ctx: Context) -> tuple[np.ndarray, list[np.ndarray], TFLiteModel]:
-    """The quantized input samples and our TFLite int8 model's raw outputs on them (shared by every RKNN target)."""
+def _reference(ctx: Context) -> tuple[list[np.ndarray], list[np.ndarray], TFLiteModel]:
+    """Each input's quantized samples and our TFLite int8 model's raw outputs on them (shared by every RKNN target)."""
     if "rknn:reference" not in ctx.shared:
         model = TFLiteModel(model_content=ctx.model)  # as the host evaluation runs it (XNNPACK), like for like
-        samples = ctx.samples if ctx.samples is not None else np.empty((0, *model.inputs[0].shape[1:]), np.float32)
-        x = quantize(samples, model.inputs[0])  # the int8 tensor a pre-quantized model is fed
+        if ctx.samples is not None:
+            arrays = input_arrays(ctx.samples, model.inputs)
+        else:
+            arrays = [np.empty((0, *info.shape[1:]), np.float32) for info in model.inputs]
+        # a pre-quantized model takes its quantized input tensors
+        xs = [quantize(a, info) for a, info in zip(arrays, model.inputs, strict=True)]
         raw: list[list[np.ndarray]] = [[] for _ in model.outputs]
-        for q in x:
-            model.interpreter.set_tensor(model.inputs[0].index, q[None])
+        for row in range(len(xs[0])):
+            for info, x in zip(model.inputs, xs, strict=True):
+                model.interpreter.set_tensor(info.index, x[row : row + 1])
             model.interpreter.reset_all_variables()
             model.interpreter.invoke()
             for acc, info in zip(raw, model.outputs, strict=True):
                 acc.append(model.interpreter.get_tensor(info.index).copy())
         outputs = [np.concatenate(r) if r else np.empty((0,)) for r in raw]
-        ctx.shared["rknn:reference"] = (x, outputs, model)
-    cached: tuple[np.ndarray, list[np.ndarray], TFLiteModel] = ctx.shared["rknn:reference"]
+        ctx.shared["rknn:reference"] = (xs, outputs, model)
+    cached: tuple[list[np.ndarray], list[np.ndarray], TFLiteModel] = ctx.shared["rknn:reference"]
     return cached
 
 
 def accuracy_section(
-    ctx: Context, x: np.ndarray, ours: list[np.ndarray], sim: list[np.ndarray], model: TFLiteModel
+    ctx: Context, xs: list[np.ndarray], ours: list[np.ndarray], sim: list[np.ndarray], model: TFLiteModel
 ) -> dict[str, Any]:
     """The simulator against our TFLite int8 model on the same samples (and against the labels)."""
-    section: dict[str, Any] = {"where": "simulator", "samples": len(x), "data": ctx.samples_kind}
-    if not len(x):
+    n = len(xs[0])
+    section: dict[str, Any] = {"where": "simulator", "samples": n, "data": ctx.samples_kind}
+    if not n:
         return {**section, "metric": None, "reason": "no samples to simulate"}
     shapes_match = all(a.shape == b.reshape(a.shape).shape for a, b in zip(ours, sim, strict=True))
     if len(sim) != len(ours) or not shapes_match:
@@ -151,8 +161,8 @@ def accuracy_section(
         sim_top, our_top = np.argmax(sim[0], axis=1), np.argmax(first, axis=1)
         section.update(
             metric="top1",
-            int8=float(np.mean(sim_top == labels[: len(x)])),
-            tflite_int8=float(np.mean(our_top == labels[: len(x)])),
+            int8=float(np.mean(sim_top == labels[:n])),
+            tflite_int8=float(np.mean(our_top == labels[:n])),
             agreement=float(np.mean(sim_top == our_top)),
         )
         section["drop_vs_tflite_int8"] = section["tflite_int8"] - section["int8"]
@@ -186,13 +196,11 @@ def check(ctx: Context, name: str, profile: DeviceProfile) -> Check:
     python = rknn_setup.installed()
     if python is None:  # the pipeline refuses this before any work; a caller of check_targets may not
         return Check(problems=[str(rknn_setup.not_installed_error(f"target {name}"))])
-    if len(TFLiteModel(model_content=ctx.model, delegate="none").inputs) != 1:
-        return Check(problems=["RKNN targets take single-input models in this version (the simulator run feeds one)"])
-    x, ours, model = _reference(ctx)
+    xs, ours, model = _reference(ctx)
     key = f"rknn:{spec.platform}"
     if key not in ctx.shared:
         try:
-            ctx.shared[key] = run_toolkit(python, ctx.model, spec.platform, x)
+            ctx.shared[key] = run_toolkit(python, ctx.model, spec.platform, xs)
         except RknnError as e:
             ctx.shared[key] = e
     result = ctx.shared[key]
@@ -211,7 +219,7 @@ def check(ctx: Context, name: str, profile: DeviceProfile) -> Check:
             "deterministic": False,
             "note": "rknn-toolkit2 writes different bytes on identical runs; compare accuracy, not bytes",
         },
-        accuracy=accuracy_section(ctx, x, ours, result.outputs, model),
+        accuracy=accuracy_section(ctx, xs, ours, result.outputs, model),
     )
     out.section.update(fit(profile, len(result.model), None, out.problems))
     out.files = {path: result.model}

@@ -6,8 +6,9 @@ stdout. It imports nothing from edgeconv (the toolkit pins numpy<=1.26.4 and pro
 needs TensorFlow<=2.14, none of which can share edgeconv's environment), only the toolkit and numpy.
 
 Request: ``{"model": int8 .tflite, "platform": "rk3588", "rknn": where to export the .rknn,
-"inputs": .npy of the model's *quantized* input samples (the int8 tensor: a pre-quantized TFLite
-is fed its quantized input and returns raw int8 outputs), "outputs": .npz to write, "probe": bool}``.
+"inputs": one .npy per model input (in the model's input order) of its *quantized* samples (the int8
+tensor: a pre-quantized TFLite is fed its quantized input and returns raw int8 outputs), "outputs":
+.npz to write, "probe": bool}``.
 The toolkit loads the TFLite without re-quantizing (``build(do_quantization=False)`` keeps the
 model's own scales), builds for the platform, exports the .rknn and, in the same run (a saved .rknn
 cannot be simulated), runs the x86 simulator on every sample. The toolkit logs to stdout, so its
@@ -65,11 +66,15 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         step("export_rknn", rknn.export_rknn, request["rknn"])
         step("init_runtime", rknn.init_runtime)  # no target: the x86 simulator
         current[0] = "inference"
-        x = np.load(request["inputs"])
+        paths = request["inputs"] if isinstance(request["inputs"], list) else [request["inputs"]]
+        xs = [np.load(p) for p in paths]
+        # One format per input; the toolkit reads it only for 4-D inputs but calls .lower() on every entry.
+        formats = ["nhwc"] * len(xs) if len(xs) > 1 else ["nhwc" if xs[0].ndim == 4 else None]
         start = time.perf_counter()
         results: list[list[Any]] = []
-        for i in range(len(x)):
-            outs = rknn.inference(inputs=[x[i : i + 1]], data_format="nhwc" if x.ndim == 4 else None)
+        for i in range(len(xs[0])):
+            sample = [x[i : i + 1] for x in xs]
+            outs = rknn.inference(inputs=sample, data_format=formats if len(xs) > 1 else formats[0])
             if outs is None:
                 raise RuntimeError(f"returned nothing for sample {i}")
             results.append(outs)
@@ -80,7 +85,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         return {
             "ok": True,
             "toolkit": _toolkit_version(),
-            "samples": len(x),
+            "samples": len(xs[0]),
             "outputs": {k: [str(v.dtype), list(v.shape)] for k, v in stacked.items()},
             "seconds": seconds,
         }

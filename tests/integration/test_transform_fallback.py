@@ -25,9 +25,7 @@ from tests.conftest import tiny_recipe
 def _convert(
     tiny_model_dir: Path, write_recipe: Callable[..., Path], out: Path, **calibration: bool
 ) -> tuple[int, str]:
-    recipe = tiny_recipe(
-        tiny_model_dir, calibration={"method": "minmax", **calibration}, benchmark={"enabled": False}
-    )
+    recipe = tiny_recipe(tiny_model_dir, calibration={"method": "minmax", **calibration}, benchmark={"enabled": False})
     result = CliRunner().invoke(main, ["convert", "--recipe", str(write_recipe(recipe)), "--out", str(out)])
     return result.exit_code, result.output
 
