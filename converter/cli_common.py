@@ -36,6 +36,14 @@ def quiet_tensorflow() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
+def _clear_progress(record: logging.LogRecord) -> bool:
+    """A log line erases the terminal's progress line first, so it starts at column 0."""
+    from .progress import clear_line
+
+    clear_line()
+    return True
+
+
 def setup_logging(debug: bool) -> None:
     """Step lines on stderr; third-party chatter only with --debug."""
     logging.basicConfig(
@@ -44,6 +52,8 @@ def setup_logging(debug: bool) -> None:
         stream=sys.stderr,
         force=True,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_clear_progress)
     logging.captureWarnings(True)  # TensorFlow's Python warnings ("Statistics for quantized inputs ...")
     for noisy in ("tensorflow", "absl", "h5py", "PIL", "py.warnings"):
         logging.getLogger(noisy).setLevel(logging.WARNING if debug else logging.ERROR)

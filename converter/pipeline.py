@@ -34,6 +34,7 @@ from .extras import check_importable
 from .load import LoadedModel, detect_format, load_model
 from .measure import TargetResult, measure_target, merge_measured
 from .plots import histogram_png, most_clipped
+from .progress import Ticker
 from .qat import check_available, quantize_qat
 from .quantize import Plan, Quantized, quantize
 from .recipe import BenchmarkSpec, DataSource, Recipe, TargetSpec
@@ -65,10 +66,11 @@ def default_out_dir(recipe: Recipe) -> Path:
 def _step(name: str, steps: list[dict[str, Any]]) -> Iterator[None]:
     """Time a step; TensorFlow imported inside it (on a quantized-cache miss) is its own "import tf" step."""
     start, imported = time.perf_counter(), import_seconds()
-    yield
+    with Ticker(name):  # on a terminal only: the step's name and elapsed time while it runs
+        yield
     seconds = time.perf_counter() - start
     spent = import_seconds() - imported
-    if spent > 0:
+    if spent >= 0.05:  # TensorFlow already loaded (a Keras source) leaves only its converter module: no own line
         steps.append({"name": "import tf", "seconds": round(spent, 3)})
         log.info("%-10s %6.1fs", "import tf", spent)
         seconds -= spent

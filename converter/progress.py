@@ -1,10 +1,81 @@
-"""A progress bar on stderr for long steps; silent when stderr is not a terminal (CI logs)."""
+"""Progress on stderr for people at a terminal; nothing at all when stderr is not one (CI logs, pipes).
+
+Two kinds: ``Progress`` (a bar for loops with a known count: calibration, evaluation) and ``Ticker``
+(the running step's name and elapsed time, for steps with no count: importing TensorFlow, loading,
+compiling for a target). Both redraw one line in place and erase it when done, so what stays on the
+screen is exactly what a log shows: the step lines and the summary. Log records clear the line first
+(``clear_line``, called by the logging filter ``cli_common`` installs), so they never land mid-line.
+"""
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from types import TracebackType
+
+WIDTH = 72
+_lock = threading.Lock()
+_active: Ticker | None = None
+
+
+def _erase() -> None:
+    sys.stderr.write("\r" + " " * WIDTH + "\r")
+    sys.stderr.flush()
+
+
+def clear_line() -> None:
+    """Erase the ticker's line (it redraws on its next tick), so a log line starts at column 0."""
+    ticker = _active
+    if ticker is not None and ticker.enabled:
+        with _lock:
+            if ticker.drawn:
+                _erase()
+                ticker.drawn = False
+
+
+class Ticker:
+    """``with Ticker("load"):`` -- "load  3.2s …" redrawn 4 times a second while the block runs."""
+
+    def __init__(self, label: str, enabled: bool | None = None) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.drawn = False
+        self.paused = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start = time.perf_counter()
+
+    def __enter__(self) -> Ticker:
+        global _active
+        if self.enabled and _active is None:  # one line at a time: an inner step does not start another
+            _active = self
+            self._thread = threading.Thread(target=self._run, name="edgeconv-ticker", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            with _lock:
+                if not self.paused:
+                    elapsed = time.perf_counter() - self._start
+                    sys.stderr.write(f"\r{self.label:<10} {elapsed:6.1f}s …")
+                    sys.stderr.flush()
+                    self.drawn = True
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        global _active
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        with _lock:
+            if self.drawn:
+                _erase()
+                self.drawn = False
+        _active = None
 
 
 class Progress:
@@ -15,8 +86,13 @@ class Progress:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self._last = 0.0
         self._start = time.perf_counter()
+        self._ticker: Ticker | None = None
 
     def __enter__(self) -> Progress:
+        if self.enabled and _active is not None:  # the bar takes the step's line while it runs
+            self._ticker = _active
+            clear_line()
+            self._ticker.paused = True
         return self
 
     def advance(self, n: int = 1) -> None:
@@ -26,15 +102,18 @@ class Progress:
             self._last = now
             width = 30
             filled = int(width * self.done / self.total)
-            sys.stderr.write(
-                f"\r{self.label:<10} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                f"{now - self._start:5.1f}s"
-            )
-            sys.stderr.flush()
+            with _lock:
+                sys.stderr.write(
+                    f"\r{self.label:<10} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+                    f"{now - self._start:5.1f}s"
+                )
+                sys.stderr.flush()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self.enabled:
-            sys.stderr.write("\r" + " " * 70 + "\r")
-            sys.stderr.flush()
+            with _lock:
+                _erase()
+        if self._ticker is not None:
+            self._ticker.paused = False

@@ -9,9 +9,11 @@ level and shown only with --debug or before an exit-3 message.
 from __future__ import annotations
 
 import os
+import pty
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,6 +63,7 @@ def test_convert_prints_only_its_steps_and_the_summary(
         assert re.fullmatch(pattern, line), (line, pattern)
     assert done.stdout.startswith("edgeconv ") and "accuracy (host, top1," in done.stdout
     assert not any(word in done.stdout + done.stderr for word in NOISE)
+    assert "\r" not in done.stderr  # not a terminal: no progress drawn at all
 
     # --debug captures nothing: LiteRT's own lines are there to read (the models now come from the caches).
     debug = _run(["convert", "--recipe", str(recipe), "--out", str(tmp_path / "d"), "--debug"], tmp_path)
@@ -101,3 +104,43 @@ def test_a_user_error_does_not_show_the_captured_output(tmp_path: Path) -> None:
     done = _run(["convert", "--recipe", str(recipe)], tmp_path)
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "printed by TensorFlow" not in done.stderr
+
+
+def test_a_terminal_sees_progress_and_keeps_only_the_step_lines(
+    tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    """On a terminal (a real pty) the running step ticks in place; what stays on screen is the step lines."""
+    recipe = write_recipe(tiny_recipe(tiny_model_dir, calibration={"cache": False}))
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    command = [sys.executable, "-m", "converter", "convert", "--recipe", str(recipe), "--out", str(tmp_path / "o")]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def pump() -> None:  # read as it comes: a full pty buffer would block the child
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the child closed its end
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=pump)
+    reader.start()
+    stdout, _ = proc.communicate(timeout=900)
+    reader.join(timeout=30)
+    os.close(master)
+    raw = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+    assert proc.returncode == 0, raw
+    assert re.search(r"\r\w[\w ]* +\d+\.\ds …", raw), raw  # a step ticked in place
+    assert re.search(r"\rcalibrate +\[#*\.*\] \d+/100", raw), raw  # the calibration bar
+    screen = [line.rsplit("\r", 1)[-1].strip() for line in raw.split("\n")]
+    screen = [line for line in screen if line and not line.startswith("import tf ")]  # calibration.cache: false
+    assert len(screen) == len(STEP_LINES), screen
+    for line, pattern in zip(screen, STEP_LINES, strict=True):
+        assert re.fullmatch(pattern, line), (line, pattern)
+    assert b"\r" not in stdout and stdout.startswith(b"edgeconv ")
