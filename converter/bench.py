@@ -134,7 +134,7 @@ def run_local(request: BenchRequest) -> dict[str, Any]:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the child receive SIGKILL when edgeconv dies (Linux ``prctl``); None elsewhere.
 
     The child runs in its own session, so no signal to edgeconv's process group reaches it, and a
@@ -161,7 +161,7 @@ def run_child(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str
     """Run ``cmd`` in its own process group; if we stop waiting (timeout, SIGINT, SIGTERM) the whole group dies.
 
     ``subprocess.run`` kills only the direct child, and a child of that child would live on as an orphan.
-    If edgeconv itself is killed (SIGKILL: no cleanup runs), the kernel kills the child (``_die_with_parent``).
+    If edgeconv itself is killed (SIGKILL: no cleanup runs), the kernel kills the child (``die_with_parent``).
     """
     with subprocess.Popen(
         cmd,
@@ -169,7 +169,7 @@ def run_child(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        preexec_fn=_die_with_parent(),  # only a prepared foreign call runs between fork and exec
+        preexec_fn=die_with_parent(),  # only a prepared foreign call runs between fork and exec
     ) as proc:
         try:
             stdout, stderr = proc.communicate(timeout=timeout)

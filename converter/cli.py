@@ -8,9 +8,10 @@ analyze live in ``cli_device``; what both share lives in ``cli_common`` (imports
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,10 +19,10 @@ from . import __version__
 from .cli_common import (
     EXIT_GATE,
     EXIT_OK,
+    Bounded,
     baseline_option,
     debug_option,
     guarded,
-    out_option,
     quiet_tensorflow,
     recipe_option,
     set_option,
@@ -29,6 +30,11 @@ from .cli_common import (
 )
 from .cli_device import analyze, bench, deploy
 from .cli_setup import setup
+from .errors import UserInputError
+
+if TYPE_CHECKING:
+    from .batch import JobResult
+log = logging.getLogger(__name__)
 
 
 def _step_summary(markdown_file: Path) -> None:
@@ -71,9 +77,15 @@ def main() -> None:
 
 
 @main.command()
-@recipe_option
+@click.argument("recipes", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--recipe", "recipe_path", type=click.Path(path_type=Path, dir_okay=False), help="Recipe YAML file.")
 @set_option
-@out_option
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Output folder [build/<name>]; with several recipes, the parent of their <name> folders [build].",
+)
 @click.option("--force", is_flag=True, help="Overwrite an output folder that holds another recipe's artifacts.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout instead of the summary.")
 @click.option(
@@ -81,21 +93,44 @@ def main() -> None:
     is_flag=True,
     help="Import the Python modules the recipe's custom_objects name (their code runs); off by default.",
 )
+@click.option(
+    "--jobs",
+    type=Bounded(int, 1, "recipes converted at once", "e.g. --jobs 2"),
+    help="Several recipes: how many convert at once, each in its own process [one per core, bounded by memory].",
+)
 @baseline_option
 @debug_option
 def convert(
-    recipe_path: Path,
+    recipes: tuple[Path, ...],
+    recipe_path: Path | None,
     overrides: tuple[str, ...],
     out_dir: Path | None,
     force: bool,
     as_json: bool,
     allow_custom_objects: bool,
+    jobs: int | None,
     baseline_path: str | None,
     debug: bool,
 ) -> None:
-    """Convert the recipe's model to full-integer TFLite, measure it and check its budgets."""
+    """Convert a recipe's model to full-integer TFLite, measure it and check its budgets.
+
+    Give one recipe with --recipe, or several recipe files and folders as arguments
+    (edgeconv convert recipes/*.yaml --jobs 2): each is converted in its own process into
+    <out>/<name>, one table follows, and the exit code is the worst of theirs.
+    """
     quiet_tensorflow()
     setup_logging(debug)
+    paths = [*recipes, *([recipe_path] if recipe_path else [])]
+    if not paths:
+        raise click.UsageError(
+            "give a recipe: edgeconv convert --recipe recipe.yaml (or several: convert a.yaml b.yaml)"
+        )
+    if len(paths) > 1 or paths[0].is_dir() or jobs is not None:
+        flags = (["--force"] if force else []) + (["--allow-custom-objects"] if allow_custom_objects else [])
+        sets = [f"--set={o}" for o in overrides]
+        guarded(debug, lambda: convert_many(paths, out_dir, jobs, [*sets, *flags], baseline_path, as_json))
+        return
+    recipe_path = paths[0]
 
     def run() -> int:
         from .gates import load_baseline
@@ -121,6 +156,77 @@ def convert(
         return EXIT_GATE if result.report["passed"] is False else EXIT_OK
 
     guarded(debug, run, capture=True)
+
+
+def convert_many(
+    paths: list[Path], out_dir: Path | None, jobs: int | None, args: list[str], baseline: str | None, as_json: bool
+) -> int:
+    """Several recipes, each converted by its own ``edgeconv convert`` process (``batch``)."""
+    from .batch import Job, JobResult, default_jobs, find_recipes, plan, run_all, worst
+    from .errors import ConverterError
+    from .recipe import load_recipe
+
+    if baseline:
+        raise UserInputError("--baseline compares one report with one recipe's run; give it with a single --recipe")
+    files = find_recipes(paths)
+    sets = [a.split("=", 1)[1] for a in args if a.startswith("--set=")]
+    valid, names, refused = [], [], []
+    for path in files:  # read first: a broken recipe is reported at once, and the others still run
+        try:
+            names.append(load_recipe(path, sets).name)
+            valid.append(path)
+        except ConverterError as e:
+            job = Job(path, path.stem, out_dir or Path("build"))
+            refused.append(JobResult(job, e.exit_code, 0.0, None, f"error: {e}"))
+            log.info("%-10s %6.1fs  %s (exit %d): %s", "refused", 0.0, path, e.exit_code, e)
+    planned = plan(valid, names, out_dir)
+    workers, why = (jobs, f"{jobs} (--jobs)") if jobs else default_jobs()
+    log.info("converting %d recipes, %s at a time", len(planned), why)
+
+    def finished(r: JobResult) -> None:
+        error = f": {r.error}" if r.error else ""
+        log.info("%-10s %6.1fs  %s (exit %d)%s", "done", r.seconds, r.job.name, r.code, error)
+
+    ran = run_all(planned, min(workers, max(1, len(planned))), args, finished) if planned else []
+    results = refused + ran
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        click.echo(batch_table(results))
+    return worst([r.code for r in results])
+
+
+def batch_table(results: list[JobResult]) -> str:
+    """One row per recipe: exit code, int8 bytes, accuracy, gates, time."""
+    from .render import drop_text, fmt
+
+    rows = [["recipe", "exit", "int8 bytes", "accuracy (int8, drop)", "gates", "time"]]
+    for r in results:
+        report = r.report or {}
+        acc = report.get("accuracy") or {}
+        if acc.get("metric") == "top1":
+            accuracy = f"top-1 {fmt(acc.get('int8'), 'fraction')}, {drop_text(acc.get('drop'), acc.get('unit'))}"
+        elif acc.get("metric"):
+            accuracy = f"{acc['metric']} {drop_text(acc.get('drop'), acc.get('unit'))}"
+        else:
+            accuracy = "n/a"
+        gates = report.get("gates") or []
+        failed = sum(g["status"] == "failed" for g in gates)
+        gate_text = f"{len(gates) - failed} ok, {failed} failed" if gates else "none"
+        size = ((report.get("artifacts") or {}).get("int8") or {}).get("bytes")
+        rows.append(
+            [
+                r.job.name,
+                str(r.code),
+                f"{size:,}" if size is not None else "-",
+                accuracy if r.report else (r.error or "no report"),
+                gate_text if r.report else "-",
+                f"{r.seconds:.1f}s",
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
 
 
 @main.command()

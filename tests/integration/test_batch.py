@@ -1,0 +1,132 @@
+"""Many recipes in one ``edgeconv convert``: separate processes, one shared cache, the same bytes.
+
+Eight variants of the tiny model (calibration methods, per-tensor weights, 16x8, uint8 I/O, sample
+counts) are converted one by one, then all at once with ``--jobs 2`` sharing one fresh cache, and every
+artifact but the timing-bearing reports must be byte-identical. A recipe whose gate fails (exit 1) and
+one whose data is missing (exit 2) do not stop the others; the batch's exit code is the worst.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, tiny_recipe
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "minmax": {},
+    "percentile": {"calibration": {"method": "percentile", "percentile": 99.9}},
+    "entropy": {"calibration": {"method": "entropy"}},
+    "mse": {"calibration": {"method": "mse"}},
+    "per-tensor": {"quantization": {"per_channel": False}},
+    "a16w8": {"quantization": {"activations": "int16", "input_type": "int16", "output_type": "int16"}},
+    "uint8-io": {"quantization": {"input_type": "uint8", "output_type": "uint8"}},
+    "fewer-samples": {"data": {"calibration": {"samples": 40}}},
+}
+# Files whose bytes carry timings or paths (reports) are compared on their measured content instead.
+VOLATILE = {"report.json", "report.md", "report.html", "junit.xml"}
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _write(folder: Path, name: str, recipe: dict[str, Any]) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**recipe, "name": name, "benchmark": {"enabled": False}}, sort_keys=False))
+    return path
+
+
+def _convert(args: list[str], cache: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGECONV_CACHE_DIR": str(cache)}
+    return subprocess.run(
+        [sys.executable, "-m", "converter", "convert", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in VOLATILE
+    }
+
+
+@pytest.fixture(scope="module")
+def recipes(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("recipes")
+    base = tiny_recipe(tiny_model_dir)
+    for name, extra in VARIANTS.items():
+        _write(folder, name, _merge(base, extra))
+    return folder
+
+
+def test_jobs_2_gives_the_bytes_of_one_by_one_with_one_shared_cache(recipes: Path, tmp_path: Path) -> None:
+    for name in VARIANTS:
+        done = _convert(["--recipe", str(recipes / f"{name}.yaml"), "--out", str(tmp_path / "one" / name)],
+                        tmp_path / "cache-one", tmp_path)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    batch = _convert([str(recipes), "--jobs", "2", "--out", str(tmp_path / "many")], tmp_path / "cache-many", tmp_path)
+    assert batch.returncode == 0, batch.stderr
+    assert "converting 8 recipes, 2 (--jobs) at a time" in batch.stderr
+    assert batch.stderr.count("done ") == 8
+    for name in VARIANTS:
+        one, many = _files(tmp_path / "one" / name), _files(tmp_path / "many" / name)
+        assert one.keys() == many.keys() and "model_int8.tflite" in one, name
+        assert one == many, f"{name}: {[k for k in one if one[k] != many[k]]} differ"
+        a = json.loads((tmp_path / "one" / name / "report.json").read_text())
+        b = json.loads((tmp_path / "many" / name / "report.json").read_text())
+        assert a["accuracy"] == b["accuracy"] and a["artifacts"] == b["artifacts"], name
+    # the table: one row per recipe, with its bytes and accuracy
+    rows = {line.split()[0]: line for line in batch.stdout.splitlines()[1:]}
+    assert set(rows) == set(VARIANTS)
+    size = json.loads((tmp_path / "many" / "a16w8" / "report.json").read_text())["artifacts"]["int8"]["bytes"]
+    assert f"{size:,}" in rows["a16w8"] and "top-1 " in rows["a16w8"]
+    # the shared cache holds one float model for the eight recipes (they share the model file)
+    assert len(list((tmp_path / "cache-many" / "float").glob("*.tflite"))) == 1
+
+
+def test_a_failing_recipe_does_not_stop_the_others(recipes: Path, tmp_path: Path) -> None:
+    base = yaml.safe_load((recipes / "minmax.yaml").read_text())
+    folder = tmp_path / "set"
+    folder.mkdir()
+    _write(folder, "ok", base)
+    _write(folder, "gate", {**base, "budgets": {"model_bytes": 100}})  # the int8 model is bigger: exit 1
+    broken = _merge(base, {"data": {"calibration": {"path": str(tmp_path / "missing.npz")}}})
+    _write(folder, "no-data", broken)  # exit 2
+    (folder / "not-yaml.yaml").write_text("version: 1\nname: [unclosed\n")  # exit 2, refused before running
+    done = _convert([str(folder), "--jobs", "2", "--out", str(tmp_path / "o")], tmp_path / "cache", tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    codes = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines()[1:]}
+    assert codes == {"ok": "0", "gate": "1", "no-data": "2", "not-yaml": "2"}, done.stdout
+    assert (tmp_path / "o" / "ok" / "model_int8.tflite").is_file()
+    assert (tmp_path / "o" / "gate" / "model_int8.tflite").is_file()
+    assert "missing.npz" in done.stdout  # the failed recipe's own error, in its row
+    listed = _convert([str(folder / "ok.yaml"), str(folder / "gate.yaml"), "--json"], tmp_path / "cache", tmp_path)
+    assert listed.returncode == 1
+    doc = json.loads(listed.stdout)
+    assert [(r["name"], r["exit_code"], r["passed"]) for r in doc] == [("ok", 0, True), ("gate", 1, False)]
+
+
+def test_two_recipes_with_one_name_are_refused_before_any_work(recipes: Path, tmp_path: Path) -> None:
+    twin = tmp_path / "twin.yaml"
+    twin.write_text((recipes / "minmax.yaml").read_text())
+    done = _convert([str(recipes / "minmax.yaml"), str(twin), "--out", str(tmp_path / "o")], tmp_path / "c", tmp_path)
+    assert done.returncode == 2
+    assert "are both named 'minmax'" in done.stderr and not (tmp_path / "o").exists()
