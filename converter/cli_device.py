@@ -368,7 +368,13 @@ def bench(**kw: Any) -> None:
 @recipe_option
 @set_option
 @out_option
-@click.option("--host", "ssh_host", required=True, metavar="USER@HOST", callback=_host, help="The device to deploy to.")
+@click.option(
+    "--host",
+    "ssh_host",
+    metavar="USER@HOST",
+    callback=_host,
+    help="The device to deploy to [the recipe target's host].",
+)
 @click.option("--device", help="Device profile [the recipe's first SSH target].")
 @_with_ssh_options
 @debug_option

@@ -27,10 +27,30 @@ def _device_name(recipe: Recipe, device: str | None) -> str:
     raise UserInputError("name the device profile with --device (the recipe has no SSH target)")
 
 
+def _spec(recipe: Recipe, name: str, cli: TargetSpec) -> TargetSpec:
+    """How to reach the device: the recipe's target of that name, each field overridden by the command line."""
+    own = next((s for s in recipe.target_specs() if s.device == name), None) or TargetSpec(name)
+    spec = TargetSpec(
+        name,
+        cli.host or own.host,
+        cli.port or own.port,
+        cli.identity or own.identity,
+        cli.known_hosts or own.known_hosts,
+        cli.ssh_options or own.ssh_options,
+        cli.python or own.python,
+    )
+    if not spec.host:
+        raise UserInputError(
+            f"no host for {name}: give --host user@device, or set host: in the recipe's target {name} "
+            f"({recipe.source}: targets)"
+        )
+    return spec
+
+
 def deploy_recipe(
     recipe: Recipe,
     out_dir: Path | None,
-    host: str,
+    host: str | None,
     device: str | None,
     *,
     port: int | None = None,
@@ -56,7 +76,7 @@ def deploy_recipe(
     profile = load_device(name)
     if profile.kind != "ssh":
         raise UserInputError(f"--device {name} is a {profile.kind} device, not one reached over SSH")
-    spec = TargetSpec(name, host, port, identity, known_hosts, ssh_options, python)
+    spec = _spec(recipe, name, TargetSpec(name, host, port, identity, known_hosts, ssh_options, python))
     eval_data = None
     if recipe.data.evaluation:
         inputs = model_inputs(TFLiteModel(model_path=str(out / FLOAT_NAME)))

@@ -289,3 +289,40 @@ def test_bundle_runs_without_tensorflow(converted: Path, tmp_path: Path) -> None
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout)["accuracy"]["float"] >= 0.95
+
+
+def test_deploy_reaches_the_device_the_recipe_describes(
+    sshd: LoopbackSSH, tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    """No --host: port, identity, known_hosts and python come from the recipe's target; the CLI overrides each."""
+    target = {
+        "device": "raspberry-pi-4",
+        "host": sshd.destination,
+        "port": sshd.port,
+        "identity": str(sshd.identity),
+        "known_hosts": str(sshd.known_hosts),
+        "python": sys.executable,
+    }
+    recipe = tiny_recipe(tiny_model_dir, targets=["host", target])
+    recipe["benchmark"] = {"enabled": False, **FAST}  # convert does not measure; deploy does
+    path = write_recipe(recipe)
+    runner = CliRunner()
+    assert runner.invoke(main, ["convert", "--recipe", str(path), "--out", str(tmp_path / "o")]).exit_code == 0
+    recipe["benchmark"]["enabled"] = True
+    path = write_recipe(recipe)
+    result = runner.invoke(main, ["deploy", "--recipe", str(path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["latency"]["raspberry-pi-4"]["where"] == "device"
+    assert report["targets"]["raspberry-pi-4"]["measured"] is True
+    # a command-line value wins over the recipe's: this Python does not exist on the device
+    wrong = runner.invoke(
+        main, ["deploy", "--recipe", str(path), "--out", str(tmp_path / "o"), "--python", "/no/such/python3"]
+    )
+    assert wrong.exit_code == 3 and "/no/such/python3" in wrong.stderr, wrong.output
+    # a device with no host anywhere: a usage error naming both ways to give one
+    bare = write_recipe(tiny_recipe(tiny_model_dir, targets=["host"]), "bare.yaml")
+    none = runner.invoke(
+        main, ["deploy", "--recipe", str(bare), "--out", str(tmp_path / "o"), "--device", "raspberry-pi-5"]
+    )
+    assert none.exit_code == 2 and "give --host user@device, or set host: in the recipe's target" in none.stderr
