@@ -17,7 +17,10 @@ ceiling is whole-tensor on purpose: a tensor whose range is set by one outlier c
 ceiling, so the starved channels (a low median SQNR) show as a large drop.
 
 ``isolate`` then measures that directly for the worst few: the model quantized with only that op in
-int8 (every other op denylisted, so float), scored by the model output's SQNR against float.
+int8 (every other op denylisted, so float), scored by the model output's SQNR against float. Each is a
+full requantization (a TensorFlow quantizer call), the most expensive part of the analysis, so
+``convert`` runs them only when an error is worth explaining (``alone_decision``); ``edgeconv analyze``
+always does.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -38,6 +41,49 @@ from .runtime.model import TensorInfo, TFLiteModel, input_arrays, quantize
 
 log = logging.getLogger(__name__)
 ISOLATE = 8  # worst layers measured alone
+AloneMode = Literal["auto", "always", "never"]
+# The gates whose failure the "alone" figures explain (``gates.MODEL_LEVEL`` minus the size).
+ACCURACY_GATES = ("accuracy_drop", "min_accuracy", "min_agreement")
+# Without an accuracy gate, the accuracy drop (in its metric's unit, ``runtime.accuracy``) above which
+# ``auto`` explains it: 1 top-1 point, 1 dB of reconstruction SNR, a relative MSE of 1 % (20 dB).
+UNGATED_DROP = {"top1": 0.01, "sqnr": 1.0, "mse": 0.01}
+ASK = "edgeconv analyze measures them (or set analysis.alone: always)"
+
+
+@dataclass(frozen=True)
+class AloneRun:
+    """Whether the "alone" requantizations ran, why (or why not), and how many models they built."""
+
+    run: bool
+    reason: str
+    requantizations: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def alone_decision(mode: AloneMode, failed: list[str], gated: bool, drop: float | None, metric: str | None) -> AloneRun:
+    """Run the "alone" requantizations (``run``) or not, with the reason report.json records.
+
+    ``failed``: the accuracy gates that failed (``name [target]``); ``gated``: whether any accuracy gate
+    was checked at all. ``auto`` spends them where an error is to be explained: a failed accuracy gate,
+    or, with no accuracy gate, an accuracy drop above ``UNGATED_DROP`` for its metric.
+    """
+    if mode == "never":
+        return AloneRun(False, "analysis.alone is never in the recipe")
+    if mode == "always":
+        return AloneRun(True, "analysis.alone is always in the recipe")
+    if failed:
+        return AloneRun(True, f"accuracy gate failed: {', '.join(failed)}")
+    if gated:
+        return AloneRun(False, f"every accuracy gate passed; {ASK}")
+    limit = UNGATED_DROP.get(metric or "")
+    if drop is None or limit is None:
+        return AloneRun(False, f"no accuracy gate and no accuracy drop measured (data.evaluation); {ASK}")
+    measured = f"accuracy drop {drop:.4g} ({metric})"
+    if drop > limit:
+        return AloneRun(True, f"{measured} is above {limit:g} and no accuracy gate is set")
+    return AloneRun(False, f"{measured} is within {limit:g} and no accuracy gate is set; {ASK}")
 
 
 @dataclass(frozen=True)
@@ -82,11 +128,15 @@ class _Sums:
         channels = self.signal.shape[0]
         r = ref.astype(np.float64).reshape(-1, channels)
         t = test.astype(np.float64).reshape(-1, channels)
-        self.signal += (r * r).sum(axis=0)
-        self.noise += ((r - t) ** 2).sum(axis=0)
-        self.dot += float((r * t).sum())
-        self.ref_sq += float((r * r).sum())
-        self.test_sq += float((t * t).sum())
+        # One scratch array for every product: the same arithmetic in the same order as computing each
+        # into a new array (the figures are bit-identical), without allocating a tensor-sized array each time.
+        scratch = r * r
+        self.signal += scratch.sum(axis=0)
+        self.ref_sq += float(scratch.sum())
+        np.square(np.subtract(r, t, out=scratch), out=scratch)
+        self.noise += scratch.sum(axis=0)
+        self.dot += float(np.multiply(r, t, out=scratch).sum())
+        self.test_sq += float(np.multiply(t, t, out=scratch).sum())
         self.count += r.size
 
 
@@ -106,9 +156,10 @@ def _outputs(interpreter: Any) -> tuple[list[int], dict[int, Any], dict[int, Any
 def _real(interpreter: Any, index: int, d: dict[str, Any]) -> np.ndarray:
     values = interpreter.get_tensor(index)
     scale, zero = d["quantization"]
-    out: np.ndarray = values.astype(np.float32)
+    out: np.ndarray = values.astype(np.float32, copy=False)  # get_tensor returns a copy already
     if scale and np.dtype(d["dtype"]).kind in "iu":
-        out = (out - np.float32(zero)) * np.float32(scale)
+        out -= np.float32(zero)  # in place: the same float32 arithmetic as (out - zero) * scale
+        out *= np.float32(scale)
     return out
 
 
@@ -206,18 +257,21 @@ def isolate(
     requantize: Callable[..., bytes],
     x: np.ndarray,
     count: int = ISOLATE,
-) -> list[LayerError]:
-    """``layers`` with ``alone_sqnr_db`` for the worst ``count``: output SQNR with only that op quantized.
+) -> tuple[list[LayerError], int]:
+    """``layers`` with ``alone_sqnr_db`` for the worst ``count`` (output SQNR with only that op quantized),
+    and the number of requantizations that took.
 
     ``requantize(float_nodes=…)`` returns the model quantized the same way with those nodes float.
     """
     nodes = [n.name for n in op_graph(float_tflite).nodes]
     reference = TFLiteModel(model_content=float_tflite, delegate="none").predict(x)
     out = list(layers)
+    calls = 0
     for i, layer in enumerate(layers[:count]):
         if layer.name not in nodes or layer.op in ("", "QUANTIZE", "DEQUANTIZE"):
             continue
         try:
+            calls += 1
             model = requantize(float_nodes=tuple(n for n in nodes if n != layer.name))
         except ConversionError as e:
             log.info("analysis: %s not quantized alone: %s", layer.name, e)
@@ -225,4 +279,4 @@ def isolate(
         test = TFLiteModel(model_content=model, delegate="none").predict(x)
         worst = min(sqnr_db(r, t) for r, t in zip(reference, test, strict=True))  # several outputs: the worst
         out[i] = dataclasses.replace(layer, alone_sqnr_db=worst)
-    return out
+    return out, calls

@@ -456,8 +456,8 @@ def analyze(**kw: Any) -> None:
     setup_logging(kw["debug"])
 
     def run() -> int:
+        from .analyze import AloneRun, isolate
         from .analyze import analyze as per_layer
-        from .analyze import isolate
         from .artifacts import sha256_of, update_outputs
         from .data import check_preprocess, model_inputs, read_samples
         from .errors import OutputError
@@ -495,12 +495,15 @@ def analyze(**kw: Any) -> None:
         layers = per_layer(float_tflite, (out / INT8_NAME).read_bytes(), x)
         if report:
             requantize = _requantizer(report, float_tflite)
+            alone_run = AloneRun(False, "16x8 and QAT models have no ranges of edgeconv's to requantize with")
             if requantize is not None:
-                layers = isolate(layers, float_tflite, requantize, x)
+                layers, calls = isolate(layers, float_tflite, requantize, x)
+                alone_run = AloneRun(True, "edgeconv analyze", calls)
             report["analysis"] = {
                 **(report.get("analysis") or {}),
                 "samples": len(x),
                 "layers": [e.to_json() for e in layers],
+                "alone": alone_run.to_json(),
             }
             update_outputs(
                 out,

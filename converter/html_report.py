@@ -215,13 +215,21 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
             parts += [f"<h2>{head}</h2>", "<ul>"]
             parts += [f"<li>{escape(line)}</li>" for line in npu if line]
             parts += ["</ul>"]
-    layers = [e for e in ((report.get("analysis") or {}).get("layers") or []) if e.get("sqnr_drop_db") is not None]
+    analysis = report.get("analysis") or {}
+    layers = [e for e in (analysis.get("layers") or []) if e.get("sqnr_drop_db") is not None]
     if layers:
+        alone = analysis.get("alone") or {}
+        # A report from before analysis.alone existed measured them whenever it could.
+        measured = alone.get("run", any(e.get("alone_sqnr_db") is not None for e in layers))
         parts += [
             "<h2>Per-layer error (worst first)</h2>",
             "<p class=muted>SQNR each op loses on its own (its worst input's SQNR minus its output's), "
             "the output's SQNR against the float model, and (alone) the model output's SQNR with only that op "
-            "quantized, for the worst few.</p>",
+            "quantized, for the worst few.</p>"
+            if measured
+            else "<p class=muted>SQNR each op loses on its own (its worst input's SQNR minus its output's) and the "
+            "output's SQNR against the float model. Not measured quantized alone: "
+            f"{escape(str(alone.get('reason') or 'not recorded'))}.</p>",
             _layer_chart(layers[:15]),
         ]
     cal = report.get("calibration") or {}

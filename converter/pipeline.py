@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from . import quant_cache, rknn_setup
-from .analyze import LayerError, analyze, isolate
+from .analyze import ACCURACY_GATES, AloneRun, LayerError, alone_decision, analyze, isolate
 from .artifacts import OutputFolder
 from .ci_outputs import finalize
 from .data import Dataset, check_preprocess, read_samples
@@ -31,6 +31,7 @@ from .devices import DeviceProfile, load_device
 from .errors import DataError, DeployError, ModelLoadError, NoIntegerKernelError, UserInputError
 from .evaluate import check_metric, evaluate_host
 from .extras import check_importable
+from .gates import LOWER_BOUNDS, Gate, evaluate
 from .load import LoadedModel, detect_format, load_model
 from .measure import TargetResult, measure_target, merge_measured
 from .plots import histogram_png, most_clipped
@@ -191,7 +192,7 @@ def _run(
     quant, calibration = chosen.model, chosen.calibration
     analysis_x = (eval_x if eval_x is not None else cal_x)[: recipe.analysis.samples]
     layers = (
-        _timed("analyze", steps, lambda: layer_errors(recipe, model.float_tflite, chosen, analysis_x))
+        _timed("analyze", steps, lambda: layer_errors(chosen.float_reference(model.float_tflite), chosen, analysis_x))
         if len(analysis_x)
         else []
     )
@@ -224,6 +225,9 @@ def _run(
             tuned.section,
         )
     )
+    alone = _alone(recipe, report, baseline, chosen, model.float_tflite, layers, analysis_x, steps)
+    report["analysis"]["layers"] = [e.to_json() for e in layers]
+    report["analysis"]["alone"] = alone.to_json()
     report["cache"] = {
         "enabled": recipe.calibration.cache,
         "float_model": "float model cache" in model.loader,
@@ -286,17 +290,64 @@ def _recipe_plan(
         return dataclasses.replace(quantizer(fallback), rejected=rejected)
 
 
-def layer_errors(recipe: Recipe, float_tflite: bytes, chosen: Quantized, x: np.ndarray) -> list[LayerError]:
-    """Per-layer errors, the worst also measured quantized alone (same ranges, without bias correction)."""
-    reference = chosen.float_reference(float_tflite)
-    layers = analyze(reference, chosen.model, x)
-    calibration = chosen.calibration
-    if calibration is None:  # 16x8 and QAT: no ranges of ours to reuse
-        return layers
+def layer_errors(reference: bytes, chosen: Quantized, x: np.ndarray) -> list[LayerError]:
+    """Per-layer errors of ``chosen`` against its float ``reference`` (``Quantized.float_reference``)."""
+    return analyze(reference, chosen.model, x)
+
+
+def _alone(
+    recipe: Recipe,
+    report: dict[str, Any],
+    baseline: dict[str, Any] | None,
+    chosen: Quantized,
+    float_tflite: bytes,
+    layers: list[LayerError],
+    x: np.ndarray,
+    steps: list[dict[str, Any]],
+) -> AloneRun:
+    """The worst layers measured quantized alone (``layers`` updated in place) when ``alone_decision`` says so.
+
+    Decided after the report is built so the accuracy gates are judged by the gates' own rule (and baseline).
+    """
+    if not layers:
+        return AloneRun(False, "analysis.samples is 0 in the recipe" if not recipe.analysis.samples else "no samples")
+    if chosen.calibration is None:
+        return AloneRun(False, "16x8 and QAT models have no ranges of edgeconv's to requantize with")
+    accuracy_gates = [g for g in evaluate(report, baseline) if g.name in ACCURACY_GATES]
+    failed = [_gate_text(g) for g in accuracy_gates if g.status == "failed"]
+    acc = report.get("accuracy") or {}
+    decision = alone_decision(
+        recipe.analysis.alone, failed, any(g.status == "passed" for g in accuracy_gates), acc.get("drop"),
+        acc.get("metric"),
+    )  # fmt: skip
+    log.info("analysis: layers alone %s: %s", "measured" if decision.run else "not measured", decision.reason)
+    if not decision.run:
+        return decision
+    with _step("alone", steps):
+        measured, calls = layer_alone(recipe, chosen, chosen.float_reference(float_tflite), layers, x)
+    layers[:] = measured
+    return dataclasses.replace(decision, requantizations=calls)
+
+
+def _gate_text(gate: Gate) -> str:
+    """'accuracy_drop 0.6236 > 0.005', with ' [target]' for a target's own gate."""
+    where = "" if gate.target == "*" else f" [{gate.target}]"
+    if gate.value is None or gate.limit is None:
+        return f"{gate.name}{where}"
+    return f"{gate.name}{where} {gate.value:.4g} {'<' if gate.name in LOWER_BOUNDS else '>'} {gate.limit:g}"
+
+
+def layer_alone(
+    recipe: Recipe, chosen: Quantized, reference: bytes, layers: list[LayerError], x: np.ndarray
+) -> tuple[list[LayerError], int]:
+    """The worst ``layers`` also measured quantized alone (same ranges, without bias correction); and how many
+    requantizations that took. ``chosen`` must have ranges of ours (``calibration``)."""
+    if chosen.calibration is None:  # 16x8 and QAT: no ranges of ours to reuse
+        return layers, 0
     requantize = functools.partial(
         quantize_with_ranges,
         reference,
-        calibration.ranges(),
+        chosen.calibration.ranges(),
         # Float model I/O: with int8 I/O the input and output rounding alone would cap every figure.
         input_type="float32",
         output_type="float32",

@@ -228,6 +228,13 @@ class AnalysisSpec:
     samples: int = field(
         default=32, metadata={"doc": "Evaluation samples to compare layer by layer; 0 skips", "min": 0}
     )
+    alone: Literal["auto", "always", "never"] = field(
+        default="auto",
+        metadata={
+            "doc": "Quantize the worst layers one at a time (one requantization each): auto only when an accuracy "
+            "gate fails (or, with none, the drop is above 1 point / 1 dB / 0.01), always, or never"
+        },
+    )
 
 
 @dataclass(frozen=True)
