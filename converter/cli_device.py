@@ -275,15 +275,15 @@ def _accuracy_line(acc: dict[str, Any] | None) -> str | None:
 )
 @click.option(
     "--runs",
-    type=Bounded(int, 1, "timed runs (at least one)", "e.g. --runs 50"),
-    default=50,
+    type=Bounded(int, 1, "timed runs (at least one)", "e.g. --runs 100"),
+    default=100,
     show_default=True,
     help="At least this many timed runs.",
 )
 @click.option(
     "--min-seconds",
-    type=Bounded(float, 0, "the least time to keep timing, in seconds", "e.g. --min-seconds 1"),
-    default=1.0,
+    type=Bounded(float, 0, "the least time to keep timing, in seconds", "e.g. --min-seconds 0.5"),
+    default=0.5,
     show_default=True,
     help="And at least this long.",
 )

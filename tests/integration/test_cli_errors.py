@@ -44,7 +44,7 @@ def _usage(result: Result, option: str, *phrases: str) -> None:
 @pytest.mark.parametrize(
     ("args", "option", "phrases"),
     [
-        (["--runs", "0"], "--runs", ["0 is out of range (at least 1): timed runs", "e.g. --runs 50"]),
+        (["--runs", "0"], "--runs", ["0 is out of range (at least 1): timed runs", "e.g. --runs 100"]),
         (["--warmup", "-1"], "--warmup", ["-1 is out of range (at least 0): untimed runs", "e.g. --warmup 10"]),
         (["--threads", "0"], "--threads", ["0 is out of range (at least 1): interpreter threads"]),
         (
