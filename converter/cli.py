@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import __version__
+from .cli_ci import matrix, report
 from .cli_common import (
     EXIT_GATE,
     EXIT_OK,
@@ -398,5 +399,5 @@ def summary(out_dir: Path, report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-for _command in (bench, deploy, analyze, setup):
+for _command in (bench, deploy, analyze, setup, matrix, report):
     main.add_command(_command)
