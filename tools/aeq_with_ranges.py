@@ -12,6 +12,9 @@ asymmetric activations, int32 biases). It quantizes the graph's input and output
 model's I/O is int8 with no QUANTIZE/DEQUANTIZE at the boundary (LiteRT's ``modify_model_interface`` must not
 be run on top: it corrupts such a model's buffers).
 
+Weights that ai-edge-quantizer stored outside the flatbuffer are moved back in (``inline_buffers``: TFLite
+Micro cannot read them); the file as exported is kept beside OUT as ``*.exported.tflite``.
+
 Prints one JSON line on stdout: seconds per phase, versions, tensors given and missing.
 """
 
@@ -41,11 +44,29 @@ def qsvs(model: Any, ranges: dict[str, list[float]]) -> tuple[dict[str, dict[str
     return out, sorted(set(ranges) - set(out))
 
 
+def inline_buffers(model: bytes) -> tuple[bytes, int]:
+    """The model with every external (offset) buffer moved back into the flatbuffer, and how many there were.
+
+    ai-edge-quantizer stores the weights after the flatbuffer (``Buffer.offset``/``size``) once they pack to
+    256 KiB or more. LiteRT reads that; TFLite Micro does not: it prepares the model, plans the weights into
+    its arena and computes with garbage (seen on both MobileNets: no output value equal to LiteRT's).
+    """
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    external = sum(1 for b in schema.ModelT.InitFromPackedBuf(model, 0).buffers or [] if b.offset > 1)
+    if not external:
+        return model, 0
+    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj)), external
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("float_model", type=Path)
     parser.add_argument("ranges", type=Path)
     parser.add_argument("out", type=Path)
+    parser.add_argument("--as-exported", action="store_true", help="keep ai-edge-quantizer's external buffers")
     args = parser.parse_args()
     t0 = time.perf_counter()
     from ai_edge_quantizer import quantizer, recipe
@@ -59,8 +80,11 @@ def main() -> int:
     qz.load_quantization_recipe(recipe.static_wi8_ai8())
     calibration, unknown = qsvs(tfl_flatbuffer_utils.read_model(bytearray(content)), ranges)
     result = qz.quantize(calibration, enable_progress_report=False)
-    model = bytes(result.quantized_model)
+    raw = bytes(result.quantized_model)
+    model, external = (raw, 0) if args.as_exported else inline_buffers(raw)
     t_quantize = time.perf_counter() - t1
+    if model is not raw:
+        args.out.with_suffix(".exported.tflite").write_bytes(raw)
     args.out.write_bytes(model)
     versions = {p: metadata.version(p) for p in ("ai-edge-quantizer", "ai-edge-litert", "numpy")}
     tf_loaded = any(m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules)
@@ -69,6 +93,7 @@ def main() -> int:
         "versions": versions,
         "tensors_given": len(calibration),
         "unknown_names": unknown,
+        "external_buffers_inlined": external,
         "tensorflow_loaded": tf_loaded,
         "pid": os.getpid(),
     }

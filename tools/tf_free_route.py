@@ -127,8 +127,38 @@ def activation_params(model: bytes) -> dict[str, tuple[tuple[float, ...], tuple[
     return out
 
 
+def constants(model: bytes) -> dict[str, np.ndarray]:
+    """Name -> data of every tensor no op writes and that is not a model input (weights, biases, shapes)."""
+    interpreter = make_interpreter(model_content=model, delegate="none")
+    written = {int(i) for op in interpreter._get_ops_details() for i in op["outputs"]}  # noqa: SLF001
+    written |= {int(d["index"]) for d in interpreter.get_input_details()}
+    out = {}
+    for d in interpreter.get_tensor_details():
+        if int(d["index"]) not in written:
+            try:
+                out[d["name"]] = np.array(interpreter.get_tensor(d["index"]))
+            except ValueError:  # a tensor without data (optional input)
+                continue
+    return out
+
+
 def compare_params(ours: bytes, aeq: bytes) -> dict[str, Any]:
-    """How many activation tensors (by name) got identical int8 parameters in both models."""
+    """How many activation tensors (by name) got identical int8 parameters, and constants identical data."""
+    ca, cb = constants(ours), constants(aeq)
+    shared = sorted(set(ca) & set(cb))
+    data_same = [n for n in shared if ca[n].dtype == cb[n].dtype and np.array_equal(ca[n], cb[n])]
+    data_diff = [
+        {
+            "name": n,
+            "dtype": [ca[n].dtype.name, cb[n].dtype.name],
+            "values_differing": int(np.sum(ca[n] != cb[n])) if ca[n].shape == cb[n].shape else None,
+            "max_abs_diff": float(np.max(np.abs(ca[n].astype(np.int64) - cb[n].astype(np.int64))))
+            if ca[n].shape == cb[n].shape
+            else None,
+        }
+        for n in shared
+        if n not in data_same
+    ]
     a, b = activation_params(ours), activation_params(aeq)
     common = sorted(set(a) & set(b))
     same = [n for n in common if a[n][:2] == b[n][:2]]
@@ -147,6 +177,9 @@ def compare_params(ours: bytes, aeq: bytes) -> dict[str, Any]:
         "identical_params": len(same),
         "differing": differ[:8],
         "differing_count": len(differ),
+        "constants_same_name": len(shared),
+        "constants_identical": len(data_same),
+        "constants_differing": data_diff[:8],
     }
 
 
@@ -181,6 +214,7 @@ def inspect(model: bytes, eval_x: np.ndarray, tflm: bool) -> dict[str, Any]:
             "prepares": result.loaded,
             "arena_bytes": result.arena_bytes,
             "exact_match": result.exact_match,
+            "top1_agreement": result.top1_agreement,
             "error": result.error,
         }
     return info
@@ -265,6 +299,10 @@ def bench_model(name: str, out: Path, args: argparse.Namespace) -> dict[str, Any
                 "samples": acc.samples,
             }
         scored[label] = inspected
+    exported = folder / "aeq_0.exported.tflite"  # as ai-edge-quantizer wrote it, weights outside the flatbuffer
+    if exported.is_file() and not args.no_tflm:
+        scored["aeq"]["as_exported"] = inspect(exported.read_bytes(), eval_x, tflm=True).get("tflm")
+        scored["aeq"]["as_exported"]["bytes"] = exported.stat().st_size
     same_outputs = None
     if scored["aeq"]["litert_prepares"]:
         a, b = (
@@ -285,6 +323,7 @@ def bench_model(name: str, out: Path, args: argparse.Namespace) -> dict[str, Any
         "ours_equals_pipeline_int8": same_as_pipeline,
         "aeq_deterministic": stable,
         "aeq_unknown_names": runs["aeq"][0]["child"].get("unknown_names"),
+        "aeq_external_buffers_inlined": runs["aeq"][0]["child"].get("external_buffers_inlined"),
         "aeq_loaded_tensorflow": runs["aeq"][0]["child"].get("tensorflow_loaded"),
         "timing": {
             label: {
@@ -298,11 +337,11 @@ def bench_model(name: str, out: Path, args: argparse.Namespace) -> dict[str, Any
         "aeq": scored["aeq"],
         "ours_vs_aeq_outputs": same_outputs,
         "params": compare_params(ours_model, aeq_model) if scored["aeq"]["litert_prepares"] else None,
-        "faults": faults(scored["aeq"]),
+        "faults": faults(scored["aeq"], scored["ours"]),
     }
 
 
-def faults(info: dict[str, Any]) -> list[str]:
+def faults(info: dict[str, Any], ours: dict[str, Any]) -> list[str]:
     """What would stop the AEQ route from replacing ours, whatever its accuracy."""
     found = []
     if not info["litert_prepares"]:
@@ -317,6 +356,8 @@ def faults(info: dict[str, Any]) -> list[str]:
         found.append(f"model I/O not int8: {info['io']}")
     if "tflm" in info and not info["tflm"]["prepares"]:
         found.append(f"does not prepare in TFLite Micro: {info['tflm']['error']}")
+    elif "tflm" in info and (info["tflm"]["exact_match"] or 0) < (ours["tflm"]["exact_match"] or 0):
+        found.append(f"TFLite Micro agrees less with LiteRT: {info['tflm']['exact_match']} < ours")
     return found
 
 
