@@ -47,7 +47,8 @@ from converter.runtime.interpreter import make_interpreter  # noqa: E402
 from converter.runtime.model import TFLiteModel  # noqa: E402
 from tools import realdata  # noqa: E402
 
-AEQ_PYTHON = Path("/work/bench-work/aeq-eval-venv/bin/python")
+# python3 -m venv .venv-aeq && .venv-aeq/bin/pip install ai-edge-quantizer
+AEQ_PYTHON = Path(os.environ.get("EDGECONV_AEQ_PYTHON", ".venv-aeq/bin/python"))
 MOBILENET224 = Path("/work/bench-work/mobilenet_v2_224.keras")
 LINEAR = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 TFLM_SAMPLES = 20  # evaluation samples TFLM runs per model (its reference kernels are slow)
