@@ -146,16 +146,27 @@ def sha256(path: Path) -> str:
 
 
 def reuse_note(report: dict[str, Any]) -> str:
-    """What a run took from the caches and what it still ran, from its report.json."""
+    """What a run took from the caches and what it made again, from its report.json's ``cache`` section."""
     cache = report.get("cache") or {}
     q = cache.get("quantized_models") or {}
     hits, total = q.get("hits", 0), q.get("hits", 0) + q.get("misses", 0)
-    reused = [name for name, key in (("float model", "float_model"), ("statistics", "statistics")) if cache.get(key)]
-    if total:
-        reused.append(f"{hits} of {total} quantized models")
-    ran = [s["name"] for s in report.get("steps", []) if s["seconds"] >= 0.05 and s["name"] != "import tf"]
-    tf = "imports TensorFlow" if cache.get("tensorflow_loaded") else "no TensorFlow"
-    return f"reuses {', '.join(reused) or 'nothing'}; {tf}; runs {', '.join(ran) or 'nothing over 0.05 s'}"
+    return "; ".join(
+        [
+            f"float model {'from the cache' if cache.get('float_model') else 'converted'}",
+            f"statistics {'from the cache' if cache.get('statistics') else 'computed'}",
+            f"{hits} of {total} quantized models from the cache",
+            "TensorFlow imported" if cache.get("tensorflow_loaded") else "TensorFlow not imported",
+        ]
+    )
+
+
+def step_medians(runs: list[dict[str, Any]]) -> str:
+    """Each step's median seconds over the repeats, from report.json's ``steps`` (where the time went)."""
+    names = list(dict.fromkeys(s["name"] for r in runs for s in r["steps"]))
+    medians = {
+        n: statistics.median(sum(s["seconds"] for s in r["steps"] if s["name"] == n) for r in runs) for n in names
+    }
+    return ", ".join(f"{n} {v:.1f}" for n, v in medians.items() if v >= 0.05)
 
 
 def io_types(model: Path) -> str:
@@ -210,6 +221,7 @@ class Row:
             "peak_mb_max": max(peaks),
             "identical_models": len({r["sha256"] for r in self.runs}) == 1,
             "reuses": " / ".join(notes) if notes else None,
+            "step_seconds_median": step_medians(self.runs) if notes else None,
             "bytes": self.runs[-1]["bytes"],
             "repeats": self.runs,
         }
@@ -368,7 +380,10 @@ def markdown(results: list[dict[str, Any]]) -> str:
                 f"{top1} | {pct(row['agreement'])} |"
             )
             if row["reuses"]:
-                notes.append(f"- {r['model']}, {row['converter']}: {row['reuses']}")
+                notes.append(
+                    f"- {r['model']}, {row['converter']}: {row['reuses']}; "
+                    f"steps (median s): {row['step_seconds_median'] or 'none over 0.05 s'}"
+                )
             if not row["identical_models"]:
                 notes.append(f"- {r['model']}, {row['converter']}: the repeats wrote different models")
         loads = ", ".join(f"{x:.1f}" for x in r["load_average_1min"])
