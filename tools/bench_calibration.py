@@ -169,13 +169,20 @@ def step_medians(runs: list[dict[str, Any]]) -> str:
     return ", ".join(f"{n} {v:.1f}" for n, v in medians.items() if v >= 0.05)
 
 
-def io_types(model: Path) -> str:
-    """The model's input and output types, e.g. ``int8/int8`` (ai-edge-quantizer picks its own)."""
+def io_types(model: Path) -> dict[str, Any]:
+    """Input and output types (ai-edge-quantizer picks its own) and the float range the first input holds."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(model))
     kinds = [interpreter.get_input_details(), interpreter.get_output_details()]
-    return "/".join(",".join(np.dtype(d["dtype"]).name for d in details) for details in kinds)
+    first = kinds[0][0]
+    scale, zero = first["quantization"]
+    info = np.iinfo(first["dtype"]) if np.dtype(first["dtype"]).kind in "iu" else None
+    return {
+        "io": "/".join(",".join(np.dtype(d["dtype"]).name for d in details) for details in kinds),
+        # e.g. a calibrator that averages per-sample ranges clips the input: compare with the data's range
+        "input_range": [(info.min - zero) * scale, (info.max - zero) * scale] if info and scale else None,
+    }
 
 
 def accuracy(float_out: np.ndarray, model: Path, x: np.ndarray, y: np.ndarray | None) -> dict[str, Any]:
@@ -346,11 +353,12 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     results = [row.summary() for row in rows]
     for row, result in zip(rows, results, strict=True):
-        result.update(io=io_types(row.kept(folder)), **accuracy(float_out, row.kept(folder), eval_x, eval_y))
+        result.update(io_types(row.kept(folder)), **accuracy(float_out, row.kept(folder), eval_x, eval_y))
     return {
         "model": name,
         "source": str(recipe.model),
         "calibration_samples": len(cal_x),
+        "calibration_range": None if cal_x.dtype.names else [float(cal_x.min()), float(cal_x.max())],
         "evaluation_samples": len(eval_x),
         "float_top1": float_top1,
         "repeats": args.repeats,
@@ -386,6 +394,14 @@ def markdown(results: list[dict[str, Any]]) -> str:
                 )
             if not row["identical_models"]:
                 notes.append(f"- {r['model']}, {row['converter']}: the repeats wrote different models")
+        ranges = [
+            f"{row['key']} [{row['input_range'][0]:.4g}, {row['input_range'][1]:.4g}]"
+            for row in r["rows"]
+            if row["key"] in ("stock", "ours-convert", "aeq") and row.get("input_range")
+        ]
+        if r.get("calibration_range") and ranges:
+            lo, hi = r["calibration_range"]
+            notes.append(f"- {r['model']}: calibration data [{lo:.4g}, {hi:.4g}]; int8 input range {', '.join(ranges)}")
         loads = ", ".join(f"{x:.1f}" for x in r["load_average_1min"])
         notes.append(f"- {r['model']}: {r['repeats']} repeats; 1-minute load average before each, and after: {loads}")
     settings = {row["converter"]: row["settings"] for r in results for row in r["rows"]}
