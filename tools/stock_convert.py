@@ -1,10 +1,13 @@
 """The stock TensorFlow converter, as a user would call it: the baseline of the benchmarks.
 
     python tools/stock_convert.py MODEL SAMPLES.npy OUT.tflite
+    python tools/stock_convert.py --float MODEL OUT.tflite
 
 MODEL is a .keras/.h5 file or a SavedModel folder; SAMPLES.npy holds preprocessed
-calibration samples [N, ...]. Full-integer (TFLITE_BUILTINS_INT8), int8 I/O,
-representative_dataset of one sample per step.
+calibration samples [N, ...]. Full-integer as TensorFlow's post-training quantization guide
+documents it: ``Optimize.DEFAULT``, a ``representative_dataset`` of one sample per step,
+``TFLITE_BUILTINS_INT8`` only, int8 input and output. ``--float`` writes the plain float model
+instead (with its ``serving_default`` signature): what ai-edge-quantizer starts from.
 """
 
 from __future__ import annotations
@@ -19,14 +22,19 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    model_path, samples_path, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-    samples = np.load(samples_path)
+    float_only = sys.argv[1] == "--float"
+    args = sys.argv[2:] if float_only else sys.argv[1:]
+    model_path, out = Path(args[0]), Path(args[-1])
     if model_path.is_dir():
         converter = tf.lite.TFLiteConverter.from_saved_model(str(model_path))
     else:
         import keras
 
         converter = tf.lite.TFLiteConverter.from_keras_model(keras.models.load_model(model_path, compile=False))
+    if float_only:
+        out.write_bytes(converter.convert())
+        return
+    samples = np.load(args[1])
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([s[None].astype(np.float32)] for s in samples)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
