@@ -111,6 +111,11 @@ def load_fleet(path: Path) -> tuple[Board, ...]:
         if board.name in seen:
             raise at.key("name").error(f"'{board.name}' is used twice (also boards[{seen[board.name]}]); names differ")
         seen[board.name] = i
+        if board.name in known and board.name != board.device:
+            raise at.key("name").error(
+                f"'{board.name}' is the name of another device profile: report.json keys targets by name, so the "
+                f"board would overwrite that target's figures; name the board after itself, e.g. {board.device}-1"
+            )
         if board.device not in known:
             raise at.key("device").error(
                 f"unknown device '{board.device}'{suggest(board.device, known)}; profiles in {devices_dir()}: "

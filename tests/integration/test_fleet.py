@@ -333,6 +333,7 @@ def test_fleet_and_recipe_files_may_never_turn_host_keys_off(
         ({"host": "-oProxyCommand=x"}, "boards[0].host: '-oProxyCommand=x' is not an SSH destination"),
         ({"identity": "no-such-key"}, "boards[0].identity: not found:"),
         ({"timeout_s": 0}, "boards[0].timeout_s: must be at least 1, got 0"),
+        ({"name": "host"}, "boards[0].name: 'host' is the name of another device profile"),
         ({"ssh_options": ["ProxyCommand=id"]}, "boards[0]: ssh_options[0]: 'ProxyCommand=id': not allowed"),
     ],
 )
