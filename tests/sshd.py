@@ -52,12 +52,13 @@ class LoopbackSSH:
         for line in table.splitlines():
             pid, ppid, comm = line.split(None, 2)
             children.setdefault(int(ppid), []).append((int(pid), comm.strip()))
-        found, todo = [], [self.process.pid]
+        found: list[int] = []
+        todo = [self.process.pid]
         while todo:
-            for pid, comm in children.get(todo.pop(), []):
-                if comm.startswith("sshd"):
-                    found.append(pid)
-                    todo.append(pid)
+            for child, name in children.get(todo.pop(), []):
+                if name.startswith("sshd"):
+                    found.append(child)
+                    todo.append(child)
         return found
 
     @property
