@@ -193,15 +193,21 @@ def run_remote(request: BenchRequest, target: SSHTarget, keep: bool = False) -> 
         _check_unique_names(files)
         session.copy(files)
         where = {p: f"{session.workdir}/{p.name}" for p in request.files()}
-        result = session.run("run", target.python, f"{session.workdir}/{bundle.name}", *request.runtime_args(where))
-        return _remote_result(session, result)
+        result = session.run_runtime(target.python, f"{session.workdir}/{bundle.name}", *request.runtime_args(where))
+        doc = _remote_result(session, result)
+    # What the figures went through, kept with them (report.json: latency.<target>.retries / ssh_warnings).
+    if session.retries:
+        doc["retries"] = session.retries
+    if session.warnings:
+        doc["ssh_warnings"] = session.warnings
+    return doc
 
 
 def _remote_result(session: RemoteSession, result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     if result.stdout.strip():
-        return _parse("fetch", result.stdout, session.target.destination)
+        return _parse("fetch", result.stdout, session.target.label)
     session.check("run", result)  # no JSON at all: report ssh's or Python's own error
-    raise DeployError("fetch", f"{session.target.destination}: the runtime printed no result")
+    raise DeployError("fetch", f"{session.target.label}: the runtime printed no result")
 
 
 def _check_unique_names(files: list[Path]) -> None:

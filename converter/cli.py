@@ -350,7 +350,16 @@ def _io_line(q: dict[str, Any]) -> str:
 
 def summary(out_dir: Path, report: dict[str, Any]) -> str:
     """A few lines for humans: sizes, accuracy, where the files are."""
-    from .render import drop_text, latency_text, layer_label, ms_text, npu_line, runs_on, tail_warning
+    from .render import (
+        device_accuracy_lines,
+        drop_text,
+        latency_text,
+        layer_label,
+        ms_text,
+        npu_line,
+        runs_on,
+        tail_warning,
+    )
 
     art = report["artifacts"]
     f_bytes, q_bytes = art["float"]["bytes"], art["int8"]["bytes"]
@@ -392,6 +401,7 @@ def summary(out_dir: Path, report: dict[str, Any]) -> str:
                 lines.append(f"  latency {name}: not measured ({t['reason']})")
             continue
         lines.append(f"  latency {name} ({lat['where']}): {latency_text(lat)}; {runs_on(lat['int8'])}")
+        lines += device_accuracy_lines(report, name)
         warning = tail_warning(lat)
         if warning:
             lines.append(f"    {warning}")

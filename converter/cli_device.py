@@ -13,6 +13,7 @@ import click
 from .cli_common import (
     EXIT_GATE,
     EXIT_OK,
+    EXIT_STEP,
     Bounded,
     debug_option,
     guarded,
@@ -58,18 +59,128 @@ ssh_options = [
         help="Extra ssh -o option (a safe list: ProxyJump, ConnectTimeout, ServerAliveInterval, ...).",
     ),
     click.option("--python", "remote_python", help="Python on the device [the profile's, python3]."),
+    click.option(
+        "--timeout",
+        "timeout_s",
+        type=Bounded(float, 1, "seconds a device may take (connect, copy, run)", "e.g. --timeout 300"),
+        help="Seconds each device may take before the stalled step is named [the target's timeout_s, else 600].",
+    ),
+    click.option(
+        "--insecure-host-key",
+        is_flag=True,
+        help="Allow --ssh-option values that turn host-key checking off (StrictHostKeyChecking=no, "
+        "UserKnownHostsFile=/dev/null, CheckHostIP=no); ssh's warnings are shown.",
+    ),
+    click.option(
+        "--fleet",
+        "fleet_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="A fleet file (YAML: boards with name, device, host, ...): measure on every board at once.",
+    ),
+    click.option(
+        "--jobs",
+        type=Bounded(int, 1, "boards measured at once", "e.g. --jobs 4"),
+        help="With --fleet: boards measured at once [every board, at most 8].",
+    ),
     click.option("--keep", is_flag=True, help="Leave the working folder on the device."),
     click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
 ]
 
 
 def _check_ssh_options(values: tuple[str, ...]) -> tuple[str, ...]:
-    """``--ssh-option`` callback: a refused option is a usage error (exit 2) naming the option."""
+    """``--ssh-option`` callback: a refused option is a usage error (exit 2) naming the option.
+
+    Options that turn host-key checking off pass here and are checked against --insecure-host-key by
+    ``_check_insecure`` (click runs callbacks in command-line order, so the flag may come later).
+    """
     for value in values:
-        problem = ssh_option_problem(value)
+        problem = ssh_option_problem(value, insecure_ok=True)
         if problem:
             raise click.BadParameter(problem, param_hint=f"--ssh-option {value!r}")
     return values
+
+
+def _check_insecure(kw: dict[str, Any]) -> None:
+    """A host-key-disabling --ssh-option needs --insecure-host-key (exit 2 otherwise); with it, say so."""
+    from .ssh_options import INSECURE_FLAG, disables_host_key_checking, insecure_problem
+
+    insecure = [v for v in kw["ssh_opts"] if disables_host_key_checking(v)]
+    for value in insecure:
+        if not kw["insecure_host_key"]:
+            raise click.BadParameter(insecure_problem(value, INSECURE_FLAG), param_hint=f"--ssh-option {value!r}")
+    if insecure:
+        log.warning(
+            "warning: host-key checking is weakened for this run (%s, %s): a device that answers with another "
+            "key is accepted; ssh's warnings are shown below",
+            ", ".join(insecure),
+            INSECURE_FLAG,
+        )
+
+
+_FLEET_CONFLICTS = {
+    "ssh_host": "--host",
+    "port": "--port",
+    "identity": "--identity",
+    "known_hosts": "--known-hosts",
+    "remote_python": "--python",
+    "device": "--device",
+}
+
+
+def _check_fleet_options(kw: dict[str, Any]) -> None:
+    """--fleet names each board's host, port, key and profile: the single-device options would be ambiguous."""
+    if not kw["fleet_path"]:
+        if kw["jobs"] is not None:
+            raise click.UsageError("--jobs sets how many boards of a --fleet are measured at once; add --fleet FILE")
+        return
+    for key, option in _FLEET_CONFLICTS.items():
+        if kw.get(key) is not None:
+            raise click.UsageError(
+                f"{option} and --fleet both say where to measure: the fleet file names each board's host, port, "
+                f"identity, known_hosts, python and device; drop {option} (or set it for the board in the file)"
+            )
+
+
+def _split_options(kw: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """--ssh-option values as (safe, host-key-weakening): only the safe ones may enter a ``TargetSpec``."""
+    from .ssh_options import disables_host_key_checking
+
+    values = tuple(kw["ssh_opts"])
+    insecure = tuple(v for v in values if disables_host_key_checking(v))
+    return tuple(v for v in values if v not in insecure), insecure
+
+
+def _fleet_table(rows: list[list[str]]) -> list[str]:
+    head = ["board", "device", "host", "status", "int8 p50", "int8 p90", "float p50", "accuracy", "retries"]
+    table = [head, *rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(head) - 1)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in table]
+
+
+def _board_row(board: Any, status: str, lat: dict[str, Any] | None, acc: dict[str, Any] | None) -> list[str]:
+    from .render import accuracy_figure
+
+    host = f"{board.host}:{board.port}" if board.port else board.host
+    if lat is None:
+        return [board.name, board.device, host, status, "", "", "", "", ""]
+    retries = lat.get("retries") or []
+    return [
+        board.name,
+        board.device,
+        host,
+        status,
+        ms_text(lat["int8"]["p50_ms"]),
+        ms_text(lat["int8"]["p90_ms"]),
+        ms_text(lat["float"]["p50_ms"]) if lat.get("float") else "n/a",
+        accuracy_figure(acc) if acc and acc.get("metric") else "n/a",
+        f"{len(retries)} ({retries[0]['step']}: {retries[0]['reason']})" if retries else "0",
+    ]
+
+
+def _jobs(kw: dict[str, Any], boards: int) -> int:
+    from .fleet import DEFAULT_JOBS
+
+    return int(kw["jobs"] or min(DEFAULT_JOBS, boards))
 
 
 def _with_ssh_options(fn: Any) -> Any:
@@ -295,8 +406,12 @@ def _accuracy_line(acc: dict[str, Any] | None) -> str | None:
 @_with_ssh_options
 @debug_option
 def bench(**kw: Any) -> None:
-    """Latency (and accuracy with --data and --float) of a .tflite model, here or on a device."""
+    """Latency (and accuracy with --data and --float) of a .tflite model, here, on a device, or on a fleet."""
     setup_logging(kw["debug"])
+    _check_fleet_options(kw)
+    _check_insecure(kw)
+    if kw["fleet_path"] and kw["rknn_model"]:
+        raise click.UsageError("--rknn runs on one Rockchip board: measure it with --host, not --fleet")
 
     def run() -> int:
         from .bench import BenchRequest, run_local, run_remote
@@ -313,6 +428,11 @@ def bench(**kw: Any) -> None:
             _check_npz(kw["data"])
         if kw["rknn_model"]:
             _check_rknn(kw["rknn_model"], bool(kw["ssh_host"]))
+        if kw["fleet_path"]:
+            return _bench_fleet(kw, BenchRequest(
+                model=kw["model"], float_model=kw["float_model"], data=kw["data"], preprocess=_bench_preprocess(kw),
+                warmup=kw["warmup"], runs=kw["runs"], min_seconds=kw["min_seconds"], top_k=kw["top_k"],
+            ))  # fmt: skip
         name = kw["device"] or ("host" if not kw["ssh_host"] else None)
         profile = load_device(name) if name else _generic_ssh_profile()
         if profile.kind == "ssh" and not kw["ssh_host"]:
@@ -345,10 +465,12 @@ def bench(**kw: Any) -> None:
                 kw["port"],
                 kw["identity"],
                 kw["known_hosts"],
-                tuple(kw["ssh_opts"]),
+                _split_options(kw)[0],
                 kw["remote_python"],
+                kw["timeout_s"],
             )
-            result = run_remote(request, ssh_target(spec, profile), keep=kw["keep"])
+            target = ssh_target(spec, profile, insecure_options=_split_options(kw)[1])
+            result = run_remote(request, target, keep=kw["keep"])
         else:
             result = run_local(request)
         if kw["as_json"]:
@@ -362,6 +484,88 @@ def bench(**kw: Any) -> None:
         return EXIT_OK
 
     guarded(kw["debug"], run, capture=True)
+
+
+def _bench_fleet(kw: dict[str, Any], base: Any) -> int:
+    """``bench --fleet``: the model on every board at once; one row per board; exit 0 unless no board measured."""
+    import dataclasses
+
+    from .bench import run_remote
+    from .devices import load_device
+    from .fleet import MEASURED, Board, load_fleet, run_fleet
+    from .measure import latency_record, ssh_target
+
+    boards = load_fleet(kw["fleet_path"])
+    if kw["data"]:
+        warning = _saturation_warning(kw["model"], kw["data"], base.preprocess)
+        if warning:
+            log.warning("warning: %s", warning)
+
+    def measure(board: Board) -> dict[str, Any]:
+        profile = load_device(board.device)
+        request = dataclasses.replace(
+            base,
+            threads=kw["threads"] or profile.threads,
+            delegate=kw["delegate"] or profile.delegate,
+            label=board.name,
+        )
+        safe, insecure = _split_options(kw)
+        target = ssh_target(board.spec(safe, kw["timeout_s"]), profile, name=board.name, insecure_options=insecure)
+        return run_remote(request, target, keep=kw["keep"])
+
+    outcomes = run_fleet(boards, measure, _jobs(kw, len(boards)))
+    measured = [o for o in outcomes if o.status == MEASURED]
+    code = max([EXIT_OK, *(o.exit_code for o in outcomes)])
+    if not measured:
+        code = EXIT_STEP
+    if kw["as_json"]:
+        click.echo(
+            json.dumps(
+                {
+                    "boards": [
+                        {
+                            "name": o.board.name,
+                            "device": o.board.device,
+                            "host": o.board.host,
+                            "port": o.board.port,
+                            "status": o.status,
+                            "reason": o.reason,
+                            "seconds": round(o.seconds, 3),
+                            "result": o.value,
+                        }
+                        for o in outcomes
+                    ],
+                    "exit_code": code,
+                },
+                indent=2,
+            )
+        )
+        return code
+    rows = []
+    for o in outcomes:
+        if o.value is not None:
+            record = latency_record(o.value, "device")
+            rows.append(_board_row(o.board, o.status, record, o.value.get("accuracy")))
+        else:
+            rows.append(_board_row(o.board, o.status, None, None))
+    lines = _fleet_table(rows)
+    lines += [f"  {o.board.name}: {o.status}: {o.reason}" for o in outcomes if o.status != MEASURED]
+    lines.append(_fleet_verdict(outcomes, code, "bench checks no budgets, so an unreachable board is not a failure"))
+    click.echo("\n".join(lines))
+    return code
+
+
+def _fleet_verdict(outcomes: list[Any], code: int, unreachable_rule: str) -> str:
+    """The last line of a fleet run: counts, how unreachable boards were judged, and the exit code."""
+    from collections import Counter
+
+    counts = Counter(o.status for o in outcomes)
+    text = ", ".join(f"{n} {status}" for status, n in counts.items())
+    if not counts.get("measured"):
+        return f"{text}: no board could be measured; exit {code}"
+    why = f" ({unreachable_rule})" if counts.get("unreachable") else ""
+    failed = " (a failed board: its error's exit code)" if counts.get("failed") else ""
+    return f"{text}{why}; exit {code}{failed}"
 
 
 @click.command()
@@ -379,14 +583,18 @@ def bench(**kw: Any) -> None:
 @_with_ssh_options
 @debug_option
 def deploy(**kw: Any) -> None:
-    """Measure a converted recipe's models on a device and record the result in report.json."""
+    """Measure a converted recipe's models on a device (or every board of a fleet) and record them in report.json."""
     setup_logging(kw["debug"])
+    _check_fleet_options(kw)
+    _check_insecure(kw)
 
     def run() -> int:
         from .deploy_recipe import deploy_recipe
         from .recipe import load_recipe
 
         recipe = load_recipe(kw["recipe_path"], list(kw["overrides"]))
+        if kw["fleet_path"]:
+            return _deploy_fleet(kw, recipe)
         name, record, accuracy, report_path, passed = deploy_recipe(
             recipe,
             kw["out_dir"],
@@ -395,8 +603,10 @@ def deploy(**kw: Any) -> None:
             port=kw["port"],
             identity=kw["identity"],
             known_hosts=kw["known_hosts"],
-            ssh_options=tuple(kw["ssh_opts"]),
+            ssh_options=_split_options(kw)[0],
             python=kw["remote_python"],
+            timeout_s=kw["timeout_s"],
+            insecure_options=_split_options(kw)[1],
             keep=kw["keep"],
         )
         if kw["as_json"]:
@@ -409,6 +619,63 @@ def deploy(**kw: Any) -> None:
         return EXIT_OK if passed else EXIT_GATE
 
     guarded(kw["debug"], run, capture=True)
+
+
+def _deploy_fleet(kw: dict[str, Any], recipe: Any) -> int:
+    """``deploy --fleet``: every board measured at once, all recorded in one report.json update.
+
+    Exit code: 1 when a gate failed (an unreachable board fails only when a budget of the recipe needs its
+    figure, see ``fleet.unreachable_verdict``), else the worst error of a failed board, else 0; 3 when no
+    board could be measured at all.
+    """
+    from .deploy_recipe import deploy_fleet
+    from .fleet import MEASURED, load_fleet
+    from .gates import read_report
+    from .render import gate_line
+
+    boards = load_fleet(kw["fleet_path"])
+    done = deploy_fleet(
+        recipe,
+        kw["out_dir"],
+        boards,
+        jobs=_jobs(kw, len(boards)),
+        ssh_options=_split_options(kw)[0],
+        timeout_s=kw["timeout_s"],
+        insecure_options=_split_options(kw)[1],
+        keep=kw["keep"],
+    )
+    report = read_report(done.report_path, str(done.report_path))
+    code = max([EXIT_OK if done.passed else EXIT_GATE, *(o.exit_code for o in done.outcomes)])
+    if not any(o.status == MEASURED for o in done.outcomes):
+        code = EXIT_STEP
+    if kw["as_json"]:
+        names = [o.board.name for o in done.outcomes]
+        click.echo(
+            json.dumps(
+                {
+                    "latency": {n: report["latency"].get(n) for n in names},
+                    "targets": {n: report["targets"].get(n) for n in names},
+                    "gates": report.get("gates"),
+                    "exit_code": code,
+                },
+                indent=2,
+            )
+        )
+        return code
+    rows = [
+        _board_row(o.board, o.status, report["latency"].get(o.board.name), report["targets"][o.board.name]["accuracy"])
+        for o in done.outcomes
+    ]
+    lines = _fleet_table(rows)
+    for o in done.outcomes:
+        if o.status != MEASURED:
+            lines.append(f"  {o.board.name}: {o.status}: {o.reason} -- {done.verdicts[o.board.name][1]}")
+    lines += [f"  {gate_line(g)}" for g in report.get("gates") or [] if g["status"] == "failed"]
+    lines.append(f"  updated {done.report_path}")
+    rule = "an unreachable board fails the run only when a budget of the recipe needs its figure"
+    lines.append(_fleet_verdict(done.outcomes, code, rule) + ("" if done.passed else " (a gate failed)"))
+    click.echo("\n".join(lines))
+    return code
 
 
 def _requantizer(report: dict[str, Any], float_tflite: bytes) -> Callable[..., bytes] | None:

@@ -7,9 +7,11 @@ from html import escape
 from typing import Any
 
 from .render import (
+    DEVICE_HEAD,
     IO_HEAD,
     TUNING_HEAD,
     accuracy_figure,
+    device_rows,
     drop_text,
     fmt,
     gate_figure,
@@ -192,6 +194,9 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
             "<h2>Latency</h2>",
             _table(["target", "where", "int8 p50", "int8 p90", "float p50", "threads", "cpu"], rows, {2, 3, 4}),
         ]
+    devices = device_rows(report)
+    if devices:
+        parts += ["<h2>On devices</h2>", _table(DEVICE_HEAD, [[escape(c) for c in r] for r in devices], {2, 4, 5})]
     targets = report.get("targets") or {}
     if targets:
         rows = []

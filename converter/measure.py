@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .bench import BenchRequest, run_local, run_remote, write_eval_npz
-from .deploy import SSHTarget
+from .deploy import DEFAULT_TIMEOUT_S, SSHTarget
 from .devices import DeviceProfile
 from .recipe import BenchmarkSpec, TargetSpec
 from .runtime.preprocess import Preprocess
@@ -45,18 +45,30 @@ def latency_record(result: dict[str, Any], where: str) -> dict[str, Any]:
     }
     if record["float"]:
         record["int8_speedup_p50"] = record["float"]["p50_ms"] / record["int8"]["p50_ms"]
+    for key in ("retries", "ssh_warnings"):  # a lost connection or a weakened host-key check stays on record
+        if result.get(key):
+            record[key] = result[key]
     return record
 
 
-def ssh_target(spec: TargetSpec, profile: DeviceProfile) -> SSHTarget:
+def ssh_target(
+    spec: TargetSpec, profile: DeviceProfile, *, name: str | None = None, insecure_options: tuple[str, ...] = ()
+) -> SSHTarget:
+    """``insecure_options``: --ssh-option values that weaken host-key checking, allowed by --insecure-host-key.
+
+    They never enter a ``TargetSpec``, which refuses them: a recipe target may not carry them.
+    """
     assert spec.host is not None  # noqa: S101 - callers check
     return SSHTarget(
         destination=spec.host,
         port=spec.port,
         identity=spec.identity,
         known_hosts=spec.known_hosts,
-        options=spec.ssh_options,
+        options=spec.ssh_options + insecure_options,
         python=spec.python or profile.python,
+        timeout_s=spec.timeout_s or DEFAULT_TIMEOUT_S,
+        name=name or spec.device,
+        insecure_host_key=bool(insecure_options),
     )
 
 
@@ -84,6 +96,9 @@ def measure_target(
     eval_data: tuple[np.ndarray, np.ndarray | None] | None,
     preprocess: Preprocess,
     keep: bool = False,
+    *,
+    board: str | None = None,
+    insecure_options: tuple[str, ...] = (),
 ) -> TargetResult:
     """Measure one target; raises ``DeployError``/``EvaluationError`` when a measurement fails."""
     if profile.runtime == "ethos-u":
@@ -131,10 +146,11 @@ def measure_target(
             npu_model=models.get("rknn") if profile.runtime == "rknn" else None,
             data=data,
             preprocess=preprocess,
-            label=profile.name,
+            label=board or profile.name,
         )
-        log.info("deploy     %s on %s", profile.name, spec.host)
-        result = run_remote(request, ssh_target(spec, profile), keep=keep)
+        log.info("deploy     %s on %s", board or profile.name, spec.host)
+        target = ssh_target(spec, profile, name=board, insecure_options=insecure_options)
+        result = run_remote(request, target, keep=keep)
     if request.npu_model is not None:
         return npu_result(profile, spec, result)
     return TargetResult(latency_record(result, "device"), accuracy=result.get("accuracy"))

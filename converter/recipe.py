@@ -200,6 +200,15 @@ class TargetSpec:
         },
     )
     python: str | None = field(default=None, metadata={"doc": "Python on the device (default: the profile's)"})
+    timeout_s: float | None = field(
+        default=None,
+        metadata={
+            "doc": "Seconds this device may take (connect, copy, run) before the step that stalled is named "
+            "(default 600; ssh keep-alives drop a silent connection after about 45 s)",
+            "min": 1,
+            "max": 86400,
+        },
+    )
     budgets: Budgets = field(default_factory=Budgets, metadata={"doc": "Budgets for this target (win over global)"})
 
     def __post_init__(self) -> None:

@@ -162,6 +162,51 @@ def gate_line(g: dict[str, Any]) -> str:
 
 
 TUNING_HEAD = ["step", "what", "int8", "drop", "agreement", "bytes", "host p50", "chosen"]
+DEVICE_HEAD = ["target", "status", "int8 p50", "accuracy on the device", "samples", "agreement", "retries"]
+
+
+def on_device(report: dict[str, Any], name: str) -> bool:
+    """True for a target measured on a device over SSH (``edgeconv deploy``, an SSH target with a host)."""
+    lat = (report.get("latency") or {}).get(name) or {}
+    return str(lat.get("where", "")).startswith("device")
+
+
+def device_accuracy_lines(report: dict[str, Any], name: str) -> list[str]:
+    """The summary's line for the accuracy measured on a device (empty for the host and unmeasured targets)."""
+    acc = ((report.get("targets") or {}).get(name) or {}).get("accuracy") or {}
+    if not on_device(report, name) or not acc.get("metric"):
+        return []
+    agreement = f", agreement {fmt(acc['agreement'], 'fraction')}" if acc.get("agreement") is not None else ""
+    return [f"    accuracy on {name} ({acc['samples']} samples): {accuracy_figure(acc)}{agreement}"]
+
+
+def device_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Targets measured on a device, and boards of a fleet that were not: status, latency, accuracy there, retries.
+
+    Empty when nothing ran on a device, so reports of host-only runs keep their shape.
+    """
+    rows = []
+    for name, t in (report.get("targets") or {}).items():
+        if not (on_device(report, name) or "unreachable" in t):
+            continue
+        lat = (report.get("latency") or {}).get(name) or {}
+        acc = t.get("accuracy") or {}
+        retries = lat.get("retries") or []
+        status = "measured" if t.get("measured") else str(t.get("reason") or "not measured")
+        if lat.get("ssh_warnings"):
+            status += f" (ssh warned: {'; '.join(lat['ssh_warnings'])})"
+        rows.append(
+            [
+                name,
+                status,
+                fmt(lat["int8"]["p50_ms"], "ms") if lat.get("int8") else "n/a",
+                accuracy_figure(acc) if acc.get("metric") else "n/a",
+                str(acc.get("samples", "n/a")) if acc.get("metric") else "n/a",
+                fmt(acc.get("agreement"), "fraction") if acc.get("metric") else "n/a",
+                f"{len(retries)} ({', '.join(r['step'] for r in retries)})" if retries else "0",
+            ]
+        )
+    return rows
 
 
 def npu_line(name: str, t: dict[str, Any]) -> str | None:
@@ -306,6 +351,10 @@ def markdown(report: dict[str, Any], deltas: list[dict[str, Any]] | None = None)
                 f"{fmt(lat['int8']['p90_ms'], 'ms')} | {flt} | {lat['int8']['threads'] or lat['int8']['delegate']} |"
             )
         lines.append("")
+    devices = device_rows(report)
+    if devices:
+        lines += ["### On devices", "", "| " + " | ".join(DEVICE_HEAD) + " |", "|" + "---|" * len(DEVICE_HEAD)]
+        lines += ["| " + " | ".join(r) + " |" for r in devices] + [""]
     targets = report.get("targets") or {}
     if targets:
         lines += [

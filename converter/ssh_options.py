@@ -9,11 +9,17 @@ spaces or ``$`` could still run code. Everything else belongs in the user's own
 ``~/.ssh/config``, which stays theirs: we never pass ``-F``.
 
 Allowed: ProxyJump, Port, User, ConnectTimeout, ConnectionAttempts, ServerAliveInterval,
-ServerAliveCountMax, TCPKeepAlive, Compression, AddressFamily, CheckHostIP, IdentitiesOnly,
+ServerAliveCountMax, TCPKeepAlive, Compression, AddressFamily, CheckHostIP=yes, IdentitiesOnly,
 LogLevel, Ciphers, MACs, KexAlgorithms, HostKeyAlgorithms, PubkeyAcceptedAlgorithms
 (PubkeyAcceptedKeyTypes), CASignatureAlgorithms, PreferredAuthentications,
 PubkeyAuthentication, PasswordAuthentication, KbdInteractiveAuthentication,
 GSSAPIAuthentication, NumberOfPasswordPrompts.
+
+Options that turn host-key checking off (``StrictHostKeyChecking=no|off|accept-new``,
+``UserKnownHostsFile=/dev/null``, ``GlobalKnownHostsFile=/dev/null``, ``CheckHostIP=no``) are
+refused too, except on the command line together with ``--insecure-host-key`` (``insecure_ok``):
+a user may mean it for a board being re-imaged, a recipe or fleet file never may (it arrives in a
+pull request, and a changed key then goes unnoticed by everyone).
 """
 
 from __future__ import annotations
@@ -144,14 +150,64 @@ _OPTION = re.compile(r"\s*([A-Za-z][A-Za-z0-9]*)(?:\s*=\s*|\s+)(.*?)\s*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def ssh_option_problem(text: str) -> str | None:
-    """Why ``text`` may not be passed as ``ssh -o text``, or None when it is harmless."""
+INSECURE_FLAG = "--insecure-host-key"
+_NULL_FILES = ("/dev/null", "none")
+# lower-case key -> the values that turn host-key checking off
+_INSECURE: dict[str, Callable[[str], bool]] = {
+    "stricthostkeychecking": lambda v: v.lower() in ("no", "off", "accept-new", "false"),
+    "userknownhostsfile": lambda v: v.lower() in _NULL_FILES,
+    "globalknownhostsfile": lambda v: v.lower() in _NULL_FILES,
+    "checkhostip": lambda v: v.lower() in ("no", "false"),
+}
+
+
+def option_key(text: str) -> str | None:
+    """The option's name in lower case (``"connecttimeout"``), or None when ``text`` is not Key=Value."""
+    m = _OPTION.fullmatch(text)
+    return m.group(1).lower() if m else None
+
+
+def disables_host_key_checking(text: str) -> bool:
+    """True for an option that makes ssh accept an unknown or changed host key (see the module docstring)."""
+    m = _OPTION.fullmatch(text)
+    if not m or _CONTROL.search(text):
+        return False
+    check = _INSECURE.get(m.group(1).lower())
+    return bool(check and check(m.group(2)))
+
+
+def insecure_problem(text: str, flag: str | None) -> str:
+    """Why a host-key-disabling option is refused here; ``flag`` is the opt-in of this context, if it has one."""
+    key = option_key(text) or ""
+    reason = REFUSED.get(key) or (
+        f"{text} turns off part of host-key checking (ssh no longer checks the address's key in known_hosts)"
+    )
+    head = (
+        f"not allowed: {reason}; with {text} a changed or unknown device key (another machine answering at that "
+        "address) would be accepted"
+    )
+    if flag:
+        return f"{head}. If you mean it (a board being re-imaged), pass {flag} as well, for this run only"
+    return (
+        f"{head}. A recipe or fleet file may never turn host-key checking off (they arrive in pull requests); "
+        f"for one run, pass --ssh-option '{text}' {INSECURE_FLAG} on the command line"
+    )
+
+
+def ssh_option_problem(text: str, insecure_ok: bool = False, flag: str | None = None) -> str | None:
+    """Why ``text`` may not be passed as ``ssh -o text``, or None when it is harmless.
+
+    ``insecure_ok``: the user asked for host-key checking to be off (``--insecure-host-key``); ``flag``:
+    the opt-in the message offers when it is not (None where there is none: recipes, fleet files).
+    """
     if _CONTROL.search(text):
         return "contains a control character (a newline would start another config line)"
     m = _OPTION.fullmatch(text)
     if not m:
         return "expected Key=Value (or 'Key Value'), e.g. ConnectTimeout=5"
     key, value = m.group(1), m.group(2)
+    if disables_host_key_checking(text):
+        return None if insecure_ok else insecure_problem(text, flag)
     name = _BY_LOWER.get(key.lower())
     if name is None:
         reason = REFUSED.get(key.lower())

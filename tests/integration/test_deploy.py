@@ -130,7 +130,7 @@ def test_keep_leaves_the_folder(sshd: LoopbackSSH, converted: Path) -> None:
     folder = kept.pop()
     names = sorted(p.name for p in folder.iterdir())
     shutil.rmtree(folder)
-    assert names == ["edgeconv_runtime.pyz", "model_int8.tflite"]
+    assert names == ["edgeconv_runtime.pyz", "model_int8.tflite", "run.pid"]  # run.pid: the PID that measured
 
 
 def test_arguments_are_shell_quoted(sshd: LoopbackSSH, converted: Path, tmp_path: Path) -> None:
