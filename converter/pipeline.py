@@ -320,7 +320,8 @@ def _alone(
         recipe.analysis.alone, failed, any(g.status == "passed" for g in accuracy_gates), acc.get("drop"),
         acc.get("metric"),
     )  # fmt: skip
-    log.info("analysis: layers alone %s: %s", "measured" if decision.run else "not measured", decision.reason)
+    # In report.json (analysis.alone) either way; the console shows only the step when it runs.
+    log.debug("analysis: layers alone %s: %s", "measured" if decision.run else "not measured", decision.reason)
     if not decision.run:
         return decision
     with _step("alone", steps):
