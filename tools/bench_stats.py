@@ -278,15 +278,29 @@ def child(variant: str, model_path: Path, data: Path, n: int, rev: str, batch: i
     # "baseline": imports, the model and the samples only
 
 
+WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "subprocess.run(sys.argv[1:], check=True, stderr=subprocess.DEVNULL)\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+)
+
+
 def peak_rss(variant: str, model_path: Path, data: Path, n: int, rev: str, batch: int) -> int:
-    """ru_maxrss (kB) of a fresh process running ``variant`` on ``n`` samples."""
+    """ru_maxrss (kB) of a fresh process running ``variant`` on ``n`` samples.
+
+    Started from a small wrapper process: Linux carries a forked parent's peak RSS into the child's
+    ru_maxrss, so a child started from this (large) process would report at least our own peak.
+    """
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--model", str(model_path)]
     cmd += ["--data", str(data), "--samples", str(n), "--before", rev, "--batch", str(batch)]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({status})")
-    return int(usage.ru_maxrss)
+    out = subprocess.run(
+        [sys.executable, "-c", WRAPPER, *cmd],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return int(out.split()[-1])
 
 
 def main() -> None:
