@@ -9,9 +9,9 @@ Histograms are filled from a fixed, seeded subsample of each tensor's elements
 
 Which kernels compute the activations (``DELEGATE``): XNNPACK, LiteRT's default CPU delegate and
 what the float model runs on elsewhere in edgeconv, on the model rewritten so that every observed
-tensor is a graph output (``observable``). It is 3-5x faster than TFLite's builtin kernels, which
-statistics version 4 used, but sums in another order: min/max differ from the builtin kernels'
-in the last float32 bits (up to about 1e-5 relative on the benchmark models), so R and a few
+tensor is a graph output (``observable``). It is about 3x faster on MobileNetV2-224 than TFLite's
+builtin kernels, which statistics version 4 used, but sums in another order: min/max differ from
+theirs in the last float32 bits (up to about 1e-5 relative on the benchmark models), so R and a few
 histogram bins can differ too (a value a hair above R doubles it). Run to run and for any thread
 count the statistics are identical. A model XNNPACK cannot run at all falls back to the builtin
 kernels; ``collect(..., delegate="none")`` asks for them (bit-identical to version 4).
@@ -168,13 +168,14 @@ def observable(model: bytes, indices: list[int]) -> bytes:
 
     The new outputs vector is appended to the flatbuffer and the subgraph's field pointed at it
     (offsets point forward, so the append is valid); every other byte stays. Unpacking the model
-    into objects (``tflite_schema``) would cost more memory than the statistics pass itself.
+    into objects (``tflite_schema``) costs several times its size in memory (11 MB for the demo's
+    1.6 MB), which made the peak of a small model's statistics pass exceed version 4's.
     """
     subgraphs = _field(model, _deref(model, 0), MODEL_SUBGRAPHS)
-    outputs_at = _field(model, _deref(model, _deref(model, subgraphs) + 4), SUBGRAPH_OUTPUTS) if subgraphs else 0
+    graph = _deref(model, _deref(model, subgraphs) + 4) if subgraphs else 0  # the vector's first table
+    outputs_at = _field(model, graph, SUBGRAPH_OUTPUTS) if graph else 0
     if not outputs_at:
         raise ValueError("the model has no subgraph with outputs")
-    graph = _deref(model, _deref(model, subgraphs) + 4)
     inputs_at = _field(model, graph, SUBGRAPH_INPUTS)
     outputs = _int_vector(model, outputs_at)
     skip = set(outputs) | set(_int_vector(model, inputs_at) if inputs_at else [])
@@ -244,6 +245,7 @@ class _Observer:
             self.tensors = plan.tensors
         self.seed = plan.seed
         self._subsample: dict[int, np.ndarray | None] = {}
+        self._pieces: dict[int, list[np.ndarray] | None] = {}
 
     def run(self, x: np.ndarray) -> None:
         """One batch: an array for a single-input model, packed samples for several inputs."""
@@ -263,9 +265,39 @@ class _Observer:
             self._subsample[index] = chosen
         return self._subsample[index]
 
+    def pieces(self, index: int, size: int, idx: np.ndarray | None) -> list[np.ndarray] | None:
+        """Per ``SCAN_CHUNK`` of a large tensor, its subsample's indices inside it (None: scan it whole)."""
+        if index not in self._pieces:
+            found = None
+            if idx is not None:
+                cuts = np.searchsorted(idx, np.arange(0, size + SCAN_CHUNK, SCAN_CHUNK))
+                found = [idx[cuts[j] : cuts[j + 1]] - start for j, start in enumerate(range(0, size, SCAN_CHUNK))]
+            self._pieces[index] = found
+        return self._pieces[index]
+
     def views(self) -> list[np.ndarray]:
         """Every observed tensor of the last batch, flat (views into the interpreter: no copies)."""
         return [self.interpreter.tensor(d["index"])().reshape(-1) for d in self.tensors]
+
+
+SCAN_CHUNK = 1 << 17  # a large tensor is read in pieces that stay in L2 for min, max and the gather
+
+
+def _scan(view: np.ndarray, pieces: list[np.ndarray] | None) -> tuple[float, float, np.ndarray]:
+    """(min, max, subsample) of a tensor; a large one is read from memory once instead of three times.
+
+    NaN propagates through every ``reduce`` (min and max of the pieces, then of their results).
+    """
+    if pieces is None:
+        return float(np.minimum.reduce(view)), float(np.maximum.reduce(view)), view
+    lows, highs, parts = [], [], []
+    for start, inside in zip(range(0, view.size, SCAN_CHUNK), pieces, strict=True):
+        piece = view[start : start + SCAN_CHUNK]
+        lows.append(np.minimum.reduce(piece))
+        highs.append(np.maximum.reduce(piece))
+        parts.append(piece[inside])
+    lo, hi = float(np.minimum.reduce(np.array(lows))), float(np.maximum.reduce(np.array(highs)))
+    return lo, hi, np.concatenate(parts)
 
 
 FOLD_CHUNK = 1 << 16  # histogram values binned at once: bounds the fold's scratch memory (1 MB)
@@ -293,8 +325,7 @@ class _Folder:
         size = 0
         for row, (s, d, view) in enumerate(zip(self.stats, observer.tensors, observer.views(), strict=True)):
             idx = observer.indices(d["index"], view.size, rows)
-            sample = view if idx is None else view[idx]
-            lo, hi = float(np.minimum.reduce(view)), float(np.maximum.reduce(view))  # NaN propagates; Inf shows
+            lo, hi, sample = _scan(view, observer.pieces(d["index"], view.size, idx))
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 s.update(view, sample)  # the rare path: count and drop NaN/Inf exactly as update does
                 continue
