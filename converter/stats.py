@@ -244,7 +244,6 @@ class _Observer:
         else:  # a delegated interpreter lists its delegate's node among the ops: take the plan's tensors
             self.tensors = plan.tensors
         self.seed = plan.seed
-        self._subsample: dict[int, np.ndarray | None] = {}
         self._pieces: dict[int, list[np.ndarray] | None] = {}
 
     def run(self, x: np.ndarray) -> None:
@@ -254,22 +253,17 @@ class _Observer:
         self.interpreter.reset_all_variables()  # a fused LSTM's state: each sample is a sequence of its own
         self.interpreter.invoke()
 
-    def indices(self, index: int, size: int, rows: int) -> np.ndarray | None:
-        """Sorted random element indices for a tensor (None: use all of it)."""
-        if index not in self._subsample:
-            k = SUBSAMPLE * rows
-            chosen = None
-            if size > k:
-                rng = np.random.default_rng([self.seed, index])
-                chosen = np.sort(rng.choice(size, size=k, replace=False))
-            self._subsample[index] = chosen
-        return self._subsample[index]
+    def pieces(self, index: int, size: int, rows: int) -> list[np.ndarray] | None:
+        """A tensor's seeded subsample, as indices inside each ``SCAN_CHUNK`` of it (None: use all of it).
 
-    def pieces(self, index: int, size: int, idx: np.ndarray | None) -> list[np.ndarray] | None:
-        """Per ``SCAN_CHUNK`` of a large tensor, its subsample's indices inside it (None: scan it whole)."""
+        The subsample is a sorted random choice of ``SUBSAMPLE * rows`` elements, fixed per tensor.
+        """
         if index not in self._pieces:
             found = None
-            if idx is not None:
+            k = SUBSAMPLE * rows
+            if size > k:
+                rng = np.random.default_rng([self.seed, index])
+                idx = np.sort(rng.choice(size, size=k, replace=False))
                 cuts = np.searchsorted(idx, np.arange(0, size + SCAN_CHUNK, SCAN_CHUNK))
                 found = [idx[cuts[j] : cuts[j + 1]] - start for j, start in enumerate(range(0, size, SCAN_CHUNK))]
             self._pieces[index] = found
@@ -324,8 +318,7 @@ class _Folder:
         pending: list[tuple[int, np.ndarray, float]] = []  # (row, subsample, R) waiting to be binned
         size = 0
         for row, (s, d, view) in enumerate(zip(self.stats, observer.tensors, observer.views(), strict=True)):
-            idx = observer.indices(d["index"], view.size, rows)
-            lo, hi, sample = _scan(view, observer.pieces(d["index"], view.size, idx))
+            lo, hi, sample = _scan(view, observer.pieces(d["index"], view.size, rows))
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 s.update(view, sample)  # the rare path: count and drop NaN/Inf exactly as update does
                 continue
