@@ -72,17 +72,44 @@ def prepare(name: str, work: Path, data: Path | None) -> tuple[Path, Path]:
     model, samples = folder / "float.tflite", folder / "samples.npy"
     if not (model.is_file() and samples.is_file()):
         from converter.load import load_model
-        from converter.recipe import load_recipe
-        from tools.bench_calibration import recipe_for
         from tools.realdata import samples as recipe_samples
 
-        recipe = load_recipe(ROOT / "recipes" / "mobilenet.yaml") if name == "demo" else recipe_for(name, work)
+        recipe = recipe_for(name, work)
         loaded = load_model(recipe.model)
         x, _, _ = recipe_samples(recipe, "calibration", loaded.input_shape)
         folder.mkdir(parents=True, exist_ok=True)
         model.write_bytes(loaded.float_tflite)
         np.save(samples, x)
     return model, samples
+
+
+def recipe_for(name: str, work: Path) -> Any:
+    """The recipe tools/bench_calibration.py uses for ``name`` (MobileNetV2-224: its model trained into ``work``)."""
+    from converter.recipe import load_recipe
+    from tools import realdata
+
+    if name == "demo":
+        return load_recipe(ROOT / "recipes" / "mobilenet.yaml")
+    if name in realdata.REAL_PATHS:
+        return load_recipe(realdata.recipe_path(name), realdata.overrides(name))
+    if name != "mobilenet224":
+        raise SystemExit(f"unknown model {name!r}: expected demo, resnet8, kws, mobilenet224 or a .tflite")
+    model = work / "mobilenet_v2_224.keras"
+    if not model.is_file():
+        raise SystemExit(
+            f"{model} is missing: tools/bench_calibration.py trains it (or tools/train_demo.py --size 224)"
+        )
+    data = ROOT / "recipes" / "data"
+    recipe = work / "stats" / "mobilenet224.yaml"
+    recipe.parent.mkdir(parents=True, exist_ok=True)
+    recipe.write_text(
+        "version: 1\nname: mobilenet224\n"
+        f"model: {model}\n"
+        "input: {resize: [224, 224], scale: 0.00392156862745098}\n"
+        f"data:\n  calibration: {{path: {data / 'digits.npz'}, samples: 200}}\n"
+        f"  evaluation: {{path: {data / 'digits_test.npz'}}}\n"
+    )
+    return load_recipe(recipe)
 
 
 def take(x: np.ndarray, n: int) -> np.ndarray:
