@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from . import model_cache
+from . import load_onnx, model_cache
 from .data import ModelInput, model_inputs
 from .errors import ModelLoadError
 from .extras import require
@@ -32,7 +32,7 @@ from .unroll import unroll_recurrent
 
 log = logging.getLogger(__name__)
 
-ModelFormat = Literal["keras", "h5", "saved_model", "tflite"]
+ModelFormat = Literal["keras", "h5", "saved_model", "tflite", "onnx"]
 
 # Tensor types that only a quantized model holds with scales, and the ops that move between them.
 QUANTIZED_DTYPES = ("int8", "uint8", "int16")
@@ -63,10 +63,17 @@ def detect_format(path: Path) -> ModelFormat:
             f"model: {path} is a folder without saved_model.pb; point to a SavedModel folder or a file"
         )
     suffix = path.suffix.lower()
-    formats: dict[str, ModelFormat] = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".tflite": "tflite"}
+    formats: dict[str, ModelFormat] = {
+        ".keras": "keras",
+        ".h5": "h5",
+        ".hdf5": "h5",
+        ".tflite": "tflite",
+        ".onnx": "onnx",
+    }
     if suffix not in formats:
         raise ModelLoadError(
-            f"model: {path}: unsupported file type '{suffix}'; use .keras, .h5, a SavedModel folder or a float .tflite"
+            f"model: {path}: unsupported file type '{suffix}'; use .keras, .h5, a SavedModel folder, .onnx or a float "
+            ".tflite"
         )
     return formats[suffix]
 
@@ -79,7 +86,9 @@ def load_model(path: Path, custom_objects: Iterable[str] = (), cache: bool = Fal
     """
     fmt = detect_format(path)
     custom_objects = tuple(custom_objects)
-    key = model_cache.source_key(path, custom_objects) if cache and fmt != "tflite" else None
+    salt = load_onnx.cache_salt(path) if fmt == "onnx" else ()  # None: an ONNX model with external data
+    cache = cache and salt is not None
+    key = model_cache.source_key(path, (*custom_objects, *(salt or ()))) if cache and fmt != "tflite" else None
     cached = model_cache.load(key) if key else None
     if fmt == "tflite":
         content, loader = _read_float_tflite(path), "file"
@@ -87,7 +96,9 @@ def load_model(path: Path, custom_objects: Iterable[str] = (), cache: bool = Fal
         content, loader = cached[0], f"{cached[1]['loader']}, from the float model cache"
     else:
         objects = _import_custom_objects(custom_objects)
-        if fmt == "saved_model":
+        if fmt == "onnx":
+            content, loader = load_onnx.load_onnx(path)
+        elif fmt == "saved_model":
             content, loader = _saved_model_to_tflite(path), "tf.lite.TFLiteConverter.from_saved_model"
         else:
             model, loader = _load_keras(path, fmt, objects)

@@ -17,19 +17,16 @@ to the TFLite path (tests/integration/test_rknn.py runs the toolkit and its simu
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import venv_setup
 from .calib_cache import cache_dir
-from .errors import ConverterError, UserInputError
+from .errors import UserInputError
+from .venv_setup import PROBE_TIMEOUT_S, Provisioned, ToolkitVenv, VenvSetupError, venv_python
+
+__all__ = ["LOCK", "Provisioned", "RknnSetupError", "installed", "provision", "venv_dir", "venv_python"]
 
 TOOLKIT = "rknn-toolkit2==2.5.0"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -37,8 +34,6 @@ PYTHON_VERSION = (3, 11)  # the lock's wheels (scipy 1.17, the toolkit's cp311 b
 MARKER = "edgeconv-rknn.json"
 PARTIAL = ".edgeconv-rknn-setup"  # written first: a folder holding it is one of ours, safe to rebuild
 WORKER = Path(__file__).resolve().parent / "targets" / "rknn_worker.py"
-PIP_TIMEOUT_S = 1800
-PROBE_TIMEOUT_S = 300
 
 # Everything the toolkit imports on its TFLite path, pinned (pip freeze of a working environment,
 # Linux x86_64, CPython 3.11). tensorflow-cpu is TensorFlow without the CUDA wheels.
@@ -106,23 +101,26 @@ LOCK = (
 )
 
 
-class RknnSetupError(ConverterError):
+class RknnSetupError(VenvSetupError):
     """Building the RKNN virtualenv failed (pip or the import check); the message says which step."""
 
 
-@dataclass(frozen=True)
-class Provisioned:
-    """A ready RKNN virtualenv and what setting it up cost."""
-
-    venv: Path
-    toolkit: str
-    created: bool
-    seconds: float
-    bytes: int
+SPEC = ToolkitVenv(
+    command="rknn",
+    toolkit=TOOLKIT,
+    kind="an RKNN virtualenv",
+    lock=LOCK,
+    marker=MARKER,
+    partial=PARTIAL,
+    worker=WORKER,
+    answer_key="toolkit",
+    python_version=PYTHON_VERSION,
+    error=RknnSetupError,
+)
 
 
 def lock_digest() -> str:
-    return hashlib.sha256("\n".join(LOCK).encode()).hexdigest()[:12]
+    return SPEC.digest()
 
 
 def venv_dir() -> Path:
@@ -133,19 +131,9 @@ def venv_dir() -> Path:
     return cache_dir() / "rknn" / f"toolkit2-{TOOLKIT.split('==')[1]}-{lock_digest()}"
 
 
-def venv_python(venv: Path) -> Path:
-    return venv / "bin" / "python"
-
-
 def installed(venv: Path | None = None) -> Path | None:
     """The RKNN virtualenv's Python when ``edgeconv setup rknn`` finished there for this lock, else None."""
-    venv = venv or venv_dir()
-    try:
-        marker = json.loads((venv / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    python = venv_python(venv)
-    return python if marker.get("lock") == lock_digest() and python.exists() else None
+    return venv_setup.installed(SPEC, venv or venv_dir())
 
 
 def not_installed_error(what: str) -> UserInputError:
@@ -157,107 +145,15 @@ def not_installed_error(what: str) -> UserInputError:
     )
 
 
-def _python_for_venv(python: str | None) -> str:
-    """A CPython 3.11 to base the virtualenv on: ``--python``, this interpreter, or python3.11 on PATH."""
-    candidates = [python] if python else [sys.executable, shutil.which("python3.11")]
-    for candidate in candidates:
-        if not candidate:
-            continue
-        try:
-            done = subprocess.run(
-                [candidate, "-c", "import sys; print(sys.version_info[:2] == (3, 11))"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-        except OSError:
-            continue
-        if done.stdout.strip() == "True":
-            return candidate
-    raise UserInputError(
-        f"--python: rknn-toolkit2's pinned set needs CPython {PYTHON_VERSION[0]}.{PYTHON_VERSION[1]}, and "
-        f"{python or 'neither this Python nor python3.11 on PATH'} is not one; install Python 3.11 and pass "
-        "its path with --python"
-    )
-
-
-def _run(command: list[str], step: str, timeout_s: float, hint: str = "") -> None:
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired as e:
-        raise RknnSetupError(f"setup rknn: {step} did not finish within {timeout_s:g} s") from e
-    if done.returncode != 0:
-        tail = " ".join(
-            line.strip() for line in (done.stderr or done.stdout).splitlines()[-6:] if "is ignored" not in line
-        )
-        raise RknnSetupError(f"setup rknn: {step} failed (exit {done.returncode}): {tail or 'no message'}{hint}")
-
-
 def probe(python: Path, timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
     """Run the worker's probe in the virtualenv: the toolkit imports, and its version."""
-    try:
-        done = subprocess.run(
-            [str(python), "-I", str(WORKER)],
-            input=json.dumps({"probe": True}),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as e:
-        raise RknnSetupError(f"setup rknn: importing rknn-toolkit2 took more than {timeout_s:g} s") from e
-    lines = done.stdout.strip().splitlines()
-    answer: dict[str, Any] = json.loads(lines[-1]) if done.returncode == 0 and lines else {}
-    if not answer.get("ok"):
-        tail = " ".join(done.stderr.strip().splitlines()[-3:])
-        raise RknnSetupError(f"setup rknn: rknn-toolkit2 does not import in {python} (exit {done.returncode}): {tail}")
-    return answer
-
-
-def _ours_or_empty(folder: Path) -> bool:
-    if not folder.is_dir():
-        return False
-    return (folder / MARKER).is_file() or (folder / PARTIAL).is_file() or not any(folder.iterdir())
-
-
-def _size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    return venv_setup.probe(SPEC, python, timeout_s)
 
 
 def provision(
     venv: Path | None = None, python: str | None = None, torch_index_url: str | None = None, force: bool = False
 ) -> Provisioned:
     """Create the RKNN virtualenv unless it is ready (idempotent); checked before it counts as installed."""
-    venv = venv or venv_dir()
-    start = time.perf_counter()
-    ready = installed(venv)
-    if ready is not None and not force:
-        answer = probe(ready)
-        return Provisioned(venv, answer["toolkit"], False, time.perf_counter() - start, _size(venv))
-    base = _python_for_venv(python)
-    # Built in place (a virtualenv's scripts name its folder); the marker, written last after the import
-    # check, is what makes it count as installed, so an interrupted setup is redone from scratch. Only a
-    # folder this command made (either marker) or an empty one is ever removed: --venv may name anything.
-    if venv.exists() and not _ours_or_empty(venv):
-        raise UserInputError(
-            f"--venv: {venv} exists and is not an RKNN virtualenv made by edgeconv setup rknn; "
-            "name a new or empty folder (nothing in this one was touched)"
-        )
-    shutil.rmtree(venv, ignore_errors=True)
-    venv.mkdir(parents=True)
-    (venv / PARTIAL).write_text("made by edgeconv setup rknn\n")
-    try:
-        _run([base, "-m", "venv", str(venv)], "creating the virtualenv", 300)
-        pip = [str(venv_python(venv)), "-m", "pip", "--disable-pip-version-check", "install", "--no-deps", "-q"]
-        if torch_index_url:
-            pip += ["--extra-index-url", torch_index_url]
-        hint = "" if torch_index_url else f"; torch's CPU wheel comes from --torch-index-url {TORCH_CPU_INDEX}"
-        _run([*pip, *LOCK], "pip install of the pinned packages", PIP_TIMEOUT_S, hint)
-        answer = probe(venv_python(venv))
-        marker = {"lock": lock_digest(), "packages": list(LOCK), "toolkit": answer["toolkit"]}
-        (venv / MARKER).write_text(json.dumps(marker, indent=1))
-    except BaseException:
-        shutil.rmtree(venv, ignore_errors=True)
-        raise
-    return Provisioned(venv, answer["toolkit"], True, time.perf_counter() - start, _size(venv))
+    pip_args = ("--extra-index-url", torch_index_url) if torch_index_url else ()
+    hint = "" if torch_index_url else f"; torch's CPU wheel comes from --torch-index-url {TORCH_CPU_INDEX}"
+    return venv_setup.provision(SPEC, venv or venv_dir(), python, pip_args, hint, force)

@@ -64,9 +64,9 @@ def test_keras_safe_mode_refuses_lambda(tmp_path: Path) -> None:
 def test_format_detection_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="model: not found"):
         detect_format(tmp_path / "x.keras")
-    (tmp_path / "m.onnx").write_bytes(b"x")
-    with pytest.raises(ModelLoadError, match="unsupported file type '.onnx'"):
-        detect_format(tmp_path / "m.onnx")
+    (tmp_path / "m.mlmodel").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="unsupported file type '.mlmodel'"):
+        detect_format(tmp_path / "m.mlmodel")
     (tmp_path / "folder").mkdir()
     with pytest.raises(ModelLoadError, match="folder without saved_model.pb"):
         detect_format(tmp_path / "folder")

@@ -1,0 +1,119 @@
+"""ONNX sources: onnx2tf, in its own virtualenv as a child process, makes the float .tflite reference.
+
+Nothing of the ONNX file is parsed or run in edgeconv's process: the worker (``onnx_worker.py``, run
+by the virtualenv ``edgeconv setup onnx`` makes) reads it, refuses external data outside the model's
+folder and custom operators, and runs onnx2tf in a private temporary folder, with JSON in and out and
+a timeout. Its crash (a signal, a hang, onnx2tf's ``sys.exit``) is a ``ConversionError`` naming the
+step; a model the worker refuses is a ``ModelLoadError`` (exit 2). The traps of onnx2tf it handles
+are listed in ``onnx_worker``'s docstring.
+
+Layout: onnx2tf writes image inputs channel-last (NCHW [1, 3, 32, 32] becomes NHWC [1, 32, 32, 3]),
+which TFLite kernels and NPUs want; 3-D inputs keep their ONNX shape. The loader line says, per input,
+which it was. Checked with onnx2tf 1.29.24; ``tests/integration/test_onnx.py`` runs it for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import onnx_setup
+from .errors import ConversionError, ModelLoadError
+from .runtime.model import TFLiteModel
+
+TIMEOUT_S = 900.0
+EXTERNAL_DATA_MARK = b"location"  # the key of an external-data entry; absent, the file holds every tensor
+
+
+def cache_salt(path: Path) -> tuple[str, ...] | None:
+    """What else the float model depends on (onnx2tf's lock), or None when it must not be cached.
+
+    A model whose tensors may live in external files is never cached: the cache key hashes the .onnx
+    file only, and a changed data file would give a stale model. Without the mark it holds them all.
+    """
+    if EXTERNAL_DATA_MARK in path.read_bytes():
+        return None
+    return (onnx_setup.TOOLKIT, onnx_setup.SPEC.digest())
+
+
+def _last_words(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return " | ".join(lines[-3:]) or "no message"
+
+
+def run_worker(python: Path, request: dict[str, Any], timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
+    """One worker run; a crash, a hang or a failure of onnx2tf is a ``ConversionError`` that says which."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    try:
+        done = subprocess.run(
+            [str(python), "-I", str(onnx_setup.WORKER)],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            env=env,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise ConversionError(f"onnx2tf did not finish within {timeout_s:g} s converting the model") from e
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        raise ConversionError(
+            f"onnx2tf crashed ({name}) converting the model; its last words: {_last_words(done.stderr)}"
+        )
+    lines = done.stdout.strip().splitlines()
+    try:
+        answer: dict[str, Any] = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        answer = {}
+    if done.returncode != 0 or "ok" not in answer:
+        raise ConversionError(
+            f"the onnx2tf worker exited with {done.returncode} and no answer; its last words: "
+            f"{_last_words(done.stderr)}"
+        )
+    return answer
+
+
+def _describe_inputs(inputs: list[dict[str, Any]], model: TFLiteModel) -> str:
+    """Per input, its ONNX shape and the float model's, and the layout change onnx2tf made."""
+    parts = []
+    for spec, info in zip(inputs, model.inputs, strict=False):
+        onnx_shape, shape = spec["onnx_shape"], list(info.shape)
+        batch_one = [1, *onnx_shape[1:]]
+        if len(batch_one) == 4 and shape == [batch_one[0], batch_one[2], batch_one[3], batch_one[1]] != batch_one:
+            parts.append(f"'{spec['name']}' NCHW {batch_one} taken as NHWC {shape}")
+        elif shape == batch_one:
+            parts.append(f"'{spec['name']}' {shape} as in the ONNX model")
+        else:
+            parts.append(f"'{spec['name']}' ONNX {onnx_shape} taken as {shape}")
+    return "; ".join(parts)
+
+
+def load_onnx(path: Path, timeout_s: float = TIMEOUT_S) -> tuple[bytes, str]:
+    """The float .tflite of an ONNX model and the loader line that says how it was made."""
+    python = onnx_setup.installed()
+    if python is None:
+        raise onnx_setup.not_installed_error(f"model: {path}")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgeconv-onnx-") as tmp:
+        work, out = Path(tmp) / "work", Path(tmp) / "model.tflite"
+        work.mkdir()
+        request = {"onnx": str(path.resolve()), "work": str(work), "out": str(out)}
+        answer = run_worker(python, request, timeout_s)
+        if not answer["ok"]:
+            if answer.get("user"):
+                raise ModelLoadError(f"model: {path}: {answer['error']}")
+            raise ConversionError(f"onnx2tf could not convert {path}: {answer['error']}")
+        content = out.read_bytes()
+    try:
+        model = TFLiteModel(model_content=content)
+    except Exception as e:  # noqa: BLE001 - the interpreter raises bare RuntimeError/ValueError
+        raise ConversionError(f"onnx2tf wrote a .tflite for {path} that the TFLite interpreter cannot open: {e}") from e
+    loader = f"onnx2tf {answer['onnx2tf']} in its own virtualenv ({time.perf_counter() - start:.1f} s; inputs: "
+    return content, loader + _describe_inputs(answer["inputs"], model) + ")"

@@ -1,0 +1,354 @@
+"""ONNX sources: the real onnx2tf 1.29.24 in the virtualenv ``edgeconv setup onnx`` makes, fed models exported
+from PyTorch with ``torch.onnx.export`` (opset 17).
+
+The virtualenv is looked for at ``$EDGECONV_ONNX_VENV``, else ~/.cache/edgeconv-tests/onnx-venv; when it is
+absent the tests that need it skip with the setup command, unless EDGECONV_REQUIRE_ONNX=1 (CI), where they fail.
+Every conversion runs with HTTP(S)_PROXY pointing at a closed port, so onnx2tf's download of calibration images
+(every input 4-D with 3 channels) would fail: the CNN converting proves the worker's pre-made file prevents it.
+
+Measured (2026-11-28): float outputs within 1e-6 of PyTorch for the CNN, the 3-D sequence model and the LSTM;
+the trained CNN converts full-integer with top-1 equal to float on 100 test samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from converter import onnx_setup
+from converter.cli import main
+from converter.errors import ConversionError, ModelLoadError
+from converter.inspect_model import float_ops, list_ops
+from converter.load import load_model
+from converter.load_onnx import run_worker
+from converter.runtime.model import TFLiteModel
+from tests.conftest import ROOT, assert_accuracy_drop_below, tiny_data
+
+TOLERANCE = 1e-4  # float .tflite against PyTorch (measured: below 1e-6)
+DEAD_PROXY = "http://127.0.0.1:9"  # nothing listens: any download onnx2tf tries fails at once
+
+
+def _venv() -> Path:
+    return Path(os.environ.get("EDGECONV_ONNX_VENV") or Path.home() / ".cache" / "edgeconv-tests" / "onnx-venv")
+
+
+@pytest.fixture(scope="session")
+def onnx_venv() -> Path:
+    venv = _venv()
+    if onnx_setup.installed(venv) is None:
+        message = f"the ONNX virtualenv is not set up at {venv}: run `python -m converter setup onnx --venv {venv}`"
+        if os.environ.get("EDGECONV_REQUIRE_ONNX") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return venv
+
+
+@pytest.fixture
+def onnx_env(onnx_venv: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("EDGECONV_ONNX_VENV", str(onnx_venv))
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.setenv(name, DEAD_PROXY)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    yield onnx_venv
+
+
+def _torch_models() -> dict[str, tuple[Any, tuple[int, ...]]]:
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+
+    class Cnn(nn.Module):  # 4-D input with 3 channels: onnx2tf's download trap
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, stride=2, padding=1)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x: Any) -> Any:
+            return self.fc(torch.relu(self.c2(torch.relu(self.c1(x / 255.0)))).mean((2, 3)))
+
+    class Sequence(nn.Module):  # 3-D input [1, 12, 8]: onnx2tf's transpose trap
+        def __init__(self) -> None:
+            super().__init__()
+            self.step, self.fc = nn.Linear(8, 16), nn.Linear(16 * 12, 3)
+
+        def forward(self, x: Any) -> Any:
+            return self.fc(torch.relu(self.step(x)).flatten(1))
+
+    class Lstm(nn.Module):  # onnx2tf's WHILE-loop trap
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm, self.fc = nn.LSTM(8, 16, batch_first=True), nn.Linear(16, 3)
+
+        def forward(self, x: Any) -> Any:
+            y, _ = self.lstm(x)
+            return self.fc(y[:, -1])
+
+    return {
+        "cnn": (Cnn().eval(), (1, 3, 12, 12)),
+        "seq": (Sequence().eval(), (1, 12, 8)),
+        "lstm": (Lstm().eval(), (1, 12, 8)),
+    }
+
+
+def _export(module: Any, shape: tuple[int, ...], path: Path) -> None:
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            module,
+            (torch.zeros(shape),),
+            str(path),
+            opset_version=17,
+            dynamo=False,
+            input_names=["x"],
+            output_names=["y"],
+        )
+
+
+@pytest.fixture(scope="session")
+def onnx_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, Path]]:
+    folder = tmp_path_factory.mktemp("onnx")
+    models = {}
+    for name, (module, shape) in _torch_models().items():
+        _export(module, shape, folder / f"{name}.onnx")
+        models[name] = (module, folder / f"{name}.onnx")
+    return models
+
+
+def _run_tflite(model: TFLiteModel, x: np.ndarray) -> np.ndarray:
+    info = model.inputs[0]
+    model.interpreter.set_tensor(info.index, x.astype(np.float32))
+    model.interpreter.invoke()
+    return np.asarray(model.interpreter.get_tensor(model.outputs[0].index))
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "loader"),
+    [
+        ("cnn", (1, 12, 12, 3), "'x' NCHW [1, 3, 12, 12] taken as NHWC [1, 12, 12, 3]"),
+        ("seq", (1, 12, 8), "'x' [1, 12, 8] as in the ONNX model"),
+        ("lstm", (1, 12, 8), "'x' [1, 12, 8] as in the ONNX model"),
+    ],
+)
+def test_float_model_matches_pytorch(
+    onnx_env: Path, onnx_models: dict[str, tuple[Any, Path]], name: str, shape: tuple[int, ...], loader: str
+) -> None:
+    import torch
+
+    module, path = onnx_models[name]
+    before = path.read_bytes()
+    loaded = load_model(path)
+    assert loaded.format == "onnx" and loaded.input_shape == shape
+    assert loaded.loader.startswith("onnx2tf 1.29.24 in its own virtualenv (") and loader in loaded.loader
+    assert path.read_bytes() == before  # onnxsim rewrites its input file: it got a copy
+    ops = {op.name for op in list_ops(loaded.float_tflite)}
+    assert "WHILE" not in ops and "TRANSPOSE" not in ops, ops
+    model = TFLiteModel(model_content=loaded.float_tflite)
+    rng = np.random.default_rng(1)
+    torch_shape = (1, 3, 12, 12) if name == "cnn" else shape
+    for _ in range(5):
+        x = rng.uniform(0, 255 if name == "cnn" else 1, size=torch_shape).astype(np.float32)
+        with torch.no_grad():
+            expected = module(torch.from_numpy(x)).numpy()
+        ours = _run_tflite(model, x.transpose(0, 2, 3, 1) if name == "cnn" else x)
+        assert np.abs(ours - expected).max() <= TOLERANCE
+
+
+def test_worker_uses_its_own_onnxsim_and_answers_the_inputs(
+    onnx_env: Path, onnx_models: dict[str, tuple[Any, Path]], tmp_path: Path
+) -> None:
+    (tmp_path / "work").mkdir()
+    request = {"onnx": str(onnx_models["seq"][1]), "work": str(tmp_path / "work"), "out": str(tmp_path / "m.tflite")}
+    answer = run_worker(onnx_setup.installed(onnx_env) or Path("missing"), request)
+    assert answer["ok"] is True, answer
+    assert answer["onnxsim"] == str(onnx_env / "bin" / "onnxsim")
+    assert answer["inputs"] == [{"name": "x", "onnx_shape": [1, 12, 8], "kept": True}]
+    assert (tmp_path / "work" / "calibration_image_sample_data_20x128x128x3_float32.npy").is_file()
+
+
+def test_trained_cnn_converts_full_integer(onnx_env: Path, tmp_path: Path, write_recipe: Callable[..., Path]) -> None:
+    """A CNN trained in PyTorch on the tiny data (NHWC uint8 images, stored as the float model takes them)."""
+    import torch
+
+    module, _ = _torch_models()["cnn"]
+    x, y = tiny_data()
+    xt, yt = torch.from_numpy(x[:300].transpose(0, 3, 1, 2).astype(np.float32)), torch.from_numpy(y[:300])
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.01)
+    module.train()
+    for _ in range(60):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(module(xt), yt).backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+    module.eval()
+    _export(module, (1, 3, 12, 12), tmp_path / "cnn.onnx")
+    np.savez(tmp_path / "train.npz", x=x[:300], y=y[:300])
+    np.savez(tmp_path / "test.npz", x=x[300:], y=y[300:])
+    recipe = {
+        "version": 1,
+        "name": "onnx-cnn",
+        "model": str(tmp_path / "cnn.onnx"),
+        "data": {
+            "calibration": {"path": str(tmp_path / "train.npz"), "samples": 100},
+            "evaluation": {"path": str(tmp_path / "test.npz")},
+        },
+        "benchmark": {"warmup": 1, "runs": 5, "min_seconds": 0.0},
+    }
+    out = tmp_path / "o"
+    result = CliRunner().invoke(main, ["convert", "--recipe", str(write_recipe(recipe)), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["format"] == "onnx"
+    assert "NCHW [1, 3, 12, 12] taken as NHWC [1, 12, 12, 3]" in report["model"]["loader"]
+    int8 = (out / report["artifacts"]["int8"]["path"]).read_bytes()
+    assert float_ops(int8) == []
+    assert report["accuracy"]["float"] >= 0.9, report["accuracy"]
+    assert_accuracy_drop_below(report, 1.0)
+    assert report["accuracy"]["agreement"] >= 0.97
+
+
+def _onnx_with_external_tensor(folder: Path, location: str) -> Path:
+    """A one-Add model whose constant keeps its data in an external file at ``location``."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4], [0.0] * 4)
+    weight.ClearField("float_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "16")):
+        weight.external_data.add(key=key, value=value)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [weight],
+    )
+    path = folder / "ext.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_external_data_outside_the_models_folder_is_refused(onnx_env: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 16)
+    (folder / "link.bin").symlink_to(tmp_path / "secret.bin")
+    plain = "which is not a plain relative path inside the model's folder; external data may only name files"
+    for location, expected in [
+        ("/etc/passwd", f"tensor 'w' keeps its data in external file '/etc/passwd', {plain}"),
+        ("../secret.bin", f"tensor 'w' keeps its data in external file '../secret.bin', {plain}"),
+        (
+            "link.bin",
+            f"tensor 'w' keeps its data in external file 'link.bin', which resolves to {tmp_path / 'secret.bin'}, "
+            f"outside the model's folder {folder}",
+        ),
+    ]:
+        path = _onnx_with_external_tensor(folder, location)
+        with pytest.raises(ModelLoadError) as info:
+            load_model(path, cache=True)
+        assert str(info.value).startswith(f"model: {path}: {expected}")
+    (folder / "w.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    loaded = load_model(_onnx_with_external_tensor(folder, "w.bin"))  # inside the folder: read
+    model = TFLiteModel(model_content=loaded.float_tflite)
+    assert _run_tflite(model, np.ones((1, 4), np.float32)).tolist() == [[1.0, 2.0, 3.0, 4.0]]
+
+
+def test_custom_operators_are_refused(onnx_env: Path, tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Swish", ["x"], ["y"], domain="com.example")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(tmp_path / "custom.onnx"))
+    with pytest.raises(ModelLoadError) as info:
+        load_model(tmp_path / "custom.onnx")
+    assert str(info.value) == (
+        f"model: {tmp_path / 'custom.onnx'}: custom operators com.example::Swish are not standard ONNX and onnx2tf "
+        "cannot convert them; export the model with standard ONNX operators only"
+    )
+
+
+def test_a_hung_worker_is_a_conversion_error(
+    onnx_env: Path, onnx_models: dict[str, tuple[Any, Path]], tmp_path: Path
+) -> None:
+    """A valid request that cannot finish in time (starting TensorFlow alone takes seconds) is stopped and named."""
+    request = {"onnx": str(onnx_models["seq"][1]), "work": str(tmp_path), "out": str(tmp_path / "m.tflite")}
+    with pytest.raises(ConversionError, match=r"^onnx2tf did not finish within 0.5 s converting the model$"):
+        run_worker(onnx_setup.installed(onnx_env) or Path("missing"), request, timeout_s=0.5)
+
+
+def test_without_the_onnx_virtualenv_convert_stops_before_any_work(
+    tmp_path: Path, write_recipe: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGECONV_ONNX_VENV", str(tmp_path / "nothing-here"))
+    (tmp_path / "net.onnx").write_bytes(b"not read before the check")
+    np.savez(tmp_path / "x.npz", x=np.zeros((4, 3), np.float32))
+    recipe = {
+        "version": 1,
+        "name": "n",
+        "model": str(tmp_path / "net.onnx"),
+        "data": {"calibration": {"path": "x.npz"}},
+    }
+    path = write_recipe(recipe)
+    result = CliRunner().invoke(main, ["convert", "--recipe", str(path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"error: {path}: model: {tmp_path / 'net.onnx'} is an ONNX model, converted by onnx2tf, which runs in a "
+        f"virtualenv of its own that is not set up at {tmp_path / 'nothing-here'}; run `edgeconv setup onnx` once "
+        "(about 2 minutes and 2.6 GB; see the README's ONNX section)"
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_setup_never_removes_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    folder = tmp_path / "precious"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("years of work")
+    done = subprocess.run(
+        [sys.executable, "-m", "converter", "setup", "onnx", "--venv", str(folder)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"error: --venv: {folder} exists and is not an ONNX (onnx2tf) virtualenv made by edgeconv setup onnx; "
+        "name a new or empty folder (nothing in this one was touched)"
+    )
+    assert (folder / "thesis.tex").read_text() == "years of work" and len(list(folder.iterdir())) == 1
+
+
+def test_setup_is_idempotent(onnx_venv: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "converter", "setup", "onnx", "--venv", str(onnx_venv)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"onnx2tf 1.29.24 already set up in {onnx_venv} (2.6 GB, ")
