@@ -69,7 +69,7 @@ def recipe_for(name: str, work: Path) -> tuple[Path, list[str]] | None:
         link = work / MOBILENET224.name
         if not link.exists():
             link.symlink_to(MOBILENET224)
-        return mobilenet224_recipe(work), []  # finds the model in work: trains nothing
+        return mobilenet224_recipe(work, work), []  # finds the model in work: trains nothing
     raise SystemExit(f"unknown model {name!r}")
 
 
@@ -170,7 +170,7 @@ def compare_params(ours: bytes, aeq: bytes) -> dict[str, Any]:
         sa, sb = a[n][0], b[n][0]
         rel = abs(sa[0] - sb[0]) / sa[0] if sa and sb and sa[0] else None
         differ.append({"name": n, "ours": list(a[n]), "aeq": list(b[n]), "scale_rel_diff": rel})
-    differ.sort(key=lambda d: -(d["scale_rel_diff"] or 0))
+    differ.sort(key=lambda d: -float(d["scale_rel_diff"] or 0))  # type: ignore[arg-type]
     return {
         "activations_ours": len(a),
         "activations_aeq": len(b),

@@ -103,8 +103,7 @@ def test_matrix_lists_one_job_per_recipe_and_target_group(zoo: Path) -> None:
             "extras": "convert",
             "setup": "",
             "ssh": False,
-            "command": "edgeconv convert --recipe recipes/tiny.yaml --out build/tiny-litert --set "
-            "'targets=[\"host\"]'",
+            "command": "edgeconv convert --recipe recipes/tiny.yaml --out build/tiny-litert --set 'targets=[\"host\"]'",
         },
         {
             "job": "tiny-tflm",
@@ -119,7 +118,7 @@ def test_matrix_lists_one_job_per_recipe_and_target_group(zoo: Path) -> None:
             "setup": "",
             "ssh": False,
             "command": "edgeconv convert --recipe recipes/tiny.yaml --out build/tiny-tflm --set "
-            "'targets=[{\"device\":\"stm32h7\",\"budgets\":{\"arena_bytes\":1000}}]'",
+            '\'targets=[{"device":"stm32h7","budgets":{"arena_bytes":1000}}]\'',
         },
     ]
     for job, key in zip(jobs, keys, strict=True):
@@ -258,12 +257,30 @@ def test_report_merge_summary_junit_index_and_step_summary(built: Path) -> None:
         "",
         "| recipe | job | target | int8 bytes | accuracy | latency p50 | gates | vs baseline |",
         "|---|---|---|---|---|---|---|---|",
-        _row(small, "small-litert", "host", ms_text(small["latency"]["host"]["int8"]["p50_ms"]),
-             "✅ 1 passed, 0 skipped", "—"),  # fmt: skip
-        _row(tiny, "tiny-litert", "host", ms_text(tiny["latency"]["host"]["int8"]["p50_ms"]),
-             "✅ 1 passed, 0 skipped", change),  # fmt: skip
-        _row(tflm, "tiny-tflm", "stm32h7", f"{ms_text(estimate)} (estimate)",
-             "❌ 1 failed (arena_bytes), 1 passed, 0 skipped", "—"),  # fmt: skip
+        _row(
+            small,
+            "small-litert",
+            "host",
+            ms_text(small["latency"]["host"]["int8"]["p50_ms"]),
+            "✅ 1 passed, 0 skipped",
+            "—",
+        ),  # fmt: skip
+        _row(
+            tiny,
+            "tiny-litert",
+            "host",
+            ms_text(tiny["latency"]["host"]["int8"]["p50_ms"]),
+            "✅ 1 passed, 0 skipped",
+            change,
+        ),  # fmt: skip
+        _row(
+            tflm,
+            "tiny-tflm",
+            "stm32h7",
+            f"{ms_text(estimate)} (estimate)",
+            "❌ 1 failed (arena_bytes), 1 passed, 0 skipped",
+            "—",
+        ),  # fmt: skip
         "",
         "### Failed gates",
         "",
