@@ -84,7 +84,7 @@ def deploy_recipe(
         check_preprocess(recipe.preprocess(), inputs, str(recipe.source))
         _, ds = read_samples(
             src.path, inputs, recipe.preprocess(), where=f"{recipe.source}: data.evaluation", samples=src.samples,
-            seed=src.seed,
+            seed=src.seed, layout=recipe.input.layout, reshape=recipe.input.reshape,
         )  # fmt: skip
         eval_data = (ds.x, ds.y)  # raw: the runtime on the device preprocesses
     prep = recipe.preprocess()
