@@ -157,6 +157,9 @@ def load_model(
         content, loader = _CONVERTERS[fmt](path, fmt, custom_objects, layout)
         if key:
             model_cache.save(key, content, fmt, loader)
+    content, dropped = load_torch.drop_metadata(content, load_torch.DROPPED_METADATA)
+    if dropped:
+        loader += f"; metadata {', '.join(d.decode() for d in dropped)} removed (it keeps conv/dense float)"
     content, rewritten = rewrite_neg(content)
     if rewritten:
         loader += f"; {rewritten} NEG op{'s' if rewritten > 1 else ''} rewritten as MUL by -1 (NEG has no int8 kernel)"

@@ -5,9 +5,10 @@ runs in a child process (``torch_worker``) after ``pt2_guard`` has inspected the
 crash of its native converter nor anything in the file reaches edgeconv's process; a crash is a
 ``ConversionError`` that names the step. One of its habits is undone here: it writes a metadata entry
 ``keep_stablehlo_constant``, with which TensorFlow's quantizer (``mlir_quantize``) keeps CONV_2D and
-FULLY_CONNECTED float between DEQUANTIZE/QUANTIZE ops; edgeconv's output is full-integer, so the entry
-is removed from the float model (``tests/integration/test_torch_source.py`` checks the int8 model has
-no float op). A pickled ``.pt``/``.pth`` file is never loaded (``refused_pickle``).
+FULLY_CONNECTED float between DEQUANTIZE/QUANTIZE ops; edgeconv's output is full-integer, so
+``load.load_model`` removes the entry from every float model, also a .tflite that litert-torch wrote
+(``tests/integration/test_torch_source.py`` checks the int8 models have no float op). A pickled
+``.pt``/``.pth`` file is never loaded (``refused_pickle``).
 """
 
 from __future__ import annotations
@@ -87,18 +88,9 @@ def torch_to_tflite(path: Path, layout: str) -> tuple[bytes, str]:
         if "refused" in result:
             raise ModelLoadError(f"model: {path}: refused: {result['refused']}; {EXPORT_HINT}")
         content = (folder / "float.tflite").read_bytes()
-    content, dropped = drop_metadata(content, DROPPED_METADATA)
     moved = result["channel_last_inputs"] or result["channel_last_outputs"]
-    loader = (
-        f"torch.export.load (torch {result['torch']}) + litert-torch {result['litert_torch']}"
-        + (", channel-last I/O (NHWC)" if moved else "")
-        + (
-            f"; metadata {', '.join(d.decode() for d in dropped)} removed (it keeps conv/dense float)"
-            if dropped
-            else ""
-        )
-    )
-    return content, loader
+    loader = f"torch.export.load (torch {result['torch']}) + litert-torch {result['litert_torch']}"
+    return content, loader + (", channel-last I/O (NHWC)" if moved else "")
 
 
 def _run_worker(job: Path, path: Path) -> dict[str, Any]:
