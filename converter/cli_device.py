@@ -749,7 +749,7 @@ def analyze(**kw: Any) -> None:
         check_preprocess(recipe.preprocess(), inputs, str(recipe.source))
         x, _ = read_samples(
             src.path, inputs, recipe.preprocess(), where=f"{recipe.source}: data.{kind}", samples=kw["samples"],
-            seed=src.seed,
+            seed=src.seed, layout=recipe.input.layout, reshape=recipe.input.reshape,
         )  # fmt: skip
         float_tflite = (out / FLOAT_NAME).read_bytes()
         report_path = out / REPORT_NAME

@@ -14,7 +14,9 @@ and a truncated or mislabelled file says so.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +67,7 @@ class Dataset:
     available: int
     classes: tuple[str, ...] | None = None
     eight_bit: bool = False  # images or uint8 arrays: values 0..255 before preprocessing
+    arranged: str | None = None  # how samples were brought to the model's shape (input.reshape, input.layout)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -465,22 +468,72 @@ def read_samples(
     where: str,
     samples: int | None = None,
     seed: int = 0,
+    layout: str = "nhwc",
+    reshape: tuple[int, ...] | None = None,
 ) -> tuple[np.ndarray, Dataset]:
-    """Preprocessed samples for the model's ``inputs`` (packed for several) and the raw dataset they came from."""
+    """Preprocessed samples for the model's ``inputs`` (packed for several) and the raw dataset they came from.
+
+    ``layout`` and ``reshape`` are the recipe's ``input.layout`` / ``input.reshape``: the returned raw dataset
+    already has the model's sample shape (``arrange``), so a device that preprocesses it sees the same.
+    """
     if len(inputs) > 1:
+        if reshape is not None:
+            raise RecipeError(
+                f"{where.split(': ', 1)[0]}: input.reshape: applies to single-input models, and this model has "
+                f"{len(inputs)} inputs ({', '.join(i.describe() for i in inputs)}); store each input's array in the "
+                "shape the model takes and remove input.reshape"
+            )
         ds = load_inputs(path, inputs, where=where, samples=samples, seed=seed)
         return prepare_inputs(ds, inputs, where), ds
     shape = inputs[0].shape
+    channel_axis = 1 if layout == "nchw" else -1
     ds = load_dataset(
         path,
         where=where,
         samples=samples,
         seed=seed,
-        channels=shape[-1] if len(shape) == 4 else None,
+        channels=shape[channel_axis] if len(shape) == 4 else None,
         image_size=preprocess.resize,
         input_names=tuple(dict.fromkeys((inputs[0].name, inputs[0].tensor))),
     )
+    ds = arrange(ds, shape, layout, reshape, where)
     return prepare(ds, preprocess, shape, where), ds
+
+
+def arrange(ds: Dataset, shape: tuple[int, ...], layout: str, reshape: tuple[int, ...] | None, where: str) -> Dataset:
+    """Samples brought to the model input's ``shape``: ``input.reshape`` first, then the image layout.
+
+    4-D (image) samples stored in the other layout than the model's (``input.layout``) are transposed:
+    PyTorch data is usually [N, C, H, W], image folders and TensorFlow data [N, H, W, C]. Which layout the
+    data has is read from its shape, which matches the model's in one order only (a square image whose
+    side equals its channel count would match both, and is taken as stored in the model's layout).
+    """
+    x, notes = ds.x, []
+    if reshape is not None:
+        have, want_values = int(np.prod(x.shape[1:])), math.prod(reshape)
+        if have != want_values:
+            raise DataError(
+                f"{where}: {ds.source}: samples of shape {list(x.shape[1:])} ({have} values) cannot take the recipe's "
+                f"input.reshape {list(reshape)} ({want_values} values); set input.reshape to the model's sample "
+                f"shape {list(shape[1:])} or another shape of {have} values"
+            )
+        x = x.reshape(len(x), *reshape)
+        notes.append(f"reshaped from {list(ds.x.shape[1:])} to {list(reshape)} (input.reshape)")
+    if len(shape) == 4:
+        want = tuple(shape[1:])
+        channel_axis = 1 if layout == "nchw" else 3
+        if x.ndim == 3 and shape[channel_axis] == 1:  # grayscale without a channel axis
+            x = np.expand_dims(x, channel_axis)
+        other = "nchw" if layout == "nhwc" else "nhwc"
+        stored_other = (want[2], want[0], want[1]) if layout == "nhwc" else (want[1], want[2], want[0])
+        if x.ndim == 4 and tuple(x.shape[1:]) != want and tuple(x.shape[1:]) == stored_other:
+            x = np.ascontiguousarray(x.transpose((0, 2, 3, 1) if layout == "nhwc" else (0, 3, 1, 2)))
+            notes.append(f"stored {other}, transposed to the model's {layout} (input.layout)")
+        elif x.ndim == 4:
+            notes.append(f"stored {layout}, as the model takes it (input.layout)")
+    if x is ds.x and not notes:
+        return ds
+    return dataclasses.replace(ds, x=x, arranged="; ".join(notes) or None)
 
 
 def _refuse_non_finite(a: np.ndarray, what: str) -> None:

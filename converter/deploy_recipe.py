@@ -85,7 +85,7 @@ def _open(recipe: Recipe, out_dir: Path | None) -> _Folder:
         check_preprocess(recipe.preprocess(), inputs, str(recipe.source))
         _, ds = read_samples(
             src.path, inputs, recipe.preprocess(), where=f"{recipe.source}: data.evaluation", samples=src.samples,
-            seed=src.seed,
+            seed=src.seed, layout=recipe.input.layout, reshape=recipe.input.reshape,
         )  # fmt: skip
         eval_data = (ds.x, ds.y)  # raw: the runtime on the device preprocesses
     return _Folder(out, report_path, read, report, eval_data, recipe.preprocess())

@@ -7,7 +7,10 @@ the exactly equal MUL by -1, so the model can go full-integer (``rewrite_neg``).
 runs code from the model file: Keras safe mode is on, Lambda layers in legacy .h5 files
 are refused, custom objects come only from modules the recipe names, and a SavedModel is
 inspected before TensorFlow loads it (``saved_model_guard``: no op of the model's runs unless
-it is provably harmless).
+it is provably harmless). A PyTorch ``torch.export`` archive (.pt2) is inspected before PyTorch reads
+it and converted in a child process (``load_torch``); a pickled ``.pt``/``.pth`` file is refused.
+
+Every source kind is one row of ``SOURCES``: a new format adds a row and its converter in ``_CONVERTERS``.
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ import json
 import logging
 import re
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from . import load_onnx, model_cache
+from . import load_onnx, load_torch, model_cache
 from .data import ModelInput, model_inputs
 from .errors import ModelLoadError
 from .extras import require
@@ -32,7 +35,34 @@ from .unroll import unroll_recurrent
 
 log = logging.getLogger(__name__)
 
-ModelFormat = Literal["keras", "h5", "saved_model", "tflite", "onnx"]
+ModelFormat = Literal["keras", "h5", "saved_model", "tflite", "torch", "onnx"]
+Layout = Literal["nhwc", "nchw"]
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """One kind of model file: how it is recognised and what the user is told it is."""
+
+    format: ModelFormat
+    suffixes: tuple[str, ...]
+    described: str  # as listed in "use ..." hints
+    check_installed: Callable[[Path], None] | None = None  # its extra, checked before any work
+
+
+# The model files edgeconv reads, in the order hints list them (a SavedModel is a folder: see detect_format).
+SOURCES: tuple[SourceKind, ...] = (
+    SourceKind("keras", (".keras",), ".keras"),
+    SourceKind("h5", (".h5", ".hdf5"), ".h5"),
+    SourceKind("saved_model", (), "a SavedModel folder"),
+    SourceKind("tflite", (".tflite",), "a float .tflite"),
+    SourceKind("torch", (".pt2",), "a torch.export archive (.pt2)", load_torch.check_installed),
+    SourceKind("onnx", (".onnx",), ".onnx"),  # its virtualenv is checked with the recipe (pipeline)
+)
+# Files that are never loaded, with the error that says why and what to give instead.
+REFUSED: dict[str, Callable[[Path], ModelLoadError]] = {
+    ".pt": load_torch.refused_pickle,
+    ".pth": load_torch.refused_pickle,
+}
 
 # Tensor types that only a quantized model holds with scales, and the ops that move between them.
 QUANTIZED_DTYPES = ("int8", "uint8", "int16")
@@ -50,6 +80,7 @@ class LoadedModel:
     input_shape: tuple[int, ...]  # the first input's (the only one for most models)
     input_dtype: str
     inputs: tuple[ModelInput, ...] = ()  # every input, in the float model's order
+    layout: Layout | None = None  # of the 4-D (image) inputs: made so for a PyTorch source, declared otherwise
 
 
 def detect_format(path: Path) -> ModelFormat:
@@ -63,52 +94,81 @@ def detect_format(path: Path) -> ModelFormat:
             f"model: {path} is a folder without saved_model.pb; point to a SavedModel folder or a file"
         )
     suffix = path.suffix.lower()
-    formats: dict[str, ModelFormat] = {
-        ".keras": "keras",
-        ".h5": "h5",
-        ".hdf5": "h5",
-        ".tflite": "tflite",
-        ".onnx": "onnx",
-    }
-    if suffix not in formats:
+    if suffix in REFUSED:
+        raise REFUSED[suffix](path)
+    kind = next((k for k in SOURCES if suffix in k.suffixes), None)
+    if kind is None:
+        listed = [k.described for k in SOURCES]
         raise ModelLoadError(
-            f"model: {path}: unsupported file type '{suffix}'; use .keras, .h5, a SavedModel folder, .onnx or a float "
-            ".tflite"
+            f"model: {path}: unsupported file type '{suffix}'; use {', '.join(listed[:-1])} or {listed[-1]}"
         )
-    return formats[suffix]
+    if kind.check_installed is not None:
+        kind.check_installed(path)
+    return kind.format
 
 
-def load_model(path: Path, custom_objects: Iterable[str] = (), cache: bool = False) -> LoadedModel:
+def _keras_source(path: Path, fmt: ModelFormat, custom_objects: tuple[str, ...], layout: Layout) -> tuple[bytes, str]:
+    model, loader = _load_keras(path, fmt, _import_custom_objects(custom_objects))
+    model, unrolled = unroll_recurrent(model, path)
+    return _keras_to_tflite(model, path), loader + unrolled
+
+
+def _saved_model_source(
+    path: Path, fmt: ModelFormat, custom_objects: tuple[str, ...], layout: Layout
+) -> tuple[bytes, str]:
+    _import_custom_objects(custom_objects)
+    return _saved_model_to_tflite(path), "tf.lite.TFLiteConverter.from_saved_model"
+
+
+def _onnx_source(path: Path, fmt: ModelFormat, custom_objects: tuple[str, ...], layout: Layout) -> tuple[bytes, str]:
+    return load_onnx.load_onnx(path)
+
+
+def _torch_source(path: Path, fmt: ModelFormat, custom_objects: tuple[str, ...], layout: Layout) -> tuple[bytes, str]:
+    return load_torch.torch_to_tflite(path, layout)
+
+
+# Each converted format's route to the float .tflite: (path, format, custom objects, layout) -> (bytes, loader).
+_CONVERTERS: dict[ModelFormat, Callable[[Path, ModelFormat, tuple[str, ...], Layout], tuple[bytes, str]]] = {
+    "keras": _keras_source,
+    "h5": _keras_source,
+    "saved_model": _saved_model_source,
+    "torch": _torch_source,
+    "onnx": _onnx_source,
+}
+# What besides the source's bytes decides a converted float model (part of its cache key).
+_CACHE_FACTS: dict[ModelFormat, Callable[[Layout], tuple[str, ...]]] = {"torch": load_torch.cache_facts}
+
+
+def load_model(
+    path: Path, custom_objects: Iterable[str] = (), cache: bool = False, layout: Layout = "nhwc"
+) -> LoadedModel:
     """Load ``path`` and produce its float .tflite; every failure is a ``ModelLoadError``.
 
-    With ``cache``, a Keras or SavedModel source converted before (same bytes, same
-    versions) is taken from the float model cache instead of being converted again.
+    With ``cache``, a converted source seen before (same bytes, same versions, same layout) is taken
+    from the float model cache instead of being converted again. ``layout`` is the recipe's
+    ``input.layout``: a PyTorch source is converted with channel-last I/O for nhwc; other sources
+    are taken as they are and the layout only says what their 4-D inputs are.
     """
     fmt = detect_format(path)
     custom_objects = tuple(custom_objects)
+    facts = _CACHE_FACTS[fmt](layout) if fmt in _CACHE_FACTS else ()
     salt = load_onnx.cache_salt(path) if fmt == "onnx" else ()  # None: an ONNX model with external data
     cache = cache and salt is not None
-    key = model_cache.source_key(path, (*custom_objects, *(salt or ()))) if cache and fmt != "tflite" else None
+    key = model_cache.source_key(path, (*custom_objects, *facts, *(salt or ()))) if cache and fmt != "tflite" else None
     cached = model_cache.load(key) if key else None
     if fmt == "tflite":
         content, loader = _read_float_tflite(path), "file"
     elif cached is not None:
         content, loader = cached[0], f"{cached[1]['loader']}, from the float model cache"
     else:
-        objects = _import_custom_objects(custom_objects)
-        if fmt == "onnx":
-            content, loader = load_onnx.load_onnx(path)
-        elif fmt == "saved_model":
-            content, loader = _saved_model_to_tflite(path), "tf.lite.TFLiteConverter.from_saved_model"
-        else:
-            model, loader = _load_keras(path, fmt, objects)
-            model, unrolled = unroll_recurrent(model, path)
-            loader += unrolled
-            content = _keras_to_tflite(model, path)
-            del model
+        content, loader = _CONVERTERS[fmt](path, fmt, custom_objects, layout)
         release_memory()  # the Keras model and TensorFlow's conversion buffers: about 250 MB on MobileNetV2-224
         if key:
             model_cache.save(key, content, fmt, loader)
+    content, dropped = load_torch.drop_metadata(content, load_torch.DROPPED_METADATA)
+    if dropped:
+        loader += f"; metadata {', '.join(d.decode() for d in dropped)} removed (it keeps conv/dense float)"
     content, rewritten = rewrite_neg(content)
     if rewritten:
         loader += f"; {rewritten} NEG op{'s' if rewritten > 1 else ''} rewritten as MUL by -1 (NEG has no int8 kernel)"
@@ -124,7 +184,10 @@ def load_model(path: Path, custom_objects: Iterable[str] = (), cache: bool = Fal
         raise ModelLoadError(f"model: {path}: the TFLite interpreter cannot open it: {e}") from e
     _refuse_loops(content, path, fmt)
     inputs = model_inputs(ref)
-    return LoadedModel(path, fmt, content, loader, inputs[0].shape, inputs[0].dtype, inputs)
+    images = any(len(i.shape) == 4 for i in inputs)
+    return LoadedModel(
+        path, fmt, content, loader, inputs[0].shape, inputs[0].dtype, inputs, layout=layout if images else None
+    )
 
 
 # Control-flow ops: TFLite has no int8 kernel for them, so a model holding one cannot go full-integer.

@@ -137,7 +137,11 @@ def _run(
     quant_cache.COUNTS.update(hits=0, misses=0)
     try:
         model: LoadedModel = _timed(
-            "load", steps, lambda: load_model(recipe.model, recipe.custom_objects, cache=recipe.calibration.cache)
+            "load",
+            steps,
+            lambda: load_model(
+                recipe.model, recipe.custom_objects, cache=recipe.calibration.cache, layout=recipe.input.layout
+            ),
         )
     except ModelLoadError as e:
         raise ModelLoadError(f"{recipe.source}: {e}") from e
@@ -152,7 +156,16 @@ def _run(
     ) -> tuple[np.ndarray, Dataset, np.ndarray | None]:
         src = src or getattr(recipe.data, kind)
         at = at or f"{where}.{kind}"
-        x, ds = read_samples(src.path, model.inputs, prep, where=at, samples=src.samples, seed=src.seed)
+        x, ds = read_samples(
+            src.path,
+            model.inputs,
+            prep,
+            where=at,
+            samples=src.samples,
+            seed=src.seed,
+            layout=recipe.input.layout,
+            reshape=recipe.input.reshape,
+        )
         return x, ds, ds.y
 
     cal_x, cal_ds, _ = _timed("data", steps, lambda: read("calibration"))
@@ -230,6 +243,12 @@ def _run(
     alone = _alone(recipe, report, baseline, chosen, model.float_tflite, layers, analysis_x, steps)
     report["analysis"]["layers"] = [e.to_json() for e in layers]
     report["analysis"]["alone"] = alone.to_json()
+    # Which layout the model's image inputs have, and how the data was brought to the model's shape.
+    report["model"]["layout"] = model.layout
+    report["model"]["data_arranged"] = {
+        "calibration": cal_ds.arranged,
+        "evaluation": eval_ds.arranged if eval_ds is not None else None,
+    }
     report["cache"] = {
         "enabled": recipe.calibration.cache,
         "float_model": "float model cache" in model.loader,

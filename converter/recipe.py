@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +39,36 @@ class InputSpec:
     offset: float = field(
         default=0.0, metadata={"doc": "Added after scaling", "min": -MAX_MAGNITUDE, "max": MAX_MAGNITUDE}
     )
+    layout: Literal["nhwc", "nchw"] = field(
+        default="nhwc",
+        metadata={
+            "doc": "Layout of the model's image (4-D) inputs on the device: nhwc (channel-last, what TFLite kernels, "
+            "MCUs and NPUs want) or nchw. A PyTorch source is converted so; for other sources it says what the "
+            "model takes. Data stored in the other layout is transposed to it"
+        },
+    )
+    reshape: tuple[int, ...] | None = field(
+        default=None,
+        metadata={
+            "doc": "Shape of one sample as the model takes it, for data stored in another shape with the same "
+            "number of values (e.g. [784] for 28x28 images); applied before layout, resize, scale and offset"
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.reshape is not None:
+            if not self.reshape or min(self.reshape) < 1:
+                raise ValueError(
+                    f"reshape: one sample's shape as a list of positive sizes, e.g. [784]; got {list(self.reshape)}"
+                )
+            if math.prod(self.reshape) > MAX_RESIZE * MAX_RESIZE * 4:
+                raise ValueError(f"reshape: {list(self.reshape)} holds more values than a sample can (too large)")
+        if self.resize is not None and self.layout == "nchw":
+            raise ValueError(
+                "resize: works on channel-last images ([N, H, W, C]) and layout is nchw; remove resize and store the "
+                "images at the model's size, or use layout: nhwc (for a PyTorch source edgeconv then converts the "
+                "model with channel-last input)"
+            )
         if self.resize is not None and min(self.resize) < 1:
             raise ValueError(f"resize: sizes must be positive, got {list(self.resize)}")
         if self.resize is not None and max(self.resize) > MAX_RESIZE:

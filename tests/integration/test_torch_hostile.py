@@ -1,0 +1,194 @@
+"""Hostile .pt2 archives: each would run code through torch.export.load / ep.module(); edgeconv refuses them.
+
+Every payload only creates a marker file in the test's folder. The "proof" tests show the payload is real
+(plain PyTorch runs it, in a child process); the refusal tests show edgeconv runs nothing (exit 2, no marker).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from converter.errors import ModelLoadError
+from converter.pt2_guard import check_pt2
+
+MISSING = [m for m in ("torch", "litert_torch") if importlib.util.find_spec(m) is None]
+if MISSING and os.environ.get("EDGECONV_REQUIRE_TORCH") != "1":
+    pytest.skip(f"{', '.join(MISSING)} not installed: pip install -e '.[convert,test,torch]'", allow_module_level=True)
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class _Payload:
+    """Unpickling this runs ``touch <marker>`` (os.system), as a hostile file would run anything."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def clean_pt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()).eval()
+    path = tmp_path_factory.mktemp("pt2") / "clean.pt2"
+    torch.export.save(torch.export.export(model, (torch.ones(1, 4),)), str(path))
+    return path
+
+
+def _rewrite(
+    src: Path, dst: Path, edit: Callable[[str, bytes], bytes | None], add: dict[str, bytes] | None = None
+) -> Path:
+    """A copy of ``src`` with members changed by ``edit`` (name without the root folder, bytes) and ``add``ed."""
+    with zipfile.ZipFile(src) as archive, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as out:
+        root = archive.namelist()[0].split("/", 1)[0] + "/"
+        for info in archive.infolist():
+            data = edit(info.filename[len(root) :], archive.read(info))
+            if data is not None:
+                out.writestr(info.filename, data)
+        for name, data in (add or {}).items():
+            out.writestr(root + name, data)
+    return dst
+
+
+def _program_edit(change: Callable[[dict[str, Any]], None]) -> Callable[[str, bytes], bytes]:
+    def edit(name: str, data: bytes) -> bytes:
+        if name != "models/model.json":
+            return data
+        program = json.loads(data)
+        change(program)
+        return json.dumps(program).encode()
+
+    return edit
+
+
+def _pickled_inputs(marker: Path) -> Callable[[str, bytes], bytes]:
+    def edit(name: str, data: bytes) -> bytes:
+        if name != "data/sample_inputs/model.pt":
+            return data
+        buffer = io.BytesIO()
+        torch.save(_Payload(marker), buffer)
+        return buffer.getvalue()
+
+    return edit
+
+
+def _guard_code(marker: Path) -> Callable[[str, bytes], bytes]:
+    return _program_edit(lambda p: p.__setitem__("guards_code", [f"__import__('os').system('touch {marker}') == 0"]))
+
+
+def _plain_torch(path: Path) -> subprocess.CompletedProcess[str]:
+    """What PyTorch alone does with the file: load it, build the module, run it once."""
+    code = (
+        "import torch, sys\n"
+        "ep = torch.export.load(sys.argv[1])\n"
+        "m = ep.module()\n"
+        "m(*ep.example_inputs[0]) if isinstance(ep.example_inputs, tuple) else None\n"
+    )
+    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
+
+
+def _edgeconv(tmp_path: Path, model: Path) -> subprocess.CompletedProcess[str]:
+    import numpy as np
+
+    np.save(tmp_path / "cal.npy", np.ones((4, 4), np.float32))
+    recipe = {"version": 1, "name": "hostile", "model": str(model), "data": {"calibration": {"path": "cal.npy"}}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return subprocess.run(
+        [sys.executable, "-m", "converter", "convert", "--recipe", str(tmp_path / "recipe.yaml"), "--out",
+         str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("attack", ["pickled_sample_inputs", "guards_code"])
+def test_the_payload_is_real_plain_torch_runs_it(attack: str, clean_pt2: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    edit = _pickled_inputs(marker) if attack == "pickled_sample_inputs" else _guard_code(marker)
+    hostile = _rewrite(clean_pt2, tmp_path / "hostile.pt2", edit)
+    _plain_torch(hostile)
+    assert marker.exists(), "the crafted archive no longer runs code in plain PyTorch: update this test's payload"
+
+
+@pytest.mark.parametrize("attack", ["pickled_sample_inputs", "guards_code"])
+def test_edgeconv_refuses_and_runs_nothing(attack: str, clean_pt2: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    edit = _pickled_inputs(marker) if attack == "pickled_sample_inputs" else _guard_code(marker)
+    hostile = _rewrite(clean_pt2, tmp_path / "hostile.pt2", edit)
+    done = _edgeconv(tmp_path, hostile)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert not marker.exists()
+    expected = "are not plain tensors" if attack == "pickled_sample_inputs" else "is not a comparison of input sizes"
+    assert expected in done.stderr
+    assert "torch.export.save" in done.stderr  # says how to make a file edgeconv takes
+
+
+def _set_target(program: dict[str, Any]) -> None:
+    program["graph_module"]["graph"]["nodes"][0]["target"] = "torch.os.system"
+
+
+def _add_expression(program: dict[str, Any]) -> None:
+    program["graph_module"]["graph"]["sym_int_values"] = {"x": {"as_expr": {"expr_str": "__import__('os').getpid()"}}}
+
+
+def _pickle_weight(name: str, data: bytes) -> bytes:
+    if not name.endswith("_weights_config.json"):
+        return data
+    config = json.loads(data)
+    next(iter(config["config"].values()))["use_pickle"] = True
+    return json.dumps(config).encode()
+
+
+@pytest.mark.parametrize(
+    ("edit", "add", "message"),
+    [
+        (_program_edit(_set_target), None, "the graph calls 'torch.os.system', which is not an ATen operator"),
+        (_program_edit(_add_expression), None, "the shape expression \"__import__('os').getpid()\""),
+        (_pickle_weight, None, "is stored as a pickled Python object"),
+        (lambda n, d: d, {"data/aotinductor/model/model.so": b"\x7fELF"}, "holds an AOTInductor package"),
+        (lambda n, d: None if n == "archive_version" else d, None, "archive format 'pt2' version ''"),
+        (lambda n, d: d, {"data/weights/model.pt": b"x"}, "stores its weights in the legacy pickled form"),
+    ],
+    ids=["node_target", "sympy_expression", "pickled_weight", "aotinductor", "legacy_layout", "legacy_weights"],
+)
+def test_guard_refuses_before_torch_reads(
+    edit: Callable[[str, bytes], bytes | None], add: dict[str, bytes] | None, message: str, clean_pt2: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    hostile = _rewrite(clean_pt2, tmp_path / "hostile.pt2", edit, add)
+    with pytest.raises(ModelLoadError) as caught:
+        check_pt2(hostile)
+    assert message in str(caught.value)
+    assert str(hostile) in str(caught.value)
+
+
+def test_clean_archive_passes_the_guard(clean_pt2: Path, tmp_path: Path) -> None:
+    check_pt2(clean_pt2)
+    # A copy rewritten member by member (as the hostile ones are) still passes: the refusals above are the edits.
+    check_pt2(_rewrite(clean_pt2, tmp_path / "copy.pt2", lambda n, d: d))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth"])
+def test_pickled_module_file_is_refused(suffix: str, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    model = tmp_path / f"net{suffix}"
+    torch.save(_Payload(marker), model)
+    done = _edgeconv(tmp_path, model)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert not marker.exists()
+    assert f"a '{suffix}' file is a pickle (torch.save) or TorchScript archive" in done.stderr
+    assert "edgeconv never loads it" in done.stderr and "set model: model.pt2" in done.stderr

@@ -1,0 +1,303 @@
+"""PyTorch sources end to end: models defined here, exported with torch.export.save, converted full-integer.
+
+Real torch, real litert-torch, the real pipeline. Skipped (with the install command) without the torch
+extra, unless EDGECONV_REQUIRE_TORCH=1, which makes a missing extra a failure (CI sets it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from converter.report import FLOAT_NAME, INT8_NAME
+from converter.runtime.model import TFLiteModel
+
+MISSING = [m for m in ("torch", "litert_torch") if importlib.util.find_spec(m) is None]
+if MISSING and os.environ.get("EDGECONV_REQUIRE_TORCH") != "1":
+    pytest.skip(
+        f"{', '.join(MISSING)} not installed: pip install -e '.[convert,test,torch]' (CPU torch: see the README)",
+        allow_module_level=True,
+    )
+if MISSING:
+    raise ImportError(f"EDGECONV_REQUIRE_TORCH=1 but {', '.join(MISSING)} cannot be imported")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+FIGURES: dict[str, dict[str, Any]] = {}
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)
+
+
+def _train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int) -> nn.Module:
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for _ in range(epochs):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xt), yt).backward()
+        opt.step()
+    return model.eval()
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.fc = nn.Linear(16 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.c1(x))
+        x = torch.relu(self.c2(x))
+        return self.fc(x.flatten(1))
+
+
+class InvertedResidual(nn.Module):
+    """A MobileNetV2 block: expand 1x1, depthwise 3x3, project 1x1, residual; then a classifier head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6())
+        self.block = nn.Sequential(
+            nn.Conv2d(16, 64, 1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU6(),
+            nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU6(),
+            nn.Conv2d(64, 16, 1, bias=False),
+            nn.BatchNorm2d(16),
+        )
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.block(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class LSTMClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(8, 32, batch_first=True)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x)
+        return self.fc(out[:, -1])
+
+
+class Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 32)
+        self.layer = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, dropout=0.0, batch_first=True)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.layer(self.embed(x)).mean(dim=1))
+
+
+def _case(name: str) -> tuple[nn.Module, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The model, calibration x, evaluation x and labels, as PyTorch takes them (NCHW for images)."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    if name in ("cnn", "lstm", "transformer"):
+        images, labels = _digits()
+        if name == "cnn":
+            x = images[:, None]  # [N, 1, 8, 8]: PyTorch's NCHW, as a PyTorch user stores it
+            model = _train(SmallCNN(), x[:1200], labels[:1200], 60)
+        else:  # the 8 rows of each image as a sequence of 8 steps
+            model = _train(LSTMClassifier() if name == "lstm" else Encoder(), images[:1200], labels[:1200], 60)
+            x = images
+        return model, x[:200], x[1200:], labels[1200:], x[:1]
+    model = InvertedResidual().eval()
+    with torch.no_grad():  # give the batch norms non-trivial statistics
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    x = rng.uniform(0, 1, (400, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.from_numpy(x[200:])).argmax(1).numpy()  # labels: PyTorch's own answer (agreement)
+    return model, x[:200], x[200:], y, x[:1]
+
+
+def _export(model: nn.Module, example: np.ndarray, path: Path) -> Path:
+    exported = torch.export.export(model.eval(), (torch.from_numpy(example),))
+    torch.export.save(exported, str(path))
+    return path
+
+
+def _convert_cli(tmp_path: Path, recipe: dict[str, Any]) -> tuple[subprocess.CompletedProcess[str], Path]:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "converter", "convert", "--recipe", str(path), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=900,
+    )
+    return done, tmp_path / "out"
+
+
+def _recipe(model: Path, cal: Path, ev: Path, **input_spec: Any) -> dict[str, Any]:
+    recipe: dict[str, Any] = {
+        "version": 1,
+        "name": model.stem,
+        "model": str(model),
+        "data": {"calibration": {"path": str(cal)}, "evaluation": {"path": str(ev), "metric": "top1"}},
+        "benchmark": {"enabled": False},
+        "analysis": {"samples": 0},
+        "tuning": {"enabled": False},
+    }
+    if input_spec:
+        recipe["input"] = input_spec
+    return recipe
+
+
+def _float_ops(path: Path) -> list[str]:
+    """Ops of the int8 model that read or write a float tensor (none in a full-integer model)."""
+    interp = TFLiteModel(model_path=str(path), delegate="none").interpreter
+    details = interp.get_tensor_details()
+    kind = {d["index"]: np.dtype(d["dtype"]).name for d in details}
+    out = []
+    for op in interp._get_ops_details():  # noqa: SLF001
+        tensors = [*op["inputs"], *op["outputs"]]
+        if any(kind.get(int(t)) == "float32" for t in tensors if int(t) >= 0):
+            out.append(op["op_name"])
+    return out
+
+
+@pytest.mark.parametrize("name", ["cnn", "mobilenet_block", "lstm", "transformer"])
+def test_pt2_converts_full_integer(name: str, tmp_path: Path) -> None:
+    model, cal_x, eval_x, eval_y, example = _case(name)
+    pt2 = _export(model, example, tmp_path / f"{name}.pt2")
+    np.save(tmp_path / "cal.npy", cal_x)
+    np.savez(tmp_path / "eval.npz", x=eval_x, y=eval_y)
+    start = time.perf_counter()
+    done, out = _convert_cli(tmp_path, _recipe(pt2, tmp_path / "cal.npy", tmp_path / "eval.npz"))
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    images = eval_x.ndim == 4
+    assert report["model"]["format"] == "torch"
+    assert report["model"]["layout"] == ("nhwc" if images else None)
+    assert "keep_stablehlo_constant removed" in report["model"]["loader"]
+    # The float reference matches PyTorch, fed the channel-last data edgeconv made from the NCHW arrays.
+    with torch.no_grad():
+        want = model(torch.from_numpy(eval_x)).numpy()
+    feed = eval_x.transpose(0, 2, 3, 1) if images else eval_x
+    if images:
+        assert (
+            report["model"]["data_arranged"]["evaluation"]
+            == "stored nchw, transposed to the model's nhwc (input.layout)"
+        )
+        assert TFLiteModel(model_path=str(out / FLOAT_NAME)).inputs[0].shape == (1, *feed.shape[1:])
+    got = TFLiteModel(model_path=str(out / FLOAT_NAME)).predict(np.ascontiguousarray(feed))[0]
+    diff = float(np.max(np.abs(got - want)))
+    assert diff < 1e-4, diff
+    # Full integer: no op touches a float tensor (the trap: conv/dense left float between (DE)QUANTIZE).
+    assert _float_ops(out / INT8_NAME) == []
+    acc = report["accuracy"]
+    FIGURES[name] = {
+        "float_vs_torch_max_abs": diff,
+        "top1_float": acc["float"],
+        "top1_int8": acc["int8"],
+        "agreement": acc["agreement"],
+        "seconds": round(seconds, 1),
+    }
+    print(f"\nFIGURES {name} {json.dumps(FIGURES[name])}")
+    assert acc["metric"] == "top1" and acc["samples"] == len(eval_x)
+    assert acc["float"] >= (0.7 if name != "mobilenet_block" else 0.99)  # 10 classes: chance is 0.1
+    assert acc["drop"] <= 0.02, acc
+    assert acc["agreement"] >= 0.95, acc
+
+
+def test_layout_nchw_keeps_pytorch_layout_and_transposes_nhwc_data(tmp_path: Path) -> None:
+    model, cal_x, eval_x, eval_y, example = _case("cnn")
+    pt2 = _export(model, example, tmp_path / "cnn.pt2")
+    np.save(tmp_path / "cal.npy", cal_x.transpose(0, 2, 3, 1))  # stored channel-last, as an image pipeline writes it
+    np.savez(tmp_path / "eval.npz", x=eval_x.transpose(0, 2, 3, 1), y=eval_y)
+    done, out = _convert_cli(tmp_path, _recipe(pt2, tmp_path / "cal.npy", tmp_path / "eval.npz", layout="nchw"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["layout"] == "nchw"
+    assert report["model"]["data_arranged"] == {
+        "calibration": "stored nhwc, transposed to the model's nchw (input.layout)",
+        "evaluation": "stored nhwc, transposed to the model's nchw (input.layout)",
+    }
+    float_model = TFLiteModel(model_path=str(out / FLOAT_NAME))
+    assert float_model.inputs[0].shape == (1, 1, 8, 8)
+    with torch.no_grad():
+        want = model(torch.from_numpy(eval_x)).numpy()
+    assert float(np.max(np.abs(float_model.predict(eval_x)[0] - want))) < 1e-4
+    assert _float_ops(out / INT8_NAME) == []
+    assert report["accuracy"]["drop"] <= 0.02
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_reshape_feeds_8x8_images_to_a_64_input_model(tmp_path: Path) -> None:
+    images, labels = _digits()
+    model = _train(MLP(), images[:1200].reshape(-1, 64), labels[:1200], 60)
+    pt2 = _export(model, images[:1].reshape(1, 64), tmp_path / "mlp.pt2")
+    np.save(tmp_path / "cal.npy", images[:200])  # [N, 8, 8]: the images as stored, not as the model takes them
+    np.savez(tmp_path / "eval.npz", x=images[1200:], y=labels[1200:])
+    done, out = _convert_cli(tmp_path, _recipe(pt2, tmp_path / "cal.npy", tmp_path / "eval.npz", reshape=[64]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["layout"] is None  # no image input
+    assert report["model"]["data_arranged"]["evaluation"] == "reshaped from [8, 8] to [64] (input.reshape)"
+    acc = report["accuracy"]
+    assert acc["float"] >= 0.8 and acc["drop"] <= 0.02, acc
+    assert _float_ops(out / INT8_NAME) == []
+
+
+def test_litert_torch_tflite_source_goes_full_integer_too(tmp_path: Path) -> None:
+    """The trap: litert-torch's metadata keep_stablehlo_constant kept CONV_2D/FULLY_CONNECTED float in int8."""
+    import litert_torch
+
+    from converter import tflite_schema
+
+    model, cal_x, eval_x, eval_y, example = _case("cnn")
+    nhwc = litert_torch.to_channel_last_io(model, args=[0])
+    raw = litert_torch.convert(nhwc, (torch.from_numpy(example.transpose(0, 2, 3, 1).copy()),)).model_content()
+    assert b"keep_stablehlo_constant" in [bytes(m.name) for m in tflite_schema.load(raw).metadata]
+    (tmp_path / "cnn.tflite").write_bytes(raw)
+    np.save(tmp_path / "cal.npy", cal_x)
+    np.savez(tmp_path / "eval.npz", x=eval_x, y=eval_y)
+    done, out = _convert_cli(tmp_path, _recipe(tmp_path / "cnn.tflite", tmp_path / "cal.npy", tmp_path / "eval.npz"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["loader"] == "file; metadata keep_stablehlo_constant removed (it keeps conv/dense float)"
+    assert _float_ops(out / INT8_NAME) == []
+    float_meta = [bytes(m.name) for m in tflite_schema.load((out / FLOAT_NAME).read_bytes()).metadata or []]
+    assert b"keep_stablehlo_constant" not in float_meta
