@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import result_cache
 from .errors import DataError
 from .progress import Progress
 from .runtime.accuracy import Accuracy, MetricError, compare, pick_metric
@@ -30,6 +31,7 @@ def evaluate_host(
     top_k: int | None = None,
     metric: str = "auto",
     where: str = "data.evaluation.metric",
+    cache: bool = False,
 ) -> Accuracy:
     """Run both models on preprocessed ``x`` (packed for several inputs) with the runtime used on devices.
 
@@ -38,6 +40,15 @@ def evaluate_host(
     Raises ``DataError`` (prefixed with ``where``, the recipe file and key) when ``metric`` cannot be
     measured on this model and data, e.g. top1 without labels.
     """
+    if cache:  # a pure function of these inputs: an unchanged re-run takes the figure from the result cache
+        entry = result_cache.key("evaluate", {"top_k": top_k, "metric": metric}, float_tflite, quant_tflite, x, labels)
+        return result_cache.cached(
+            "evaluate",
+            entry,
+            lambda: evaluate_host(float_tflite, quant_tflite, x, labels, top_k, metric, where),
+            Accuracy.to_json,
+            lambda d: Accuracy(**d),
+        )
     ref, quant = TFLiteModel(model_content=float_tflite), TFLiteModel(model_content=quant_tflite)
     keys = signature_names(ref.interpreter)
     names = [keys.get(o.index, o.name) for o in ref.outputs]

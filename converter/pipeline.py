@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import onnx_setup, quant_cache, rknn_setup
+from . import onnx_setup, quant_cache, result_cache, rknn_setup
 from .analyze import ACCURACY_GATES, AloneRun, LayerError, alone_decision, analyze, isolate
 from .artifacts import OutputFolder
 from .ci_outputs import finalize
@@ -135,6 +135,7 @@ def _run(
     where = f"{recipe.source}: data"
     steps: list[dict[str, Any]] = []
     quant_cache.COUNTS.update(hits=0, misses=0)
+    result_cache.COUNTS.update(hits=0, misses=0)
     try:
         model: LoadedModel = _timed(
             "load",
@@ -195,7 +196,13 @@ def _run(
             "evaluate",
             steps,
             lambda: evaluate_host(
-                model.float_tflite, first.model, eval_x, eval_y, metric=metric, where=f"{where}.evaluation.metric"
+                model.float_tflite,
+                first.model,
+                eval_x,
+                eval_y,
+                metric=metric,
+                where=f"{where}.evaluation.metric",
+                cache=recipe.calibration.cache,
             ),
         )
         if eval_x is not None
@@ -207,7 +214,13 @@ def _run(
     quant, calibration = chosen.model, chosen.calibration
     analysis_x = (eval_x if eval_x is not None else cal_x)[: recipe.analysis.samples]
     layers = (
-        _timed("analyze", steps, lambda: layer_errors(chosen.float_reference(model.float_tflite), chosen, analysis_x))
+        _timed(
+            "analyze",
+            steps,
+            lambda: layer_errors(
+                chosen.float_reference(model.float_tflite), chosen, analysis_x, cache=recipe.calibration.cache
+            ),
+        )
         if len(analysis_x)
         else []
     )
@@ -254,6 +267,7 @@ def _run(
         "float_model": "float model cache" in model.loader,
         "statistics": bool(calibration.cache_hit) if calibration else False,
         "quantized_models": dict(quant_cache.COUNTS),
+        "results": dict(result_cache.COUNTS),  # evaluations and per-layer errors (host latency is always measured)
         # In a fresh `edgeconv convert` process: whether anything of this run needed TensorFlow.
         "tensorflow_loaded": "tensorflow" in sys.modules,
     }
@@ -311,9 +325,19 @@ def _recipe_plan(
         return dataclasses.replace(quantizer(fallback), rejected=rejected)
 
 
-def layer_errors(reference: bytes, chosen: Quantized, x: np.ndarray) -> list[LayerError]:
-    """Per-layer errors of ``chosen`` against its float ``reference`` (``Quantized.float_reference``)."""
-    return analyze(reference, chosen.model, x)
+def layer_errors(reference: bytes, chosen: Quantized, x: np.ndarray, cache: bool = False) -> list[LayerError]:
+    """Per-layer errors of ``chosen`` against its float ``reference`` (``Quantized.float_reference``).
+
+    A pure function of the two models and the samples: with ``cache`` an unchanged re-run reads them back.
+    """
+    entry = result_cache.key("layers", {}, reference, chosen.model, x) if cache else None
+    return result_cache.cached(
+        "layers",
+        entry,
+        lambda: analyze(reference, chosen.model, x),
+        lambda layers: [e.to_json() for e in layers],
+        lambda rows: [LayerError(**row) for row in rows],
+    )
 
 
 def _alone(

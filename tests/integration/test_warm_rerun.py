@@ -61,6 +61,17 @@ def test_a_warm_rerun_needs_no_tensorflow_and_gives_the_same_bytes(
     assert cold_report["cache"]["quantized_models"]["hits"] == 0 and cold_report["cache"]["tensorflow_loaded"]
     for key in ("accuracy", "quantization", "artifacts"):
         assert report[key] == cold_report[key], key
+    # the evaluation and the per-layer errors come back from the result cache, identical
+    assert cold_report["cache"]["results"] == {"hits": 0, "misses": 2}
+    assert cache["results"] == {"hits": 2, "misses": 0}
+    assert report["analysis"]["layers"] == cold_report["analysis"]["layers"] and report["analysis"]["layers"]
+    # a changed evaluation set is a miss: nothing stale is reported
+    changed = tiny_recipe(tiny_model_dir, benchmark={"enabled": False})
+    changed["data"]["evaluation"]["samples"] = 50
+    fewer = _convert(write_recipe(changed, "fewer.yaml"), tmp_path / "fewer", tmp_path / "cache")
+    assert fewer.returncode == 0, fewer.stderr
+    third = json.loads((tmp_path / "fewer" / "report.json").read_text())
+    assert third["cache"]["results"]["misses"] >= 1 and third["accuracy"]["samples"] == 50
 
 
 def test_a_corrupt_quantized_entry_is_rebuilt(
