@@ -123,7 +123,24 @@ def base_python() -> Path | None:
     return None
 
 
-def board_python(folder: Path, base: Path, packages: tuple[str, ...] = ("numpy", "ai_edge_litert")) -> Path:
+BOARD_PACKAGES = ("numpy", "ai_edge_litert")
+
+
+def packages_usable_by_others(packages: tuple[str, ...] = BOARD_PACKAGES) -> str | None:
+    """None when other users can read these packages where they are installed, else why not.
+
+    A virtualenv in a private folder (``mktemp -d`` makes it 0700) cannot serve boards that log in as other users.
+    """
+    import importlib
+
+    for name in packages:
+        folder = Path(str(importlib.import_module(name).__file__)).parent.resolve()
+        if not all(p.stat().st_mode & 0o005 == 0o005 for p in [folder, *folder.parents]):
+            return f"{name} is installed under a folder other users cannot read ({folder})"
+    return None
+
+
+def board_python(folder: Path, base: Path, packages: tuple[str, ...] = BOARD_PACKAGES) -> Path:
     """A venv of ``base`` that sees only ``packages`` of this environment (links through a .pth file), no TensorFlow."""
     import importlib
 

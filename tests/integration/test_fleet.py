@@ -30,6 +30,7 @@ from tests.sshd import (
     board_user,
     can_add_users,
     loopback_sshd,
+    packages_usable_by_others,
     sshd_available,
 )
 
@@ -38,7 +39,8 @@ pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_av
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "tests" / "data" / "add_one_float.tflite"
 FAST = ["--runs", "3", "--warmup", "0", "--min-seconds", "0"]
-NO_USERS = can_add_users()  # None: each board logs in as a user of its own
+# None: each board logs in as a user of its own (root, useradd, and packages other users can read)
+NO_USERS = can_add_users() or packages_usable_by_others()
 
 
 @dataclass(frozen=True)

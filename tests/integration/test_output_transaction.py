@@ -241,7 +241,7 @@ def test_an_unreachable_device_keeps_the_conversion(
     assert (tmp_path / "build" / "out" / "model_int8.tflite").read_bytes()[4:8] == b"TFL3"
     pi = report["targets"]["raspberry-pi-4"]
     error = (
-        f"connect: user@127.0.0.1: ssh: connect to host 127.0.0.1 port {port}: Connection refused "
+        f"connect: raspberry-pi-4 (user@127.0.0.1): ssh: connect to host 127.0.0.1 port {port}: Connection refused "
         "-- the device is not reachable on that address and port"
     )
     assert pi["measured"] is False and pi["measure_error"] == error

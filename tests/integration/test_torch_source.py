@@ -1,3 +1,5 @@
+# mypy: disable-error-code="no-untyped-call,no-any-return,union-attr"
+# (torch's own annotations, not ours: untyped backward(), Any-returning modules, Optional buffers)
 """PyTorch sources end to end: models defined here, exported with torch.export.save, converted full-integer.
 
 Real torch, real litert-torch, the real pipeline. Skipped (with the install command) without the torch
