@@ -56,7 +56,7 @@ SOURCES: tuple[SourceKind, ...] = (
     SourceKind("saved_model", (), "a SavedModel folder"),
     SourceKind("tflite", (".tflite",), "a float .tflite"),
     SourceKind("torch", (".pt2",), "a torch.export archive (.pt2)", load_torch.check_installed),
-    SourceKind("onnx", (".onnx",), ".onnx"),  # its virtualenv is checked with the recipe (pipeline)
+    SourceKind("onnx", (".onnx",), ".onnx", load_onnx.check_installed),
 )
 # Files that are never loaded, with the error that says why and what to give instead.
 REFUSED: dict[str, Callable[[Path], ModelLoadError]] = {

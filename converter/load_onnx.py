@@ -31,6 +31,12 @@ TIMEOUT_S = 900.0
 EXTERNAL_DATA_MARK = b"location"  # the key of an external-data entry; absent, the file holds every tensor
 
 
+def check_installed(path: Path) -> None:
+    """Fail before any work when the onnx2tf virtualenv is missing (exit 2, with the setup command)."""
+    if onnx_setup.installed() is None:
+        raise ModelLoadError(str(onnx_setup.not_installed_error(f"model: {path}")))
+
+
 def cache_salt(path: Path) -> tuple[str, ...] | None:
     """What else the float model depends on (onnx2tf's lock), or None when it must not be cached.
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import onnx_setup, quant_cache, result_cache, rknn_setup
+from . import quant_cache, result_cache, rknn_setup
 from .analyze import ACCURACY_GATES, AloneRun, LayerError, alone_decision, analyze, isolate
 from .artifacts import OutputFolder
 from .ci_outputs import finalize
@@ -106,11 +106,9 @@ def convert(
             "CI runs them); if you trust these modules, pass --allow-custom-objects to edgeconv convert"
         )
     try:
-        fmt = detect_format(recipe.model)
+        detect_format(recipe.model)  # also checks the source's extra or virtualenv (load.SOURCES)
     except ModelLoadError as e:
         raise ModelLoadError(f"{recipe.source}: {e}") from e
-    if fmt == "onnx" and onnx_setup.installed() is None:
-        raise onnx_setup.not_installed_error(f"{recipe.source}: model: {recipe.model}")
     targets = {t.device: load_device(t.device) for t in recipe.target_specs()}
     for name, profile in targets.items():
         if profile.runtime == "tflm":
