@@ -4,7 +4,8 @@ A single-input model takes an .npz (``x``, optional ``y``; ``x`` may also be key
 name), an .npy or an image folder. A model with several inputs takes an .npz with one array per
 input keyed by the input's name (``ModelInput.name``; the input tensor's name works too) and an
 optional ``y``; its samples are packed into one structured array (``runtime.model.pack_inputs``),
-so a sample's inputs stay together through selection and slicing.
+so a sample's inputs stay together through selection and slicing. The recipe's ``input.layout`` and
+``input.reshape`` bring each array to its input's shape (``arrange``, ``arrange_inputs``).
 
 Data files come from strangers too: numpy's own errors are replaced by ours (never its
 advice to load pickles "unsafely": ``allow_pickle`` stays False), each array's header is
@@ -451,7 +452,7 @@ def prepare(ds: Dataset, preprocess: Preprocess, input_shape: tuple[int, ...], w
 
 
 def check_preprocess(preprocess: Preprocess, inputs: tuple[ModelInput, ...], where: str) -> None:
-    """The recipe's ``input`` contract is for one input: with several, it must be left at its defaults.
+    """The recipe's ``input`` resize/scale/offset are for one input: with several, they must be left at their defaults.
 
     Which input a resize or scale would mean is ambiguous, and applying it to every input would scale
     feature vectors like pixels; so samples for several inputs are stored as the model takes them.
@@ -459,8 +460,9 @@ def check_preprocess(preprocess: Preprocess, inputs: tuple[ModelInput, ...], whe
     if len(inputs) > 1 and preprocess != Preprocess():
         raise RecipeError(
             f"{where}: input: resize/scale/offset apply to single-input models, and this model has {len(inputs)} "
-            f"inputs ({', '.join(i.describe() for i in inputs)}); remove the recipe's input section and store each "
-            "input's array in the .npz already preprocessed, as the model takes it (it is fed as float32, unchanged)"
+            f"inputs ({', '.join(i.describe() for i in inputs)}); remove the recipe's input section's resize, "
+            "scale and offset and store each input's array in the .npz already preprocessed, as the model takes it "
+            "(it is fed as float32; input.layout and input.reshape do apply, to each input)"
         )
 
 
