@@ -6,7 +6,7 @@ The two-input model (an 8x8 digit image, NCHW as PyTorch stores it, and a 16-val
 [2, 8]) is trained here on recipes/data/digits.npz, exported with torch.export and torch.onnx.export (opset 17),
 and converted full-integer by `python -m converter convert` with ``input.reshape`` as a mapping and an MCU target
 (stm32h7: TFLite Micro runs the int8 model and reports its arena). The single-input models of
-``test_torch_source`` (CNN, MobileNetV2 block, LSTM, transformer encoder) go to the same target from .pt2.
+``tools/torch_models.py`` (CNN, MobileNetV2 block, LSTM, transformer encoder) go to the same target from .pt2.
 
 Skipped without the torch extra as ``test_torch_source`` is; the ONNX route skips without the onnx2tf virtualenv
 (~/.cache/edgeconv-tests/onnx-venv or $EDGECONV_ONNX_VENV) unless EDGECONV_REQUIRE_ONNX=1.
@@ -32,11 +32,13 @@ from converter.data import model_inputs
 from converter.report import FLOAT_NAME, INT8_NAME
 from converter.runtime.model import TFLiteModel, pack_inputs
 from tests.conftest import ROOT
-from tests.integration.test_torch_source import MISSING, _case, _export, _float_ops
+from tests.integration.test_torch_source import MISSING, _export, _float_ops
 
 assert not MISSING  # importing test_torch_source skips this module without the torch extra (or fails it in CI)
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+
+from tools.torch_models import case as _case  # noqa: E402 - the PyTorch test models, as test_torch_source uses them
 
 MCU = "stm32h7"  # Cortex-M7, TFLite Micro + CMSIS-NN
 DEAD_PROXY = "http://127.0.0.1:9"  # onnx2tf must never download anything
