@@ -4,7 +4,8 @@ A single-input model takes an .npz (``x``, optional ``y``; ``x`` may also be key
 name), an .npy or an image folder. A model with several inputs takes an .npz with one array per
 input keyed by the input's name (``ModelInput.name``; the input tensor's name works too) and an
 optional ``y``; its samples are packed into one structured array (``runtime.model.pack_inputs``),
-so a sample's inputs stay together through selection and slicing.
+so a sample's inputs stay together through selection and slicing. The recipe's ``input.layout`` and
+``input.reshape`` bring each array to its input's shape (``arrange``, ``arrange_inputs``).
 
 Data files come from strangers too: numpy's own errors are replaced by ours (never its
 advice to load pickles "unsafely": ``allow_pickle`` stays False), each array's header is
@@ -18,6 +19,7 @@ import dataclasses
 import logging
 import math
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -67,7 +69,8 @@ class Dataset:
     available: int
     classes: tuple[str, ...] | None = None
     eight_bit: bool = False  # images or uint8 arrays: values 0..255 before preprocessing
-    arranged: str | None = None  # how samples were brought to the model's shape (input.reshape, input.layout)
+    # How samples were brought to the model's shape (input.reshape, input.layout); per input name for several.
+    arranged: str | dict[str, str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.x)
@@ -205,7 +208,7 @@ def prepare_inputs(ds: Dataset, inputs: tuple[ModelInput, ...], where: str) -> n
     """Packed float32 samples for a model with several inputs, each array checked against its input.
 
     No preprocessing contract applies (it is defined for one input): each array reaches the model as
-    float32, unchanged but for a missing channel axis of size 1.
+    float32, as ``arrange_inputs`` left it, but for a missing channel axis of size 1.
     """
     out: dict[str, np.ndarray] = {}
     for i in inputs:
@@ -213,10 +216,12 @@ def prepare_inputs(ds: Dataset, inputs: tuple[ModelInput, ...], where: str) -> n
         if a.ndim == len(i.shape) - 1 and i.shape[-1] == 1:
             a = a[..., None]
         if tuple(a.shape[1:]) != tuple(i.shape[1:]):
+            same_count = math.prod(a.shape[1:]) == math.prod(i.shape[1:])
             raise DataError(
                 f"{where}.path: {ds.source}: array '{i.name}' has samples of shape {list(a.shape[1:])} but the model "
                 f"input '{i.name}' expects {list(i.shape[1:])} (inputs: {', '.join(j.describe() for j in inputs)}); "
                 "store each input's samples as [N, ...] in the input's shape"
+                + (f", or set input.reshape.{i.name}: {list(i.shape[1:])} in the recipe" if same_count else "")
             )
         try:
             a = np.asarray(a, dtype=np.float32)
@@ -447,7 +452,7 @@ def prepare(ds: Dataset, preprocess: Preprocess, input_shape: tuple[int, ...], w
 
 
 def check_preprocess(preprocess: Preprocess, inputs: tuple[ModelInput, ...], where: str) -> None:
-    """The recipe's ``input`` contract is for one input: with several, it must be left at its defaults.
+    """The recipe's ``input`` resize/scale/offset are for one input: with several, they must be left at their defaults.
 
     Which input a resize or scale would mean is ambiguous, and applying it to every input would scale
     feature vectors like pixels; so samples for several inputs are stored as the model takes them.
@@ -455,9 +460,48 @@ def check_preprocess(preprocess: Preprocess, inputs: tuple[ModelInput, ...], whe
     if len(inputs) > 1 and preprocess != Preprocess():
         raise RecipeError(
             f"{where}: input: resize/scale/offset apply to single-input models, and this model has {len(inputs)} "
-            f"inputs ({', '.join(i.describe() for i in inputs)}); remove the recipe's input section and store each "
-            "input's array in the .npz already preprocessed, as the model takes it (it is fed as float32, unchanged)"
+            f"inputs ({', '.join(i.describe() for i in inputs)}); remove the recipe's input section's resize, "
+            "scale and offset and store each input's array in the .npz already preprocessed, as the model takes it "
+            "(it is fed as float32; input.layout and input.reshape do apply, to each input)"
         )
+
+
+Reshape = tuple[int, ...] | Mapping[str, tuple[int, ...]] | None  # the recipe's input.reshape
+
+
+def reshapes(inputs: tuple[ModelInput, ...], reshape: Reshape, recipe: str) -> dict[str, tuple[int, ...]]:
+    """The recipe's ``input.reshape`` per input name (``ModelInput.name``); ``recipe`` prefixes every error.
+
+    A list is one sample's shape for a single-input model; a mapping names the inputs it reshapes (by the
+    name a data file keys them by, or the tensor's name), for any number of inputs.
+    """
+    listed = ", ".join(i.describe() for i in inputs)
+    if reshape is None:
+        return {}
+    if not isinstance(reshape, Mapping):
+        if len(inputs) == 1:
+            return {inputs[0].name: tuple(reshape)}
+        raise RecipeError(
+            f"{recipe}: input.reshape: a list is one sample's shape for a single-input model, and this model has "
+            f"{len(inputs)} inputs ({listed}); give a mapping of input name to shape for the inputs whose data is "
+            f"stored in another shape, e.g. input.reshape: {{{inputs[-1].name}: {list(inputs[-1].shape[1:])}}}"
+        )
+    out: dict[str, tuple[int, ...]] = {}
+    for key, shape in reshape.items():
+        found = next((i for i in inputs if key in (i.name, i.tensor)), None)
+        if found is None:
+            raise RecipeError(
+                f"{recipe}: input.reshape.{key}: the model has no input named '{key}'; its inputs are {listed} "
+                f"(report.json lists them under model.inputs); key each shape by one of "
+                f"{', '.join(repr(i.name) for i in inputs)}"
+            )
+        if found.name in out:
+            raise RecipeError(
+                f"{recipe}: input.reshape.{key}: the input '{found.name}' is named twice (by its name and its "
+                "tensor's name); keep one"
+            )
+        out[found.name] = tuple(shape)
+    return out
 
 
 def read_samples(
@@ -469,21 +513,18 @@ def read_samples(
     samples: int | None = None,
     seed: int = 0,
     layout: str = "nhwc",
-    reshape: tuple[int, ...] | None = None,
+    reshape: Reshape = None,
 ) -> tuple[np.ndarray, Dataset]:
     """Preprocessed samples for the model's ``inputs`` (packed for several) and the raw dataset they came from.
 
     ``layout`` and ``reshape`` are the recipe's ``input.layout`` / ``input.reshape``: the returned raw dataset
-    already has the model's sample shape (``arrange``), so a device that preprocesses it sees the same.
+    already has the model's sample shape (``arrange``, per input for several), so a device that preprocesses
+    it sees the same. ``where`` is ``"<recipe>: data.<kind>"``.
     """
+    shapes = reshapes(inputs, reshape, where.split(": ", 1)[0])
     if len(inputs) > 1:
-        if reshape is not None:
-            raise RecipeError(
-                f"{where.split(': ', 1)[0]}: input.reshape: applies to single-input models, and this model has "
-                f"{len(inputs)} inputs ({', '.join(i.describe() for i in inputs)}); store each input's array in the "
-                "shape the model takes and remove input.reshape"
-            )
         ds = load_inputs(path, inputs, where=where, samples=samples, seed=seed)
+        ds = arrange_inputs(ds, inputs, layout, shapes, where)
         return prepare_inputs(ds, inputs, where), ds
     shape = inputs[0].shape
     channel_axis = 1 if layout == "nchw" else -1
@@ -496,29 +537,61 @@ def read_samples(
         image_size=preprocess.resize,
         input_names=tuple(dict.fromkeys((inputs[0].name, inputs[0].tensor))),
     )
-    ds = arrange(ds, shape, layout, reshape, where)
+    ds = arrange(ds, shape, layout, shapes.get(inputs[0].name), where)
     return prepare(ds, preprocess, shape, where), ds
 
 
-def arrange(ds: Dataset, shape: tuple[int, ...], layout: str, reshape: tuple[int, ...] | None, where: str) -> Dataset:
+def arrange_inputs(
+    ds: Dataset, inputs: tuple[ModelInput, ...], layout: str, shapes: Mapping[str, tuple[int, ...]], where: str
+) -> Dataset:
+    """``arrange`` for each input of a packed dataset: its ``input.reshape`` entry, then the image layout.
+
+    ``arranged`` becomes a mapping of input name to what was done to its array (None: taken as stored),
+    or stays None when nothing was done to any.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    notes: dict[str, str | None] = {}
+    for i in inputs:
+        one = dataclasses.replace(ds, x=ds.x[i.tensor], arranged=None)
+        done = arrange(one, i.shape, layout, shapes.get(i.name), where, name=i.name)
+        arrays[i.tensor] = done.x
+        notes[i.name] = done.arranged if isinstance(done.arranged, str) else None
+    if not any(notes.values()):
+        return ds
+    return dataclasses.replace(ds, x=pack_inputs(arrays), arranged=notes)
+
+
+def arrange(
+    ds: Dataset,
+    shape: tuple[int, ...],
+    layout: str,
+    reshape: tuple[int, ...] | None,
+    where: str,
+    *,
+    name: str | None = None,
+) -> Dataset:
     """Samples brought to the model input's ``shape``: ``input.reshape`` first, then the image layout.
 
     4-D (image) samples stored in the other layout than the model's (``input.layout``) are transposed:
     PyTorch data is usually [N, C, H, W], image folders and TensorFlow data [N, H, W, C]. Which layout the
     data has is read from its shape, which matches the model's in one order only (a square image whose
     side equals its channel count would match both, and is taken as stored in the model's layout).
+    ``name`` is the input's name when the model has several (``ds.x`` is then that input's array).
     """
     x, notes = ds.x, []
     if reshape is not None:
         have, want_values = int(np.prod(x.shape[1:])), math.prod(reshape)
         if have != want_values:
+            what = f"array '{name}': samples" if name else "samples"
+            key = f"input.reshape.{name}" if name else "input.reshape"
             raise DataError(
-                f"{where}: {ds.source}: samples of shape {list(x.shape[1:])} ({have} values) cannot take the recipe's "
-                f"input.reshape {list(reshape)} ({want_values} values); set input.reshape to the model's sample "
+                f"{where}: {ds.source}: {what} of shape {list(x.shape[1:])} ({have} values) cannot take the "
+                f"recipe's {key} {list(reshape)} ({want_values} values); set {key} to the model's sample "
                 f"shape {list(shape[1:])} or another shape of {have} values"
             )
-        x = x.reshape(len(x), *reshape)
-        notes.append(f"reshaped from {list(ds.x.shape[1:])} to {list(reshape)} (input.reshape)")
+        if tuple(x.shape[1:]) != tuple(reshape):  # data already in that shape: nothing to say
+            x = x.reshape(len(x), *reshape)
+            notes.append(f"reshaped from {list(ds.x.shape[1:])} to {list(reshape)} (input.reshape)")
     if len(shape) == 4:
         want = tuple(shape[1:])
         channel_axis = 1 if layout == "nchw" else 3

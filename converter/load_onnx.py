@@ -25,7 +25,7 @@ from typing import Any
 
 from . import onnx_setup
 from .errors import ConversionError, ModelLoadError
-from .runtime.model import TFLiteModel
+from .runtime.model import TFLiteModel, signature_names
 
 TIMEOUT_S = 900.0
 EXTERNAL_DATA_MARK = b"location"  # the key of an external-data entry; absent, the file holds every tensor
@@ -89,8 +89,15 @@ def run_worker(python: Path, request: dict[str, Any], timeout_s: float = TIMEOUT
 def _describe_inputs(inputs: list[dict[str, Any]], model: TFLiteModel) -> str:
     """Per input, its ONNX shape and the float model's, and the layout change onnx2tf made."""
     parts = []
-    for spec, info in zip(inputs, model.inputs, strict=False):
-        onnx_shape, shape = spec["onnx_shape"], list(info.shape)
+    # onnx2tf may order the inputs otherwise than the ONNX graph (two inputs came out sorted by name):
+    # match them by signature name, by position only when the names are not there.
+    by_index = {info.index: info.shape for info in model.inputs}
+    by_name = {name: by_index[i] for i, name in signature_names(model.interpreter).items() if i in by_index}
+    for k, spec in enumerate(inputs):
+        found = by_name.get(spec["name"], model.inputs[k].shape if k < len(model.inputs) else None)
+        if found is None:
+            continue
+        onnx_shape, shape = spec["onnx_shape"], list(found)
         batch_one = [1, *onnx_shape[1:]]
         if len(batch_one) == 4 and shape == [batch_one[0], batch_one[2], batch_one[3], batch_one[1]] != batch_one:
             parts.append(f"'{spec['name']}' NCHW {batch_one} taken as NHWC {shape}")

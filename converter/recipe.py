@@ -28,6 +28,14 @@ MAX_SEED = 2**32 - 1  # what every RNG we hand seeds to (numpy, Keras, TensorFlo
 MAX_MAGNITUDE = 1e9  # scale, offset, input_range: beyond this float32 quantization scales overflow
 
 
+def _check_reshape(shape: tuple[int, ...], key: str) -> None:
+    """One sample's shape for ``input.reshape`` (``key`` names it): positive sizes, not absurdly large."""
+    if not shape or min(shape) < 1:
+        raise ValueError(f"{key}: one sample's shape as a list of positive sizes, e.g. [784]; got {list(shape)}")
+    if math.prod(shape) > MAX_RESIZE * MAX_RESIZE * 4:
+        raise ValueError(f"{key}: {list(shape)} holds more values than a sample can (too large)")
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """Preprocessing contract applied to every sample: resize, then x * scale + offset."""
@@ -47,22 +55,27 @@ class InputSpec:
             "model takes. Data stored in the other layout is transposed to it"
         },
     )
-    reshape: tuple[int, ...] | None = field(
+    reshape: tuple[int, ...] | dict[str, tuple[int, ...]] | None = field(
         default=None,
         metadata={
             "doc": "Shape of one sample as the model takes it, for data stored in another shape with the same "
-            "number of values (e.g. [784] for 28x28 images); applied before layout, resize, scale and offset"
+            "number of values (e.g. [784] for 28x28 images); applied before layout, resize, scale and offset. "
+            "A model with several inputs takes a mapping of input name to shape (e.g. {features: [16]}), "
+            "for the inputs whose data needs it"
         },
     )
 
     def __post_init__(self) -> None:
-        if self.reshape is not None:
-            if not self.reshape or min(self.reshape) < 1:
+        if isinstance(self.reshape, dict):
+            if not self.reshape:
                 raise ValueError(
-                    f"reshape: one sample's shape as a list of positive sizes, e.g. [784]; got {list(self.reshape)}"
+                    "reshape: an empty mapping names no input; give input name: shape pairs, e.g. {features: [16]}, "
+                    "or remove reshape"
                 )
-            if math.prod(self.reshape) > MAX_RESIZE * MAX_RESIZE * 4:
-                raise ValueError(f"reshape: {list(self.reshape)} holds more values than a sample can (too large)")
+            for name, shape in self.reshape.items():
+                _check_reshape(shape, f"reshape.{name}")
+        elif self.reshape is not None:
+            _check_reshape(self.reshape, "reshape")
         if self.resize is not None and self.layout == "nchw":
             raise ValueError(
                 "resize: works on channel-last images ([N, H, W, C]) and layout is nchw; remove resize and store the "

@@ -106,7 +106,7 @@ def build(tp: Any, value: Any, where: Where, meta: typing.Mapping[str, Any] | No
             return build(rest[0], value, where, meta)
         # A mapping or a list can only mean the one option of that shape: report its own error.
         for option in rest:
-            if (isinstance(value, dict) and dataclasses.is_dataclass(option)) or (
+            if (isinstance(value, dict) and (dataclasses.is_dataclass(option) or get_origin(option) is dict)) or (
                 isinstance(value, list) and get_origin(option) is tuple
             ):
                 return build(option, value, where, meta)
@@ -124,6 +124,14 @@ def build(tp: Any, value: Any, where: Where, meta: typing.Mapping[str, Any] | No
         return value
     if dataclasses.is_dataclass(tp):
         return _build_dataclass(tp, value, where)
+    if origin is dict:  # names chosen by the user (e.g. a model's input names) -> values of one type
+        key_type, value_type = get_args(tp)
+        if not isinstance(value, dict):
+            raise where.error(f"expected a mapping, got {_describe(value)}")
+        for key in value:
+            if not isinstance(key, key_type):
+                raise where.error(f"expected {_type_name(key_type)} as each key, got {_describe(key)}")
+        return {key: build(value_type, v, where.key(key), meta) for key, v in value.items()}
     if origin is tuple:
         args = get_args(tp)
         if not isinstance(value, list | tuple):
@@ -197,7 +205,7 @@ def _build_dataclass(cls: Any, value: Any, where: Where) -> Any:
 
 
 def _type_name(tp: Any) -> str:
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) or get_origin(tp) is dict:
         return "a mapping"
     if get_origin(tp) is Literal:
         return "one of " + ", ".join(str(c) for c in get_args(tp))
@@ -235,6 +243,8 @@ def json_schema(tp: Any, meta: typing.Mapping[str, Any] | None = None) -> dict[s
             out["required"] = required
         if tp.__doc__:
             out["description"] = " ".join(tp.__doc__.split())
+    elif origin is dict:
+        out = {"type": "object", "additionalProperties": json_schema(get_args(tp)[1])}
     elif origin is tuple:
         args = get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:

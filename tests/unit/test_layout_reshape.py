@@ -43,7 +43,7 @@ def _recipe(tmp_path: Path, **input_spec: Any) -> dict[str, Any]:
             {"reshape": []},
             "recipe.yaml: input: reshape: one sample's shape as a list of positive sizes, e.g. [784]; got []",
         ),
-        ({"reshape": "784"}, "recipe.yaml: input.reshape: expected a list, got str '784'"),
+        ({"reshape": "784"}, "recipe.yaml: input.reshape: expected a list or a mapping, got str '784'"),
         ({"reshape": [28.5]}, "recipe.yaml: input.reshape[0]: expected an integer, got float 28.5"),
         ({"layout": "nchw", "resize": [8, 8]}, "recipe.yaml: input: resize: works on channel-last images"),
     ],
