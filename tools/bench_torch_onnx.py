@@ -5,8 +5,9 @@ PyTorch network is exported to ``.pt2`` (``torch.export``) and to ONNX (opset 17
 each in a fresh process with an empty cache, timed wall-clock with its peak RSS (``os.wait4``: the
 process and the children it waited for, so litert-torch's and onnx2tf's workers count):
 
-- ``edgeconv-pt2`` / ``edgeconv-onnx``: ``edgeconv convert --recipe R`` as a user runs it (host target,
-  evaluation and latency included), full-integer with int8 I/O, data stored as PyTorch stores it (NCHW).
+- ``edgeconv-pt2`` / ``edgeconv-onnx``: ``edgeconv convert --recipe R`` converting only (no evaluation, host
+  latency or per-layer analysis, like the stock routes), full-integer with int8 I/O, from calibration data
+  stored as PyTorch stores it (NCHW).
 - ``litert-torch-pt2e`` (the stock route for ``.pt2``): litert-torch's documented PT2E recipe
   (``PT2EQuantizer`` with ``get_symmetric_quantization_config(is_per_channel=True)``, ``prepare_pt2e``, one
   pass over the calibration samples, ``convert_pt2e``, ``litert_torch.convert``); float I/O, NCHW.
@@ -171,11 +172,10 @@ def bench_model(name: str, work: Path, onnx_python: Path | None) -> dict[str, An
                 "version": 1,
                 "name": f"{name}-{route}",
                 "model": str(source),
-                "data": {
-                    "calibration": {"path": str(folder / "cal.npy")},
-                    "evaluation": {"path": str(folder / "eval.npz")},
-                },
+                "data": {"calibration": {"path": str(folder / "cal.npy")}},  # evaluated here, below, like the rest
                 "quantization": {"input_type": "int8", "output_type": "int8"},
+                "benchmark": {"enabled": False},
+                "analysis": {"samples": 0},
             }
             (run / "recipe.yaml").write_text(json.dumps(recipe))
             cmd = [
