@@ -73,7 +73,13 @@ def versions() -> tuple[str, str]:
 def cache_facts(layout: str) -> tuple[str, ...]:
     """What besides the file's bytes decides the float model: the route, its versions and the layout."""
     torch_version, litert_version = versions()
-    return ("torch.export", f"torch {torch_version}", f"litert-torch {litert_version}", f"layout {layout}")
+    return (
+        "torch.export",
+        f"torch {torch_version}",
+        f"litert-torch {litert_version}",
+        f"layout {layout}",
+        "named inputs",
+    )
 
 
 def torch_to_tflite(path: Path, layout: str) -> tuple[bytes, str]:

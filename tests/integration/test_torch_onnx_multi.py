@@ -148,7 +148,7 @@ def _export_route(route: str, data: dict[str, Any]) -> tuple[Path, tuple[str, st
     if route == "pt2":
         path = folder / "two.pt2"
         torch.export.save(torch.export.export(data["model"], data["example"]), str(path))
-        return path, ("args_0", "args_1")  # litert-torch names a .pt2's inputs by position
+        return path, ("image", "features")  # forward's parameter names (edgeconv names the inputs so)
     if _onnx_venv() is None:
         message = "the ONNX virtualenv is not set up: run `python -m converter setup onnx` (see test_onnx.py)"
         if os.environ.get("EDGECONV_REQUIRE_ONNX") == "1":
