@@ -56,6 +56,12 @@ _MEANING = {
     signal.SIGSYS: "a bad system call",
 }
 _PR_SET_PDEATHSIG = 1
+_supervisor: int | None = None  # in the supervised child: the pid of the process the user started
+
+
+def run_pid() -> int:
+    """The pid that stands for this run (the lock file names it): the process the user started and sees."""
+    return _supervisor or os.getpid()
 
 
 class SupervisedGroup(click.Group):
@@ -101,6 +107,8 @@ def supervise(command: str, run: Any) -> Any:
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # the child: the command itself, as before
+        global _supervisor
+        _supervisor = os.getppid()
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         _die_with_parent()
         progress.announce_to(steps_fd)
@@ -212,12 +220,15 @@ def crash_message(
 ) -> str:
     """One paragraph: which command, which step, which signal, whose fault, what to do."""
     name = signal.Signals(signum).name
-    where = f'step "{step}"' if step else (f'after step "{last}", between steps' if last else "before its first step")
+    if step:
+        where = f'during step "{step}"'
+    else:
+        where = f'after step "{last}", before the next one' if last else "before its first step"
     if signum == signal.SIGKILL:
         total = _memory_total_kb()
         memory = f"its peak memory was {_gb(peak_kb)}" + (f" of this machine's {_gb(total)}" if total else "")
         what = (
-            f"edgeconv {command} was killed ({name}) during {where}. SIGKILL comes from outside the process, "
+            f"edgeconv {command} was killed ({name}) {where}. SIGKILL comes from outside the process, "
             f"most likely from the kernel's out-of-memory killer ({memory}): free memory for it (close other "
             "work, convert fewer recipes at once with --jobs, lower calibration.samples or analysis.samples) "
             "and run it again; if memory was not short, something else on this machine killed it"
@@ -226,7 +237,7 @@ def crash_message(
         above = " and the native output above" if shown else ""
         what = (
             f"edgeconv {command} crashed ({name}, {_MEANING.get(signal.Signals(signum), 'a fatal signal')}) "
-            f"during {where}. This is a crash inside native code (TensorFlow/LiteRT), not an error edgeconv "
+            f"{where}. This is a crash inside native code (TensorFlow/LiteRT), not an error edgeconv "
             f"found in your input. Please report it with the recipe, the model and this message{above} (--debug "
             "shows all native output live); changing the model (another layer, a "
             "recurrent layer unrolled) may avoid it meanwhile"

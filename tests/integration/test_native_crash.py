@@ -115,11 +115,11 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()} if folder.is_dir() else {}
 
 
-def _tiny_tflite_recipe(folder: Path, model: Path) -> Path:
+def _tiny_tflite_recipe(folder: Path, model: Path, name: str | None = None) -> Path:
     np.savez(folder / "cal.npz", x=np.random.default_rng(0).uniform(0, 1, (20, 2)).astype(np.float32))
     recipe = {
         "version": 1,
-        "name": "addone",
+        "name": name or model.stem,
         "model": str(model),
         "data": {"calibration": {"path": str(folder / "cal.npz"), "samples": 20}},
         "benchmark": {"warmup": 1, "runs": 5, "min_seconds": 0.0},
@@ -131,7 +131,7 @@ def _tiny_tflite_recipe(folder: Path, model: Path) -> Path:
 
 def test_a_model_that_segfaults_the_interpreter_is_a_clear_error(tmp_path: Path) -> None:
     """A real SIGSEGV in LiteRT's native code (a crafted .tflite): exit 3 naming the step, the folder unchanged."""
-    good, bad = _tiny_tflite_recipe(tmp_path, ADD_ONE), _tiny_tflite_recipe(tmp_path, SEGV)
+    good, bad = _tiny_tflite_recipe(tmp_path, ADD_ONE, "addone"), _tiny_tflite_recipe(tmp_path, SEGV, "addone")
     out, steps = tmp_path / "out", tmp_path / "steps"
     first = _start(good, out, steps)
     _, stderr = first.communicate(timeout=DEADLINE_S)
@@ -158,6 +158,32 @@ def test_a_model_that_segfaults_the_interpreter_is_a_clear_error(tmp_path: Path)
     _, stderr = again.communicate(timeout=DEADLINE_S)
     assert again.returncode == 0, stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []  # leftovers cleared
+
+
+def test_a_crashed_recipe_of_a_batch_names_its_step(tmp_path: Path) -> None:
+    """``convert --jobs``: each recipe's process is supervised too, so its row says what crashed where."""
+    good, bad = _tiny_tflite_recipe(tmp_path, ADD_ONE), _tiny_tflite_recipe(tmp_path, SEGV)
+    command = [sys.executable, "-m", "converter", "convert", str(good), str(bad), "--jobs", "2"]
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path / "build")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+        check=False,
+    )
+    # Before the supervisor: exit 3 too, the row saying only "error: the convert process ended with -11".
+    assert done.returncode == 3, done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
+    assert rows["add_one_float"].split()[1] == "0"
+    assert rows["segv_on_open"].split()[1] == "3"
+    assert (
+        "error: edgeconv convert crashed (SIGSEGV, a segmentation fault: an invalid memory access) during step "
+        '"load: opening the .tflite in the LiteRT interpreter"' in rows["segv_on_open"]
+    ), done.stdout
+    published = [p.name for p in (tmp_path / "build").iterdir() if not p.name.startswith(".")]
+    assert published == ["add_one_float"]  # the crashed one's lock and staging folder wait for its next run
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV], ids=["SIGKILL", "SIGSEGV"])
