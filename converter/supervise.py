@@ -37,6 +37,7 @@ from typing import Any
 import click
 
 HEAVY = frozenset({"convert", "analyze", "bench", "deploy"})
+WRITERS = frozenset({"convert", "analyze", "deploy"})  # the commands that publish into an output folder
 EXIT_STEP = 3
 OFF_ENV = "EDGECONV_SUPERVISOR"
 # Set to a path, the running steps are also appended there, one "<pid> <step>" line each (empty step:
@@ -105,12 +106,13 @@ def supervise(command: str, run: Any) -> Any:
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {*_FORWARDED, signal.SIGCHLD})
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: the command itself, as before
         global _supervisor
-        _supervisor = os.getppid()
+        _supervisor = parent
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        _die_with_parent()
+        _die_with_parent(parent)
         progress.announce_to(steps_fd)
         native_output.share(native_fd)
         return run()
@@ -121,11 +123,10 @@ def supervise(command: str, run: Any) -> Any:
     os._exit(code)  # nothing of the parent needs cleaning up (its files are anonymous); spares a teardown
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """The child gets SIGKILL when the parent dies (a SIGKILLed ``edgeconv`` must not leave a conversion running)."""
     import ctypes
 
-    parent = os.getppid()
     with contextlib.suppress(AttributeError, OSError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # pragma: no cover - the parent died before the call
@@ -223,7 +224,7 @@ def crash_message(
     if step:
         where = f'during step "{step}"'
     else:
-        where = f'after step "{last}", before the next one' if last else "before its first step"
+        where = f'after step "{last}", before the next one' if last else "outside any named step"
     if signum == signal.SIGKILL:
         total = _memory_total_kb()
         memory = f"its peak memory was {_gb(peak_kb)}" + (f" of this machine's {_gb(total)}" if total else "")
@@ -235,13 +236,16 @@ def crash_message(
         )
     else:
         above = " and the native output above" if shown else ""
+        inputs = "recipe, the model" if command == "convert" else "command line, the model"
         what = (
             f"edgeconv {command} crashed ({name}, {_MEANING.get(signal.Signals(signum), 'a fatal signal')}) "
             f"{where}. This is a crash inside native code (TensorFlow/LiteRT), not an error edgeconv "
-            f"found in your input. Please report it with the recipe, the model and this message{above} (--debug "
+            f"found in your input. Please report it with the {inputs} and this message{above} (--debug "
             "shows all native output live); changing the model (another layer, a "
             "recurrent layer unrolled) may avoid it meanwhile"
         )
+    if command not in WRITERS:
+        return what
     return (
         f"{what}. Nothing of this run was published: the output folder is as it was before the run (the next "
         "run clears the staging folder and lock this one left beside it)"
