@@ -35,6 +35,7 @@ import numpy as np
 
 from .errors import ConversionError
 from .inspect_model import op_graph
+from .progress import named
 from .runtime.accuracy import SQNR_CAP_DB, sqnr_db
 from .runtime.interpreter import make_interpreter
 from .runtime.model import TensorInfo, TFLiteModel, input_arrays, quantize
@@ -184,6 +185,7 @@ def rounding_ceiling_db(mean_square: float, scale: float, dtype: Any) -> float |
     return float(np.clip(10 * np.log10(mean_square / (scale * scale / 12)), -SQNR_CAP_DB, SQNR_CAP_DB))
 
 
+@named("per-layer errors (LiteRT interpreter)")
 def analyze(float_tflite: bytes, quant_tflite: bytes, x: np.ndarray) -> list[LayerError]:
     """Per-tensor error of the quantized model on preprocessed samples ``x``, worst first.
 

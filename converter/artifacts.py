@@ -51,6 +51,7 @@ from types import TracebackType
 from typing import Any
 
 from .errors import OutputError
+from .supervise import run_pid
 
 STAMP = ".edgeconv.json"
 _RENAME_EXCHANGE = 2
@@ -485,7 +486,7 @@ class OutputFolder:
                 break
             os.close(fd)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{run_pid()}\n".encode())  # the supervised child's: its parent, the pid the user started
         self._fd = fd
 
     def _release(self) -> None:

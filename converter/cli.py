@@ -32,6 +32,7 @@ from .cli_common import (
 from .cli_device import analyze, bench, deploy
 from .cli_setup import setup
 from .errors import UserInputError
+from .supervise import SupervisedGroup
 
 if TYPE_CHECKING:
     from .batch import JobResult
@@ -71,7 +72,7 @@ def gates_table(report: dict[str, Any]) -> str:
     return "\n".join([head, *(f"    {marks[g['status']]} {gate_line(g)}" for g in gates)])
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=SupervisedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgeconv")
 def main() -> None:
     """edgeconv: convert TensorFlow/Keras models to full-integer TFLite for MCUs and NPUs."""

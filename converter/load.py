@@ -30,6 +30,7 @@ from .data import ModelInput, model_inputs
 from .errors import ModelLoadError
 from .extras import require
 from .float_rewrites import fold_shape_arithmetic, rewrite_dangling_splits, rewrite_neg
+from .progress import named
 from .runtime.model import TFLiteModel
 from .unroll import unroll_recurrent
 
@@ -247,6 +248,7 @@ def _import_custom_objects(specs: Iterable[str]) -> dict[str, Any]:
     return objects
 
 
+@named("opening the .tflite in the LiteRT interpreter")
 def _read_float_tflite(path: Path) -> bytes:
     content = path.read_bytes()
     if len(content) < 8 or content[4:8] != b"TFL3":
@@ -428,6 +430,7 @@ def _load_keras(path: Path, fmt: ModelFormat, objects: dict[str, Any]) -> tuple[
     return model, f"tf_keras {tf_keras.__version__} (Keras 3 failed: {type(first_error).__name__})"
 
 
+@named("TensorFlow's float converter (Keras)")
 def _keras_to_tflite(model: Any, path: Path) -> bytes:
     tf = require("tensorflow")
 
@@ -503,6 +506,7 @@ def _unique_op_names(names: list[str]) -> list[str]:
     return out
 
 
+@named("TensorFlow's float converter (SavedModel)")
 def _saved_model_to_tflite(path: Path) -> bytes:
     # TFLiteConverter.from_saved_model works on Keras 2 SavedModels where
     # tf.saved_model.load fails (optimizer slots), so it is the one route here. It runs the

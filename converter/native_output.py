@@ -21,6 +21,22 @@ from contextlib import contextmanager
 from typing import IO
 
 TAIL_LINES = 60
+_shared: int | None = None  # the supervisor's file (``share``): its parent reads the tail after a crash
+
+
+def share(fd: int | None) -> None:
+    """Capture into ``fd`` (emptied first) instead of a private temporary file, so the process that
+    supervises this one can show the tail when native code kills it (``supervise``)."""
+    global _shared
+    _shared = fd
+
+
+def _capture_file() -> IO[bytes]:
+    if _shared is None:
+        return tempfile.TemporaryFile(prefix="edgeconv-native-")  # noqa: SIM115 - closed by the caller's with
+    os.ftruncate(_shared, 0)
+    os.lseek(_shared, 0, os.SEEK_SET)
+    return open(os.dup(_shared), "w+b")  # noqa: SIM115, PTH123 - closed by the caller's with
 
 
 class Captured:
@@ -67,7 +83,7 @@ def captured(enabled: bool = True) -> Iterator[Captured]:
         if isinstance(h, logging.StreamHandler) and h.stream in (old_out, old_err)
     ]
     previous = {h: h.stream for h in handlers}
-    with tempfile.TemporaryFile(prefix="edgeconv-native-") as file:
+    with _capture_file() as file:
         os.dup2(file.fileno(), 1)
         os.dup2(file.fileno(), 2)
         sys.stdout, sys.stderr = out, err

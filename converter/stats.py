@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CalibrationError
-from .progress import Progress
+from .progress import Progress, named
 from .runtime.interpreter import make_interpreter
 from .runtime.model import TensorInfo, input_arrays
 
@@ -396,6 +396,7 @@ def _batched(plan: _Plan, delegate: str, x: np.ndarray, expected: list[list[np.n
         return None
 
 
+@named("statistics pass (LiteRT interpreter)")
 def collect(
     model: bytes,
     x: np.ndarray,

@@ -32,6 +32,7 @@ from .errors import ConversionError, NoIntegerKernelError
 from .extras import require
 from .inspect_model import float_ops, source_layer
 from .lstm_intermediates import add_intermediates
+from .progress import named
 from .runtime.model import TFLiteModel, input_arrays
 
 SUPPORTED_TF = (">=2.16", "<2.22")
@@ -75,6 +76,7 @@ def _cached(kind: str, float_tflite: bytes, settings: dict[str, Any], samples: n
     return entry, quant_cache.load(entry)
 
 
+@named("TensorFlow's quantizer (mlir_quantize)")
 def quantize_with_ranges(
     float_tflite: bytes,
     ranges: dict[int, tuple[float, float]],
@@ -131,6 +133,7 @@ def quantize_with_ranges(
     return _finish(bytes(result), entry, allow_float=bool(float_nodes))
 
 
+@named("TensorFlow's calibrator and quantizer")
 def stock_quantize(
     float_tflite: bytes,
     samples: np.ndarray,
