@@ -1,12 +1,12 @@
 # mypy: disable-error-code="no-untyped-call,no-any-return,union-attr"
 # (torch's own annotations, not ours: untyped backward(), Any-returning modules)
-"""A two-input PyTorch model through both routes (.pt2 and ONNX), and the PyTorch models on a TFLite Micro target.
+"""A two-input PyTorch model through both routes (.pt2 and ONNX), to the host and a TFLite Micro target.
 
 The two-input model (an 8x8 digit image, NCHW as PyTorch stores it, and a 16-value feature vector stored as
 [2, 8]) is trained here on recipes/data/digits.npz, exported with torch.export and torch.onnx.export (opset 17),
 and converted full-integer by `python -m converter convert` with ``input.reshape`` as a mapping and an MCU target
 (stm32h7: TFLite Micro runs the int8 model and reports its arena). The single-input models of
-``tools/torch_models.py`` (CNN, MobileNetV2 block, LSTM, transformer encoder) go to the same target from .pt2.
+``tools/torch_models.py`` go to the same target from both routes in ``test_torch_source``.
 
 Skipped without the torch extra as ``test_torch_source`` is; the ONNX route skips without the onnx2tf virtualenv
 (~/.cache/edgeconv-tests/onnx-venv or $EDGECONV_ONNX_VENV) unless EDGECONV_REQUIRE_ONNX=1.
@@ -32,13 +32,11 @@ from converter.data import model_inputs
 from converter.report import FLOAT_NAME, INT8_NAME
 from converter.runtime.model import TFLiteModel, pack_inputs
 from tests.conftest import ROOT
-from tests.integration.test_torch_source import MISSING, _export, _float_ops
+from tests.integration.test_torch_source import MISSING, _float_ops
 
 assert not MISSING  # importing test_torch_source skips this module without the torch extra (or fails it in CI)
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-
-from tools.torch_models import case as _case  # noqa: E402 - the PyTorch test models, as test_torch_source uses them
 
 MCU = "stm32h7"  # Cortex-M7, TFLite Micro + CMSIS-NN
 DEAD_PROXY = "http://127.0.0.1:9"  # onnx2tf must never download anything
@@ -274,30 +272,3 @@ def test_unknown_reshape_name_is_exit_2_naming_the_key_and_the_inputs(converted:
         + ", ".join(f"'{n}'" for n in converted["order"])
     )
     assert not out.exists()
-
-
-@pytest.mark.parametrize("name", ["cnn", "mobilenet_block", "lstm", "transformer"])
-def test_pytorch_models_run_on_tflite_micro(name: str, tmp_path: Path) -> None:
-    """The .pt2 route to an MCU: TFLite Micro has every op, agrees with LiteRT, and reports its arena."""
-    model, cal_x, eval_x, eval_y, example = _case(name)
-    pt2 = _export(model, example, tmp_path / f"{name}.pt2")
-    np.save(tmp_path / "cal.npy", cal_x)
-    np.savez(tmp_path / "eval.npz", x=eval_x, y=eval_y)
-    start = time.perf_counter()
-    done, out = _convert(tmp_path, _recipe(name, pt2, tmp_path / "cal.npy", tmp_path / "eval.npz"), tmp_path / "c")
-    seconds = time.perf_counter() - start
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
-    target, acc = report["targets"][MCU], report["accuracy"]
-    tflm = target["tflm"]
-    FIGURES[f"{name} pt2"] = {
-        "top1_float": acc["float"], "top1_int8": acc["int8"], "tflm_top1_agreement": tflm["top1_agreement"],
-        "tflm_exact_match": tflm["exact_match"], "arena_bytes": target["arena_bytes"],
-        "missing_ops": tflm["missing_ops"], "seconds": round(seconds, 1),
-    }  # fmt: skip
-    print(f"\nFIGURES {name} pt2 {json.dumps(FIGURES[f'{name} pt2'])}")
-    assert _float_ops(out / INT8_NAME) == []
-    assert target["compatible"] is True, target["problems"]
-    assert tflm["loaded"] and tflm["missing_ops"] == [] and tflm["samples"] == min(100, len(eval_x))
-    assert tflm["top1_agreement"] >= 0.99 and target["arena_bytes"] > 0, tflm
-    assert acc["drop"] <= 0.02, acc

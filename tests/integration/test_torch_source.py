@@ -56,10 +56,12 @@ def _export(model: nn.Module, example: np.ndarray, path: Path) -> Path:
     return path
 
 
-def _convert_cli(tmp_path: Path, recipe: dict[str, Any]) -> tuple[subprocess.CompletedProcess[str], Path]:
+def _convert_cli(
+    tmp_path: Path, recipe: dict[str, Any], extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], Path]:
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
     done = subprocess.run(
         [sys.executable, "-m", "converter", "convert", "--recipe", str(path), "--out", str(tmp_path / "out")],
         capture_output=True,
@@ -99,21 +101,56 @@ def _float_ops(path: Path) -> list[str]:
     return out
 
 
+MCU = "stm32h7"  # Cortex-M7, TFLite Micro + CMSIS-NN
+DEAD_PROXY = "http://127.0.0.1:9"  # onnx2tf must never download anything
+
+
+def _onnx_env() -> dict[str, str]:
+    """The environment an ONNX conversion runs in (its virtualenv, downloads impossible), or skip/fail without it."""
+    from converter import onnx_setup
+
+    venv = Path(os.environ.get("EDGECONV_ONNX_VENV") or Path.home() / ".cache" / "edgeconv-tests" / "onnx-venv")
+    if onnx_setup.installed(venv) is None:
+        message = f"the ONNX virtualenv is not set up at {venv}: run `python -m converter setup onnx --venv {venv}`"
+        if os.environ.get("EDGECONV_REQUIRE_ONNX") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    proxies = dict.fromkeys(("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"), DEAD_PROXY)
+    return {"EDGECONV_ONNX_VENV": str(venv), **proxies}
+
+
+def _export_onnx(model: nn.Module, example: np.ndarray, path: Path) -> Path:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model, (torch.from_numpy(example),), str(path), opset_version=17, dynamo=False)
+    return path
+
+
+@pytest.mark.parametrize("route", ["pt2", "onnx"])
 @pytest.mark.parametrize("name", ["cnn", "mobilenet_block", "lstm", "transformer"])
-def test_pt2_converts_full_integer(name: str, tmp_path: Path) -> None:
+def test_pytorch_model_converts_full_integer_for_host_and_mcu(name: str, route: str, tmp_path: Path) -> None:
+    """Each test model from .pt2 (litert-torch) and from ONNX (onnx2tf): full-integer, near PyTorch, on TFLM."""
+    env = _onnx_env() if route == "onnx" else {}
     model, cal_x, eval_x, eval_y, example = _case(name)
-    pt2 = _export(model, example, tmp_path / f"{name}.pt2")
+    if route == "pt2":
+        source = _export(model, example, tmp_path / f"{name}.pt2")
+    else:
+        source = _export_onnx(model, example, tmp_path / f"{name}.onnx")
     np.save(tmp_path / "cal.npy", cal_x)
     np.savez(tmp_path / "eval.npz", x=eval_x, y=eval_y)
+    recipe = {**_recipe(source, tmp_path / "cal.npy", tmp_path / "eval.npz"), "targets": ["host", MCU]}
     start = time.perf_counter()
-    done, out = _convert_cli(tmp_path, _recipe(pt2, tmp_path / "cal.npy", tmp_path / "eval.npz"))
+    done, out = _convert_cli(tmp_path, recipe, env)
     seconds = time.perf_counter() - start
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     images = eval_x.ndim == 4
-    assert report["model"]["format"] == "torch"
+    assert report["model"]["format"] == ("torch" if route == "pt2" else "onnx")
     assert report["model"]["layout"] == ("nhwc" if images else None)
-    assert "keep_stablehlo_constant removed" in report["model"]["loader"]
+    if route == "pt2":
+        assert "keep_stablehlo_constant removed" in report["model"]["loader"]
     # The float reference matches PyTorch, fed the channel-last data edgeconv made from the NCHW arrays.
     with torch.no_grad():
         want = model(torch.from_numpy(eval_x)).numpy()
@@ -137,16 +174,27 @@ def test_pt2_converts_full_integer(name: str, tmp_path: Path) -> None:
     sqnr = float(10 * np.log10(np.sum(want.astype(np.float64) ** 2) / np.sum((want - int8) ** 2)))
     assert cosine >= 0.999 and sqnr >= 29.0, (cosine, sqnr)
     acc = report["accuracy"]
-    FIGURES[name] = {
+    target = report["targets"][MCU]
+    tflm = target["tflm"]
+    FIGURES[f"{name} {route}"] = {
         "int8_vs_torch_cosine": cosine,
         "int8_vs_torch_sqnr_db": sqnr,
         "float_vs_torch_max_abs": diff,
         "top1_float": acc["float"],
         "top1_int8": acc["int8"],
         "agreement": acc["agreement"],
+        "tflm_top1_agreement": tflm["top1_agreement"],
+        "tflm_exact_match": tflm["exact_match"],
+        "arena_bytes": target["arena_bytes"],
         "seconds": round(seconds, 1),
     }
-    print(f"\nFIGURES {name} {json.dumps(FIGURES[name])}")
+    print(f"\nFIGURES {name} {route} {json.dumps(FIGURES[f'{name} {route}'])}")
+    # TFLite Micro (the MCU target) has every op, agrees with LiteRT and reports its arena.
+    assert target["compatible"] is True, target["problems"]
+    assert tflm["loaded"] and tflm["missing_ops"] == [] and tflm["samples"] == min(100, len(eval_x))
+    # Measured: 100 % top-1 agreement with LiteRT but the ONNX transformer's 99 % (its reference kernels round
+    # otherwise; 85-100 % of output values equal), arenas 3.5-49 KB.
+    assert tflm["top1_agreement"] >= 0.98 and target["arena_bytes"] > 0, tflm
     assert acc["metric"] == "top1" and acc["samples"] == len(eval_x)
     assert acc["float"] >= (0.7 if name != "mobilenet_block" else 0.99)  # 10 classes: chance is 0.1
     assert acc["drop"] <= 0.02, acc
