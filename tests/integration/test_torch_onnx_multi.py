@@ -33,6 +33,7 @@ from converter.report import FLOAT_NAME, INT8_NAME
 from converter.runtime.model import TFLiteModel, pack_inputs
 from tests.conftest import ROOT
 from tests.integration.test_torch_source import MISSING, _float_ops
+from tests.integration.test_torch_source import _recipe as _torch_recipe
 
 assert not MISSING  # importing test_torch_source skips this module without the torch extra (or fails it in CI)
 import torch  # noqa: E402
@@ -125,19 +126,7 @@ def _convert(folder: Path, recipe: dict[str, Any], cache: Path) -> tuple[subproc
 
 
 def _recipe(name: str, model: Path, cal: Path, ev: Path, **input_spec: Any) -> dict[str, Any]:
-    recipe: dict[str, Any] = {
-        "version": 1,
-        "name": name,
-        "model": str(model),
-        "data": {"calibration": {"path": str(cal)}, "evaluation": {"path": str(ev), "metric": "top1"}},
-        "targets": ["host", MCU],
-        "benchmark": {"enabled": False},
-        "analysis": {"samples": 0},
-        "tuning": {"enabled": False},
-    }
-    if input_spec:
-        recipe["input"] = input_spec
-    return recipe
+    return {**_torch_recipe(model, cal, ev, **input_spec), "name": name, "targets": ["host", MCU]}
 
 
 def _export_route(route: str, data: dict[str, Any]) -> tuple[Path, tuple[str, str]]:
