@@ -94,6 +94,8 @@ def torch_to_tflite(path: Path, layout: str) -> tuple[bytes, str]:
         if "refused" in result:
             raise ModelLoadError(f"model: {path}: refused: {result['refused']}; {EXPORT_HINT}")
         content = (folder / "float.tflite").read_bytes()
+    if result.get("input_names"):
+        content = name_inputs(content, result["input_names"])
     moved = result["channel_last_inputs"] or result["channel_last_outputs"]
     loader = f"torch.export.load (torch {result['torch']}) + litert-torch {result['litert_torch']}"
     return content, loader + (", channel-last I/O (NHWC)" if moved else "")
@@ -140,3 +142,26 @@ def drop_metadata(content: bytes, names: tuple[bytes, ...]) -> tuple[bytes, tupl
             model.buffers[entry.buffer].data = None
     model.metadata = [m for m in entries if bytes(m.name) not in names]
     return tflite_schema.dump(model), dropped
+
+
+def name_inputs(content: bytes, names: list[str]) -> bytes:
+    """The model's inputs named ``names`` (``forward``'s parameters) instead of litert-torch's ``args_0``, ``args_1``.
+
+    Renamed after conversion in the signature and the input tensors (``serving_default_<name>``), not by
+    giving litert-torch keyword inputs: that wraps the module, and the wrapper's path would prefix every
+    tensor's name (about 5 % more flash on the demo CNN).
+    """
+    model = tflite_schema.load(content)
+    graph = model.subgraphs[0]
+    positional = {f"args_{i}": name for i, name in enumerate(names)}
+    signatures = model.signatureDefs or []
+    if len(signatures) != 1 or len(graph.inputs) != len(names):
+        return content
+    for entry in signatures[0].inputs or []:
+        key = entry.name.decode() if isinstance(entry.name, bytes) else str(entry.name)
+        if key not in positional:
+            return content  # not litert-torch's positional names: leave the model as it is
+        entry.name = positional[key]
+        tensor = graph.tensors[entry.tensorIndex]
+        tensor.name = f"serving_default_{positional[key]}"
+    return tflite_schema.dump(model)

@@ -47,21 +47,6 @@ def _input_names(exported: Any, count: int) -> list[str] | None:
     return names
 
 
-def _named(inner: Any, names: list[str]) -> Any:
-    """A module whose inputs are keyword arguments ``names``, so litert-torch names the .tflite's inputs so."""
-    from torch import nn
-
-    class Named(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, **inputs: Any) -> Any:
-            return self.inner(*(inputs[n] for n in names))
-
-    return Named()
-
-
 def convert(job: dict[str, Any]) -> dict[str, Any]:
     """The conversion itself: load, optionally wrap for channel-last I/O, convert, write the .tflite."""
     path = Path(job["model"])
@@ -88,20 +73,14 @@ def convert(job: dict[str, Any]) -> dict[str, Any]:
     sample = tuple(a.permute(0, 2, 3, 1).contiguous() if i in channel_last_in else a for i, a in enumerate(args))
     if channel_last_in or channel_last_out:
         module = litert_torch.to_channel_last_io(module, args=channel_last_in, outputs=channel_last_out)
-    names = _input_names(exported, len(args))
-    if names:  # inputs named as forward's parameters, not litert-torch's positional args_0, args_1, ...
-        edge = litert_torch.convert(
-            _named(module, names), sample_args=(), sample_kwargs=dict(zip(names, sample, strict=True))
-        )
-    else:
-        edge = litert_torch.convert(module, sample)  # ep.module() is in eval mode already (train() is refused)
+    edge = litert_torch.convert(module, sample)  # ep.module() is in eval mode already (train() is refused)
     Path(job["out"]).write_bytes(edge.model_content())
     return {
         "ok": True,
         "torch": torch.__version__,
         "litert_torch": litert_torch.__version__,
         "inputs": inputs,
-        "input_names": names,
+        "input_names": _input_names(exported, len(args)),  # the parent names the .tflite's inputs so
         "channel_last_inputs": channel_last_in,
         "channel_last_outputs": channel_last_out,
     }
