@@ -26,6 +26,7 @@ from typing import Any
 from . import onnx_setup
 from .errors import ConversionError, ModelLoadError
 from .runtime.model import TFLiteModel, signature_names
+from .tflite_quantizer import prefetch_tensorflow
 
 TIMEOUT_S = 900.0
 EXTERNAL_DATA_MARK = b"location"  # the key of an external-data entry; absent, the file holds every tensor
@@ -118,6 +119,7 @@ def load_onnx(path: Path, timeout_s: float = TIMEOUT_S) -> tuple[bytes, str]:
         work, out = Path(tmp) / "work", Path(tmp) / "model.tflite"
         work.mkdir()
         request = {"onnx": str(path.resolve()), "work": str(work), "out": str(out)}
+        prefetch_tensorflow()  # the quantizer needs it next: its import overlaps onnx2tf's conversion
         answer = run_worker(python, request, timeout_s)
         if not answer["ok"]:
             if answer.get("user"):

@@ -28,6 +28,7 @@ from typing import Any
 from . import tflite_schema
 from .errors import ConversionError, ModelLoadError
 from .pt2_guard import EXPORT_HINT, check_pt2
+from .tflite_quantizer import prefetch_tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def torch_to_tflite(path: Path, layout: str) -> tuple[bytes, str]:
         folder = Path(tmp)
         job = {"model": str(path.resolve()), "layout": layout, "out": str(folder / "float.tflite")}
         (folder / "job.json").write_text(json.dumps(job), encoding="utf-8")
+        prefetch_tensorflow()  # the quantizer needs it next: its import overlaps the child's conversion
         result = _run_worker(folder / "job.json", path)
         if "refused" in result:
             raise ModelLoadError(f"model: {path}: refused: {result['refused']}; {EXPORT_HINT}")

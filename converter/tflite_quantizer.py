@@ -20,7 +20,10 @@ test_quantizer_api.py`` fails loudly when an upgrade breaks any of this.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -39,6 +42,7 @@ SUPPORTED_TF = (">=2.16", "<2.22")
 
 
 _IMPORT_SECONDS = [0.0]  # time this process spent importing TensorFlow's converter here
+_PREFETCH: list[threading.Thread] = []  # the import started by prefetch_tensorflow, until joined
 
 
 def _tf() -> Any:
@@ -54,13 +58,34 @@ def import_tensorflow() -> None:
     Only a quantization that is not in the cache needs it. Without the ``convert`` extra this is where a
     .tflite source first needs TensorFlow: say which extra.
     """
-    if "tensorflow.lite.python.convert" in sys.modules:
+    if "tensorflow.lite.python.convert" in sys.modules and not _PREFETCH:
         return
     start = time.perf_counter()
+    while _PREFETCH:  # an import started while a child process converted: wait for its end (counted here)
+        _PREFETCH.pop().join()
     require("tensorflow")
     from tensorflow.lite.python import convert  # noqa: F401  # a move of this private module is our bug: exit 3
 
     _IMPORT_SECONDS[0] += time.perf_counter() - start
+
+
+def _import_quietly() -> None:
+    with contextlib.suppress(Exception):  # any failure is met again, and said, by import_tensorflow
+        from tensorflow.lite.python import convert  # noqa: F401
+
+
+def prefetch_tensorflow() -> None:
+    """Start importing TensorFlow's converter in a thread, while a child process converts a PyTorch/ONNX model.
+
+    A cold conversion of those sources needs TensorFlow's quantizer next; its import (4-7 s here) then
+    overlaps the child's work instead of following it. The thread is not a daemon: a run that fails
+    meanwhile waits for the import to end before exiting rather than tearing TensorFlow down half-loaded.
+    """
+    if "tensorflow" in sys.modules or _PREFETCH or importlib.util.find_spec("tensorflow") is None:
+        return
+    thread = threading.Thread(target=_import_quietly, name="import-tensorflow")
+    thread.start()
+    _PREFETCH.append(thread)
 
 
 def import_seconds() -> float:
