@@ -12,6 +12,7 @@ TFLite int8 model's on rk3588 and rv1106 (top-1 agreement 100%, raw outputs with
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -47,7 +48,11 @@ def _setup(venv: Path) -> subprocess.CompletedProcess[str]:
 def rknn_venv() -> Path:
     """The RKNN virtualenv, made (or found ready) by the real ``edgeconv setup rknn``."""
     venv = Path(os.environ.get("EDGECONV_RKNN_VENV") or Path.home() / ".cache" / "edgeconv-tests" / "rknn-venv")
-    done = _setup(venv)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    # pytest-xdist workers reach this at once: one sets the virtualenv up, the others then find it ready.
+    with (venv.parent / f".{venv.name}.test-lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = _setup(venv)
     if done.returncode != 0:
         message = f"edgeconv setup rknn failed (exit {done.returncode}): {done.stderr.strip()[-600:]}"
         if os.environ.get("EDGECONV_REQUIRE_RKNN") == "1":
