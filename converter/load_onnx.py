@@ -26,7 +26,7 @@ from typing import Any
 from . import onnx_setup
 from .errors import ConversionError, ModelLoadError
 from .runtime.model import TFLiteModel, signature_names
-from .tflite_quantizer import prefetch_tensorflow
+from .tflite_quantizer import finish_prefetch, prefetch_tensorflow
 
 TIMEOUT_S = 900.0
 EXTERNAL_DATA_MARK = b"location"  # the key of an external-data entry; absent, the file holds every tensor
@@ -120,7 +120,10 @@ def load_onnx(path: Path, timeout_s: float = TIMEOUT_S) -> tuple[bytes, str]:
         work.mkdir()
         request = {"onnx": str(path.resolve()), "work": str(work), "out": str(out)}
         prefetch_tensorflow()  # the quantizer needs it next: its import overlaps onnx2tf's conversion
-        answer = run_worker(python, request, timeout_s)
+        try:
+            answer = run_worker(python, request, timeout_s)
+        finally:
+            finish_prefetch()
         if not answer["ok"]:
             if answer.get("user"):
                 raise ModelLoadError(f"model: {path}: {answer['error']}")

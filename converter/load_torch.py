@@ -28,7 +28,7 @@ from typing import Any
 from . import tflite_schema
 from .errors import ConversionError, ModelLoadError
 from .pt2_guard import EXPORT_HINT, check_pt2
-from .tflite_quantizer import prefetch_tensorflow
+from .tflite_quantizer import finish_prefetch, prefetch_tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,10 @@ def torch_to_tflite(path: Path, layout: str) -> tuple[bytes, str]:
         job = {"model": str(path.resolve()), "layout": layout, "out": str(folder / "float.tflite")}
         (folder / "job.json").write_text(json.dumps(job), encoding="utf-8")
         prefetch_tensorflow()  # the quantizer needs it next: its import overlaps the child's conversion
-        result = _run_worker(folder / "job.json", path)
+        try:
+            result = _run_worker(folder / "job.json", path)
+        finally:
+            finish_prefetch()
         if "refused" in result:
             raise ModelLoadError(f"model: {path}: refused: {result['refused']}; {EXPORT_HINT}")
         content = (folder / "float.tflite").read_bytes()

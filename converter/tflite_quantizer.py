@@ -88,6 +88,20 @@ def prefetch_tensorflow() -> None:
     _PREFETCH.append(thread)
 
 
+def finish_prefetch() -> None:
+    """Wait for the import ``prefetch_tensorflow`` started (counted as import time).
+
+    Called when the child process is done, whatever its outcome: TensorFlow prints to the native streams
+    while it loads, and that must happen while the command still captures them, not after its error.
+    """
+    if not _PREFETCH:
+        return
+    start = time.perf_counter()
+    while _PREFETCH:
+        _PREFETCH.pop().join()
+    _IMPORT_SECONDS[0] += time.perf_counter() - start
+
+
 def import_seconds() -> float:
     """Seconds spent importing TensorFlow through ``import_tensorflow`` so far (a step subtracts its share)."""
     return _IMPORT_SECONDS[0]
