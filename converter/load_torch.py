@@ -97,6 +97,8 @@ def torch_to_tflite(path: Path, layout: str) -> tuple[bytes, str]:
         finally:
             finish_prefetch()
         if "refused" in result:
+            if result.get("whole"):
+                raise ModelLoadError(result["refused"])
             raise ModelLoadError(f"model: {path}: refused: {result['refused']}; {EXPORT_HINT}")
         content = (folder / "float.tflite").read_bytes()
     if result.get("input_names"):

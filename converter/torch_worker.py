@@ -1,10 +1,11 @@
 """Child process that turns a checked ``torch.export`` archive into a float .tflite with litert-torch.
 
 Run by ``load_torch`` as ``python -m converter.torch_worker job.json`` after ``pt2_guard`` inspected the
-archive. It runs apart from edgeconv's process because litert-torch's converter is native code (MLIR)
-that can crash, and because torch and TensorFlow are both large native libraries best kept apart.
-Answers with one JSON line on stdout: ``{"ok": true, ...}`` or ``{"refused": "..."}`` for a file we
-will not load; anything else (a traceback, a signal) is a failed step that the parent explains.
+archive; it runs the guard's checks once more through torch's own reader before ``torch.export.load``.
+It runs apart from edgeconv's process because litert-torch's converter is native code (MLIR) that can
+crash, and because torch and TensorFlow are both large native libraries best kept apart. Answers with
+one JSON line on stdout: ``{"ok": true, ...}`` or ``{"refused": "..."}`` for a file we will not load;
+anything else (a traceback, a signal) is a failed step that the parent explains.
 """
 
 from __future__ import annotations
@@ -12,31 +13,65 @@ from __future__ import annotations
 import io
 import json
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
+from .errors import ModelLoadError
+from .pt2_guard import EXPORT_HINT, check_archive
 
-def _sample_inputs_are_tensors(path: Path) -> str | None:
-    """Load the example inputs with ``weights_only=True`` ourselves; why not, or None.
 
-    ``torch.export.load`` tries ``weights_only=True`` and, when that fails, unpickles the same bytes with
-    ``weights_only=False``. Succeeding here first means its fallback cannot be reached.
+class _TorchView:
+    """The archive as ``torch.export.load`` reads it: through torch's own zip reader (miniz)."""
+
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+
+    def names(self) -> list[str]:
+        return [str(n) for n in self._reader.get_all_records()]
+
+    def size(self, name: str) -> int:
+        return int(self._reader.get_record_size(name))
+
+    def read(self, name: str) -> bytes:
+        return bytes(self._reader.get_record(name))
+
+
+def _check_as_torch_reads(path: Path) -> None:
+    """The guard's checks again, on the bytes torch's reader returns; a ``ModelLoadError`` when refused.
+
+    ``pt2_guard`` ran them over Python's zipfile before torch was imported; here they run over the reader
+    ``torch.export.load`` itself uses, so a file that two zip parsers read differently cannot show the
+    guard one member and torch another. Then the example inputs are loaded with ``weights_only=True``:
+    ``torch.export.load`` tries that and, when it fails, unpickles the same bytes with
+    ``weights_only=False``; succeeding here first means its fallback cannot be reached.
     """
     import torch
 
-    with zipfile.ZipFile(path) as archive:
-        name = next(n for n in archive.namelist() if n.endswith("/data/sample_inputs/model.pt"))
-        payload = archive.read(name)
+    try:
+        reader = torch._C.PyTorchFileReader(str(path))  # noqa: SLF001 - the reader torch.export.load uses
+    except Exception as e:  # noqa: BLE001 - miniz's errors arrive as RuntimeError with its message
+        raise ModelLoadError(f"model: {path}: torch cannot read the archive ({_first_line(e)}); {EXPORT_HINT}") from e
+    view = _TorchView(reader)
+    try:
+        check_archive(path, view)
+        payload = view.read("data/sample_inputs/model.pt")
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the reader raises RuntimeError for a member it cannot inflate
+        raise ModelLoadError(f"model: {path}: torch cannot read the archive ({_first_line(e)}); {EXPORT_HINT}") from e
     try:
         torch.load(io.BytesIO(payload), weights_only=True)
     except Exception as e:  # noqa: BLE001 - the restricted unpickler raises UnpicklingError and others
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return (
-            f"its example inputs (data/sample_inputs/model.pt) are not plain tensors ({first[:200]}); "
-            "torch.export.load would unpickle them with weights_only=False, which can run any code"
-        )
-    return None
+        raise ModelLoadError(
+            f"model: {path}: refused: its example inputs (data/sample_inputs/model.pt) are not plain tensors "
+            f"({_first_line(e)}); torch.export.load would unpickle them with weights_only=False, which can run any "
+            f"code; {EXPORT_HINT}"
+        ) from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
 def _input_names(exported: Any, count: int) -> list[str] | None:
@@ -50,13 +85,21 @@ def _input_names(exported: Any, count: int) -> list[str] | None:
 def convert(job: dict[str, Any]) -> dict[str, Any]:
     """The conversion itself: load, optionally wrap for channel-last I/O, convert, write the .tflite."""
     path = Path(job["model"])
-    refused = _sample_inputs_are_tensors(path)
-    if refused:
-        return {"refused": refused}
+    try:
+        _check_as_torch_reads(path)
+    except ModelLoadError as e:
+        return {"refused": str(e), "whole": True}
     import litert_torch
     import torch
 
-    exported = torch.export.load(str(path))
+    try:
+        exported = torch.export.load(str(path))
+        module = exported.module()
+    except Exception as e:  # noqa: BLE001 - every check passed: what torch rejects now is the file's content
+        return {
+            "refused": f"torch.export.load cannot read it ({type(e).__name__}: {_first_line(e)}): the archive is "
+            "damaged, or was written by a newer torch than this one"
+        }
     if exported.example_inputs is None:
         return {"refused": "the archive holds no example inputs, which the conversion traces with"}
     args, kwargs = exported.example_inputs
@@ -64,7 +107,6 @@ def convert(job: dict[str, Any]) -> dict[str, Any]:
         return {"refused": f"the program takes keyword inputs ({', '.join(kwargs)}); export it with positional ones"}
     if not all(isinstance(a, torch.Tensor) for a in args):
         return {"refused": "the program's example inputs are not all tensors; export it with tensor inputs only"}
-    module = exported.module()
     inputs = [list(a.shape) for a in args]
     outputs = module(*args)
     outputs = list(outputs) if isinstance(outputs, list | tuple) else [outputs]

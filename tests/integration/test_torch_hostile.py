@@ -192,3 +192,200 @@ def test_pickled_module_file_is_refused(suffix: str, tmp_path: Path) -> None:
     assert not marker.exists()
     assert f"a '{suffix}' file is a pickle (torch.save) or TorchScript archive" in done.stderr
     assert "edgeconv never loads it" in done.stderr and "set model: model.pt2" in done.stderr
+
+
+# --- What is checked is what is loaded: torch's reader finds members without regard to case ---------------------
+
+
+def _with_twin(clean: Path, dst: Path, original: str, twin: str, data: bytes, extra: dict[str, bytes]) -> Path:
+    """A copy of ``clean`` with ``twin`` (a case variant of ``original``) placed where torch's reader finds it.
+
+    Which of two names equal but for case torch's reader returns depends on where its binary search over
+    the sorted directory lands, so the twin is tried before, after and at the end, as an attacker would.
+    """
+    with zipfile.ZipFile(clean) as archive:
+        root = archive.namelist()[0].split("/", 1)[0] + "/"
+        members = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    for place in ("before", "after", "end"):
+        with zipfile.ZipFile(dst, "w") as out:
+            for name, payload in members:
+                if name == root + original and place == "before":
+                    out.writestr(root + twin, data)
+                out.writestr(name, payload)
+                if name == root + original and place == "after":
+                    out.writestr(root + twin, data)
+            if place == "end":
+                out.writestr(root + twin, data)
+            for name, payload in extra.items():
+                out.writestr(root + name, payload)
+        if torch._C.PyTorchFileReader(str(dst)).get_record(original) == data:  # noqa: SLF001
+            return dst
+    raise AssertionError("torch's reader never read the twin: update this test's archive")
+
+
+def _pickled(marker: Path) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(_Payload(marker), buffer)
+    return buffer.getvalue()
+
+
+def _twin_config(marker: Path) -> Callable[[Path, Path], Path]:
+    """Keep the checked weights config and add a case twin that makes torch unpickle a payload."""
+
+    def build(clean: Path, dst: Path) -> Path:
+        original = "data/weights/model_weights_config.json"
+        with zipfile.ZipFile(clean) as archive:
+            config = json.loads(archive.read(archive.namelist()[0].split("/", 1)[0] + "/" + original))
+        for meta in config["config"].values():
+            meta["use_pickle"], meta["path_name"] = True, "pickled"
+        twin = json.dumps(config).encode()
+        extra = {"data/weights/pickled": _pickled(marker)}
+        return _with_twin(clean, dst, original, "data/weights/model_weights_config.JSON", twin, extra)
+
+    return build
+
+
+def _twin_sample_inputs(marker: Path) -> Callable[[Path, Path], Path]:
+    """A case twin of the example inputs that fails weights_only=True, so torch retries with weights_only=False."""
+
+    def build(clean: Path, dst: Path) -> Path:
+        original = "data/sample_inputs/model.pt"
+        return _with_twin(clean, dst, original, "data/sample_inputs/model.PT", _pickled(marker), {})
+
+    return build
+
+
+TWINS = {"config_twin": _twin_config, "sample_inputs_twin": _twin_sample_inputs}
+
+
+@pytest.mark.parametrize("attack", sorted(TWINS))
+def test_case_twins_run_code_in_plain_torch(attack: str, clean_pt2: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    hostile = TWINS[attack](marker)(clean_pt2, tmp_path / "hostile.pt2")
+    _plain_torch(hostile)
+    assert marker.exists(), "torch no longer reads the case twin: update this test's payload"
+
+
+@pytest.mark.parametrize("attack", sorted(TWINS))
+def test_case_twins_are_refused_naming_both_members(attack: str, clean_pt2: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    hostile = TWINS[attack](marker)(clean_pt2, tmp_path / "hostile.pt2")
+    done = _edgeconv(tmp_path, hostile)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert not marker.exists()
+    twin = "model_weights_config.JSON" if attack == "config_twin" else "data/sample_inputs/model.PT"
+    assert twin in done.stderr and "without regard to case" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("attack", sorted(TWINS))
+def test_torch_side_check_refuses_on_its_own(attack: str, clean_pt2: Path, tmp_path: Path) -> None:
+    """The worker's second check, through torch's own reader, refuses even if the first were bypassed."""
+    from converter.torch_worker import _check_as_torch_reads
+
+    marker = tmp_path / "ran"
+    hostile = TWINS[attack](marker)(clean_pt2, tmp_path / "hostile.pt2")
+    with pytest.raises(ModelLoadError, match="without regard to case"):
+        _check_as_torch_reads(hostile)
+    assert not marker.exists()
+    _check_as_torch_reads(clean_pt2)  # the clean archive passes the same check
+
+
+def _with_members(clean: Path, dst: Path, members: list[tuple[str, bytes]], *, root: str | None = None) -> Path:
+    """A copy of ``clean`` with raw member names appended (not under the root unless given so)."""
+    with zipfile.ZipFile(clean) as archive, zipfile.ZipFile(dst, "w") as out:
+        if root is not None:
+            out.writestr(root + "version", b"3")
+        for info in archive.infolist():
+            out.writestr(info.filename, archive.read(info))
+        for name, data in members:
+            out.writestr(name, data)
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        ([("clean/data/weights/../../../etc/x", b"1")], "is not a plain relative path"),
+        ([("/abs/clean/x", b"1")], "is an absolute path"),
+        ([("clean/models/other.json", b"{}")], "holds members that torch.export.save does not write"),
+        ([("clean/models/model.JSON", b"{}")], "without regard to case"),
+        ([("clean/archive_format", b"pt2")], "twice"),
+        ([("elsewhere/version", b"3")], "is outside the archive's root folder"),
+        ([("clean/extra/x\x01y", b"1")], "has non-ASCII or control characters"),
+    ],
+    ids=["traversal", "absolute", "unknown_member", "model_json_twin", "duplicate", "outside_root", "control_char"],
+)
+def test_archive_names_are_refused(
+    members: list[tuple[str, bytes]], message: str, clean_pt2: Path, tmp_path: Path
+) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name it writes
+        hostile = _with_members(clean_pt2, tmp_path / "hostile.pt2", members)
+    with pytest.raises(ModelLoadError) as caught:
+        check_pt2(hostile)
+    assert message in str(caught.value)
+    assert str(hostile) in str(caught.value) and "torch.export.save" in str(caught.value)
+
+
+def test_a_root_folder_other_than_the_first_members_is_refused(clean_pt2: Path, tmp_path: Path) -> None:
+    """torch takes the first member's folder as the root; an archive led by another folder is refused."""
+    hostile = _with_members(clean_pt2, tmp_path / "hostile.pt2", [], root="decoy/")  # decoy/version first
+    with pytest.raises(ModelLoadError, match="outside the archive's root folder 'decoy/'"):
+        check_pt2(hostile)
+
+
+def test_payload_sizes_beyond_the_stored_bytes_are_refused(clean_pt2: Path, tmp_path: Path) -> None:
+    """An empty member becomes torch.zeros(sizes): sizes a file declares must fit the bytes it stores."""
+
+    def grow(name: str, data: bytes) -> bytes:
+        if not name.endswith("_weights_config.json"):
+            return data
+        config = json.loads(data)
+        next(iter(config["config"].values()))["tensor_meta"]["sizes"] = [{"as_int": 1 << 20}, {"as_int": 1 << 20}]
+        return json.dumps(config).encode()
+
+    hostile = _rewrite(clean_pt2, tmp_path / "hostile.pt2", grow)
+    with pytest.raises(ModelLoadError, match=r"describes a tensor of [0-9,]+ bytes stored in data/weights/weight_0"):
+        check_pt2(hostile)
+
+
+_BOMB_CHECK = """
+import sys
+from pathlib import Path
+from converter.errors import ModelLoadError
+from converter.pt2_guard import check_pt2
+try:
+    check_pt2(Path(sys.argv[1]))
+    print("accepted")
+except ModelLoadError as e:
+    print("refused", e)
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print("peak_mb", int(hwm.split()[1]) / 1024)  # this process's own peak (ru_maxrss would carry pytest's over exec)
+"""
+
+
+def test_a_zip_bomb_is_refused_from_its_directory(clean_pt2: Path, tmp_path: Path) -> None:
+    """A 1 GiB member stored in about 1 MB is refused before a byte of it is inflated."""
+    hostile = tmp_path / "bomb.pt2"
+    with zipfile.ZipFile(clean_pt2) as archive, zipfile.ZipFile(hostile, "w") as out:
+        for info in archive.infolist():
+            if info.filename.endswith("models/model.json"):
+                bomb = zipfile.ZipInfo(info.filename)
+                bomb.compress_type = zipfile.ZIP_DEFLATED
+                with out.open(bomb, "w", force_zip64=True) as member:
+                    chunk = b" " * (1 << 20)
+                    for _ in range(1024):
+                        member.write(chunk)
+            else:
+                out.writestr(info.filename, archive.read(info))
+    assert hostile.stat().st_size < 2 << 20
+    done = subprocess.run(
+        [sys.executable, "-c", _BOMB_CHECK, str(hostile)], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused" in done.stdout and "a zip bomb" in done.stdout, done.stdout
+    peak = float(done.stdout.split("peak_mb")[1])
+    assert peak < 200, f"the guard peaked at {peak:.0f} MB on a 1 GiB member"
