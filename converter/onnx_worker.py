@@ -27,18 +27,23 @@ onnx2tf's traps, each handled here (checked against onnx2tf 1.29.24's source):
   kernel: ``enable_rnn_unroll`` unrolls them into plain ops.
 - It calls ``sys.exit`` deep inside: SystemExit is caught and answered as a failure.
 
-Security: an ONNX file is protobuf and loading it runs no code; tensors stored as external data name
-files by path, so every such path must be relative and stay inside the model's folder (no absolute
-path, no ``..``, no symlink out), else the request is refused before onnx2tf reads anything. Custom
-operator domains are refused with their names (onnx2tf has no conversion for them and loads no
-custom-op libraries).
+Security: an ONNX file is protobuf and loading it runs no code. Tensors stored as external data name
+files by path: the worker reads them itself (``inline_external_data``), each key once, only regular
+files inside the model's folder reached without a symbolic link, offsets and lengths checked against
+the file and the tensor's size, and puts the bytes into the model, so onnxsim and onnx2tf never open a
+file the model names. Every tensor must hold the data its dimensions declare, onnx's checker must
+accept the model, and no tensor computed from constants may exceed ``MAX_TENSOR_BYTES`` (a
+``ConstantOfShape`` bomb). Model-local functions are inlined; what is left in another domain is a custom
+operator, refused with its name (onnx2tf has no conversion for them and loads no custom-op libraries).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import stat
 import sys
 import time
 from pathlib import Path
@@ -46,6 +51,17 @@ from typing import Any
 
 CALIBRATION_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"  # onnx2tf's download_test_image_data
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+EXTERNAL_KEYS = ("location", "offset", "length", "checksum")
+MAX_MODEL_BYTES = (2 << 30) - (64 << 20)  # protobuf's 2 GiB bound on one message, less room for the graph
+MAX_TENSOR_BYTES = 1 << 30  # one tensor computed from constants; far above any edge model's
+# TensorProto.DataType -> bytes per element, where the type has a fixed size (onnx.proto).
+_ELEMENT_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 14: 8, 15: 16, 16: 2}
+_ELEMENT_BYTES.update({17: 1, 18: 1, 19: 1, 20: 1, 24: 1})
+_PACKED_4BIT = frozenset({21, 22, 23})  # UINT4, INT4, FLOAT4E2M1: two per byte
+# TensorProto.DataType -> (the typed field that holds it without raw_data, entries per element).
+_TYPED_FIELD = {1: ("float_data", 1), 14: ("float_data", 2), 7: ("int64_data", 1), 11: ("double_data", 1)}
+_TYPED_FIELD.update({15: ("double_data", 2), 12: ("uint64_data", 1), 13: ("uint64_data", 1), 8: ("string_data", 1)})
+_TYPED_FIELD.update({t: ("int32_data", 1) for t in (2, 3, 4, 5, 6, 9, 10, 16, 17, 18, 19, 20, 21, 22, 23, 24)})
 
 
 class ModelRefused(Exception):
@@ -73,34 +89,228 @@ def _all_tensors(model: Any) -> list[Any]:
     return list(external_data_helper._get_all_tensors(model))  # noqa: SLF001 - onnx's own walk over every tensor
 
 
-def check_external_data(model: Any, folder: Path) -> int:
-    """Refuse external data that points outside the model's folder; returns how many tensors use it."""
+def inline_external_data(model: Any, folder: Path) -> int:
+    """Read every tensor's external data ourselves, checked, into the model; how many tensors had some.
+
+    onnx's own loader is not used for it: it takes the *last* of repeated keys (so a checked first
+    ``location`` can hide another), sets any key as an attribute (``basepath`` too), follows symbolic links
+    and trusts offsets. Here each key may appear once, the file must be a regular file inside the model's
+    folder reached without a symbolic link at any step, and offset and length must fit the file and give
+    exactly the bytes the tensor's type and dimensions need. The bytes then live in the model itself, so
+    nothing downstream (onnxsim, onnx2tf) ever opens a file the model names.
+    """
     from onnx import TensorProto
 
-    root = folder.resolve()
-    count = 0
+    count = total = 0
     for tensor in _all_tensors(model):
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
         count += 1
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        entries: dict[str, str] = {}
+        for entry in tensor.external_data:
+            if entry.key in entries:
+                raise ModelRefused(
+                    f"tensor '{tensor.name}' gives its external data key '{entry.key}' twice ('{entries[entry.key]}' "
+                    f"and '{entry.value}'); onnx would use the last, so the model is refused: re-save it with "
+                    "onnx.save(..., save_as_external_data=True)"
+                )
+            if entry.key not in EXTERNAL_KEYS:
+                raise ModelRefused(
+                    f"tensor '{tensor.name}' has the external data key '{entry.key}'; only {', '.join(EXTERNAL_KEYS)} "
+                    "are part of the format"
+                )
+            entries[entry.key] = entry.value
+        location = entries.get("location", "")
         where = f"tensor '{tensor.name}' keeps its data in external file '{location}'"
-        if not location or Path(location).is_absolute() or ".." in Path(location).parts:
+        if not location or Path(location).is_absolute() or ".." in Path(location).parts or "\\" in location:
             raise ModelRefused(
                 f"{where}, which is not a plain relative path inside the model's folder; external data may only "
                 "name files next to the model (re-save it with onnx.save(..., save_as_external_data=True) or as "
                 "one file)"
             )
-        target = (folder / location).resolve()
-        if not target.is_relative_to(root):
-            raise ModelRefused(f"{where}, which resolves to {target}, outside the model's folder {root}")
-        if not target.is_file():
-            raise ModelRefused(f"{where}, which does not exist; copy it next to the model")
+        expected = _tensor_bytes(tensor)
+        if expected is None:
+            raise ModelRefused(f"{where}, but its type {tensor.data_type} cannot be stored as external data")
+        total += expected
+        if total > MAX_MODEL_BYTES:
+            raise ModelRefused(
+                f"{where}, and its type and dimensions need {expected:,} bytes: the model's tensors would exceed "
+                f"{MAX_MODEL_BYTES:,} bytes, more than one ONNX model can hold"
+            )
+        offset, length = _count(entries, "offset", where), _count(entries, "length", where)
+        tensor.raw_data = _read_external(folder, location, offset, length, expected, where)
+        del tensor.external_data[:]
+        tensor.data_location = TensorProto.DEFAULT
     return count
 
 
+def _count(entries: dict[str, str], key: str, where: str) -> int | None:
+    text = entries.get(key)
+    if text is None:
+        return None
+    if not text.isdigit() or len(text) > 20:
+        raise ModelRefused(f"{where} with {key} '{text[:40]}', which is not a byte count")
+    return int(text)
+
+
+def _read_external(
+    folder: Path, location: str, offset: int | None, length: int | None, expected: int, where: str
+) -> bytes:
+    """The bytes of one external tensor, opened without following any symbolic link."""
+    path, info = folder, None
+    for part in Path(location).parts:
+        path = path / part
+        try:
+            info = os.lstat(path)
+        except OSError:
+            raise ModelRefused(f"{where}, which does not exist; copy it next to the model") from None
+        if stat.S_ISLNK(info.st_mode):
+            raise ModelRefused(
+                f"{where}, but '{path}' is a symbolic link; external data must be plain files inside the model's "
+                "folder (copy the file there instead of linking it)"
+            )
+    if info is None or not stat.S_ISREG(info.st_mode):
+        raise ModelRefused(f"{where}, which is not a regular file")
+    start = offset or 0
+    if start > info.st_size:
+        raise ModelRefused(f"{where} at offset {start:,}, past the end of the file ({info.st_size:,} bytes)")
+    size = info.st_size - start if length is None else length
+    if size != expected or start + size > info.st_size:
+        raise ModelRefused(
+            f"{where}: {size:,} bytes at offset {start:,} of a {info.st_size:,}-byte file, where the tensor's type "
+            f"and dimensions need {expected:,} bytes"
+        )
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino):
+            raise ModelRefused(f"{where}, which changed while it was read")
+        data = os.pread(fd, size, start)
+    finally:
+        os.close(fd)
+    if len(data) != size:
+        raise ModelRefused(f"{where}, which holds fewer bytes than it did a moment ago")
+    return data
+
+
+def _numel(tensor: Any) -> int | None:
+    dims = list(tensor.dims)
+    if any(d < 0 for d in dims):
+        return None
+    return int(math.prod(dims))
+
+
+def _tensor_bytes(tensor: Any) -> int | None:
+    """Bytes of a tensor's raw data as its type and dimensions say, or None for strings and unknown types."""
+    numel = _numel(tensor)
+    if numel is None:
+        return None
+    if tensor.data_type in _PACKED_4BIT:
+        return (numel + 1) // 2
+    size = _ELEMENT_BYTES.get(tensor.data_type)
+    return None if size is None else numel * size
+
+
+def check_tensor_data(model: Any) -> None:
+    """Every tensor holds the data its dimensions declare: a huge declared shape with no data is refused.
+
+    onnxsim and onnx2tf would otherwise allocate what the dimensions claim (or fail deep inside).
+    """
+    for tensor in _all_tensors(model):
+        numel = _numel(tensor)
+        where = f"tensor '{tensor.name}' declares dimensions {list(tensor.dims)[:8]}"
+        if numel is None:
+            raise ModelRefused(f"{where}, with a negative dimension")
+        if tensor.HasField("raw_data") or tensor.data_type not in _TYPED_FIELD:
+            held, needed = len(tensor.raw_data), _tensor_bytes(tensor)
+            unit = "bytes"
+        else:
+            field, per = _TYPED_FIELD[tensor.data_type]
+            held, needed, unit = len(getattr(tensor, field)), numel * per, "values"
+            if tensor.data_type in _PACKED_4BIT and held == (numel + 1) // 2:
+                needed = held
+        if needed is None or held != needed:
+            raise ModelRefused(
+                f"{where} ({needed if needed is not None else '?'} {unit}) but holds {held:,} {unit}; the file is "
+                "damaged or was not written by onnx.save"
+            )
+
+
+def check_static_sizes(model: Any) -> None:
+    """No tensor the graph would compute from constants is over ``MAX_TENSOR_BYTES``.
+
+    A ``ConstantOfShape`` (or ``Expand``, ``Tile``, ``Range``) fed constant sizes is folded into a
+    constant by onnxsim before any conversion: a few bytes of file can ask for terabytes. onnx's shape
+    inference with data propagation gives every such tensor's size without computing it.
+    """
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as e:  # noqa: BLE001 - onnx raises InferenceError and others for malformed graphs
+        raise ModelRefused(f"onnx's shape inference rejects the model: {_first_line(e)}") from e
+    for value in [*inferred.graph.value_info, *inferred.graph.output]:
+        tensor_type = value.type.tensor_type
+        dims = tensor_type.shape.dim
+        if not dims or not all(d.HasField("dim_value") for d in dims):
+            continue
+        size = math.prod(d.dim_value for d in dims) * _ELEMENT_BYTES.get(tensor_type.elem_type, 1)
+        if size > MAX_TENSOR_BYTES:
+            raise ModelRefused(
+                f"the graph computes '{value.name}' of shape {[d.dim_value for d in dims]} ({size:,} bytes), over "
+                f"the {MAX_TENSOR_BYTES:,} bytes edgeconv lets one tensor take (converting would fold it into a "
+                "constant of that size); export the model with the sizes it really uses"
+            )
+
+
+def check_model(model: Any) -> None:
+    """onnx's own checker: a model it rejects is malformed (exit 2 with its reason), not a conversion failure."""
+    import onnx
+
+    if model.ir_version > onnx.IR_VERSION:  # a newer exporter's version number alone is no malformation
+        model = type(model).FromString(model.SerializeToString())
+        model.ir_version = onnx.IR_VERSION
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:  # noqa: BLE001 - ValidationError, and protobuf's errors for odd fields
+        raise ModelRefused(f"onnx's checker rejects the model: {_first_line(e)}") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def _all_nodes(graph: Any) -> list[Any]:
+    """Every node of a graph and of the subgraphs in its nodes' attributes (If, Loop, Scan bodies)."""
+    nodes, stack = [], [graph]
+    while stack:
+        for node in stack.pop().node:
+            nodes.append(node)
+            for attribute in node.attribute:
+                stack.extend([attribute.g] if attribute.HasField("g") else [])
+                stack.extend(attribute.graphs)
+    return nodes
+
+
+def inline_functions(model: Any) -> Any:
+    """The model with its model-local functions expanded into their standard operators.
+
+    Exporters (torch.onnx's dynamo exporter, for one) group ops into functions of their own domain; onnx2tf
+    does not look inside them. Inlined, a function made of standard ops is standard ops.
+    """
+    if not model.functions:
+        return model
+    import onnx.inliner
+
+    try:
+        return onnx.inliner.inline_local_functions(model)
+    except Exception as e:  # noqa: BLE001 - onnx raises for recursive or malformed functions
+        raise ModelRefused(f"its model-local functions cannot be expanded: {_first_line(e)}") from e
+
+
 def check_domains(model: Any) -> None:
-    custom = sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in STANDARD_DOMAINS})
+    custom = sorted({f"{n.domain}::{n.op_type}" for n in _all_nodes(model.graph) if n.domain not in STANDARD_DOMAINS})
     if custom:
         raise ModelRefused(
             f"custom operators {', '.join(custom)} are not standard ONNX and onnx2tf cannot convert them; "
@@ -124,10 +334,12 @@ def convert(request: dict[str, Any]) -> dict[str, Any]:
         model = onnx.load(str(source), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and onnx's own errors
         raise ModelRefused(f"not a readable ONNX model: {str(e).strip()[:300] or type(e).__name__}") from e
-    external = check_external_data(model, source.parent)
+    external = inline_external_data(model, source.parent)
+    check_tensor_data(model)
+    model = inline_functions(model)
     check_domains(model)
-    if external:
-        onnx.load_external_data_for_model(model, str(source.parent))
+    check_model(model)
+    check_static_sizes(model)
     initializers = {t.name for t in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in initializers]
     shapes = {v.name: _shape(v) for v in inputs}
