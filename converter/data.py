@@ -11,6 +11,11 @@ Data files come from strangers too: numpy's own errors are replaced by ours (nev
 advice to load pickles "unsafely": ``allow_pickle`` stays False), each array's header is
 read before its data so object, complex, string and structured arrays are refused by name,
 and a truncated or mislabelled file says so.
+
+Memory is bounded by what the recipe asks for, not by what a file claims: an .npz member is
+streamed and only the chosen rows are kept (a few megabytes of zip can inflate to gigabytes), an
+image's size is read from its header before it is decoded, and a selection that cannot fit in
+this machine's memory is refused before anything is allocated.
 """
 
 from __future__ import annotations
@@ -18,7 +23,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import re
+import warnings
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +80,10 @@ class Dataset:
     eight_bit: bool = False  # images or uint8 arrays: values 0..255 before preprocessing
     # How samples were brought to the model's shape (input.reshape, input.layout); per input name for several.
     arranged: str | dict[str, str | None] | None = None
+    # Each sample's row in its data file, so an error names the row a user can find (not its place in
+    # the random subset); None where rows mean nothing (image folders) or are unknown.
+    rows: np.ndarray | None = None
+    key: str | None = None  # the .npz array the samples came from ("x", or the input's name)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -142,32 +155,17 @@ def load_inputs(
     if path.is_dir() or path.suffix != ".npz":
         kind = "an image folder" if path.is_dir() else f"a {path.suffix or 'extensionless'} file"
         raise DataError(f"{where}.path: {path}: is {kind}, which feeds a single-input model only; {layout}")
-    arrays, y_all = _read_npz_inputs(path, inputs, where, layout)
-    counts = {name: len(a) for name, a in arrays.items()}
-    if y_all is not None:
-        counts["y"] = len(y_all)
-    if len(set(counts.values())) > 1:
-        listed = ", ".join(f"{k}: {v}" for k, v in counts.items())
-        raise DataError(
-            f"{where}.path: {path}: the arrays hold different numbers of samples ({listed}); every input "
-            "(and y) needs one row per sample, in the same order"
-        )
-    n = len(next(iter(arrays.values())))
-    if n == 0:
-        raise DataError(f"{where}.path: {path}: the dataset is empty; it needs at least one sample")
-    idx = select(n, samples, seed)
-    y = _labels(np.asarray(y_all), n, where, path)[idx] if y_all is not None else None
-    if samples is not None and samples > n:
-        log.warning("%s: asked for %d samples, %s has only %d; using all", where, samples, path, n)
-    eight_bit = all(a.dtype == np.uint8 for a in arrays.values())
-    picked = {i.tensor: np.asarray(arrays[i.name][idx]) for i in inputs}
-    return Dataset(x=pack_inputs(picked), y=y, source=path, available=n, eight_bit=eight_bit)
+    return _read_npz_inputs(path, inputs, where, layout, samples, seed)
 
 
 def _read_npz_inputs(
-    path: Path, inputs: tuple[ModelInput, ...], where: str, layout: str
-) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """The .npz arrays of every input (by ``ModelInput.name``) and ``y``, headers checked before any data."""
+    path: Path, inputs: tuple[ModelInput, ...], where: str, layout: str, samples: int | None, seed: int
+) -> Dataset:
+    """The chosen rows of every input's array (by ``ModelInput.name``) and of ``y``, headers checked first.
+
+    Every header is read (and checked against its member's size) before any data, the arrays' row
+    counts are compared from them, and only then are the chosen rows streamed (``_member_rows``).
+    """
     if _magic(path, where)[:4] not in _ZIP_MAGIC:
         raise DataError(f"{where}.path: {path}: cannot read .npz: it is not a zip archive; {_NPZ_HELP}")
     names = {i.name for i in inputs} | {i.tensor for i in inputs}
@@ -184,24 +182,43 @@ def _read_npz_inputs(
                     )
                 keys[i.name] = key
             labels = "y" if "y" in members and "y" not in names else None
+            heads: dict[str, _Header] = {}
             for key in [*keys.values(), *([labels] if labels else [])]:
-                with archive.open(members[key]) as f:
-                    _, dtype = _read_header(f, where, path, key)
-                problem = _dtype_problem(dtype, f"array '{key}'" if key != "y" else "labels 'y'")
+                heads[key] = _member_header(archive, members[key], where, path, key)
+                problem = _dtype_problem(heads[key].dtype, f"array '{key}'" if key != "y" else "labels 'y'")
                 if problem:
                     raise DataError(f"{where}.path: {path}: {problem}")
             extra = sorted(set(members) - set(keys.values()) - {labels})
             if extra:
                 log.warning("%s: %s: arrays %s are not model inputs; ignored", where, path, ", ".join(extra))
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[key] for name, key in keys.items()}
-            y_all = npz[labels] if labels else None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, MemoryError, NotImplementedError) as e:
+            for key in keys.values():
+                if not heads[key].shape:
+                    raise DataError(f"{where}.path: {path}: array '{key}' is not an array of samples; {layout}")
+            counts = {name: heads[key].shape[0] for name, key in keys.items()}
+            if labels and heads[labels].shape:
+                counts["y"] = heads[labels].shape[0]
+            if len(set(counts.values())) > 1:
+                listed = ", ".join(f"{k}: {v}" for k, v in counts.items())
+                raise DataError(
+                    f"{where}.path: {path}: the arrays hold different numbers of samples ({listed}); every input "
+                    "(and y) needs one row per sample, in the same order"
+                )
+            n = counts[inputs[0].name]
+            if n == 0:
+                raise DataError(f"{where}.path: {path}: the dataset is empty; it needs at least one sample")
+            if labels:
+                _check_label_shape(heads[labels].shape, n, where, path)
+            used = [heads[key] for key in [*keys.values(), *([labels] if labels else [])]]
+            _check_fits(n, samples, sum(h.row_bytes for h in used), where, path)
+            idx = select(n, samples, seed)
+            y = _labels(_member_rows(archive, members[labels], heads[labels], idx), where, path) if labels else None
+            picked = {i.tensor: _member_rows(archive, members[keys[i.name]], heads[keys[i.name]], idx) for i in inputs}
+    except _READ_ERRORS as e:
         raise _read_failed(e, where, path, ".npz") from e
-    for name, a in arrays.items():
-        if not isinstance(a, np.ndarray) or a.ndim < 1:
-            raise DataError(f"{where}.path: {path}: array '{keys[name]}' is not an array of samples; {layout}")
-    return arrays, y_all
+    if samples is not None and samples > n:
+        log.warning("%s: asked for %d samples, %s has only %d; using all", where, samples, path, n)
+    eight_bit = all(heads[key].dtype == np.uint8 for key in keys.values())
+    return Dataset(x=pack_inputs(picked), y=y, source=path, available=n, eight_bit=eight_bit, rows=idx)
 
 
 def prepare_inputs(ds: Dataset, inputs: tuple[ModelInput, ...], where: str) -> np.ndarray:
@@ -227,19 +244,32 @@ def prepare_inputs(ds: Dataset, inputs: tuple[ModelInput, ...], where: str) -> n
             a = np.asarray(a, dtype=np.float32)
         except MemoryError as e:
             raise DataError(f"{where}: {ds.source}: {len(a)} samples do not fit in memory; use fewer samples") from e
-        _refuse_non_finite(a, f"{where}: {ds.source}: array '{i.name}'")
+        _refuse_non_finite(
+            a, f"{where}: {ds.source}", array=f"array '{i.name}'", rows=ds.rows, raw=ds.x[i.tensor], source=ds.source
+        )
         out[i.tensor] = a
     return pack_inputs(out)
 
 
-def _labels(y: np.ndarray, n: int, where: str, path: Path) -> np.ndarray:
+def _check_label_shape(shape: tuple[int, ...], n: int, where: str, path: Path) -> None:
+    """Labels ``y`` are [n] class indices or [n, classes] one-hot rows; checked on the header, before any data."""
+    one_hot = len(shape) == 2 and shape[1] > 1
+    if len(shape) not in (1, 2) or shape[0] != n or (len(shape) == 2 and not one_hot):
+        shown = shape[:1] if one_hot else shape  # a one-hot array is named by its shape after argmax
+        raise DataError(f"{where}.path: {path}: labels 'y' have shape {shown}; expected [{n}] class indices")
+
+
+def _labels(y: np.ndarray, where: str, path: Path) -> np.ndarray:
+    """Integer class indices from the chosen rows of ``y`` (its shape already checked: ``_check_label_shape``).
+
+    Only the chosen rows are read, so only their values are checked: a bad label in a row the seed did
+    not pick is never loaded.
+    """
     problem = _dtype_problem(y.dtype, "labels 'y'")
     if problem:
         raise DataError(f"{where}.path: {path}: {problem}")
-    if y.ndim == 2 and y.shape[1] > 1:  # one-hot labels
+    if y.ndim == 2:  # one-hot labels
         y = np.argmax(y, axis=1)
-    if y.ndim != 1 or len(y) != n:
-        raise DataError(f"{where}.path: {path}: labels 'y' have shape {y.shape}; expected [{n}] class indices")
     if not np.issubdtype(y.dtype, np.integer):
         if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)) or np.any(np.abs(y) >= 2**31):
             raise DataError(f"{where}.path: {path}: labels 'y' must be integer class indices")
@@ -251,6 +281,32 @@ def _labels(y: np.ndarray, n: int, where: str, path: Path) -> np.ndarray:
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _NPZ_HELP = "an .npz is a zip of .npy arrays as numpy.savez writes it (x: samples, optional y: labels)"
+# What reading an archive or array can raise that means the file is bad (never our own DataError).
+_READ_ERRORS = (OSError, ValueError, zipfile.BadZipFile, EOFError, MemoryError, NotImplementedError, zlib.error)
+# Bytes read from a data file at a time: all that a file can make edgeconv hold beyond the rows it chose.
+_CHUNK = 1 << 22
+# The largest image decoded, per side: recipe.MAX_RESIZE, the largest size input.resize brings images to
+# (a larger image is no edge model's input, and one decoded 8192x8192 RGB image is already 200 MB).
+_MAX_IMAGE_SIDE = 8192
+
+
+@dataclass(frozen=True)
+class _Header:
+    """What an .npy header claims: read before any data, so the data is never trusted for its size."""
+
+    shape: tuple[int, ...]
+    fortran: bool
+    dtype: np.dtype[Any]
+    offset: int  # bytes of magic and header before the data
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one sample (one row along the first axis)."""
+        return math.prod(self.shape[1:]) * self.dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def _dtype_problem(dtype: np.dtype[Any], what: str) -> str | None:
@@ -270,14 +326,43 @@ def _dtype_problem(dtype: np.dtype[Any], what: str) -> str | None:
     return None
 
 
-def _check_array(x: np.ndarray, where: str, path: Path) -> None:
-    problem = _dtype_problem(x.dtype, "samples")
-    if problem:
-        raise DataError(f"{where}.path: {path}: {problem}")
-    if x.ndim < 2:
+def _check_samples(shape: tuple[int, ...], where: str, path: Path) -> None:
+    """Samples are [N, ...], one sample per row; checked on the header, before any data."""
+    if len(shape) < 2:
+        raise DataError(f"{where}.path: {path}: samples have shape {shape}; expected [N, ...] with one sample per row")
+
+
+def _memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_fits(n: int, samples: int | None, row_bytes: int, where: str, path: Path) -> None:
+    """Refuse, before allocating anything, a selection that cannot fit in this machine's memory.
+
+    A header can claim any number of rows (an .npz of a few megabytes inflates to terabytes), so the
+    rows chosen (``samples`` of ``n``, all when None) are sized from it first. ``select``'s indices count
+    too: it draws from a permutation of all ``n`` rows when more than a fiftieth of them are chosen.
+    """
+    memory = _memory_bytes()
+    k = n if samples is None else min(samples, n)
+    need = k * row_bytes + 8 * (n if 50 * k > n else k)
+    if memory is not None and need > memory:
+        key = where.rsplit(": ", 1)[-1]
         raise DataError(
-            f"{where}.path: {path}: samples have shape {x.shape}; expected [N, ...] with one sample per row"
+            f"{where}.path: {path}: the {k:,} samples chosen take {_size(need)} ({row_bytes:,} bytes each), "
+            f"more than this machine's {_size(memory)} of memory; set {key}.samples to fewer"
         )
+
+
+def _size(count: int) -> str:
+    """Bytes for a message: 1.5 GiB, 12.0 MiB, 640 bytes."""
+    if count >= 2**30:
+        return f"{count / 2**30:,.1f} GiB"
+    return f"{count / 2**20:,.1f} MiB" if count >= 2**20 else f"{count:,} bytes"
 
 
 def _magic(path: Path, where: str) -> bytes:
@@ -288,18 +373,139 @@ def _magic(path: Path, where: str) -> bytes:
         raise DataError(f"{where}.path: {path}: cannot read it: {e.strerror or e}") from e
 
 
-def _read_header(f: IO[bytes], where: str, path: Path, member: str = "") -> tuple[tuple[int, ...], np.dtype[Any]]:
-    """Shape and dtype from an .npy header, without reading (or unpickling) the data."""
+def _read_header(f: IO[bytes], where: str, path: Path, member: str = "") -> _Header:
+    """Shape, order and dtype from an .npy header, without reading (or unpickling) the data."""
     name = f"{path}" + (f" (array '{member}')" if member else "")
     try:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
         else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
     except (ValueError, OSError, EOFError, SyntaxError) as e:
         raise DataError(f"{where}.path: {name}: not a readable .npy array (its header is damaged)") from e
-    return tuple(shape), dtype
+    if any(d >= 2**62 for d in shape):  # no array has such an axis: numpy could not even index it
+        raise DataError(f"{where}.path: {name}: not a readable .npy array (its header claims shape {list(shape)})")
+    return _Header(tuple(shape), bool(fortran), dtype, f.tell())
+
+
+def _member_header(archive: zipfile.ZipFile, member: str, where: str, path: Path, key: str) -> _Header:
+    """The .npy header of an .npz member, checked against the size the archive declares for the member."""
+    info = archive.getinfo(member)
+    with archive.open(info) as f:
+        head = _read_header(f, where, path, key)
+    if head.offset + head.nbytes > info.file_size:
+        what = "labels 'y'" if key == "y" else f"array '{key}'"
+        raise DataError(
+            f"{where}.path: {path}: {what} (member {member}) claims {list(head.shape)} values of {head.dtype} "
+            f"({head.nbytes:,} bytes) but the member holds {max(0, info.file_size - head.offset):,} bytes of data; "
+            "the file is damaged or was not written by numpy: save the arrays again with numpy.savez"
+        )
+    return head
+
+
+def _member_rows(archive: zipfile.ZipFile, member: str, head: _Header, idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` of an .npz member, streamed: the member is inflated once, in order, and not kept."""
+    info = archive.getinfo(member)
+    with archive.open(info) as f:
+        _skip(f, head.offset, stored=False)
+        return _read_rows(f, head, idx, stored=info.compress_type == zipfile.ZIP_STORED)
+
+
+def _read_rows(f: IO[bytes], head: _Header, idx: np.ndarray, *, stored: bool = False) -> np.ndarray:
+    """Rows ``idx`` (sorted, unique) of the array whose data ``f`` is positioned at, in one forward pass.
+
+    Only the chosen rows are kept, and at most ``_CHUNK`` bytes besides: a member that inflates to
+    gigabytes costs the time to inflate it, not the memory. The result is C-ordered and holds the same
+    values, dtype and order as ``np.load(...)[key][idx]`` (a seed picks the same samples as ever); a
+    Fortran-ordered array (as ``DataFrame.values`` often is) holds one value of every row in each run of
+    ``shape[0]`` values, so all of it is read, picking the chosen rows' values from each run.
+    ``stored``: an uncompressed member, skipped by seeking.
+    """
+    k = len(idx)
+    if k == 0 or head.row_bytes == 0:
+        return np.empty((k, *head.shape[1:]), dtype=head.dtype)
+    if not head.fortran or len(head.shape) == 1:
+        out = np.empty((k, *head.shape[1:]), dtype=head.dtype)
+        _pick(f, head.row_bytes, idx, out.reshape(-1).view(np.uint8), stored)
+        return out
+    runs = math.prod(head.shape[1:])
+    columns = np.empty((runs, k), dtype=head.dtype)  # columns[c]: value c (in Fortran order) of each chosen row
+    _pick_runs(f, runs, head.shape[0], head.dtype.itemsize, idx, columns.reshape(-1).view(np.uint8), stored)
+    return np.ascontiguousarray(columns.reshape(*head.shape[:0:-1], k).transpose())
+
+
+def _pick(f: IO[bytes], unit: int, idx: np.ndarray, out: np.ndarray, stored: bool) -> None:
+    """From a stream of ``unit``-byte records, the records ``idx`` (sorted) into ``out``; stops after the last."""
+    k = len(idx)
+    if unit >= _CHUNK:  # large records: one at a time, a chosen one straight into its place
+        pos = 0
+        for j, row in enumerate(idx.tolist()):
+            _skip(f, (row - pos) * unit, stored)
+            _read_exact(f, out[j * unit : (j + 1) * unit])
+            pos = row + 1
+        return
+    per = _CHUNK // unit
+    buf = np.empty(per * unit, dtype=np.uint8)
+    dst = out.reshape(k, unit)
+    pos = j = 0
+    last = int(idx[-1])
+    while j < k:  # a block of records from the next chosen one; the chosen ones in it are kept
+        first = int(idx[j])
+        _skip(f, (first - pos) * unit, stored)
+        count = min(per, last + 1 - first)
+        _read_exact(f, buf[: count * unit])
+        end = j + int(np.searchsorted(idx[j:], first + count))
+        dst[j:end] = buf[: count * unit].reshape(count, unit)[idx[j:end] - first]
+        pos, j = first + count, end
+
+
+def _pick_runs(
+    f: IO[bytes], runs: int, length: int, itemsize: int, idx: np.ndarray, out: np.ndarray, stored: bool
+) -> None:
+    """From ``runs`` runs of ``length`` values (a Fortran-ordered array's data), the values ``idx`` of each run."""
+    k = len(idx)
+    run_bytes = length * itemsize
+    if run_bytes <= _CHUNK:  # short runs: as many whole runs at a time as fit in a chunk
+        per = _CHUNK // run_bytes
+        buf = np.empty(per * run_bytes, dtype=np.uint8)
+        dst = out.reshape(runs, k * itemsize)
+        for first in range(0, runs, per):
+            count = min(per, runs - first)
+            _read_exact(f, buf[: count * run_bytes])
+            block = buf[: count * run_bytes].reshape(count, length, itemsize)
+            dst[first : first + count] = block[:, idx].reshape(count, k * itemsize)
+        return
+    tail = (length - int(idx[-1]) - 1) * itemsize  # after the last chosen value of a run
+    for run in range(runs):
+        _pick(f, itemsize, idx, out[run * k * itemsize : (run + 1) * k * itemsize], stored)
+        if run + 1 < runs:
+            _skip(f, tail, stored)
+
+
+def _read_exact(f: IO[bytes], out: np.ndarray) -> None:
+    """Fill ``out`` (bytes) from ``f``, ``_CHUNK`` bytes at a time; ``EOFError`` if the data ends first."""
+    done = 0
+    while done < len(out):
+        data = f.read(min(_CHUNK, len(out) - done))
+        if not data:
+            raise EOFError("the data ends before its header says")
+        out[done : done + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        done += len(data)
+
+
+def _skip(f: IO[bytes], count: int, stored: bool) -> None:
+    """Pass ``count`` bytes of ``f``: by seeking where the bytes are stored as is, else read and dropped."""
+    if count <= 0:
+        return
+    if stored and f.seekable():
+        f.seek(count, os.SEEK_CUR)  # a short member is noticed by the next read
+        return
+    while count:
+        data = f.read(min(_CHUNK, count))
+        if not data:
+            raise EOFError("the data ends before its header says")
+        count -= len(data)
 
 
 def _read_failed(e: BaseException, where: str, path: Path, kind: str) -> DataError:
@@ -314,10 +520,13 @@ def _read_failed(e: BaseException, where: str, path: Path, kind: str) -> DataErr
         text = "it holds pickled Python objects, which edgeconv never loads (unpickling can run code)"
     elif "mmap length" in text or isinstance(e, EOFError):
         text = "the file is shorter than its header says (truncated?)"
+    elif isinstance(e, zlib.error):
+        text = f"the archive is damaged ({e}); save the arrays again with numpy.savez"
     return DataError(f"{where}.path: {path}: cannot read {kind}: {text}")
 
 
 def _load_npz(path: Path, where: str, samples: int | None, seed: int, names: tuple[str, ...] = ()) -> Dataset:
+    """``x`` (or the input's name) and ``y`` of an .npz: headers checked, then only the chosen rows read."""
     if _magic(path, where)[:4] not in _ZIP_MAGIC:
         raise DataError(f"{where}.path: {path}: cannot read .npz: it is not a zip archive; {_NPZ_HELP}")
     try:
@@ -329,43 +538,51 @@ def _load_npz(path: Path, where: str, samples: int | None, seed: int, names: tup
                 raise DataError(
                     f"{where}.path: {path}: no array 'x'{also} in the .npz (it has: {', '.join(members) or 'nothing'})"
                 )
+            heads: dict[str, _Header] = {}
             for key in (x_key, "y"):
                 if key not in members:
                     continue
-                with archive.open(members[key]) as f:
-                    _, dtype = _read_header(f, where, path, key)
-                problem = _dtype_problem(dtype, "labels 'y'" if key == "y" else "samples")
+                heads[key] = _member_header(archive, members[key], where, path, key)
+                problem = _dtype_problem(heads[key].dtype, "labels 'y'" if key == "y" else "samples")
                 if problem:
                     raise DataError(f"{where}.path: {path}: {problem}")
-        with np.load(path, allow_pickle=False) as npz:
-            x_all = npz[x_key]
-            y_all = npz["y"] if "y" in members else None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, MemoryError, NotImplementedError) as e:
+            x_head, y_head = heads[x_key], heads.get("y")
+            _check_samples(x_head.shape, where, path)
+            n = x_head.shape[0]
+            if y_head is not None:
+                _check_label_shape(y_head.shape, n, where, path)
+            _check_fits(n, samples, x_head.row_bytes + (y_head.row_bytes if y_head else 0), where, path)
+            idx = select(n, samples, seed)
+            y = _labels(_member_rows(archive, members["y"], y_head, idx), where, path) if y_head else None
+            x = _member_rows(archive, members[x_key], x_head, idx)
+    except _READ_ERRORS as e:
         raise _read_failed(e, where, path, ".npz") from e
-    if not isinstance(x_all, np.ndarray) or (y_all is not None and not isinstance(y_all, np.ndarray)):
-        raise DataError(f"{where}.path: {path}: 'x' or 'y' in the .npz is not an .npy array; {_NPZ_HELP}")
-    _check_array(x_all, where, path)
-    idx = select(len(x_all), samples, seed)
-    y = _labels(np.asarray(y_all), len(x_all), where, path)[idx] if y_all is not None else None
-    return Dataset(x=np.asarray(x_all[idx]), y=y, source=path, available=len(x_all), eight_bit=x_all.dtype == np.uint8)
+    return Dataset(x=x, y=y, source=path, available=n, eight_bit=x_head.dtype == np.uint8, rows=idx, key=x_key)
 
 
 def _load_npy(path: Path, where: str, samples: int | None, seed: int) -> Dataset:
+    """An .npy, memory-mapped: only the chosen rows are read."""
     if _magic(path, where) != _NPY_MAGIC:
         raise DataError(f"{where}.path: {path}: cannot read .npy: it has no numpy header; save arrays with numpy.save")
     with path.open("rb") as f:
-        _, dtype = _read_header(f, where, path)
-    problem = _dtype_problem(dtype, "samples")
+        head = _read_header(f, where, path)
+    problem = _dtype_problem(head.dtype, "samples")
     if problem:
         raise DataError(f"{where}.path: {path}: {problem}")
+    _check_samples(head.shape, where, path)
     try:
         x_all = np.load(path, allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError, EOFError) as e:
         raise _read_failed(e, where, path, ".npy") from e
-    _check_array(x_all, where, path)
+    _check_fits(head.shape[0], samples, head.row_bytes, where, path)
     idx = select(len(x_all), samples, seed)
     return Dataset(
-        x=np.asarray(x_all[idx]), y=None, source=path, available=len(x_all), eight_bit=x_all.dtype == np.uint8
+        x=np.asarray(x_all[idx]),
+        y=None,
+        source=path,
+        available=len(x_all),
+        eight_bit=x_all.dtype == np.uint8,
+        rows=idx,
     )
 
 
@@ -377,6 +594,12 @@ def _load_folder(
     channels: int | None,
     image_size: tuple[int, int] | None,
 ) -> Dataset:
+    """The chosen images of a folder (class sub-folders give labels), sized from their headers first.
+
+    Every chosen image's size is read before any is decoded: one too large is refused, mixed sizes
+    without ``input.resize`` are refused, and the batch is checked to fit in memory. Images of mixed
+    sizes are resized one by one as decoded, so only one full-size image is held at a time.
+    """
     subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     files: list[Path] = []
     labels: list[int] = []
@@ -394,18 +617,73 @@ def _load_folder(
             f"{where}.path: {path}: no images ({', '.join(IMAGE_SUFFIXES)}) found directly or in class sub-folders"
         )
     idx = select(len(files), samples, seed)
-    images = [_decode(files[i], channels, where) for i in idx]
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
-        if image_size is None:
+    depth = 1 if channels == 1 else 3
+    shapes = [(h, w, depth) for w, h in (_image_size(files[i], where) for i in idx)]
+    if len(set(shapes)) > 1 and image_size is None:
+        raise DataError(
+            f"{where}.path: {path}: images differ in size ({', '.join(str(s) for s in sorted(set(shapes)))}); "
+            "set input.resize so they can be brought to one size"
+        )
+    resize_to = image_size if len(set(shapes)) > 1 else None
+    shape, dtype = ((*resize_to, depth), np.float32) if resize_to else (shapes[0], np.uint8)
+    _check_fits(len(idx), None, math.prod(shape) * np.dtype(dtype).itemsize, where, path)
+    x = np.empty((len(idx), *shape), dtype=dtype)
+    for j, i in enumerate(idx):
+        image = _decode(files[i], channels, where)
+        if image.shape != shapes[j]:
             raise DataError(
-                f"{where}.path: {path}: images differ in size ({', '.join(str(s) for s in sorted(shapes))}); "
-                "set input.resize so they can be brought to one size"
+                f"{where}.path: {files[i]}: decoded to {list(image.shape)} but its header says {list(shapes[j])}; "
+                "the image is damaged: save it again"
             )
-        images = [resize_bilinear(im[None].astype(np.float32), image_size)[0] for im in images]
-    x = np.stack(images)
+        x[j] = resize_bilinear(image[None].astype(np.float32), resize_to)[0] if resize_to else image
     y = np.asarray([labels[i] for i in idx], dtype=np.int64) if classes else None
     return Dataset(x=x, y=y, source=path, available=len(files), classes=classes, eight_bit=True)
+
+
+def _pixel_limit() -> tuple[int, str]:
+    """The most pixels an image may have, and what sets it: ours, or Pillow's ``MAX_IMAGE_PIXELS`` if lower."""
+    from PIL import Image
+
+    ours = _MAX_IMAGE_SIDE**2
+    theirs = Image.MAX_IMAGE_PIXELS
+    if theirs is not None and theirs < ours:
+        return int(theirs), "PIL.Image.MAX_IMAGE_PIXELS"
+    return ours, f"{_MAX_IMAGE_SIDE}x{_MAX_IMAGE_SIDE}, the largest image input.resize takes"
+
+
+def _image_size(file: Path, where: str) -> tuple[int, int]:
+    """(width, height) from an image's header, refused if larger than ``_pixel_limit``; nothing is decoded.
+
+    Pillow's own decompression-bomb warning is silenced here because this check, at a limit no higher
+    than Pillow's, refuses those images with our message; its error (at twice its limit) is ours too.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    limit, why = _pixel_limit()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(file) as im:
+                width, height = im.size
+    except Image.DecompressionBombError as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_large(file, where, int(found.group(1)) if found else None, None, limit, why) from e
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DataError(f"{where}.path: {file}: cannot decode image: {e}") from e
+    if width * height > limit:
+        raise _too_large(file, where, width * height, (width, height), limit, why)
+    return width, height
+
+
+def _too_large(
+    file: Path, where: str, pixels: int | None, size: tuple[int, int] | None, limit: int, why: str
+) -> DataError:
+    count = f"Image size ({pixels} pixels)" if pixels is not None else "Image size"
+    dims = f"; it is {size[0]}x{size[1]}" if size else ""
+    return DataError(
+        f"{where}.path: {file}: cannot decode image: {count} exceeds the limit of {limit} pixels ({why}){dims}; "
+        "scale it down to about the model's input size, or remove it from the folder"
+    )
 
 
 def _decode(file: Path, channels: int | None, where: str) -> np.ndarray:
@@ -434,7 +712,7 @@ def prepare(ds: Dataset, preprocess: Preprocess, input_shape: tuple[int, ...], w
     if x.ndim == len(input_shape) - 1 and input_shape[-1] == 1:
         x = x[..., None]
     try:
-        out = preprocess(x)
+        out = _preprocess_in_chunks(preprocess, x)
     except ValueError as e:
         raise DataError(f"{where}: {ds.source}: preprocessing failed: {e}") from e
     except MemoryError as e:
@@ -447,7 +725,27 @@ def prepare(ds: Dataset, preprocess: Preprocess, input_shape: tuple[int, ...], w
             f"{where}: {ds.source}: samples have shape {list(out.shape[1:])} after preprocessing but the model "
             f"expects {list(want)}; {hint} or use data made for this model"
         )
-    _refuse_non_finite(out, f"{where}: {ds.source}")
+    _refuse_non_finite(out, f"{where}: {ds.source}", array=ds.key, rows=ds.rows, raw=x, source=ds.source)
+    return out
+
+
+def _preprocess_in_chunks(preprocess: Preprocess, x: np.ndarray) -> np.ndarray:
+    """``preprocess(x)``, a few megabytes of samples at a time.
+
+    At once, the contract converts every full-size sample to float32 (four bytes a value, and resize's
+    intermediates besides) before resize shrinks them; in chunks, only the output is held in full. Each
+    sample is preprocessed on its own either way, so the values are the same.
+    """
+    per = max(1, _CHUNK * 4 // max(1, math.prod(x.shape[1:]) * 4))
+    if len(x) <= per:
+        return preprocess(x)
+    first = preprocess(x[:per])
+    if np.may_share_memory(first, x):  # the contract changed nothing (float32 as is): nothing to bound
+        return preprocess(x)
+    out = np.empty((len(x), *first.shape[1:]), dtype=first.dtype)
+    out[:per] = first
+    for start in range(per, len(x), per):
+        out[start : start + per] = preprocess(x[start : start + per])
     return out
 
 
@@ -609,12 +907,43 @@ def arrange(
     return dataclasses.replace(ds, x=x, arranged="; ".join(notes) or None)
 
 
-def _refuse_non_finite(a: np.ndarray, what: str) -> None:
-    """A ``DataError`` naming how many NaN/Inf values there are, in how many samples, and the first."""
+def _refuse_non_finite(
+    a: np.ndarray,
+    what: str,
+    *,
+    array: str | None = None,
+    rows: np.ndarray | None = None,
+    raw: np.ndarray | None = None,
+    source: Path | None = None,
+) -> None:
+    """A ``DataError`` naming the first NaN/Inf sample by its row in the file, and how many there are.
+
+    ``a``: the samples as the model gets them; ``rows``: each one's row in ``source`` (``Dataset.rows``),
+    so the row named is one the user can find, not a place in the seed's random subset; ``raw``: the
+    samples as read, to tell a NaN or Inf stored in the file from a value float32 cannot hold; ``array``:
+    the .npz array ("x", or "array 'name'" for one input of several). Without ``rows`` the samples are
+    named by their place in ``a``.
+    """
     bad = ~np.isfinite(a)
-    if bad.any():
-        rows = np.unique(np.nonzero(bad)[0])
+    if not bad.any():
+        return
+    samples = np.flatnonzero(bad.reshape(len(a), -1).any(axis=1))
+    first = int(samples[0])
+    what = f"{what}: {array}" if array and array.startswith("array ") else what  # one input of several
+    if rows is None or source is None:
         raise DataError(
-            f"{what}: {bad.sum()} NaN/Inf values in {len(rows)} samples (first: sample {int(rows[0])}); "
+            f"{what}: {bad.sum()} NaN/Inf values in {len(samples)} samples (first: sample {first}); "
             "remove or repair them"
         )
+    row = int(rows[first])
+    value = float(a[first][bad[first]].flat[0])
+    kind = "NaN" if math.isnan(value) else "Inf" if value > 0 else "-Inf"
+    stored = raw is None or (raw.dtype.kind == "f" and not np.all(np.isfinite(raw[first])))
+    holds = kind if stored else f"a value that is {kind} as float32 after preprocessing"
+    name = f"{array} row" if array and not array.startswith("array ") else "row"
+    listed = ", ".join(str(int(rows[i])) for i in samples[:5]) + (", ..." if len(samples) > 5 else "")
+    raise DataError(
+        f"{what}: {bad.sum()} NaN/Inf values in {len(samples)} samples (first: sample {row}): {name} {row} of "
+        f"{source.name} holds {holds} (samples are named by their row in the file; rows {listed} of the "
+        f"{len(a)} read); remove or repair those rows"
+    )

@@ -241,12 +241,13 @@ def check_static_sizes(model: Any) -> None:
 
     A ``ConstantOfShape`` (or ``Expand``, ``Tile``, ``Range``) fed constant sizes is folded into a
     constant by onnxsim before any conversion: a few bytes of file can ask for terabytes. onnx's shape
-    inference with data propagation gives every such tensor's size without computing it.
+    inference with data propagation gives every such tensor's size without computing it; run strict, it
+    also refuses shapes that cannot meet (an Add of [5, 9] and [4]), which onnx2tf would fail on deep inside.
     """
     import onnx
 
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as e:  # noqa: BLE001 - onnx raises InferenceError and others for malformed graphs
         raise ModelRefused(f"onnx's shape inference rejects the model: {_first_line(e)}") from e
     for value in [*inferred.graph.value_info, *inferred.graph.output]:
@@ -334,12 +335,17 @@ def convert(request: dict[str, Any]) -> dict[str, Any]:
         model = onnx.load(str(source), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and onnx's own errors
         raise ModelRefused(f"not a readable ONNX model: {str(e).strip()[:300] or type(e).__name__}") from e
-    external = inline_external_data(model, source.parent)
-    check_tensor_data(model)
-    model = inline_functions(model)
-    check_domains(model)
-    check_model(model)
-    check_static_sizes(model)
+    try:
+        external = inline_external_data(model, source.parent)
+        check_tensor_data(model)
+        model = inline_functions(model)
+        check_domains(model)
+        check_model(model)
+        check_static_sizes(model)
+    except ModelRefused:
+        raise
+    except Exception as e:  # noqa: BLE001 - a field no exporter writes (bytes for a name, odd types) is the file's
+        raise ModelRefused(f"the model is malformed ({type(e).__name__}: {_first_line(e)})") from e
     initializers = {t.name for t in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in initializers]
     shapes = {v.name: _shape(v) for v in inputs}

@@ -6,12 +6,14 @@ One trained network, two files, so the two PyTorch front doors can be compared o
 demo's own ``recipes/data/digits.npz`` / ``digits_test.npz`` (uint8 [N, 8, 8, 1], made by
 ``tools/train_demo.py`` from the digits that ship inside scikit-learn): nothing is downloaded.
 
-Seeded and single-threaded with deterministic kernels, so a re-run on the same torch gives the same
-weights (``--check`` retrains in memory and compares them with the committed ``.pt2``'s). The network is
-PyTorch's usual NCHW: it takes [1, 1, 8, 8] float images in [0, 1].
+Seeded and single-threaded with deterministic kernels, so a re-run on the same torch and processor gives
+the same weights. Another processor rounds floats differently (other SIMD widths) and training drifts to
+other weights of the same quality, so ``--check`` retrains in memory and passes when the weights are
+identical to the committed ``.pt2``'s or its held-out top-1 is within one point of theirs. The network
+is PyTorch's usual NCHW: it takes [1, 1, 8, 8] float images in [0, 1].
 
     python tools/train_torch_digits.py            # writes both files
-    python tools/train_torch_digits.py --check    # retrains, exit 1 when the weights differ
+    python tools/train_torch_digits.py --check    # retrains, exit 1 when it does not reproduce the model
 """
 
 from __future__ import annotations
@@ -104,6 +106,9 @@ def export(model: Any, pt2: Path, onnx_path: Path) -> None:
         )
 
 
+TOP1_TOLERANCE = 0.01  # retrained elsewhere, the held-out top-1 stays within a point of the committed model's
+
+
 def same_weights(model: Any, pt2: Path) -> bool:
     """Whether ``model`` has the weights of the committed archive (bytes of the zip differ across torch builds)."""
     import torch
@@ -122,9 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     model = train(args.epochs)
     top1 = accuracy(model)
     if args.check:
-        same = same_weights(model, args.out / "digits_cnn.pt2")
-        print(f"float top-1 {top1:.4f}; weights {'identical to' if same else 'DIFFERENT from'} the committed .pt2")
-        return 0 if same else 1
+        import torch
+
+        committed_path = args.out / "digits_cnn.pt2"
+        same = same_weights(model, committed_path)
+        saved = build()
+        saved.load_state_dict(torch.export.load(str(committed_path)).state_dict)
+        committed = accuracy(saved.eval())
+        weights = "identical to" if same else "differ from (float rounding differs between processors)"
+        print(f"float top-1 {top1:.4f} (committed .pt2 {committed:.4f}); weights {weights} the committed .pt2")
+        return 0 if same or abs(top1 - committed) <= TOP1_TOLERANCE else 1
     args.out.mkdir(parents=True, exist_ok=True)
     export(model, args.out / "digits_cnn.pt2", args.out / "digits_cnn.onnx")
     print(f"float top-1 on digits_test.npz: {top1:.4f}; wrote {args.out / 'digits_cnn.pt2'} and .onnx")
