@@ -134,4 +134,6 @@ def load_onnx(path: Path, timeout_s: float = TIMEOUT_S) -> tuple[bytes, str]:
     except Exception as e:  # noqa: BLE001 - the interpreter raises bare RuntimeError/ValueError
         raise ConversionError(f"onnx2tf wrote a .tflite for {path} that the TFLite interpreter cannot open: {e}") from e
     loader = f"onnx2tf {answer['onnx2tf']} in its own virtualenv ({time.perf_counter() - start:.1f} s; inputs: "
-    return content, loader + _describe_inputs(answer["inputs"], model) + ")"
+    erf = answer.get("erf_as_tanh", 0)
+    erf_note = f"; {erf} Erf as tanh(u*(a+b*u^2)), the tanh GELU form, error <= 3.6e-4" if erf else ""
+    return content, loader + _describe_inputs(answer["inputs"], model) + erf_note + ")"
