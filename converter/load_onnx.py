@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -84,7 +85,48 @@ def run_worker(python: Path, request: dict[str, Any], timeout_s: float = TIMEOUT
             f"the onnx2tf worker exited with {done.returncode} and no answer; its last words: "
             f"{_last_words(done.stderr)}"
         )
+    if not answer["ok"] and not answer.get("user"):
+        answer["error"] = toolkit_reason(done.stderr, str(answer.get("error", "")))
     return answer
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit): ")
+# onnx2tf's generic advice, printed after every failure: not the reason.
+_ADVICE = (
+    "The trace log is below",
+    "Read this and deal with it",
+    "Alternatively,",
+    "If the input OP",
+    "Also, for models",
+)
+
+
+def toolkit_reason(log: str, error: str) -> str:
+    """What onnx2tf said went wrong, from its log: the ONNX op it was converting and the exception's message.
+
+    onnx2tf prints a traceback and generic advice, then exits or raises with a message whose last line
+    is often a keyword argument (``• name='sng_Add_0'``); the useful sentence is in between.
+    """
+    lines = [_ANSI.sub("", line).rstrip() for line in log.splitlines()]
+    op = next((ln.split("onnx_op_name:", 1)[1].strip() for ln in lines if "onnx_op_name:" in ln), "")
+    said = [
+        ln.split("ERROR:", 1)[1].strip()
+        for ln in lines
+        if "ERROR:" in ln and not any(a in ln for a in _ADVICE) and ":" in ln.split("ERROR:", 1)[1][:40]
+    ]
+    said = [s for s in said if not s.startswith(("input_onnx_file_path:", "onnx_op_name:"))]
+    message = []
+    starts = [i for i, ln in enumerate(lines) if _EXCEPTION.match(ln)]
+    if starts:
+        for ln in lines[starts[-1] :]:
+            if ln.startswith(("Call arguments", "  •", "[")) or (message and _EXCEPTION.match(ln)):
+                break
+            if ln.strip():
+                message.append(ln.strip())
+    reason = " ".join(message)[:500] or " ".join(said[:2])[:500] or error
+    where = f"at ONNX node '{op}': " if op else ""
+    return f"{where}{reason}"
 
 
 def _describe_inputs(inputs: list[dict[str, Any]], model: TFLiteModel) -> str:
@@ -132,6 +174,13 @@ def load_onnx(path: Path, timeout_s: float = TIMEOUT_S) -> tuple[bytes, str]:
     try:
         model = TFLiteModel(model_content=content)
     except Exception as e:  # noqa: BLE001 - the interpreter raises bare RuntimeError/ValueError
+        flex = sorted(set(re.findall(r"\((Flex\w+)\)", str(e))))
+        if flex:
+            raise ModelLoadError(
+                f"model: {path}: onnx2tf kept {', '.join(flex)} as TensorFlow ops (no TFLite builtin kernel exists for "
+                "them), which no integer target runs; replace the ONNX operators behind them with standard ones "
+                "TFLite has, or convert the model from PyTorch (.pt2) instead"
+            ) from e
         raise ConversionError(f"onnx2tf wrote a .tflite for {path} that the TFLite interpreter cannot open: {e}") from e
     loader = f"onnx2tf {answer['onnx2tf']} in its own virtualenv ({time.perf_counter() - start:.1f} s; inputs: "
     erf = answer.get("erf_as_tanh", 0)

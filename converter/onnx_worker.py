@@ -424,7 +424,7 @@ def convert(request: dict[str, Any]) -> dict[str, Any]:
             verbosity="error",
         )
     except SystemExit as e:
-        raise RuntimeError(f"onnx2tf gave up (exit {e.code}); its log above says why") from e
+        raise RuntimeError(f"onnx2tf gave up (exit {e.code}) without a message") from e
     seconds["onnx2tf"] = round(time.perf_counter() - start, 3)
     produced = work / "out" / "model_float32.tflite"
     if not produced.is_file():

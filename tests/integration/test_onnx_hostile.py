@@ -199,3 +199,19 @@ def test_a_model_the_onnx_checker_rejects_is_exit_2(onnx_env: Path, tmp_path: Pa
     with pytest.raises(ModelLoadError, match="onnx's checker rejects the model"):
         load_model(path)
     assert path.exists()
+
+
+def test_an_op_onnx2tf_keeps_as_a_tensorflow_op_is_named(onnx_env: Path, tmp_path: Path) -> None:  # noqa: F811
+    """ONNX Det becomes FlexMatrixDeterminant: exit 2 naming it, not advice to link the Flex delegate."""
+    graph = helper.make_graph(
+        [helper.make_node("Det", ["x"], ["d"]), helper.make_node("Add", ["d", "d"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    path = tmp_path / "det.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    with pytest.raises(ModelLoadError) as caught:
+        load_model(path)
+    assert "onnx2tf kept FlexMatrixDeterminant as TensorFlow ops" in str(caught.value)
+    assert "Flex delegate" not in str(caught.value)
