@@ -116,7 +116,7 @@ def toolkit_reason(log: str, error: str) -> str:
         if "ERROR:" in ln and not any(a in ln for a in _ADVICE) and ":" in ln.split("ERROR:", 1)[1][:40]
     ]
     said = [s for s in said if not s.startswith(("input_onnx_file_path:", "onnx_op_name:"))]
-    message = []
+    message: list[str] = []
     starts = [i for i, ln in enumerate(lines) if _EXCEPTION.match(ln)]
     if starts:
         for ln in lines[starts[-1] :]:
