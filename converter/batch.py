@@ -31,6 +31,7 @@ from typing import Any
 from .bench import die_with_parent
 from .errors import UserInputError
 from .report import REPORT_NAME
+from .yamlio import not_regular
 
 JOB_MEMORY = 2 * 1024**3  # bytes one convert may peak at (1.4 GB measured on MobileNetV2-224), rounded up
 RECIPE_SUFFIXES = (".yaml", ".yml")
@@ -84,7 +85,10 @@ def find_recipes(paths: Sequence[Path]) -> list[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            raise UserInputError(f"{path}: no such recipe file or folder")
+            problem = not_regular(path)
+            if problem is None or problem == "not found":
+                raise UserInputError(f"{path}: no such recipe file or folder")
+            raise UserInputError(f"{path}: {problem}; give recipe files (*.yaml) or folders that hold them")
     unique = list(dict.fromkeys(p.resolve() for p in found))
     return [Path(p) for p in unique]
 

@@ -182,7 +182,19 @@ def run_child(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str
 
 
 def _raise_local(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    raise EvaluationError(f"the runtime failed on this machine: {result.stderr.strip()[-500:]}")
+    """The benchmark child printed no result: its death by a signal is named (a crash in LiteRT's native code)."""
+    said = result.stderr.strip()[-500:]
+    if result.returncode < 0:
+        try:
+            name = signal.Signals(-result.returncode).name
+        except ValueError:
+            name = f"signal {-result.returncode}"
+        raise EvaluationError(
+            f"the benchmark process on this machine crashed ({name}) inside native code (LiteRT) while running the "
+            f"models; this is a crash of the runtime, not an error edgeconv found in your input: please report it "
+            f"with the recipe and the model (its last output: {said or 'none'})"
+        )
+    raise EvaluationError(f"the runtime failed on this machine (exit {result.returncode}): {said}")
 
 
 def run_remote(request: BenchRequest, target: SSHTarget, keep: bool = False) -> dict[str, Any]:

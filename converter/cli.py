@@ -60,7 +60,7 @@ def _step_summary(markdown_file: Path) -> None:
 
 def gates_table(report: dict[str, Any]) -> str:
     """The gates as a compact console table."""
-    from .render import gate_line
+    from .render import gate_line, safe_text
 
     gates = report.get("gates") or []
     if not gates:
@@ -69,7 +69,8 @@ def gates_table(report: dict[str, Any]) -> str:
     skipped = sum(g["status"] == "skipped" for g in gates)
     head = f"  gates: {len(gates) - failed - skipped} passed, {failed} failed, {skipped} skipped"
     marks = {"passed": "ok  ", "failed": "FAIL", "skipped": "skip"}
-    return "\n".join([head, *(f"    {marks[g['status']]} {gate_line(g)}" for g in gates)])
+    # safe_text: a report read by ``check`` may carry terminal escape sequences in its names and reasons.
+    return safe_text("\n".join([head, *(f"    {marks[g['status']]} {gate_line(g)}" for g in gates)]))
 
 
 @click.group(cls=SupervisedGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -23,6 +23,20 @@ class ModelLoadError(UserInputError):
     """The model file is missing, corrupt or in a format we cannot read."""
 
 
+class InvalidModelError(ModelLoadError):
+    """TensorFlow's own .tflite importer rejects the float model: found when its quantizer fails, without the file.
+
+    The quantizer is the first to read the model with the importer's checks of every op (TensorFlow is not
+    loaded before it, so a warm re-run needs none), and it knows only bytes: ``pipeline.convert`` names the
+    file, and keeps exit 2 for a .tflite source (the file is the input) but makes it a ``ConversionError``
+    (exit 3) for a model TensorFlow converted here, which its own quantizer should read.
+    """
+
+    def __init__(self, message: str, remedy: str) -> None:
+        super().__init__(message)
+        self.remedy = remedy  # what to do about a .tflite source (for a converted model: report it)
+
+
 class DataError(UserInputError):
     """Calibration or evaluation data is missing, empty, non-finite or the wrong shape."""
 

@@ -19,6 +19,7 @@ from .render import (
     layer_label,
     npu_line,
     output_figures,
+    safe_text,
     tuning_rows,
 )
 
@@ -263,4 +264,4 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
             _table(["tensor", "method", "range", "clipped", "int8 levels used"], rows, {3, 4}),
         ]
     parts.append("</body></html>\n")
-    return "".join(parts)
+    return safe_text("".join(parts))

@@ -250,18 +250,50 @@ def _import_custom_objects(specs: Iterable[str]) -> dict[str, Any]:
 
 @named("opening the .tflite in the LiteRT interpreter")
 def _read_float_tflite(path: Path) -> bytes:
+    """The source's bytes, once the interpreter opens them and ``tflite_check`` finds them whole and float."""
+    from .tflite_check import (
+        REEXPORT,
+        VHLO_REMEDY,
+        builtin_error,
+        check_before_open,
+        check_names,
+        check_ops,
+        check_runs,
+        vhlo_meaning,
+    )
+
     content = path.read_bytes()
     if len(content) < 8 or content[4:8] != b"TFL3":
         raise ModelLoadError(f"model: {path}: not a TFLite flatbuffer (no 'TFL3' identifier); is the file corrupt?")
+    _checked(check_before_open, content, path)
     try:
         ref = TFLiteModel(model_content=content)
-    except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"model: {path}: the TFLite interpreter cannot open it: {e}") from e
+    except Exception as e:  # noqa: BLE001 - the interpreter raises bare RuntimeError/ValueError
+        if isinstance(e, UnicodeDecodeError):  # an input or output name: say which, and why it matters
+            _checked(check_names, content, path)
+        meaning = vhlo_meaning(str(e))
+        if meaning is not None:
+            raise ModelLoadError(f"model: {path}: {meaning}; {VHLO_REMEDY}") from e
+        why = builtin_error(content) or str(e)  # names the model's op where the delegate names its own node
+        if "unresolved custom op" in why:  # a whole model, but of an op LiteRT does not have
+            raise ModelLoadError(
+                f"model: {path}: the TFLite interpreter cannot open it ({why}); edgeconv converts models made of "
+                "TFLite's builtin ops: rebuild the layer behind the custom op from builtin ones"
+            ) from e
+        raise ModelLoadError(
+            f"model: {path}: the model file is invalid: the TFLite interpreter cannot open it ({why}); {REEXPORT}"
+        ) from e
+    _checked(check_names, content, path)  # before any name is read: every later step goes by them
+    if not ref.inputs or not ref.outputs:
+        which = "inputs" if not ref.inputs else "outputs"
+        raise ModelLoadError(f"model: {path}: the model file is invalid: its main subgraph has no {which}; {REEXPORT}")
     if any(t.dtype != "float32" for t in ref.inputs + ref.outputs):
         raise ModelLoadError(
             f"model: {path}: is already quantized (I/O dtypes {[t.dtype for t in ref.inputs + ref.outputs]}); "
             "give the float model it was made from"
         )
+    _checked(check_ops, content, path)
+    _checked(check_runs, content, path)
     reason = quantized_reason(content)
     if reason:
         raise ModelLoadError(
@@ -271,6 +303,23 @@ def _read_float_tflite(path: Path) -> bytes:
             "be reported as float); give the float32 .tflite, Keras file or SavedModel it was made from"
         )
     return content
+
+
+def _checked(check: Callable[[bytes, Path], None], content: bytes, path: Path) -> None:
+    """Run a ``tflite_check`` check; a file it cannot even read where the interpreter could is refused too.
+
+    The interpreter verified the flatbuffer's structure, not every value the checks follow (an index, a
+    length): reading one that points nowhere raises here rather than in a later step, as exit 2.
+    """
+    try:
+        check(content, path)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - flatbuffers' readers raise struct.error, IndexError, ...
+        raise ModelLoadError(
+            f"model: {path}: the model file is invalid: a value in it points outside the file or its tables "
+            f"({type(e).__name__}: {e}); the file is damaged: export it again with the TFLite converter"
+        ) from e
 
 
 def quantized_reason(content: bytes) -> str | None:
@@ -462,7 +511,7 @@ def _keras_to_tflite(model: Any, path: Path) -> bytes:
         frozen = convert_variables_to_constants_v2(concrete)
         content = bytes(tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"model: {path}: TensorFlow cannot convert it to TFLite: {e}") from e
+        raise ModelLoadError(f"model: {path}: TensorFlow cannot convert it to TFLite: {_converter_said(e)}") from e
     outputs = [str(n) for n in getattr(model, "output_names", None) or []]
     return _name_outputs(content, outputs) if len(outputs) > 1 else content
 
@@ -519,4 +568,12 @@ def _saved_model_to_tflite(path: Path) -> bytes:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(path))
         return bytes(converter.convert())
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"model: {path}: TensorFlow cannot convert this SavedModel: {e}") from e
+        raise ModelLoadError(f"model: {path}: TensorFlow cannot convert this SavedModel: {_converter_said(e)}") from e
+
+
+def _converter_said(error: Exception) -> str:
+    """TensorFlow's converter error, its raw "Failed VHLO to version …" put in words first (``vhlo_meaning``)."""
+    from .tflite_check import vhlo_meaning
+
+    meaning = vhlo_meaning(str(error))
+    return str(error) if meaning is None else f"{meaning}. TensorFlow said: {error}"

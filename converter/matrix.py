@@ -39,7 +39,7 @@ from .devices import available_devices, devices_dir, load_device
 from .errors import UserInputError
 from .recipe import Recipe, load_recipe
 from .schema import suggest
-from .yamlio import load_yaml_file
+from .yamlio import load_yaml_file, not_regular
 
 RUNTIMES = ("litert", "tflm", "edgetpu", "ethos-u", "rknn")  # group order in the job list
 EXTRAS = {"ethos-u": "convert,npu"}  # pip extras a group's job installs; the rest need "convert"
@@ -85,7 +85,10 @@ def find_recipes(paths: Sequence[Path]) -> list[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            raise UserInputError(f"{path}: no such recipe file or folder")
+            problem = not_regular(path)
+            if problem is None or problem == "not found":
+                raise UserInputError(f"{path}: no such recipe file or folder")
+            raise UserInputError(f"{path}: {problem}; give recipe files (*.yaml) or folders that hold them")
     seen: dict[Path, Path] = {}
     for p in found:
         seen.setdefault(p.resolve(), p)

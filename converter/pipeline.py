@@ -28,7 +28,16 @@ from .artifacts import OutputFolder
 from .ci_outputs import finalize
 from .data import Dataset, check_preprocess, read_samples
 from .devices import DeviceProfile, load_device
-from .errors import DataError, DeployError, ModelLoadError, NoIntegerKernelError, UserInputError
+from .errors import (
+    ConversionError,
+    ConverterError,
+    DataError,
+    DeployError,
+    InvalidModelError,
+    ModelLoadError,
+    NoIntegerKernelError,
+    UserInputError,
+)
 from .evaluate import check_metric, evaluate_host
 from .extras import check_importable
 from .gates import LOWER_BOUNDS, Gate, evaluate
@@ -43,7 +52,7 @@ from .report import FLOAT_NAME, HIST_NAME, INT8_NAME, REPORT_NAME, Outcome, buil
 from .runtime.accuracy import not_measured
 from .runtime.preprocess import Preprocess
 from .targets import check_targets, early_warnings, rknn
-from .tflite_quantizer import import_seconds, import_tensorflow, quantize_with_ranges
+from .tflite_quantizer import import_problem, import_seconds, import_tensorflow, quantize_with_ranges
 from .transform_check import TransformRejected
 from .tune import tune
 
@@ -106,7 +115,7 @@ def convert(
             "CI runs them); if you trust these modules, pass --allow-custom-objects to edgeconv convert"
         )
     try:
-        detect_format(recipe.model)  # also checks the source's extra or virtualenv (load.SOURCES)
+        source_format = detect_format(recipe.model)  # also checks the source's extra or virtualenv (load.SOURCES)
     except ModelLoadError as e:
         raise ModelLoadError(f"{recipe.source}: {e}") from e
     targets = {t.device: load_device(t.device) for t in recipe.target_specs()}
@@ -121,9 +130,35 @@ def convert(
     if qat is not None and not qat.data.path.exists():
         raise DataError(f"{recipe.source}: tuning.qat.data.path: {qat.data.path} does not exist")
     with OutputFolder(out, recipe.name, force) as folder:  # locked, checked and writable before any work
-        report, files = _run(recipe, targets, baseline, baseline_path)
+        try:
+            report, files = _run(recipe, targets, baseline, baseline_path)
+        except InvalidModelError as e:
+            raise _invalid_model(recipe, source_format, e) from e
         folder.publish(files)
     return RunResult(out, report)
+
+
+def _invalid_model(recipe: Recipe, source_format: str, error: InvalidModelError) -> ConverterError:
+    """The quantizer's ``InvalidModelError`` with the file: the user's input for a .tflite, TensorFlow's doing else.
+
+    The quantizer judged the float model as edgeconv made it (rewritten at load, perhaps transformed for
+    calibration): a .tflite source is blamed only when TensorFlow's importer rejects the file itself too.
+    """
+    where = f"{recipe.source}: model: {recipe.model}"
+    if source_format == "tflite":
+        problem = import_problem(recipe.model.read_bytes())
+        if problem is not None:
+            message, remedy = problem
+            return ModelLoadError(f"{where}: the model file is invalid: {message}; {remedy}")
+        return ConversionError(
+            f"{where}: TensorFlow's quantizer cannot read the float model edgeconv made of this file ({error}), though "
+            "it reads the file itself: this is a bug in edgeconv, not a problem with your file; please report it "
+            "with the model"
+        )
+    return ConversionError(
+        f"{where}: TensorFlow converted it into a float model that TensorFlow's own quantizer cannot read: {error}. "
+        "This is a problem in TensorFlow's converter, not in your file: please report it with the model"
+    )
 
 
 def _run(

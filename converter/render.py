@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from .gates import LOWER_BOUNDS
+
+# Characters no XML 1.0 parser accepts (C0 controls but tab, line feed and carriage return; U+FFFE and U+FFFF;
+# surrogates, which in a Python string are always lone ones and cannot even be encoded as UTF-8), plus DEL and
+# the C1 controls, which XML discourages and terminals obey (ESC and CSI sequences repaint or retitle them).
+_UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff\ud800-\udfff]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe_text(text: str) -> str:
+    """``text`` with each character above written as a visible escape (``\\x00``, ``\\ud800``).
+
+    Everything a report.json holds ends up in junit.xml, Markdown, HTML and on the console, and a report
+    is input (``check`` and ``report merge`` read files from other jobs): one NUL or lone surrogate in a
+    name would make the junit.xml unreadable to every CI system, or the file impossible to write as UTF-8.
+    Escaping rather than dropping keeps what was there visible. Applied to whole rendered texts: the markup
+    itself never holds such characters.
+    """
+    return _UNSAFE.sub(_escaped, text)
 
 
 def fmt(value: float | None, unit: str = "") -> str:
@@ -403,7 +426,7 @@ def markdown(report: dict[str, Any], deltas: list[dict[str, Any]] | None = None)
                 change += f" ({d['delta_pct']:+.2f}%)"
             lines.append(f"| {d['figure']} | {_num(d['baseline'])} | {_num(d['current'])} | {change} |")
         lines.append("")
-    return "\n".join(lines)
+    return safe_text("\n".join(lines))
 
 
 def _num(value: float | None) -> str:
@@ -411,7 +434,7 @@ def _num(value: float | None) -> str:
 
 
 def junit(report: dict[str, Any]) -> str:
-    """junit.xml: one test case per gate; failures carry the limit and the value."""
+    """junit.xml: one test case per gate; failures carry the limit and the value (``safe_text``: always well-formed)."""
     gates = report.get("gates") or []
     name = report["recipe"]["name"]
     failures = sum(g["status"] == "failed" for g in gates)
@@ -437,4 +460,4 @@ def junit(report: dict[str, Any]) -> str:
             out.append(f"      <skipped message={quoteattr(g['reason'] or '')}/>")
         out.append("    </testcase>")
     out += ["  </testsuite>", "</testsuites>", ""]
-    return "\n".join(out)
+    return safe_text("\n".join(out))

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from .errors import UserInputError
 from .gates import read_report
-from .render import drop_text, fmt, gate_line, junit, ms_text
+from .render import drop_text, fmt, gate_line, junit, ms_text, safe_text
 from .report import REPORT_NAME
 
 SUMMARY_NAME, JUNIT_NAME, INDEX_NAME = "summary.md", "junit.xml", "index.html"
@@ -225,7 +225,7 @@ def markdown_summary(jobs: list[JobReport], missing: list[Path]) -> str:
         lines += ["### Failed gates", ""]
         lines += [f"- {_cell(j.job)}: {_cell(gate_line(g))}" for j in jobs for g in j.failed]
         lines.append("")
-    return "\n".join(lines)
+    return safe_text("\n".join(lines))
 
 
 def merged_junit(jobs: list[JobReport], missing: list[Path]) -> str:
@@ -246,11 +246,13 @@ def merged_junit(jobs: list[JobReport], missing: list[Path]) -> str:
     for key in ("tests", "failures", "skipped", "errors"):
         root.set(key, str(sum(int(s.get(key) or 0) for s in suites)))
     ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    # ElementTree writes attribute values as given: paths and folder names (any bytes on Linux) are made safe here.
+    return safe_text('<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n")
 
 
 def _link(target: Path, out: Path) -> str:
-    return quote(Path(os.path.relpath(target.resolve(), out.resolve())).as_posix())
+    # surrogateescape: a folder name that is not UTF-8 links to its own bytes, as the file system holds them
+    return quote(Path(os.path.relpath(target.resolve(), out.resolve())).as_posix(), errors="surrogateescape")
 
 
 def index_html(jobs: list[JobReport], missing: list[Path], out: Path) -> str:
@@ -275,7 +277,7 @@ def index_html(jobs: list[JobReport], missing: list[Path], out: Path) -> str:
             "(the job failed before writing it)</td></tr>"
         )
     head = "".join(f"<th>{e(h)}</th>" for h in HEAD)
-    return "\n".join(
+    text = "\n".join(
         [
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',
@@ -292,6 +294,7 @@ def index_html(jobs: list[JobReport], missing: list[Path], out: Path) -> str:
             "",
         ]
     )
+    return safe_text(text)
 
 
 def merge(reports: list[Path], matrix: Path | None, out: Path) -> Merged:

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,12 +33,13 @@ from typing import Any
 import numpy as np
 
 from . import quant_cache
-from .errors import ConversionError, NoIntegerKernelError
+from .errors import ConversionError, ConverterError, InvalidModelError, NoIntegerKernelError
 from .extras import require
 from .inspect_model import float_ops, source_layer
 from .lstm_intermediates import add_intermediates
 from .progress import named
 from .runtime.model import TFLiteModel, input_arrays
+from .tflite_check import REEXPORT, VHLO_REMEDY, invalid_op_lines, vhlo_meaning
 
 SUPPORTED_TF = (">=2.16", "<2.22")
 
@@ -168,7 +171,7 @@ def quantize_with_ranges(
             denylisted_nodes=list(float_nodes) or None,
         )
     except Exception as e:  # noqa: BLE001 - TF raises RuntimeError/ConverterError/ValueError
-        raise ConversionError(f"quantization failed in TensorFlow: {e}") from e
+        raise quantizer_failed(e, float_tflite) from e
     return _finish(bytes(result), entry, allow_float=bool(float_nodes))
 
 
@@ -227,7 +230,7 @@ def stock_quantize(
                 output_data_type=out_dtype,
             )
     except Exception as e:  # noqa: BLE001 - TF raises RuntimeError/ConverterError/ValueError
-        raise ConversionError(f"quantization failed in TensorFlow: {e}") from e
+        raise quantizer_failed(e, float_tflite) from e
     return _finish(bytes(result), entry)
 
 
@@ -239,9 +242,82 @@ def _finish(result: bytes, entry: str | None, *, allow_float: bool = False) -> b
     return _check_integer(model_out, allow_float=allow_float)
 
 
+def quantizer_failed(error: Exception, float_tflite: bytes) -> ConverterError:
+    """The error for a failed quantization: ``InvalidModelError`` when the float model itself is what fails.
+
+    TensorFlow's quantizer often says nothing in its exception (an empty ``RuntimeError``) and prints its
+    reasons on stderr. Asking its importer about the float model alone tells an invalid model (exit 2,
+    naming the op) from a failure of quantizing a valid one (exit 3); the raw "Failed VHLO to version …"
+    is put in words either way (``vhlo_meaning``).
+    """
+    problem = import_problem(float_tflite)
+    if problem is not None:
+        return InvalidModelError(*problem)
+    meaning = vhlo_meaning(str(error))
+    if meaning is not None:
+        return ConversionError(f"quantization failed in TensorFlow: {meaning}; {VHLO_REMEDY}")
+    return ConversionError(f"quantization failed in TensorFlow: {error}")
+
+
+def import_problem(float_tflite: bytes) -> tuple[str, str] | None:
+    """What TensorFlow's .tflite importer says against the float model, and what to do; None when it reads it.
+
+    The importer is the quantizer's first step and checks every op (``tfl.reshape`` element counts,
+    operand ranks and types, StableHLO versions); its reasons are MLIR diagnostics written to file
+    descriptor 2, so they are captured there for the call (and passed on, as native output). An op it
+    names is the cause; "Failed VHLO to version" alone means StableHLO ops it cannot read.
+    """
+    try:
+        from tensorflow.compiler.mlir.lite.python import wrap_converter
+    except ImportError:  # pragma: no cover - a TensorFlow without the MLIR converter cannot quantize either
+        return None
+    said: list[bytes] = []
+    failure: Exception | None = None
+    with _stderr_into(said):
+        try:
+            text = wrap_converter.wrapped_flat_buffer_file_to_mlir(float_tflite, False)
+        except Exception as e:  # noqa: BLE001 - pybind passes C++ exceptions on as RuntimeError/ValueError
+            text, failure = "", e
+    if text and failure is None:
+        return None
+    diagnostics = b"".join(said).decode(errors="replace")
+    reasons = invalid_op_lines(diagnostics, float_tflite)
+    meaning = vhlo_meaning(diagnostics)
+    if meaning is not None and not reasons and failure is None:
+        return meaning, VHLO_REMEDY
+    if failure is not None:
+        reasons.append(f"{type(failure).__name__}: {failure}")
+    vhlo = " (then 'Failed VHLO to version', its last word on any model it cannot read)" if meaning else ""
+    return f"TensorFlow's .tflite importer rejects it: {'; '.join(reasons) or 'it gives no reason'}{vhlo}", REEXPORT
+
+
+@contextlib.contextmanager
+def _stderr_into(said: list[bytes]) -> Iterator[None]:
+    """File descriptor 2 into ``said`` while the block runs; what was written is then passed on to fd 2."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(prefix="edgeconv-importer-") as file:
+        os.dup2(file.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            file.seek(0)
+            said.append(file.read())
+            with contextlib.suppress(OSError), os.fdopen(os.dup(2), "wb") as stderr:
+                stderr.write(said[-1])
+
+
 def _check_integer(model_out: bytes, *, allow_float: bool = False) -> bytes:
     """``NoIntegerKernelError`` naming each float op and its layer, unless float nodes were asked for."""
-    left = float_ops(model_out)
+    try:
+        left = float_ops(model_out)
+    except (RuntimeError, ValueError) as e:  # what LiteRT raises for a model it cannot prepare
+        raise ConversionError(
+            f"TensorFlow's quantizer wrote an int8 model that the TFLite interpreter cannot open ({e}); "
+            "this is a failure of TensorFlow's quantizer on this model: please report it with the model"
+        ) from e
     if left and not allow_float:
         names = "; ".join(
             f"{op.name} (op {op.index}, from '{source_layer(op.output_names[0])}')" if op.output_names else op.name

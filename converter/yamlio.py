@@ -9,6 +9,8 @@ Mapping keys must be scalars: ``{[1]: 2}`` is valid YAML but no recipe key.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -91,14 +93,62 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     return size
 
 
+# What a path that is not a regular file is, for the message that refuses it.
+_SPECIAL = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO, a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def not_regular(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a settings file: "not found", "a folder", "not a regular file"; else None.
+
+    A settings file must be a regular file: ``/dev/zero`` or a FIFO given as a recipe would otherwise read
+    forever or block until a writer comes, and "not found" would send the user looking for a file that exists.
+    The result completes "<path>: <what> ...".
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "not found"
+    except OSError as e:  # a name too long, a loop of symbolic links, a folder that cannot be searched
+        return f"cannot be looked at ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a regular file"
+    kind = next((name for test, name in _SPECIAL if test(mode)), "a special file")
+    return f"is not a regular file (it is {kind})"
+
+
+def _read_regular(path: Path, limit: int, what: str) -> bytes:
+    """Up to ``limit`` bytes of ``path``, opened without blocking and checked to be a regular file once open.
+
+    ``not_regular`` looked before; this closes the gap where the path is swapped for a FIFO or a device
+    in between (``O_NONBLOCK``: opening a FIFO does not wait for a writer).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RecipeError(f"{path}: the {what} is not a regular file (it changed while being opened)")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(limit)
+    finally:
+        os.close(fd)
+
+
 def load_yaml_file(path: Path, what: str) -> Any:
     """Parse ``path``; any problem becomes a ``RecipeError`` naming the file and line."""
-    if not path.is_file():
-        hint = " (it is a folder)" if path.is_dir() else ""
-        raise RecipeError(f"{path}: {what} not found{hint}; check the path you passed")
+    problem = not_regular(path)
+    if problem == "not found":
+        raise RecipeError(f"{path}: {what} not found; check the path you passed")
+    if problem is not None:
+        raise RecipeError(f"{path}: the {what} {problem}; give the path of the {what}'s YAML file")
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_BYTES + 1)
+        data = _read_regular(path, MAX_BYTES + 1, what)
         if len(data) > MAX_BYTES:
             raise RecipeError(
                 f"{path}: the {what} is larger than {MAX_BYTES // 1024} KiB; a {what} is a short file of settings "
