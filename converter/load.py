@@ -122,7 +122,7 @@ def _saved_model_source(
 
 
 def _onnx_source(path: Path, fmt: ModelFormat, custom_objects: tuple[str, ...], layout: Layout) -> tuple[bytes, str]:
-    return load_onnx.load_onnx(path)
+    return load_onnx.load_onnx(path, layout=layout)
 
 
 def _torch_source(path: Path, fmt: ModelFormat, custom_objects: tuple[str, ...], layout: Layout) -> tuple[bytes, str]:
@@ -138,7 +138,10 @@ _CONVERTERS: dict[ModelFormat, Callable[[Path, ModelFormat, tuple[str, ...], Lay
     "onnx": _onnx_source,
 }
 # What besides the source's bytes decides a converted float model (part of its cache key).
-_CACHE_FACTS: dict[ModelFormat, Callable[[Layout], tuple[str, ...]]] = {"torch": load_torch.cache_facts}
+_CACHE_FACTS: dict[ModelFormat, Callable[[Layout], tuple[str, ...]]] = {
+    "torch": load_torch.cache_facts,
+    "onnx": load_onnx.cache_facts,
+}
 
 
 def load_model(
@@ -148,8 +151,9 @@ def load_model(
 
     With ``cache``, a converted source seen before (same bytes, same versions, same layout) is taken
     from the float model cache instead of being converted again. ``layout`` is the recipe's
-    ``input.layout``: a PyTorch source is converted with channel-last I/O for nhwc; other sources
-    are taken as they are and the layout only says what their 4-D inputs are.
+    ``input.layout``: a PyTorch or ONNX source is converted with channel-last I/O for nhwc and keeps
+    its channel-first inputs for nchw; other sources are taken as they are and the layout only says
+    what their 4-D inputs are.
     """
     fmt = detect_format(path)
     custom_objects = tuple(custom_objects)

@@ -151,8 +151,17 @@ def _describe_inputs(inputs: list[dict[str, Any]], model: TFLiteModel) -> str:
     return "; ".join(parts)
 
 
-def load_onnx(path: Path, timeout_s: float = TIMEOUT_S) -> tuple[bytes, str]:
-    """The float .tflite of an ONNX model and the loader line that says how it was made."""
+def cache_facts(layout: str) -> tuple[str, ...]:
+    """What besides the file decides the float model: the layout, when it keeps the ONNX model's NCHW."""
+    return () if layout == "nhwc" else (f"layout {layout}",)
+
+
+def load_onnx(path: Path, timeout_s: float = TIMEOUT_S, layout: str = "nhwc") -> tuple[bytes, str]:
+    """The float .tflite of an ONNX model and the loader line that says how it was made.
+
+    ``layout`` nhwc lets onnx2tf make 4-D inputs channel-last (what TFLite kernels and NPUs want); nchw
+    keeps them as the ONNX model takes them, as the recipe's ``input.layout: nchw`` asks.
+    """
     python = onnx_setup.installed()
     if python is None:
         raise onnx_setup.not_installed_error(f"model: {path}")
@@ -160,7 +169,7 @@ def load_onnx(path: Path, timeout_s: float = TIMEOUT_S) -> tuple[bytes, str]:
     with tempfile.TemporaryDirectory(prefix="edgeconv-onnx-") as tmp:
         work, out = Path(tmp) / "work", Path(tmp) / "model.tflite"
         work.mkdir()
-        request = {"onnx": str(path.resolve()), "work": str(work), "out": str(out)}
+        request = {"onnx": str(path.resolve()), "work": str(work), "out": str(out), "keep_nchw": layout == "nchw"}
         prefetch_tensorflow()  # the quantizer needs it next: its import overlaps onnx2tf's conversion
         try:
             answer = run_worker(python, request, timeout_s)

@@ -5,7 +5,8 @@ edgeconv: ``python -I onnx_worker.py`` reads one JSON request on stdin and write
 stdout. It imports nothing from edgeconv (onnx2tf 1.29.24 pins tensorflow==2.19.0, numpy==1.26.4 and
 protobuf==4.25.5, none of which can share edgeconv's environment).
 
-Request: ``{"onnx": the user's .onnx, "work": an empty private folder, "out": the .tflite to write}``
+Request: ``{"onnx": the user's .onnx, "work": an empty private folder, "out": the .tflite to write,
+"keep_nchw": keep 4-D inputs channel-first (the recipe's ``input.layout: nchw``)}``
 or ``{"probe": true}``. Answer: ``{"ok": true, "onnx2tf": version, "inputs": [{"name", "onnx_shape",
 "kept"}], "seconds": ...}`` or ``{"ok": false, "error": ..., "user": bool}`` (``user``: the model file
 is at fault, not the tool).
@@ -400,7 +401,7 @@ def convert(request: dict[str, Any]) -> dict[str, Any]:
                 f"input '{name}' has shape {shape} with a dynamic dimension after the batch; edgeconv needs fixed "
                 "shapes (MCU and NPU runtimes are static): export the model with fixed input sizes"
             )
-    keep = [name for name, shape in shapes.items() if len(shape) == 3]
+    keep = [n for n, shape in shapes.items() if len(shape) == 3 or (len(shape) == 4 and request.get("keep_nchw"))]
     dynamic_batch = any(shape and isinstance(shape[0], str) for shape in shapes.values())
     copy = work / "model.onnx"  # onnx2tf's onnxsim step writes over its input file: never the user's
     onnx.save(model, str(copy))

@@ -414,3 +414,33 @@ def test_exact_gelu_transformer_converts_full_integer(
     error = np.asarray(outputs) - reference
     sqnr = 10 * np.log10(float((reference**2).sum()) / float((error**2).sum()))
     assert sqnr >= 25.0, f"int8 against PyTorch: {sqnr:.1f} dB"
+
+
+def test_nchw_layout_keeps_the_onnx_models_channel_first_input(
+    onnx_env: Path, tmp_path: Path, write_recipe: Callable[..., Path]
+) -> None:
+    """``input.layout: nchw`` on an ONNX source keeps [1, 1, 8, 8] as the .pt2 route does (onnx2tf's keep-shape)."""
+    for name in ("digits", "digits_test"):
+        data = np.load(ROOT / "recipes" / "data" / f"{name}.npz")
+        np.savez(tmp_path / f"{name}.npz", x=data["x"].transpose(0, 3, 1, 2), y=data["y"])
+    recipe = {
+        "version": 1,
+        "name": "onnx-nchw",
+        "model": str(ROOT / "recipes" / "models" / "digits_cnn.onnx"),
+        "input": {"layout": "nchw", "scale": 1 / 255.0, "offset": 0.0},
+        "data": {
+            "calibration": {"path": str(tmp_path / "digits.npz"), "samples": 200},
+            "evaluation": {"path": str(tmp_path / "digits_test.npz")},
+        },
+        "benchmark": {"enabled": False},
+        "analysis": {"samples": 0},
+        "tuning": {"enabled": False},
+    }
+    out = tmp_path / "o"
+    result = CliRunner().invoke(main, ["convert", "--recipe", str(write_recipe(recipe)), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert "'x' [1, 1, 8, 8] as in the ONNX model" in report["model"]["loader"]
+    assert TFLiteModel(model_path=str(out / "model_int8.tflite")).inputs[0].shape == (1, 1, 8, 8)
+    assert report["accuracy"]["int8"] >= 0.97, report["accuracy"]
+    assert report["accuracy"]["agreement"] >= 0.99
