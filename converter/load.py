@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from . import load_onnx, load_torch, model_cache
+from . import load_onnx, load_torch, model_cache, tflite_schema
 from .data import ModelInput, model_inputs
 from .errors import ModelLoadError
 from .extras import require
@@ -517,7 +517,40 @@ def _keras_to_tflite(model: Any, path: Path) -> bytes:
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"model: {path}: TensorFlow cannot convert it to TFLite: {_converter_said(e)}") from e
     outputs = [str(n) for n in getattr(model, "output_names", None) or []]
-    return _name_outputs(content, outputs) if len(outputs) > 1 else content
+    content = _name_outputs(content, outputs) if len(outputs) > 1 else content
+    return add_signature(content, names, outputs)
+
+
+def add_signature(content: bytes, inputs: list[str], outputs: list[str]) -> bytes:
+    """The model with a ``serving_default`` signature, as the stock converter writes one, if it has none.
+
+    ``from_concrete_functions`` (the fast route for Keras models) writes no SignatureDef, and without one
+    ``interpreter.get_signature_runner()``, Android's ``runSignature`` and tools that require signatures
+    fail. Inputs are keyed by the names the data file uses (the input tensors' names), outputs by the
+    Keras output names when they are unique, else ``output_0``, ``output_1``... TensorFlow's quantizer
+    keeps the signature in the int8 model.
+    """
+    from . import flatbuf
+
+    schema = tflite_schema.schema()
+    model = flatbuf.load(content)
+    subgraph = model.subgraphs[0]
+    if model.signatureDefs or len(inputs) != len(subgraph.inputs):
+        return content
+    if len(outputs) != len(subgraph.outputs) or len(set(outputs)) != len(outputs):
+        outputs = [f"output_{k}" for k in range(len(subgraph.outputs))]
+
+    def entry(name: str, index: int) -> Any:
+        tensor_map = schema.TensorMapT()
+        tensor_map.name, tensor_map.tensorIndex = name, int(index)
+        return tensor_map
+
+    signature = schema.SignatureDefT()
+    signature.signatureKey, signature.subgraphIndex = "serving_default", 0
+    signature.inputs = [entry(n, i) for n, i in zip(inputs, subgraph.inputs, strict=True)]
+    signature.outputs = [entry(n, i) for n, i in zip(outputs, subgraph.outputs, strict=True)]
+    model.signatureDefs = [signature]
+    return flatbuf.dump(model)
 
 
 def _name_outputs(content: bytes, names: list[str]) -> bytes:
