@@ -7,6 +7,14 @@ optional ``y``; its samples are packed into one structured array (``runtime.mode
 so a sample's inputs stay together through selection and slicing. The recipe's ``input.layout`` and
 ``input.reshape`` bring each array to its input's shape (``arrange``, ``arrange_inputs``).
 
+Integer model inputs (token ids, attention masks, indices: ``ModelInput.integer``) take integer data
+as integers: each value is checked to fit the input's dtype and cast to it, never scaled, resized or
+quantized (``integer_samples``). Float data for such an input is refused: a float token id almost
+always means the ids went through preprocessing meant for pixels. The recipe's ``input.resize``,
+``input.scale`` and ``input.offset`` change values, so a recipe that sets them for a model whose
+input is integer is refused (``check_preprocess``); ``input.layout`` and ``input.reshape`` only move
+values, and apply to integer inputs as to float ones. Float inputs are fed as float32, as before.
+
 Data files come from strangers too: numpy's own errors are replaced by ours (never its
 advice to load pickles "unsafely": ``allow_pickle`` stays False), each array's header is
 read before its data so object, complex, string and structured arrays are refused by name,
@@ -57,15 +65,28 @@ class ModelInput:
     tensor: str
     shape: tuple[int, ...]
     dtype: str
+    quantized: bool = False  # the tensor has a scale: its data are real numbers, quantized on the way in
+
+    @property
+    def integer(self) -> bool:
+        """The input takes integers as they are (ids, masks, indices): an integer or bool tensor without a scale.
+
+        A quantized integer input (int8 with a scale) takes real values, which ``runtime.model.quantize``
+        maps onto its grid; only an input without a scale means its integers literally.
+        """
+        return np.dtype(self.dtype).kind in "biu" and not self.quantized
 
     def describe(self) -> str:
-        return f"{self.name} {['N', *self.shape[1:]]}".replace("'", "")
+        shown = f"{self.name} {['N', *self.shape[1:]]}".replace("'", "")
+        return f"{shown} {self.dtype}" if self.integer else shown  # float inputs keep their old description
 
 
 def model_inputs(model: TFLiteModel) -> tuple[ModelInput, ...]:
     """Every input of a (float) model in its order, named as a data file keys it (see ``ModelInput``)."""
     keys = signature_names(model.interpreter)
-    return tuple(ModelInput(keys.get(i.index, i.name), i.name, i.shape, i.dtype) for i in model.inputs)
+    return tuple(
+        ModelInput(keys.get(i.index, i.name), i.name, i.shape, i.dtype, i.scale is not None) for i in model.inputs
+    )
 
 
 @dataclass(frozen=True)
@@ -217,15 +238,20 @@ def _read_npz_inputs(
         raise _read_failed(e, where, path, ".npz") from e
     if samples is not None and samples > n:
         log.warning("%s: asked for %d samples, %s has only %d; using all", where, samples, path, n)
-    eight_bit = all(heads[key].dtype == np.uint8 for key in keys.values())
+    # 8-bit data (the preprocessing contract's 0..255) is a property of the float inputs' arrays: ids stored
+    # as uint8 say nothing about pixels, and an integer input takes no contract range.
+    floats = [keys[i.name] for i in inputs if not i.integer]
+    eight_bit = bool(floats) and all(heads[key].dtype == np.uint8 for key in floats)
     return Dataset(x=pack_inputs(picked), y=y, source=path, available=n, eight_bit=eight_bit, rows=idx)
 
 
 def prepare_inputs(ds: Dataset, inputs: tuple[ModelInput, ...], where: str) -> np.ndarray:
-    """Packed float32 samples for a model with several inputs, each array checked against its input.
+    """Packed samples for a model with several inputs, each array checked against its input.
 
-    No preprocessing contract applies (it is defined for one input): each array reaches the model as
-    float32, as ``arrange_inputs`` left it, but for a missing channel axis of size 1.
+    No preprocessing contract applies (it is defined for one input): each float input's array reaches
+    the model as float32, as ``arrange_inputs`` left it, but for a missing channel axis of size 1; an
+    integer input's array (``ModelInput.integer``) keeps its values, cast to the input's dtype after a
+    range check (``integer_samples``), so ids beside an image are never turned into floats.
     """
     out: dict[str, np.ndarray] = {}
     for i in inputs:
@@ -240,6 +266,9 @@ def prepare_inputs(ds: Dataset, inputs: tuple[ModelInput, ...], where: str) -> n
                 "store each input's samples as [N, ...] in the input's shape"
                 + (f", or set input.reshape.{i.name}: {list(i.shape[1:])} in the recipe" if same_count else "")
             )
+        if i.integer:
+            out[i.tensor] = integer_samples(a, i, ds, where, i.name)
+            continue
         try:
             a = np.asarray(a, dtype=np.float32)
         except MemoryError as e:
@@ -698,10 +727,33 @@ def _decode(file: Path, channels: int | None, where: str) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def prepare(ds: Dataset, preprocess: Preprocess, input_shape: tuple[int, ...], where: str) -> np.ndarray:
-    """Preprocess ``ds`` and check it fits a model input of ``input_shape`` ([1, ...]) and is finite."""
+def prepare(
+    ds: Dataset,
+    preprocess: Preprocess,
+    input_shape: tuple[int, ...],
+    where: str,
+    *,
+    model_input: ModelInput | None = None,
+) -> np.ndarray:
+    """Preprocess ``ds`` and check it fits a model input of ``input_shape`` ([1, ...]) and is finite.
+
+    ``model_input``: the input the samples are for; an integer one (``ModelInput.integer``) takes the
+    samples as integers (``integer_samples``) and no preprocessing, which must then be the default
+    (``check_preprocess`` refuses the recipe before any data is read). Without it the input is float.
+    """
     x = ds.x
     want = tuple(input_shape[1:])
+    if model_input is not None and model_input.integer:
+        check_preprocess(preprocess, (model_input,), where.split(": ", 1)[0])
+        if x.ndim == len(input_shape) - 1 and input_shape[-1] == 1:
+            x = x[..., None]
+        if tuple(x.shape[1:]) != want:
+            raise DataError(
+                f"{where}: {ds.source}: samples have shape {list(x.shape[1:])} but the model input "
+                f"'{model_input.name}' expects {list(want)}; store the samples as [N, {', '.join(map(str, want))}] "
+                "or set input.reshape in the recipe"
+            )
+        return integer_samples(x, model_input, ds, where, ds.key)
     if preprocess.resize is not None and len(input_shape) == 4 and tuple(input_shape[1:3]) != preprocess.resize:
         # Checked before resizing: a wrong size would only fail after allocating every resized sample.
         raise DataError(
@@ -754,13 +806,36 @@ def check_preprocess(preprocess: Preprocess, inputs: tuple[ModelInput, ...], whe
 
     Which input a resize or scale would mean is ambiguous, and applying it to every input would scale
     feature vectors like pixels; so samples for several inputs are stored as the model takes them.
+
+    A single integer input (``ModelInput.integer``: token ids, indices) refuses them too: scaling or
+    resizing ids makes other ids (or fractions), never what the model was trained on. Refusing, rather
+    than silently skipping them, is the rule because a recipe that sets them was written for another model
+    or misunderstands this one, and either way its author should know.
     """
+    if len(inputs) == 1 and inputs[0].integer and preprocess != Preprocess():
+        i = inputs[0]
+        keys = [
+            key
+            for key, changed in (
+                ("resize", preprocess.resize is not None),
+                ("scale", preprocess.scale != 1.0),
+                ("offset", preprocess.offset != 0.0),
+            )
+            if changed
+        ]
+        raise RecipeError(
+            f"{where}: input: {', '.join('input.' + k for k in keys)} change the values fed to the model, and its "
+            f"input '{i.name}' takes {i.dtype} values (token ids, indices or masks) that reach it as stored; "
+            f"remove {' and '.join('input.' + k for k in keys)} from the recipe and store the integers as the model "
+            "takes them (input.layout and input.reshape do apply: they only move values)"
+        )
     if len(inputs) > 1 and preprocess != Preprocess():
         raise RecipeError(
             f"{where}: input: resize/scale/offset apply to single-input models, and this model has {len(inputs)} "
             f"inputs ({', '.join(i.describe() for i in inputs)}); remove the recipe's input section's resize, "
             "scale and offset and store each input's array in the .npz already preprocessed, as the model takes it "
-            "(it is fed as float32; input.layout and input.reshape do apply, to each input)"
+            "(a float input is fed as float32, an integer one as its integers; input.layout and input.reshape do "
+            "apply, to each input)"
         )
 
 
@@ -836,7 +911,7 @@ def read_samples(
         input_names=tuple(dict.fromkeys((inputs[0].name, inputs[0].tensor))),
     )
     ds = arrange(ds, shape, layout, shapes.get(inputs[0].name), where)
-    return prepare(ds, preprocess, shape, where), ds
+    return prepare(ds, preprocess, shape, where, model_input=inputs[0]), ds
 
 
 def arrange_inputs(
@@ -905,6 +980,52 @@ def arrange(
     if x is ds.x and not notes:
         return ds
     return dataclasses.replace(ds, x=x, arranged="; ".join(notes) or None)
+
+
+def integer_samples(a: np.ndarray, i: ModelInput, ds: Dataset, where: str, key: str | None) -> np.ndarray:
+    """Samples for the integer model input ``i``: integers, checked to fit its dtype, cast to it; nothing else.
+
+    Float data is refused even when every value is a whole number: a float token id is almost always a
+    preprocessing mistake (ids normalized like pixels, a mask averaged), and a float array of whole
+    numbers costs the user one ``astype`` to store as what it is. Bool data feeds integer inputs as 0/1.
+    A value outside the dtype's range is refused by its row in the file (``Dataset.rows``), never
+    wrapped around as a cast would: an id of 2**40 for an int32 input would silently become another id.
+    ``key``: the .npz array the samples came from (None: an .npy or a folder), named in messages.
+    """
+    target = np.dtype(i.dtype)
+    what = f"{where}.path: {ds.source}: " + (f"array '{key}'" if key else "samples")
+    if a.dtype.kind not in "biu":
+        whole = a.dtype.kind == "f" and bool(np.all(np.isfinite(a))) and bool(np.all(a == np.round(a)))
+        why = (
+            "its values are whole numbers, so .astype(numpy.int64) keeps them; storing them as floats is still "
+            "refused because a float id usually means the ids went through preprocessing"
+            if whole
+            else "fractional values mean the ids went through preprocessing meant for float data (normalization, "
+            "scaling): take the ids from before it"
+        )
+        raise DataError(
+            f"{what}: holds {a.dtype} values but the model input '{i.name}' ({i.describe()}) takes integers "
+            f"(token ids, indices or masks), fed to it as they are; store them as integers, e.g. "
+            f"numpy.savez(path, {key or 'x'}=ids.astype(numpy.int64)); {why}"
+        )
+    lo, hi = (0, 1) if target.kind == "b" else (int(np.iinfo(target).min), int(np.iinfo(target).max))
+    if a.size and (int(a.min()) < lo or int(a.max()) > hi):
+        flat = a.reshape(len(a), -1)
+        bad = (flat < lo) | (flat > hi)
+        samples = np.flatnonzero(bad.any(axis=1))
+        first = int(samples[0])
+        value = int(flat[first][bad[first]][0])
+        named = [int(ds.rows[j]) if ds.rows is not None else int(j) for j in samples[:5]]
+        unit = "row" if ds.rows is not None else "sample"
+        listed = ", ".join(map(str, named)) + (", ..." if len(samples) > 5 else "")
+        raise DataError(
+            f"{what}: {int(bad.sum())} values in {len(samples)} samples do not fit the model input '{i.name}', which "
+            f"takes {target} ({lo}..{hi}): {unit} {named[0]}"
+            + (f" of {ds.source.name}" if ds.rows is not None else "")
+            + f" holds {value} ({unit}s {listed} of the {len(a)} read); no id or index of this model is that large or "
+            "small: repair or remove those rows"
+        )
+    return a.astype(target, copy=False)
 
 
 def _refuse_non_finite(

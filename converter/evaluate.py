@@ -9,6 +9,7 @@ from .errors import DataError
 from .progress import Progress
 from .runtime.accuracy import Accuracy, MetricError, compare, pick_metric
 from .runtime.model import TFLiteModel, signature_names
+from .stats import refused_index
 
 CHUNK = 64  # samples between progress updates
 
@@ -38,7 +39,11 @@ def evaluate_host(
     Scored by ``metric``; outputs are named as the float model's signature names them, else by tensor name.
 
     Raises ``DataError`` (prefixed with ``where``, the recipe file and key) when ``metric`` cannot be
-    measured on this model and data, e.g. top1 without labels.
+    measured on this model and data, e.g. top1 without labels; ``stats.IndexRefused`` (naming the sample)
+    when a lookup kernel of a model with integer inputs refuses an id the data holds.
+
+    Integer inputs reach both models as integers: ``TFLiteModel`` casts them to each model's own dtype
+    (``runtime.model.quantize``), so an int64 float model and its int32 int8 model take the same ids.
     """
     if cache:  # a pure function of these inputs: an unchanged re-run takes the figure from the result cache
         entry = result_cache.key("evaluate", {"top_k": top_k, "metric": metric}, float_tflite, quant_tflite, x, labels)
@@ -57,7 +62,14 @@ def evaluate_host(
     with Progress("evaluate", len(x)) as progress:
         for start in range(0, len(x), CHUNK):
             chunk = x[start : start + CHUNK]
-            for acc, out in zip(ref_out, ref.predict(chunk), strict=True):
+            try:
+                ref_chunk = ref.predict(chunk)
+            except (RuntimeError, ValueError) as e:
+                refused = refused_index(float_tflite, x, e, start)
+                if refused is None:
+                    raise
+                raise refused from e
+            for acc, out in zip(ref_out, ref_chunk, strict=True):
                 acc.append(out)
             for acc, out in zip(quant_out, quant.predict(chunk), strict=True):
                 acc.append(out)

@@ -26,7 +26,7 @@ from . import quant_cache, result_cache, rknn_setup
 from .analyze import ACCURACY_GATES, AloneRun, LayerError, alone_decision, analyze, isolate
 from .artifacts import OutputFolder
 from .ci_outputs import finalize
-from .data import Dataset, check_preprocess, read_samples
+from .data import Dataset, ModelInput, check_preprocess, read_samples
 from .devices import DeviceProfile, load_device
 from .errors import (
     ConversionError,
@@ -51,6 +51,7 @@ from .recipe import BenchmarkSpec, DataSource, Recipe, TargetSpec
 from .report import FLOAT_NAME, HIST_NAME, INT8_NAME, REPORT_NAME, Outcome, build_report, dumps
 from .runtime.accuracy import not_measured
 from .runtime.preprocess import Preprocess
+from .stats import INDEX_ADVICE, IndexRefused
 from .targets import check_targets, early_warnings, rknn
 from .tflite_quantizer import import_problem, import_seconds, import_tensorflow, quantize_with_ranges
 from .transform_check import TransformRejected
@@ -203,6 +204,7 @@ def _run(
         return x, ds, ds.y
 
     cal_x, cal_ds, _ = _timed("data", steps, lambda: read("calibration"))
+    _log_integer_inputs(model.inputs, recipe.quantization.input_type)
     eval_x, eval_ds, eval_y = read("evaluation") if recipe.data.evaluation else (None, None, None)
     eval_raw = eval_ds.x if eval_ds is not None else None
     metric = recipe.data.evaluation.metric if recipe.data.evaluation else "auto"
@@ -223,24 +225,26 @@ def _run(
             return quantize_qat(recipe, model.format, plan, train_x, train_y, cal_x)
         return quantize(model.float_tflite, cal_x, recipe, prep, eight_bit_data=cal_ds.eight_bit, plan=plan)
 
-    first = _timed("calibrate", steps, lambda: _first_model(recipe, targets, quantizer))
-    accuracy = (
-        _timed(
-            "evaluate",
-            steps,
-            lambda: evaluate_host(
-                model.float_tflite,
-                first.model,
-                eval_x,
-                eval_y,
-                metric=metric,
-                where=f"{where}.evaluation.metric",
-                cache=recipe.calibration.cache,
-            ),
+    with _index_rows(cal_ds, model.inputs, f"{where}.calibration"):
+        first = _timed("calibrate", steps, lambda: _first_model(recipe, targets, quantizer))
+    with _index_rows(eval_ds, model.inputs, f"{where}.evaluation"):
+        accuracy = (
+            _timed(
+                "evaluate",
+                steps,
+                lambda: evaluate_host(
+                    model.float_tflite,
+                    first.model,
+                    eval_x,
+                    eval_y,
+                    metric=metric,
+                    where=f"{where}.evaluation.metric",
+                    cache=recipe.calibration.cache,
+                ),
+            )
+            if eval_x is not None
+            else not_measured()
         )
-        if eval_x is not None
-        else not_measured()
-    )
     with _step("tune", steps):
         tuned = tune(recipe, targets, model.float_tflite, first, accuracy, eval_x, eval_y, quantizer)
     chosen, accuracy = tuned.chosen, tuned.accuracy
@@ -295,6 +299,7 @@ def _run(
         "calibration": cal_ds.arranged,
         "evaluation": eval_ds.arranged if eval_ds is not None else None,
     }
+    _say_how_fed(report, model.inputs, prep)
     report["cache"] = {
         "enabled": recipe.calibration.cache,
         "float_model": "float model cache" in model.loader,
@@ -307,6 +312,59 @@ def _run(
     images = {HIST_NAME: picture} if picture is not None else {}
     files.update(finalize(report, images, baseline, baseline_path))
     return report, {**files, REPORT_NAME: dumps(report)}
+
+
+@contextmanager
+def _index_rows(ds: Dataset | None, inputs: tuple[ModelInput, ...], where: str) -> Iterator[None]:
+    """An id the model's lookup refused (``stats.IndexRefused``) named by its row in ``ds``'s file (exit 2).
+
+    The statistics pass and the evaluation know a sample's place among those read; the dataset knows
+    which row of the file it is (``Dataset.rows``), which is what the user can find and fix.
+    """
+    try:
+        yield
+    except IndexRefused as e:
+        if ds is None:
+            raise
+        row = int(ds.rows[e.sample]) if ds.rows is not None and e.sample < len(ds.rows) else e.sample
+        unit = f"row {row} of {ds.source.name}" if ds.rows is not None else f"sample {row}"
+        names = ", ".join(f"'{i.name}'" for i in inputs if i.integer)
+        raise DataError(
+            f"{where}.path: {ds.source}: {unit} holds an index the model cannot look up (integer input "
+            f"{names}): {e.reason}; {INDEX_ADVICE}"
+        ) from e
+
+
+def _say_how_fed(report: dict[str, Any], inputs: tuple[ModelInput, ...], prep: Preprocess) -> None:
+    """``model.inputs[].fed`` in report.json: how each input's data reached the model.
+
+    Integer inputs take the stored integers cast to the input's dtype (never quantized or preprocessed);
+    the int8 model keeps them integer (TensorFlow's quantizer changes float inputs only), so
+    ``quantization.input_type`` applies to the float inputs alone.
+    """
+    contract = prep != Preprocess()
+    for entry, i in zip(report["model"]["inputs"], inputs, strict=True):
+        entry["fed"] = (
+            f"integers as stored, cast to {i.dtype} after a range check (not preprocessed, not quantized)"
+            if i.integer
+            else "float32" + (" after the recipe's input preprocessing (resize, scale, offset)" if contract else "")
+        )
+
+
+def _log_integer_inputs(inputs: tuple[ModelInput, ...], input_type: str) -> None:
+    """Say, after the data step, which inputs take integers and that ``input_type`` is not theirs."""
+    integer = [i for i in inputs if i.integer]
+    if not integer:
+        return
+    floats = len(integer) < len(inputs)
+    for i in integer:
+        log.info(
+            "input %s: fed as integers (%s), not preprocessed or quantized; it stays %s in the int8 model%s",
+            i.name,
+            i.dtype,
+            i.dtype,
+            f" (quantization.input_type {input_type} applies to the float inputs)" if floats else "",
+        )
 
 
 def _first_model(

@@ -2,6 +2,12 @@
 
 A ``Plan`` says how: range method, bias correction, layers kept float, int8 or 16x8
 activations. The recipe gives the first plan; the accuracy loop (``tune``) tries others.
+
+Integer model inputs (token ids, masks, indices) stay integer in the quantized model: TensorFlow's
+quantizer turns float inputs into ``input_type`` and leaves integer ones as they are, so the plan's
+``input_type`` applies to the float inputs alone, and the samples reach the quantizer's calibrator as
+integers (``tflite_quantizer.stock_quantize``). TensorFlow's 16x8 route has no kernels for the lookups
+ids feed (EMBEDDING_LOOKUP) nor ranges for integer inputs; its failure on such a model says so.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import numpy as np
 from .bias_correction import BiasFix, correct_biases
 from .calibrate import Calibration, calibrate
 from .equalize import equalize
+from .errors import ConversionError, NoIntegerKernelError
 from .recipe import Method, Recipe
+from .runtime.model import TFLiteModel, signature_names
 from .runtime.preprocess import Preprocess
 from .tflite_quantizer import quantize_with_ranges, stock_quantize
 
@@ -102,6 +110,28 @@ def prep_json(prep: Preprocess) -> dict[str, Any]:
     return {"resize": list(prep.resize) if prep.resize else None, "scale": prep.scale, "offset": prep.offset}
 
 
+def _no_16x8(error: ConversionError, float_tflite: bytes) -> ConversionError:
+    """TensorFlow's 16x8 failure, said in words for a model with integer inputs (else as it was).
+
+    Seen with TensorFlow 2.21: "Quantization to 16x8-bit not yet supported for op: 'EMBEDDING_LOOKUP'"
+    (the .pt2 route's embedding) and "Max and min for dynamic tensors should be recorded during
+    calibration: Failed for tensor serving_default_ids:0" (the ONNX route's int64 ids). The remedy is the
+    recipe's (int8 activations), so it is ``NoIntegerKernelError``: exit 2 for the run, and one skipped
+    attempt for the accuracy loop, as any ``ConversionError``.
+    """
+    model = TFLiteModel(model_content=float_tflite, delegate="none")
+    keys = signature_names(model.interpreter)
+    integer = [keys.get(i.index, i.name) for i in model.inputs if i.scale is None and np.dtype(i.dtype).kind in "biu"]
+    if not integer:
+        return error
+    said = " ".join(str(error).split()).rstrip(".")  # TensorFlow's sentence spans lines
+    return NoIntegerKernelError(
+        f"{said}; the model has integer inputs ({', '.join(repr(n) for n in integer)}), and TensorFlow's 16x8 "
+        "quantizer (quantization.activations: int16) handles neither them nor the lookups they feed "
+        "(EMBEDDING_LOOKUP, GATHER): use activations: int8, which keeps the ids integer and quantizes the rest"
+    )
+
+
 def quantize(
     float_tflite: bytes,
     cal_x: np.ndarray,
@@ -117,15 +147,18 @@ def quantize(
     if plan.activations == "int16":
         # TFLite's 16x8 route calibrates by itself: none of our range steps apply, so the plan says so.
         plan = dataclasses.replace(plan, method="minmax", bias_correction=False, equalization=False, float_nodes=())
-        model = stock_quantize(
-            float_tflite,
-            cal_x,
-            input_type=plan.input_type,
-            output_type=plan.output_type,
-            per_channel=per_channel,
-            activations="int16",
-            cache=recipe.calibration.cache,
-        )
+        try:
+            model = stock_quantize(
+                float_tflite,
+                cal_x,
+                input_type=plan.input_type,
+                output_type=plan.output_type,
+                per_channel=per_channel,
+                activations="int16",
+                cache=recipe.calibration.cache,
+            )
+        except ConversionError as e:
+            raise _no_16x8(e, float_tflite) from e
         return Quantized(model, plan, None)
     contract = contract_range(prep) if eight_bit_data else None
     pairs = None

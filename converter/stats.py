@@ -22,16 +22,17 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .errors import CalibrationError
+from .errors import CalibrationError, DataError
 from .progress import Progress, named
 from .runtime.interpreter import make_interpreter
-from .runtime.model import TensorInfo, input_arrays
+from .runtime.model import TensorInfo, TFLiteModel, input_arrays, quantize
 
 log = logging.getLogger(__name__)
 
@@ -247,9 +248,13 @@ class _Observer:
         self._pieces: dict[int, list[np.ndarray] | None] = {}
 
     def run(self, x: np.ndarray) -> None:
-        """One batch: an array for a single-input model, packed samples for several inputs."""
+        """One batch: an array for a single-input model, packed samples for several inputs.
+
+        Each input gets its own dtype (``quantize``: float32 samples pass as they are, integer ids are
+        cast to an integer input's dtype after a range check), never float32 for all.
+        """
         for info, values in zip(self.inputs, input_arrays(x, self.inputs), strict=True):
-            self.interpreter.set_tensor(info.index, values)
+            self.interpreter.set_tensor(info.index, quantize(values, info))
         self.interpreter.reset_all_variables()  # a fused LSTM's state: each sample is a sequence of its own
         self.interpreter.invoke()
 
@@ -396,6 +401,60 @@ def _batched(plan: _Plan, delegate: str, x: np.ndarray, expected: list[list[np.n
         return None
 
 
+# What LiteRT's lookup kernels (GATHER, EMBEDDING_LOOKUP, GATHER_ND, ONE_HOT's ...) say about an index that
+# is not in their table: "gather index out of bounds", "Embedding Lookup: index out of bounds. Got 60, ...".
+_INDEX_REFUSED = re.compile(r"out of bounds", re.IGNORECASE)
+
+
+class IndexRefused(DataError):
+    """A kernel of the float model refused an index that integer input data holds (an id beyond an embedding).
+
+    The data's fault, not the model's or edgeconv's (exit 2): ``sample`` is the sample's place among the
+    samples run, so a caller that knows their rows in the file names the row (``pipeline``); ``reason``
+    is the interpreter's own sentence.
+    """
+
+    def __init__(self, sample: int, reason: str) -> None:
+        super().__init__(f"sample {sample} holds an index the model cannot look up ({reason}); {INDEX_ADVICE}")
+        self.sample = sample
+        self.reason = reason
+
+
+INDEX_ADVICE = (
+    "every id or index must be below the size of the table it indexes (an embedding's vocabulary): check that "
+    "the data was made with this model's tokenizer or vocabulary"
+)
+
+
+def refused_index(model: bytes, x: np.ndarray, error: Exception, begin: int = 0) -> IndexRefused | None:
+    """``IndexRefused`` for the first sample from ``begin`` on that ``model`` refuses, or None.
+
+    Only when ``error`` is a lookup kernel's "out of bounds" and the model has integer inputs: then the
+    samples are run one at a time (builtin kernels) to find the one, which costs nothing on a run that
+    succeeds. Any other failure stays what it was (None: the caller raises its own error).
+    """
+    if not _INDEX_REFUSED.search(str(error)):
+        return None
+    runner = TFLiteModel(model_content=model, delegate="none")
+    if not any(np.dtype(i.dtype).kind in "biu" and i.scale is None for i in runner.inputs):
+        return None
+    for row in range(begin, len(x)):
+        try:
+            runner.run(*input_arrays(x[row : row + 1], runner.inputs))
+        except (RuntimeError, ValueError) as e:
+            # LiteRT glues the kernel's sentence to its own ("...[0, 49]Node number 1 (...) failed to invoke.")
+            said = re.sub(r"(?<=\S)(Node number)", r"; \1", " ".join(str(e).split()))
+            return IndexRefused(row, said.rstrip("."))
+    return None
+
+
+def _run_failed(model: bytes, x: np.ndarray, error: Exception, begin: int) -> CalibrationError | IndexRefused:
+    """The error for a statistics pass that failed at sample ``begin`` or later (see ``refused_index``)."""
+    return refused_index(model, x, error, begin) or CalibrationError(
+        f"running the float model on calibration data failed: {error}"
+    )
+
+
 @named("statistics pass (LiteRT interpreter)")
 def collect(
     model: bytes,
@@ -428,27 +487,30 @@ def collect(
                 first.run(x[row : row + 1])
                 expected.append([first.interpreter.get_tensor(i) for i in plan.outputs])
         except (RuntimeError, ValueError) as e:
-            raise CalibrationError(f"running the float model on calibration data failed: {e}") from e
+            raise _run_failed(model, x, e, 0) from e
         single = None
         del first  # free it before the batched interpreter exists
         batched = _batched(plan, used, x, expected)
     stats = [TensorStats(d["index"], d["name"], tuple(int(s) for s in d["shape"][1:]), d["op"]) for d in plan.tensors]
     folder = _Folder(stats)
     n_batched = (len(x) // batch) * batch if batched else 0
+    done = 0  # samples folded: a failure is in the batch (or sample) after them
     try:
         with Progress("calibrate", len(x)) as progress:
             for start in range(0, n_batched, batch):
                 batched.run(x[start : start + batch])  # type: ignore[union-attr]
                 folder.fold(batched, batch)  # type: ignore[arg-type]
                 progress.advance(batch)
+                done += batch
             batched = None
             for i in range(n_batched, len(x)):
                 single = single or _Observer(plan, 1, used)
                 single.run(x[i : i + 1])
                 folder.fold(single, 1)
                 progress.advance()
+                done += 1
     except (RuntimeError, ValueError) as e:
-        raise CalibrationError(f"running the float model on calibration data failed: {e}") from e
+        raise _run_failed(model, x, e, done) from e
     folder.done()
     log.debug("calibration statistics from %s kernels, batch %d", used, batch if n_batched else 1)
     return CalibrationStats(tuple(stats), len(x), batch if n_batched else 1, input_index)

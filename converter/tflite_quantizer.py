@@ -38,7 +38,7 @@ from .extras import require
 from .inspect_model import float_ops, source_layer
 from .lstm_intermediates import add_intermediates
 from .progress import named
-from .runtime.model import TFLiteModel, input_arrays
+from .runtime.model import TFLiteModel, input_arrays, quantize
 from .tflite_check import REEXPORT, VHLO_REMEDY, invalid_op_lines, vhlo_meaning
 
 SUPPORTED_TF = (">=2.16", "<2.22")
@@ -199,8 +199,12 @@ def stock_quantize(
     inputs = TFLiteModel(model_content=float_tflite, delegate="none").inputs
 
     def dataset() -> Iterator[list[np.ndarray]]:  # one list per sample, an array per input (packed samples)
+        # Each input in its own dtype: float32 for float inputs (as ever), the ids' integers for an integer
+        # input (``quantize`` casts a float model's input without a scale, after a range check).
         for row in range(len(samples)):
-            yield [np.asarray(a, dtype=np.float32) for a in input_arrays(samples[row : row + 1], inputs)]
+            yield [
+                quantize(a, info) for a, info in zip(input_arrays(samples[row : row + 1], inputs), inputs, strict=True)
+            ]
 
     gen: Callable[[], Iterator[list[np.ndarray]]] = dataset
     in_dtype = tf.as_dtype(input_type)

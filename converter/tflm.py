@@ -24,7 +24,7 @@ from .errors import TargetError
 from .extras import require
 from .inspect_model import list_ops
 from .ops import tflm_missing
-from .runtime.model import TensorInfo, TFLiteModel, input_arrays, pack_inputs, quantize
+from .runtime.model import TensorInfo, TFLiteModel, input_arrays, pack_inputs, quantize, signature_names
 
 ARENA_ALIGNMENT = 16
 # Below about 1 KB the TFLM Python wrapper crashes (segfault) instead of reporting a failed
@@ -161,8 +161,9 @@ def validate(model: bytes, samples: np.ndarray | None) -> TFLMResult:
             interpreter, error = None, str(e)
     if interpreter is None:
         found = sorted(set(missing) | set(_MISSING_OP.findall(log.text + error)))
-        reason = f"TFLM cannot load the model: {log.text.strip().splitlines()[-1] if log.text.strip() else error}"
-        return TFLMResult(False, found, None, None, 0, None, None, None, reason)
+        names = signature_names(litert.interpreter)
+        wide = [names.get(i.index, i.name) for i in infos if i.dtype == "int64" and i.scale is None]
+        return TFLMResult(False, found, None, None, 0, None, None, None, _load_failure(log.text, error, wide))
     match = re.search(r"Arena allocation total (\d+) bytes", log.text)
     recorded = int(match.group(1)) if match else None
     arena = smallest_arena(model, first if len(first) > 1 else first[0], recorded or ARENA_FLOOR, generous)
@@ -189,7 +190,36 @@ def validate(model: bytes, samples: np.ndarray | None) -> TFLMResult:
     )
 
 
+def _load_failure(said: str, error: str, wide: list[str]) -> str:
+    """Why TFLM could not load the model: its last line, with the kernel's own reason when it printed one.
+
+    TFLM prints a kernel's reason ("Positions of type 'INT64' are not supported by gather.") on the line
+    before its "Node GATHER (number 4) failed to prepare"; the second alone does not say what to change.
+    int64 indices are the case a user can fix: ONNX exports of PyTorch ids are int64, TFLM's GATHER
+    takes int32 positions only, and an int32 export (or the .pt2, whose ids are int32) runs.
+    ``wide``: the model's int64 inputs without a scale, by name.
+    """
+    lines = [line.strip() for line in said.strip().splitlines() if line.strip()]
+    if not lines:
+        return f"TFLM cannot load the model: {error}"
+    text = f"{lines[-2]} {lines[-1]}" if len(lines) > 1 and "failed to prepare" in lines[-1] else lines[-1]
+    if wide and "'INT64' are not supported" in text:
+        text += (
+            f" (the model's integer input {', '.join(repr(n) for n in wide)} is int64, as ONNX exports of PyTorch ids "
+            "are, and TFLite Micro's kernels take int32 indices: export the model with int32 ids, e.g. "
+            "torch.onnx.export(model, (ids.to(torch.int32),), ...), or convert its .pt2, whose ids are int32)"
+        )
+    return f"TFLM cannot load the model: {text}"
+
+
 def _zeros(infos: list[TensorInfo]) -> np.ndarray:
-    """One all-zero sample for the model's inputs (packed for several)."""
-    arrays = {info.name: np.zeros((1, *info.shape[1:]), np.float32) for info in infos}
+    """One all-zero sample for the model's inputs (packed for several), each in its input's dtype.
+
+    Float32 zeros for a quantized input (``quantize`` maps them onto its grid); an integer input without
+    a scale takes zeros of its own dtype, id 0 (every table has a row 0).
+    """
+    arrays = {
+        info.name: np.zeros((1, *info.shape[1:]), np.float32 if info.scale is not None else info.dtype)
+        for info in infos
+    }
     return pack_inputs(arrays) if len(arrays) > 1 else next(iter(arrays.values()))

@@ -83,8 +83,17 @@ def classifies(output: np.ndarray, reconstruction: bool) -> bool:
 
 
 def is_reconstruction(output: np.ndarray, inputs: np.ndarray | None) -> bool:
-    """The model's output has its input's shape (an autoencoder, a denoiser); never for several inputs."""
-    return inputs is not None and inputs.dtype.names is None and tuple(output.shape) == tuple(inputs.shape)
+    """The model's output has its input's shape (an autoencoder, a denoiser); never for several inputs.
+
+    Never for integer inputs either: token ids or indices are not a signal an output reconstructs, and a
+    classifier of 12 classes over 12 ids would otherwise lose its top-1 to a "reconstruction" of the ids.
+    """
+    return (
+        inputs is not None
+        and inputs.dtype.names is None
+        and inputs.dtype.kind == "f"
+        and tuple(output.shape) == tuple(inputs.shape)
+    )
 
 
 def pick_metric(

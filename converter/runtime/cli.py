@@ -71,8 +71,37 @@ def _load(path: Path, threads: int | None, delegate: str) -> Any:
         raise RuntimeInputError(f"{path}: the interpreter cannot load it: {e}") from e
 
 
+def _is_integer(info: Any) -> bool:
+    """An input that takes integers as they are (ids, masks, indices): an integer or bool tensor without a scale."""
+    import numpy as np
+
+    return bool(np.dtype(info.dtype).kind in "biu" and info.scale is None)
+
+
+def _integers(a: Any, info: Any, where: str) -> Any:
+    """Samples for an integer input (``_is_integer``): integers stored as such, checked to fit its dtype, cast to it.
+
+    No preprocessing touches them (edgeconv refuses recipes that scale or resize an integer input), and
+    float data is refused as edgeconv's data checks refuse it: a float id means the ids were preprocessed.
+    """
+    from .model import quantize
+
+    if a.dtype.kind not in "biu":
+        raise RuntimeInputError(
+            f"{where}: input '{info.name}' takes {info.dtype} integers (ids, indices or masks) as they are, but the "
+            f"samples are {a.dtype}; store them as integers"
+        )
+    try:
+        return quantize(a, info)  # a range check and the cast (runtime.model)
+    except ValueError as e:
+        raise RuntimeInputError(f"{where}: {e}") from e
+
+
 def _packed_samples(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
-    """Samples of a model with several inputs: one array per input in the .npz, keyed by input name."""
+    """Samples of a model with several inputs: one array per input in the .npz, keyed by input name.
+
+    A float input's array is read as float32; an integer input's keeps its integers (``_integers``).
+    """
     import numpy as np
 
     from .model import pack_inputs, signature_names
@@ -91,7 +120,8 @@ def _packed_samples(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
                     raise RuntimeInputError(
                         f"{args.data}: no array for the model input '{names[-1]}'; it has: {', '.join(files)}"
                     )
-                arrays[info.name] = np.asarray(npz[key], dtype=np.float32)
+                stored = npz[key]  # an integer input's array as stored: checked and cast below (``_integers``)
+                arrays[info.name] = stored if _is_integer(info) else np.asarray(stored, dtype=np.float32)
             y = npz["y"] if "y" in npz.files else None
     except (OSError, KeyError, ValueError) as e:
         raise RuntimeInputError(f"{args.data}: cannot read the input arrays from it: {e}") from e
@@ -106,6 +136,9 @@ def _packed_samples(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
                 f"{args.data}: input '{info.name}' samples have shape {list(a.shape[1:])}, "
                 f"the model expects {list(info.shape[1:])}"
             )
+        if _is_integer(info):
+            arrays[info.name] = _integers(a, info, str(args.data))
+            continue
         if not np.isfinite(a).all():
             raise RuntimeInputError(f"{args.data}: input '{info.name}' samples contain NaN or Inf")
     if len({len(a) for a in arrays.values()}) > 1:
@@ -113,11 +146,17 @@ def _packed_samples(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
     return pack_inputs(arrays), y
 
 
-def _samples(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[Any, Any]:
+def _samples(args: argparse.Namespace, info: Any) -> tuple[Any, Any]:
+    """Samples of a single-input model: ``x`` preprocessed by the contract, or, for an integer input, as stored.
+
+    An integer input (``_is_integer``) takes no preprocessing: ``--resize``/``--scale``/``--offset`` other
+    than their defaults are refused for it (they would turn ids into other ids or fractions).
+    """
     import numpy as np
 
     from .preprocess import Preprocess
 
+    shape = info.shape
     try:
         with np.load(args.data, allow_pickle=False) as npz:
             x, y = npz["x"], (npz["y"] if "y" in npz.files else None)
@@ -125,6 +164,17 @@ def _samples(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[Any, Any
         raise RuntimeInputError(f"{args.data}: cannot read x[, y] from it: {e}") from e
     if x.ndim == len(shape) - 1 and shape[-1] == 1:
         x = x[..., None]
+    if _is_integer(info):
+        if args.resize or args.scale != 1.0 or args.offset != 0.0:
+            raise RuntimeInputError(
+                f"--resize/--scale/--offset change values, and the model input '{info.name}' takes {info.dtype} "
+                "integers (ids, indices or masks) as they are; leave them out"
+            )
+        if tuple(x.shape[1:]) != tuple(shape[1:]):
+            raise RuntimeInputError(
+                f"{args.data}: samples have shape {list(x.shape[1:])}, the model expects {list(shape[1:])}"
+            )
+        return _integers(x, info, str(args.data)), y
     prep = Preprocess(tuple(args.resize) if args.resize else None, args.scale, args.offset)
     try:
         x = prep(x)
@@ -158,7 +208,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     data = None
     if args.data:
         many = len(models["model"].inputs) > 1
-        data = _packed_samples(args, models["model"]) if many else _samples(args, models["model"].inputs[0].shape)
+        data = _packed_samples(args, models["model"]) if many else _samples(args, models["model"].inputs[0])
     out: dict[str, Any] = {"schema": SCHEMA, "machine": machine_info(), "models": {}}
     for key, model in models.items():
         sample = data[0][:1] if data is not None else None

@@ -44,13 +44,18 @@ def measure(
     max_runs: int = 100_000,
     threads: int | None = None,
 ) -> Latency:
-    """Time ``model`` on ``sample`` (float, the input's shape, or packed for several inputs; zeros when None)."""
+    """Time ``model`` on ``sample`` (float, the input's shape, or packed for several inputs; zeros when None).
+
+    Zeros are float32 for float and quantized inputs, and of the input's own dtype for an integer input
+    without a scale (id 0, which every lookup table has).
+    """
     interpreter = model.interpreter
     values: list[np.ndarray | None] = [None] * len(model.inputs)
     if sample is not None:
         values = list(input_arrays(sample, model.inputs))
     for info, given in zip(model.inputs, values, strict=True):
-        x = np.zeros(info.shape, dtype=np.float32) if given is None else given.reshape(info.shape)
+        zeros = np.float32 if info.scale is not None else info.dtype
+        x = np.zeros(info.shape, dtype=zeros) if given is None else given.reshape(info.shape)
         interpreter.set_tensor(info.index, quantize(x, info))
     for _ in range(warmup):
         interpreter.invoke()

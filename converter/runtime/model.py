@@ -3,6 +3,10 @@
 Inputs are quantized with the model's own scale and zero point, outputs dequantized, so
 float and integer models are compared on the same float scale. numpy + interpreter only.
 
+An integer tensor without a scale (token ids, attention masks, indices) is no quantized value: its
+samples are cast to its dtype as they are, after a check that each is a whole number that fits it
+(``quantize``), so an id is never rounded, wrapped around or scaled on its way in.
+
 Samples of a model with several inputs travel as one numpy *structured* array: one record per
 sample, one field per model input (named like the float model's input tensor). Selecting,
 slicing and counting samples then keeps the inputs of a sample together everywhere, and
@@ -45,14 +49,39 @@ class TensorInfo:
 
 
 def quantize(x: np.ndarray, info: TensorInfo) -> np.ndarray:
-    """Real values to the tensor's dtype: q = clamp(round(x / S + Z)); a cast for float tensors."""
+    """Real values to the tensor's dtype: q = clamp(round(x / S + Z)); a cast for float tensors.
+
+    An integer tensor without a scale takes its values as they are: a ``ValueError`` names the tensor
+    when one is not a whole number or does not fit its dtype, where a cast would truncate or wrap it
+    into another, valid-looking id (the data layer refuses such files earlier, naming their rows).
+    """
     if info.scale is None or info.zero_point is None:
+        kind = np.dtype(info.dtype).kind
+        if kind in "biu":
+            return _integers(np.asarray(x), info)
         return np.asarray(x, dtype=info.dtype)
     limits = np.iinfo(info.dtype)
     r = np.asarray(x, dtype=np.float64) / info.scale + info.zero_point
     q = np.sign(r) * np.floor(np.abs(r) + 0.5)  # half away from zero, as TFLite's QUANTIZE (not numpy's half-even)
     out: np.ndarray = np.clip(q, limits.min, limits.max).astype(info.dtype)
     return out
+
+
+def _integers(x: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """``x`` cast to the integer (or bool) tensor ``info``'s dtype, refused if a value would change."""
+    target = np.dtype(info.dtype)
+    if x.dtype == target:
+        return x
+    if x.size and x.dtype.kind not in "biu":
+        whole = np.isfinite(x) & (x == np.round(x)) if x.dtype.kind == "f" else np.zeros(x.shape, dtype=bool)
+        if not whole.all():
+            raise ValueError(f"input '{info.name}' takes {target} integers, got {x.dtype} values that are not whole")
+    lo, hi = (0, 1) if target.kind == "b" else (int(np.iinfo(target).min), int(np.iinfo(target).max))
+    exact = x.dtype.kind in "biu"  # compared as Python ints: float(2**63 - 1) would exceed int64's maximum
+    least, most = ((int(x.min()), int(x.max())) if exact else (float(x.min()), float(x.max()))) if x.size else (0, 0)
+    if least < lo or most > hi:
+        raise ValueError(f"input '{info.name}' takes {target} ({lo}..{hi}), got values from {least} to {most}")
+    return x.astype(target)
 
 
 def signature_names(interpreter: Any) -> dict[int, str]:
