@@ -6,7 +6,7 @@ floor, ...) and repeated:
 - ``floor``: a plain LiteRT interpreter with its default delegate (XNNPACK), the same threads
   and the same batching the new pass uses, running the samples (``floor_loop``: the loop only;
   ``floor``: with creating and resizing the interpreter, which the statistics pass also pays);
-- ``before``: ``converter/stats.py`` as it was before issue 14 (read from git, ``--before``);
+- ``before``: ``converter/stats.py`` as it was before its streaming rewrite (read from git, ``--before``);
 - ``after``: today's ``converter.stats.collect``.
 
 It also profiles where each pass spends its time (interpreter vs folding, and folding per tensor
@@ -47,7 +47,7 @@ from converter import stats as after  # noqa: E402
 from converter.runtime.interpreter import make_interpreter  # noqa: E402
 from converter.stats import BINS, CalibrationStats  # noqa: E402
 
-BEFORE = "84113fa"  # the last commit with the statistics pass as issue 14 found it
+BEFORE = "84113fa"  # the last commit with the statistics pass before its streaming rewrite
 
 
 def before_module(rev: str) -> types.ModuleType:

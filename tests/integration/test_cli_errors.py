@@ -1,6 +1,6 @@
 """Exit 3 means a bug in edgeconv, never a bad input: each bad argument or file is exit 2 with one paragraph.
 
-Every case here gave exit 3 (or a wrong message, or exit 0 for nonsense) before issue 11.
+Each case is a bad input that must give neither exit 3, nor a wrong message, nor exit 0.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def test_an_unreachable_device_fails_its_gate_not_the_run(
     unreachable = {"device": "raspberry-pi-4", "host": "nobody@127.0.0.1", "port": 1}
     result = _convert(write_recipe, tiny_recipe(tiny_model_dir, targets=[unreachable]), tmp_path / "step")
     assert result.exit_code == 1 and "FAIL measured [raspberry-pi-4]: failed (connect:" in result.stdout
-    assert (tmp_path / "step" / "report.json").is_file()  # the conversion is kept (issue 11)
+    assert (tmp_path / "step" / "report.json").is_file()  # the conversion is kept
 
 
 def test_check_command_with_baselines(passing: Path, tmp_path: Path) -> None:

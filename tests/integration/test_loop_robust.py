@@ -1,4 +1,4 @@
-"""The accuracy loop never loses the conversion to one attempt (issue 12, §4).
+"""The accuracy loop never loses the conversion to one attempt.
 
 A MobileNetV1-style float ``.tflite`` (depthwise/pointwise blocks, ReLU, folded batch norm)
 with one dead depthwise channel (weights ~0, bias 1: what weight decay leaves in trained

@@ -1,4 +1,4 @@
-"""A crash in native code is a clear error that names the step (issue 16), with real crashes and real kills.
+"""A crash in native code is a clear error that names the step, with real crashes and real kills.
 
 ``edgeconv convert`` runs under its supervisor (``converter.supervise``); these tests start it as users do
 (``python -m converter``), crash or kill the process that runs TensorFlow/LiteRT, and read what the user

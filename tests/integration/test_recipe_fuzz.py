@@ -1,4 +1,4 @@
-"""Generated recipes and ``--set`` values thrown at ``validate`` and ``convert`` (issue 11).
+"""Generated recipes and ``--set`` values thrown at ``validate`` and ``convert``.
 
 Whatever the document, the answer is exit 0 or 2 with one paragraph: never exit 3, never
 a traceback, never a file written. Derandomized and bounded, so it is the same run every

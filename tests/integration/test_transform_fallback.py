@@ -1,4 +1,4 @@
-"""A transform the recipe asks for whose result fails its check is dropped, not a crash (issue 12, §4).
+"""A transform the recipe asks for whose result fails its check is dropped, not a crash.
 
 ``calibration.equalization: true`` (or ``bias_correction``) on a model where the transformed float model
 fails its check (does not prepare, or changes the outputs) used to end the conversion with exit 3. Now

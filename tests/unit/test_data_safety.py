@@ -1,4 +1,4 @@
-"""Data files from strangers: refused by name with our own message, never numpy's advice (issue 11)."""
+"""Data files from strangers: refused by name with our own message, never numpy's advice."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """An attempt of the accuracy loop that fails is recorded under ``tuning.skipped``; the loop goes on.
 
-Only the user's own input errors and interrupts stop it (issue 12, §4).
+Only the user's own input errors and interrupts stop it.
 """
 
 from __future__ import annotations

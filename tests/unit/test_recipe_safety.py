@@ -1,4 +1,4 @@
-"""Recipes run no code, and every bad recipe is exit 2 before any work (issue 11).
+"""Recipes run no code, and every bad recipe is exit 2 before any work.
 
 A recipe arrives in a pull request and CI runs it: ssh options that run local commands,
 host names ssh reads as options, files that exhaust the parser, numbers that validate but
