@@ -291,7 +291,8 @@ def _read_float_tflite(path: Path) -> bytes:
     if not ref.inputs or not ref.outputs:
         which = "inputs" if not ref.inputs else "outputs"
         raise ModelLoadError(f"model: {path}: the model file is invalid: its main subgraph has no {which}; {REEXPORT}")
-    if any(t.dtype != "float32" for t in ref.inputs + ref.outputs):
+    # Quantized I/O carries a scale; integer I/O without one (token ids, an argmax index) is a float model's.
+    if any(t.scale is not None or t.dtype in ("float16", "bfloat16") for t in ref.inputs + ref.outputs):
         raise ModelLoadError(
             f"model: {path}: is already quantized (I/O dtypes {[t.dtype for t in ref.inputs + ref.outputs]}); "
             "give the float model it was made from"
