@@ -1,5 +1,5 @@
 """``python -m converter`` runs the ``edgeconv`` command line."""
 
-from .cli import main
+from converter.cli.main import main
 
 main()

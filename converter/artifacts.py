@@ -50,8 +50,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .errors import OutputError
-from .supervise import run_pid
+from converter.errors import OutputError
+from converter.supervise import run_pid
 
 STAMP = ".edgeconv.json"
 _RENAME_EXCHANGE = 2

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .budgets import Budgets
-from .errors import RecipeError
-from .schema import Where, build, suggest
-from .yamlio import load_yaml_file
+from converter.errors import RecipeError
+from converter.reports.budgets import Budgets
+from converter.schema import Where, build, suggest
+from converter.yamlio import load_yaml_file
 
 NAME_PATTERN = r"[a-z0-9][a-z0-9_.-]*"
 

@@ -12,7 +12,7 @@ import importlib
 import importlib.util
 from typing import Any
 
-from .errors import UserInputError
+from converter.errors import UserInputError
 
 INSTALL_CONVERT = 'pip install "edgeconv[convert]"'
 INSTALL_NPU = 'pip install "edgeconv[npu]"'

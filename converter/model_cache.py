@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 
-from . import __version__
-from .artifacts import write_atomic
-from .calib_cache import cache_dir
+from converter import __version__
+from converter.artifacts import write_atomic
+from converter.calibration.calib_cache import cache_dir
 
 log = logging.getLogger(__name__)
 

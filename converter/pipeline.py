@@ -22,13 +22,16 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import quant_cache, result_cache, rknn_setup
-from .analyze import ACCURACY_GATES, AloneRun, LayerError, alone_decision, analyze, isolate
-from .artifacts import OutputFolder
-from .ci_outputs import finalize
-from .data import Dataset, ModelInput, check_preprocess, read_samples
-from .devices import DeviceProfile, load_device
-from .errors import (
+from converter.analysis import result_cache
+from converter.analysis.analyze import ACCURACY_GATES, AloneRun, LayerError, alone_decision, analyze, isolate
+from converter.analysis.evaluate import check_metric, evaluate_host
+from converter.artifacts import OutputFolder
+from converter.boards.measure import TargetResult, measure_target, merge_measured
+from converter.calibration.data import Dataset, ModelInput, check_preprocess, read_samples
+from converter.calibration.stats import INDEX_ADVICE, IndexRefused
+from converter.calibration.transform_check import TransformRejected
+from converter.devices import DeviceProfile, load_device
+from converter.errors import (
     ConversionError,
     ConverterError,
     DataError,
@@ -38,24 +41,27 @@ from .errors import (
     NoIntegerKernelError,
     UserInputError,
 )
-from .evaluate import check_metric, evaluate_host
-from .extras import check_importable
-from .gates import LOWER_BOUNDS, Gate, evaluate
-from .load import LoadedModel, detect_format, load_model
-from .measure import TargetResult, measure_target, merge_measured
-from .plots import histogram_png, most_clipped
-from .progress import Ticker
-from .qat import check_available, quantize_qat
-from .quantize import Plan, Quantized, quantize
-from .recipe import BenchmarkSpec, DataSource, Recipe, TargetSpec
-from .report import FLOAT_NAME, HIST_NAME, INT8_NAME, REPORT_NAME, Outcome, build_report, dumps
-from .runtime.accuracy import not_measured
-from .runtime.preprocess import Preprocess
-from .stats import INDEX_ADVICE, IndexRefused
-from .targets import check_targets, early_warnings, rknn
-from .tflite_quantizer import import_problem, import_seconds, import_tensorflow, quantize_with_ranges
-from .transform_check import TransformRejected
-from .tune import tune
+from converter.extras import check_importable
+from converter.progress import Ticker
+from converter.quantization import quant_cache
+from converter.quantization.qat import check_available, quantize_qat
+from converter.quantization.quantize import Plan, Quantized, quantize
+from converter.quantization.tflite_quantizer import (
+    import_problem,
+    import_seconds,
+    import_tensorflow,
+    quantize_with_ranges,
+)
+from converter.quantization.tune import tune
+from converter.recipe import BenchmarkSpec, DataSource, Recipe, TargetSpec
+from converter.reports.ci_outputs import finalize
+from converter.reports.gates import LOWER_BOUNDS, Gate, evaluate
+from converter.reports.plots import histogram_png, most_clipped
+from converter.reports.report import FLOAT_NAME, HIST_NAME, INT8_NAME, REPORT_NAME, Outcome, build_report, dumps
+from converter.runtime.accuracy import not_measured
+from converter.runtime.preprocess import Preprocess
+from converter.sources.load import LoadedModel, detect_format, load_model
+from converter.targets import check_targets, early_warnings, rknn, rknn_setup
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -8,8 +8,8 @@ from __future__ import annotations
 from importlib import metadata
 from typing import Any
 
-from . import __version__
-from .runtime.interpreter import interpreter_module
+from converter import __version__
+from converter.runtime.interpreter import interpreter_module
 
 
 def package_version(package: str) -> str | None:

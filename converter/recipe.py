@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .budgets import Budgets
-from .devices import available_devices, devices_dir, load_device
-from .errors import RecipeError, UserInputError
-from .runtime.preprocess import Preprocess
-from .schema import Where, build, json_schema, suggest
-from .ssh_names import EXAMPLES, destination_problem
-from .ssh_options import ssh_option_problem
-from .yamlio import load_yaml_file, load_yaml_text
+from converter.boards.ssh_names import EXAMPLES, destination_problem
+from converter.boards.ssh_options import ssh_option_problem
+from converter.devices import available_devices, devices_dir, load_device
+from converter.errors import RecipeError, UserInputError
+from converter.reports.budgets import Budgets
+from converter.runtime.preprocess import Preprocess
+from converter.schema import Where, build, json_schema, suggest
+from converter.yamlio import load_yaml_file, load_yaml_text
 
 IoType = Literal["int8", "uint8", "int16", "float32"]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from .errors import RecipeError
+from converter.errors import RecipeError
 
 T = TypeVar("T")
 

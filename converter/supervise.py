@@ -99,7 +99,7 @@ def _file(path: str | None) -> int:
 
 def supervise(command: str, run: Any) -> Any:
     """Run ``run`` (click's whole command line) in a forked child; explain its death by a signal."""
-    from . import native_output, progress
+    from converter import native_output, progress
 
     steps_fd = _file(os.environ.get(STEP_FILE_ENV))
     native_fd = _file(None)
@@ -160,7 +160,7 @@ def _outcome(command: str, pid: int, status: int, peak_kb: int, steps_fd: int, n
     step, last = running_step(_read(steps_fd), pid)
     tail = _tail(_read(native_fd))
     if tail:
-        from .native_output import TAIL_LINES
+        from converter.native_output import TAIL_LINES
 
         click.echo(f"--- printed by TensorFlow/LiteRT during this run (last {TAIL_LINES} lines) ---", err=True)
         click.echo(tail, err=True)
@@ -182,7 +182,7 @@ def _read(fd: int) -> str:
 
 
 def _tail(text: str) -> str:
-    from .native_output import TAIL_LINES
+    from converter.native_output import TAIL_LINES
 
     kept = [line for line in text.splitlines() if line.strip()]
     return "\n".join(kept[-TAIL_LINES:])

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConverterError, UserInputError
+from converter.errors import ConverterError, UserInputError
 
 PIP_TIMEOUT_S = 1800
 PROBE_TIMEOUT_S = 300

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .errors import RecipeError
+from converter.errors import RecipeError
 
 MAX_BYTES = 1024 * 1024  # a real recipe is a few hundred bytes
 MAX_DEPTH = 64

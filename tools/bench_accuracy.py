@@ -31,14 +31,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from converter.analysis.evaluate import evaluate_host  # noqa: E402
 from converter.devices import load_device  # noqa: E402
-from converter.evaluate import evaluate_host  # noqa: E402
-from converter.load import load_model  # noqa: E402
-from converter.qat import QAT_FORMATS, quantize_qat  # noqa: E402
-from converter.quantize import Plan, Quantized, quantize  # noqa: E402
+from converter.quantization.qat import QAT_FORMATS, quantize_qat  # noqa: E402
+from converter.quantization.quantize import Plan, Quantized, quantize  # noqa: E402
+from converter.quantization.tune import tune  # noqa: E402
 from converter.recipe import DataSource, Method, QatSpec, Recipe, load_recipe  # noqa: E402
 from converter.runtime.accuracy import Accuracy  # noqa: E402
-from converter.tune import tune  # noqa: E402
+from converter.sources.load import load_model  # noqa: E402
 from tools import outlier_model, realdata  # noqa: E402
 from tools.realdata import samples  # noqa: E402
 

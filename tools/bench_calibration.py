@@ -54,10 +54,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from converter.load import load_model  # noqa: E402
 from converter.recipe import Recipe, load_recipe  # noqa: E402
 from converter.runtime.accuracy import compare  # noqa: E402
 from converter.runtime.model import TFLiteModel  # noqa: E402
+from converter.sources.load import load_model  # noqa: E402
 from tools import realdata  # noqa: E402
 from tools.realdata import samples  # noqa: E402
 

@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from converter.bench import BenchRequest, run_local  # noqa: E402
+from converter.boards.bench import BenchRequest, run_local  # noqa: E402
 from converter.pipeline import convert  # noqa: E402
 from converter.recipe import load_recipe  # noqa: E402
 from tools import realdata  # noqa: E402

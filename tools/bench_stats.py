@@ -7,7 +7,7 @@ floor, ...) and repeated:
   and the same batching the new pass uses, running the samples (``floor_loop``: the loop only;
   ``floor``: with creating and resizing the interpreter, which the statistics pass also pays);
 - ``before``: ``converter/stats.py`` as it was before its streaming rewrite (read from git, ``--before``);
-- ``after``: today's ``converter.stats.collect``.
+- ``after``: today's ``converter.calibration.stats.collect``.
 
 It also profiles where each pass spends its time (interpreter vs folding, and folding per tensor
 and per step for ``before``), compares the recorded statistics field by field, and measures the
@@ -43,9 +43,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from converter import stats as after  # noqa: E402
+from converter.calibration import stats as after  # noqa: E402
+from converter.calibration.stats import BINS, CalibrationStats  # noqa: E402
 from converter.runtime.interpreter import make_interpreter  # noqa: E402
-from converter.stats import BINS, CalibrationStats  # noqa: E402
 
 BEFORE = "84113fa"  # the last commit with the statistics pass before its streaming rewrite
 
@@ -53,7 +53,10 @@ BEFORE = "84113fa"  # the last commit with the statistics pass before its stream
 def before_module(rev: str) -> types.ModuleType:
     """``converter/stats.py`` at ``rev``, imported as ``converter._stats_before`` (its relative imports work)."""
     source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{rev}:converter/stats.py"], capture_output=True, text=True, check=True
+        ["git", "-C", str(ROOT), "show", f"{rev}:converter/stats.py"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     module = types.ModuleType("converter._stats_before")
     module.__package__ = "converter"
@@ -71,7 +74,7 @@ def prepare(name: str, work: Path, data: Path | None) -> tuple[Path, Path]:
     folder = work / "stats" / name
     model, samples = folder / "float.tflite", folder / "samples.npy"
     if not (model.is_file() and samples.is_file()):
-        from converter.load import load_model
+        from converter.sources.load import load_model
         from tools.realdata import samples as recipe_samples
 
         recipe = recipe_for(name, work)
@@ -337,7 +340,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--before", default=BEFORE, help="git revision of the old converter/stats.py")
+    parser.add_argument("--before", default=BEFORE, help="git revision of the old converter/calibration/stats.py")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench")
     parser.add_argument("--memory", action="store_true", help="also peak RSS of fresh processes, 50 vs N samples")
     parser.add_argument("--out", type=Path, default=None, help="JSON file [WORK/stats_<model>.json]")

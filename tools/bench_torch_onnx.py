@@ -46,9 +46,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from converter import onnx_setup  # noqa: E402
-from converter.inspect_model import float_ops  # noqa: E402
 from converter.runtime.model import TFLiteModel  # noqa: E402
+from converter.sources import onnx_setup  # noqa: E402
+from converter.tflite.inspect_model import float_ops  # noqa: E402
 from tools.bench_calibration import run_child  # noqa: E402
 
 MODELS = ("cnn", "mobilenet_block", "lstm", "transformer", "digits")

@@ -88,8 +88,8 @@ def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
 
 def measure(model: bytes, built: Built, source: str, seconds: float) -> Measured:
     """Full-integer check, a LiteRT run on the held-out samples and its error against float."""
-    from converter.inspect_model import list_ops
     from converter.runtime.model import TFLiteModel
+    from converter.tflite.inspect_model import list_ops
 
     ops = list_ops(model)
     floats = tuple(
@@ -174,8 +174,8 @@ def run_ours(built: Built, source: str, out: Path) -> tuple[int, str, Measured]:
     """edgeconv convert through its CLI; the exit code, its output when not 0, and the measured int8 model."""
     from click.testing import CliRunner
 
-    from converter.cli import main
-    from converter.report import INT8_NAME
+    from converter.cli.main import main
+    from converter.reports.report import INT8_NAME
 
     out.parent.mkdir(parents=True, exist_ok=True)
     recipe = out.parent / f"{out.name}.yaml"
@@ -226,9 +226,9 @@ def run_tflm(model: bytes, sample: np.ndarray) -> TFLM:
     """Load and run ``model`` in TFLite Micro's interpreter (generous arena) on one sample (a batch of one)."""
     from tflite_micro.python.tflite_micro import runtime
 
-    from converter.inspect_model import list_ops
-    from converter.ops import tflm_missing
     from converter.runtime.model import TFLiteModel, input_arrays, quantize
+    from converter.tflite.inspect_model import list_ops
+    from converter.tflite.ops import tflm_missing
 
     listed = tflm_missing(list_ops(model))
     if listed:  # TFLM would refuse them; loading such a model only prints the first
@@ -267,7 +267,7 @@ def run_tflm(model: bytes, sample: np.ndarray) -> TFLM:
 
 def run_case(built: Built, source: str, out: Path, stock: Measured | None) -> Case:
     """One (architecture, source): edgeconv's exit code and figures, TFLM on its model, stock beside it."""
-    from converter.report import INT8_NAME
+    from converter.reports.report import INT8_NAME
 
     code, message, ours = run_ours(built, source, out)
     tflm = run_tflm((out / INT8_NAME).read_bytes(), built.held_out[:1]) if code == 0 and ours.full_integer else None

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from converter.data import load_dataset, prepare
+from converter.calibration.data import load_dataset, prepare
 from converter.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]

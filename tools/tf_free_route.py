@@ -39,12 +39,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from converter.data import model_inputs, read_samples  # noqa: E402
-from converter.evaluate import evaluate_host  # noqa: E402
-from converter.inspect_model import float_ops, list_ops  # noqa: E402
+from converter.analysis.evaluate import evaluate_host  # noqa: E402
+from converter.calibration.data import model_inputs, read_samples  # noqa: E402
 from converter.recipe import Recipe, load_recipe  # noqa: E402
 from converter.runtime.interpreter import make_interpreter  # noqa: E402
 from converter.runtime.model import TFLiteModel  # noqa: E402
+from converter.tflite.inspect_model import float_ops, list_ops  # noqa: E402
 from tools import realdata  # noqa: E402
 
 # python3 -m venv .venv-aeq && .venv-aeq/bin/pip install ai-edge-quantizer
@@ -92,7 +92,7 @@ def spawn(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
 def child_ours(float_path: Path, ranges_path: Path, out_path: Path) -> None:
     """The "ours" child: TensorFlow's converter import and ``quantize_with_ranges``, no cache; prints JSON."""
     t0 = time.perf_counter()
-    from converter.tflite_quantizer import import_tensorflow, quantize_with_ranges
+    from converter.quantization.tflite_quantizer import import_tensorflow, quantize_with_ranges
 
     import_tensorflow()
     t_import = time.perf_counter() - t0
@@ -208,7 +208,7 @@ def inspect(model: bytes, eval_x: np.ndarray, tflm: bool) -> dict[str, Any]:
             biases[key] = biases.get(key, 0) + 1
     info["bias_dtypes"] = biases
     if tflm:
-        from converter import tflm as tflm_mod
+        from converter.targets import tflm_interpreter as tflm_mod
 
         result = tflm_mod.validate(model, eval_x[:TFLM_SAMPLES])
         info["tflm"] = {

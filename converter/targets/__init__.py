@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from ..devices import DeviceProfile
-from ..inspect_model import list_ops
-from ..recipe import Recipe
-from ..runtime.model import TFLiteModel
-from . import edgetpu, ethos_u, litert, rknn, tflm
-from .base import Backend, Context, cost
+from converter.devices import DeviceProfile
+from converter.recipe import Recipe
+from converter.runtime.model import TFLiteModel
+from converter.targets import edgetpu, ethos_u, litert, rknn, tflm
+from converter.targets.base import Backend, Context, cost
+from converter.tflite.inspect_model import list_ops
 
 BACKENDS: dict[str, Backend] = {
     "litert": litert.check,

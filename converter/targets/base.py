@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..devices import DeviceProfile
-from ..inspect_model import OpInfo, macs
-from ..recipe import Recipe
+from converter.devices import DeviceProfile
+from converter.recipe import Recipe
+from converter.tflite.inspect_model import OpInfo, macs
 
 
 @dataclass

@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..devices import DeviceProfile
-from ..inspect_model import OpInfo
-from ..ops import EDGETPU_OPS
-from .base import Check, Context, fit
+from converter.devices import DeviceProfile
+from converter.targets.base import Check, Context, fit
+from converter.tflite.inspect_model import OpInfo
+from converter.tflite.ops import EDGETPU_OPS
 
 INTEGER = {"int8", "uint8", "int32"}  # int32: biases and shape tensors
 

@@ -22,10 +22,10 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
-from .. import firmware
-from ..devices import DeviceProfile, NpuSpec
-from ..ops import TFLM_RESOLVER
-from .base import Check, Context, fit
+from converter.devices import DeviceProfile, NpuSpec
+from converter.targets import firmware
+from converter.targets.base import Check, Context, fit
+from converter.tflite.ops import TFLM_RESOLVER
 
 TIMEOUT_S = 600
 COMPILED_NAME = "model_vela.tflite"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..devices import DeviceProfile
-from .base import Check, Context
+from converter.devices import DeviceProfile
+from converter.targets.base import Check, Context
 
 
 def check(ctx: Context, name: str, profile: DeviceProfile) -> Check:

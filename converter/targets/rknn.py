@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import rknn_setup
-from ..devices import DeviceProfile, RknnSpec
-from ..runtime.accuracy import classifies, is_reconstruction, output_error
-from ..runtime.model import TensorInfo, TFLiteModel, input_arrays, quantize
-from .base import Check, Context, fit
+from converter.devices import DeviceProfile, RknnSpec
+from converter.runtime.accuracy import classifies, is_reconstruction, output_error
+from converter.runtime.model import TensorInfo, TFLiteModel, input_arrays, quantize
+from converter.targets import rknn_setup
+from converter.targets.base import Check, Context, fit
 
 TIMEOUT_S = 900
 ARTIFACT = "model.rknn"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from .. import firmware
-from ..devices import DeviceProfile
-from ..tflm import TFLMResult, validate
-from .base import Check, Context, fit
+from converter.devices import DeviceProfile
+from converter.targets import firmware
+from converter.targets.base import Check, Context, fit
+from converter.targets.tflm_interpreter import TFLMResult, validate
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from converter.cli import main
+from converter.cli.main import main
 from tests.conftest import tiny_recipe
 from tools import outlier_model
 

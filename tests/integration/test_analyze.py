@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
-from converter.analyze import analyze, channel_sqnr_db
-from converter.calibrate import choose_ranges, ranges_of
-from converter.cli import main
-from converter.load import load_model
+from converter.analysis.analyze import analyze, channel_sqnr_db
+from converter.calibration.calibrate import choose_ranges, ranges_of
+from converter.calibration.stats import collect
+from converter.cli.main import main
+from converter.quantization.tflite_quantizer import quantize_with_ranges
 from converter.recipe import CalibrationSpec
-from converter.stats import collect
-from converter.tflite_quantizer import quantize_with_ranges
+from converter.sources.load import load_model
 from tests.conftest import tiny_recipe
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from converter.cli import main
+from converter.cli.main import main
 from tests.conftest import ROOT
 
 DEMO = ROOT / "recipes" / "mobilenet.yaml"

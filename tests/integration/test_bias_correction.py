@@ -6,14 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from converter.bias_correction import correct_biases
-from converter.calibrate import choose_ranges, ranges_of
-from converter.flatbuf import linear_ops
-from converter.load import load_model
+from converter.calibration.bias_correction import correct_biases
+from converter.calibration.calibrate import choose_ranges, ranges_of
+from converter.calibration.stats import collect
+from converter.quantization.tflite_quantizer import quantize_with_ranges
 from converter.recipe import CalibrationSpec
 from converter.runtime.model import TFLiteModel
-from converter.stats import collect
-from converter.tflite_quantizer import quantize_with_ranges
+from converter.sources.load import load_model
+from converter.tflite.flatbuf import linear_ops
 
 
 def _dense_model(folder: Path) -> Path:

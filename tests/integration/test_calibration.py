@@ -11,20 +11,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converter import calib_cache
-from converter.calib_cache import cache_dir
-from converter.calibrate import choose_ranges, ranges_of
-from converter.data import load_dataset, prepare, select
+from converter.calibration import calib_cache
+from converter.calibration.calib_cache import cache_dir
+from converter.calibration.calibrate import choose_ranges, ranges_of
+from converter.calibration.data import load_dataset, prepare, select
+from converter.calibration.stats import collect
 from converter.errors import RecipeError
-from converter.inspect_model import list_ops
-from converter.load import load_model
 from converter.pipeline import convert
-from converter.quant import asymmetric
+from converter.quantization.arithmetic import asymmetric
+from converter.quantization.tflite_quantizer import quantize_with_ranges, stock_quantize, stock_ranges
 from converter.recipe import CalibrationSpec, load_recipe
 from converter.runtime.interpreter import make_interpreter
 from converter.runtime.preprocess import Preprocess
-from converter.stats import collect
-from converter.tflite_quantizer import quantize_with_ranges, stock_quantize, stock_ranges
+from converter.sources.load import load_model
+from converter.tflite.inspect_model import list_ops
 from tests.conftest import ROOT, assert_accuracy_drop_below, tiny_data, tiny_recipe
 
 
@@ -238,7 +238,7 @@ def test_cache_hit_on_method_change_and_rebuild_when_corrupt(
     parts["hist"] = parts["hist"].copy()
     parts["hist"][0, 0] += 1
     np.savez(entry, **parts)
-    caplog.set_level(logging.WARNING, logger="converter.calib_cache")
+    caplog.set_level(logging.WARNING, logger="converter.calibration.calib_cache")
     assert calib_cache.load(cache_dir(), key) is None  # read, digest checked, refused ...
     assert f"calibration cache entry {entry} is corrupt (digest mismatch); rebuilding it" in caplog.messages
     assert not entry.exists()  # ... and deleted

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from converter.render import ms_text
+from converter.reports.render import ms_text
 from tests.conftest import ROOT, tiny_recipe
 
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
@@ -179,7 +179,7 @@ def test_matrix_bad_input_is_exit_2_with_the_reason(zoo: Path, tmp_path: Path) -
 
 def test_matrix_does_not_import_tensorflow(zoo: Path) -> None:
     code = (
-        "import sys\nfrom converter.cli import main\n"
+        "import sys\nfrom converter.cli.main import main\n"
         "try:\n    main(['matrix', 'recipes/'])\nexcept SystemExit as e:\n    code = e.code\n"
         "print(code, 'tensorflow' in sys.modules, 'keras' in sys.modules, file=sys.stderr)\n"
     )

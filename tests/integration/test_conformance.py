@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter.float_rewrites import fold_shape_arithmetic
-from converter.inspect_model import list_ops
 from converter.runtime.model import TFLiteModel
+from converter.sources.float_rewrites import fold_shape_arithmetic
+from converter.tflite.inspect_model import list_ops
 from tools import conformance, zoo
 
 FULL = os.environ.get("EDGECONV_ZOO") == "full"

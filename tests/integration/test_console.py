@@ -76,7 +76,7 @@ def test_captured_output_is_shown_before_an_exit_3_message(tmp_path: Path) -> No
     script = tmp_path / "fail.py"
     script.write_text(
         "import os\n"
-        "from converter.cli_common import guarded\n"
+        "from converter.cli.common import guarded\n"
         "def run() -> int:\n"
         "    print('a Python line stays on the terminal', flush=True)\n"
         "    os.write(2, b'native: kernel said no\\n')\n"

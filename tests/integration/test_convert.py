@@ -12,7 +12,7 @@ import pytest
 
 from converter.pipeline import convert
 from converter.recipe import load_recipe
-from converter.report import INT8_NAME
+from converter.reports.report import INT8_NAME
 from converter.runtime.model import TFLiteModel
 from tests.conftest import assert_accuracy_drop_below, reproducible_figures, tiny_data, tiny_recipe
 
@@ -146,7 +146,7 @@ def test_calibration_subset_changes_with_seed(
 def test_float_reference_matches_keras(source: str, tiny_model_dir: Path) -> None:
     import keras
 
-    from converter.load import load_model
+    from converter.sources.load import load_model
 
     x, _ = tiny_data()
     expected = keras.models.load_model(tiny_model_dir / "tiny.keras").predict(x[:20].astype(np.float32), verbose=0)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter.bench import BenchRequest, run_local, run_remote
-from converter.cli import main
-from converter.deploy import SSHTarget
+from converter.boards.bench import BenchRequest, run_local, run_remote
+from converter.boards.deploy import SSHTarget
+from converter.cli.main import main
 from converter.errors import DeployError, DeviceInputError
 from converter.pipeline import convert
 from converter.recipe import load_recipe
@@ -262,7 +262,7 @@ def test_bench_command_exit_codes(sshd: LoopbackSSH, converted: Path, tmp_path: 
 
 def test_bundle_runs_without_tensorflow(converted: Path, tmp_path: Path) -> None:
     """The device bundle must not need TensorFlow: make it unimportable and run the bundle."""
-    from converter.bundle import bundle_bytes, write_bundle
+    from converter.boards.bundle import bundle_bytes, write_bundle
 
     assert bundle_bytes() == bundle_bytes()  # deterministic
     bundle = write_bundle(tmp_path)

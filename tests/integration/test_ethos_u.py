@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter import flatbuf
-from converter.cli import main
+from converter.cli.main import main
+from converter.tflite import flatbuf
 from tests.conftest import tiny_recipe
 
 pytest.importorskip("ethosu.vela", reason="the npu extra (ethos-u-vela) is not installed")

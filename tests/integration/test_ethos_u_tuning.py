@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from converter.cli import main
-from converter.inspect_model import float_ops
+from converter.cli.main import main
+from converter.tflite.inspect_model import float_ops
 from tools import outlier_model
 
 pytest.importorskip("ethosu.vela", reason="the npu extra (ethos-u-vela) is not installed")

@@ -19,9 +19,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from converter.bench import BenchRequest, run_remote
-from converter.cli import main
-from converter.deploy import SSHTarget
+from converter.boards.bench import BenchRequest, run_remote
+from converter.boards.deploy import SSHTarget
+from converter.cli.main import main
 from tests.conftest import tiny_recipe
 from tests.sshd import (
     LoopbackSSH,

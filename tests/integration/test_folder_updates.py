@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from converter import artifacts
-from converter.cli import main
-from converter.measure import measure_target
+from converter.boards.measure import measure_target
+from converter.cli.main import main
 from tests.conftest import tiny_recipe
 from tests.integration.test_output_transaction import _start, _wait_for
 from tests.sshd import loopback_sshd, sshd_available
@@ -76,7 +76,7 @@ def test_deploy_refuses_to_record_into_a_folder_another_run_replaced(
         assert _run("convert", "--recipe", str(second), "--out", str(out)).exit_code == 0
         return result
 
-    monkeypatch.setattr("converter.deploy_recipe.measure_target", measured_while_a_convert_publishes)
+    monkeypatch.setattr("converter.boards.deploy_recipe.measure_target", measured_while_a_convert_publishes)
     with loopback_sshd(tmp_path / "sshd") as sshd:
         ssh = ["--host", sshd.destination, "--port", str(sshd.port), "--identity", str(sshd.identity)]
         ssh += ["--known-hosts", str(sshd.known_hosts), "--python", sys.executable]

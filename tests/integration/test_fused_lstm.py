@@ -3,7 +3,8 @@
 The int8 LSTM kernel needs five intermediate tensors with calibrated ranges and ranges for its two state
 tensors; without them the conversion ended in exit 3 (``num_intermediate_tensors == 5 was not true``).
 edgeconv now adds them with TensorFlow's ``AddIntermediateTensors`` and takes their ranges from TensorFlow's
-logging LSTM kernel, every other range from its own statistics and method (``converter/lstm_intermediates.py``).
+logging LSTM kernel, every other range from its own statistics and method
+(``converter/quantization/lstm_intermediates.py``).
 A fused LSTM's state tensors are variables that persist across invocations, so every run (calibration,
 evaluation, TFLM) now starts each sample from the zero state, as Keras does.
 
@@ -32,13 +33,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from converter.cli import main
-from converter.inspect_model import list_ops
-from converter.lstm_intermediates import add_intermediates, lstm_ranges
-from converter.report import INT8_NAME
+from converter.calibration.stats import collect
+from converter.cli.main import main
+from converter.quantization.lstm_intermediates import add_intermediates, lstm_ranges
+from converter.quantization.tflite_quantizer import stock_ranges
+from converter.reports.report import INT8_NAME
 from converter.runtime.model import TFLiteModel
-from converter.stats import collect
-from converter.tflite_quantizer import stock_ranges
+from converter.tflite.inspect_model import list_ops
 
 REPO = Path(__file__).resolve().parents[2]
 INTEGER_DTYPES = {"int8", "int16", "int32"}
@@ -177,7 +178,7 @@ def test_intermediate_and_state_ranges(models: dict[str, Any]) -> None:
     graph = list_ops(augmented)
     lstm = next(op for op in graph if op.name == "UNIDIRECTIONAL_SEQUENCE_LSTM")
     ranges = lstm_ranges(float_tflite, x)
-    from converter import flatbuf
+    from converter.tflite import flatbuf
 
     model = flatbuf.load(augmented)
     tensors = model.subgraphs[0].tensors

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from converter.cli import main
+from converter.cli.main import main
 from tests.integration.test_onnx import onnx_env, onnx_venv  # noqa: F401 - the fixtures
 
 CASES = 16  # per source: about a minute each on 2 cores (most cases are refused before any conversion)

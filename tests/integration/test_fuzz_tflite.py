@@ -45,7 +45,7 @@ TIMEOUT_S = 900
 
 def _field(rng: random.Random, data: bytes) -> bytes:
     """One field of subgraph 0 (or a buffer, an opcode) set to an odd value through the object API."""
-    from converter import tflite_schema
+    from converter.tflite import flatbuffer_schema as tflite_schema
 
     model = tflite_schema.load(data)
     subgraph = model.subgraphs[0]
@@ -107,7 +107,7 @@ def _worker(cases_file: str, start: int, results_file: str) -> None:
     """Run the cases from ``start`` in this process, one JSON line before and after each (see the module doc)."""
     from click.testing import CliRunner
 
-    from converter.cli import main
+    from converter.cli.main import main
 
     cases = json.loads(Path(cases_file).read_text())
     for i in range(start, len(cases)):

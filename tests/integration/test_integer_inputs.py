@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converter.bench import BenchRequest, run_local, write_eval_npz
-from converter.data import model_inputs
-from converter.report import FLOAT_NAME, INT8_NAME
+from converter.boards.bench import BenchRequest, run_local, write_eval_npz
+from converter.calibration.data import model_inputs
+from converter.reports.report import FLOAT_NAME, INT8_NAME
 from converter.runtime.model import TFLiteModel, pack_inputs
-from converter.tflm import validate
+from converter.targets.tflm_interpreter import validate
 from tests.integration.test_torch_source import MCU, MISSING, _convert_cli, _float_ops, _onnx_env, _recipe
 
 assert not MISSING  # importing test_torch_source skips this module without the torch extra (or fails it in CI)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
-from converter.cli import main
+from converter.cli.main import main
 from converter.runtime.model import TFLiteModel
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from converter.errors import ModelLoadError
-from converter.load import detect_format, load_model
 from converter.runtime.model import TFLiteModel
+from converter.sources.load import detect_format, load_model
 
 
 def _legacy_depthwise_h5(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ import yaml
 
 from converter import model_cache
 from converter.errors import ModelLoadError
-from converter.load import load_model
+from converter.sources.load import load_model
 from tests.conftest import ROOT, tiny_recipe
 
 ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}

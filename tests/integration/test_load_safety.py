@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from converter.errors import ModelLoadError
-from converter.load import load_model
 from converter.runtime.model import TFLiteModel
-from converter.saved_model_guard import check_saved_model
+from converter.sources.load import load_model
+from converter.sources.saved_model_guard import check_saved_model
 from tests.conftest import REALDATA, ROOT
 
 # A child process builds the models: graph mode (TF1 Builder) must not leak into the test process.

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter import flatbuf
-from converter.cli import main
-from converter.equalize import TOLERANCE, equalize
+from converter.calibration.equalize import TOLERANCE, equalize
+from converter.calibration.transform_check import TransformRejected, check_transform
+from converter.cli.main import main
 from converter.runtime.model import TFLiteModel
-from converter.transform_check import TransformRejected, check_transform
+from converter.tflite import flatbuf
 from tools import outlier_model
 
 SIZE = 32

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter.cli import main
+from converter.cli.main import main
 from converter.runtime.accuracy import compare
 
 

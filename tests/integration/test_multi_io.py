@@ -27,11 +27,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from converter.cli import main
-from converter.data import select
-from converter.inspect_model import list_ops
-from converter.report import FLOAT_NAME, INT8_NAME
+from converter.calibration.data import select
+from converter.cli.main import main
+from converter.reports.report import FLOAT_NAME, INT8_NAME
 from converter.runtime.model import TFLiteModel, pack_inputs
+from converter.tflite.inspect_model import list_ops
 from tests.integration.test_rknn import rknn_env, rknn_venv  # noqa: F401 - fixtures
 
 INTEGER_DTYPES = {"int8", "int16", "int32"}

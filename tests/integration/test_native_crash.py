@@ -285,7 +285,7 @@ def test_torch_worker_killed_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "mlp.pt2"
     torch.export.save(torch.export.export(module, (torch.zeros(1, 8),)), str(path))
     x = np.random.default_rng(0).uniform(0, 1, (20, 8)).astype(np.float32)
-    code, stderr = _kill_worker_during_load(tmp_path, path, x, "converter.torch_worker")
+    code, stderr = _kill_worker_during_load(tmp_path, path, x, "converter.sources.torch_worker")
     assert code == 3, stderr
     assert stderr.splitlines()[-1].startswith(
         f"error: model: {path}: converting the PyTorch model with litert-torch (child process) crashed (SIGKILL) "

@@ -64,7 +64,7 @@ def test_on_an_mcu_target_it_is_exit_2_naming_op_and_layer(tmp_path: Path) -> No
 
 
 def test_on_cpu_targets_the_op_stays_float_and_the_rest_is_int8(tmp_path: Path) -> None:
-    from converter.inspect_model import list_ops
+    from converter.tflite.inspect_model import list_ops
 
     result, out = _convert(tmp_path, ["host"])
     assert result.returncode == 0, result.stderr  # was 3

@@ -24,13 +24,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter import onnx_setup
-from converter.cli import main
+from converter.cli.main import main
 from converter.errors import ConversionError, ModelLoadError
-from converter.inspect_model import float_ops, list_ops
-from converter.load import load_model
-from converter.load_onnx import run_worker
 from converter.runtime.model import TFLiteModel
+from converter.sources import onnx_setup
+from converter.sources.load import load_model
+from converter.sources.load_onnx import run_worker
+from converter.tflite.inspect_model import float_ops, list_ops
 from tests.conftest import ROOT, assert_accuracy_drop_below, tiny_data
 
 TOLERANCE = 1e-4  # float .tflite against PyTorch (measured: below 1e-6)
@@ -315,7 +315,7 @@ def test_without_the_onnx_virtualenv_convert_stops_before_any_work(
     assert result.output.strip() == (
         f"error: {path}: model: {tmp_path / 'net.onnx'} is an ONNX model, converted by onnx2tf, which runs in a "
         f"virtualenv of its own that is not set up at {tmp_path / 'nothing-here'}; run `edgeconv setup onnx` once "
-        "(about 2 minutes and 2.6 GB; see the README's ONNX section)"
+        "(about 2 minutes and 2.6 GB; see docs/sources/onnx.md)"
     )
     assert not (tmp_path / "o").exists()
 

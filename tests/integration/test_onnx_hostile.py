@@ -14,10 +14,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from converter.cli import main
+from converter.cli.main import main
 from converter.errors import ModelLoadError
-from converter.load import load_model
 from converter.runtime.model import TFLiteModel
+from converter.sources.load import load_model
 from tests.integration.test_onnx import onnx_env, onnx_venv  # noqa: F401 - the fixtures
 
 onnx = pytest.importorskip("onnx")

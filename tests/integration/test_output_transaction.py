@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from converter import artifacts, pipeline
-from converter.cli import main
+from converter.cli.main import main
 from converter.errors import OutputError
 from tests.conftest import ROOT, sigint_default, tiny_recipe
 from tests.unit.test_publish import beside, snapshot
@@ -31,7 +31,7 @@ def _convert(recipe: Path, out: Path, *extra: str) -> Result:
 
 
 NO_EXCHANGE = (
-    "import converter.artifacts as a; a._exchange = lambda x, y: False; from converter.cli import main; main()"
+    "import converter.artifacts as a; a._exchange = lambda x, y: False; from converter.cli.main import main; main()"
 )
 
 

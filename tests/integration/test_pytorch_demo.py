@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converter import onnx_setup
-from converter.inspect_model import float_ops
-from converter.report import FLOAT_NAME, INT8_NAME
+from converter.reports.report import FLOAT_NAME, INT8_NAME
 from converter.runtime.model import TFLiteModel
+from converter.sources import onnx_setup
+from converter.tflite.inspect_model import float_ops
 from tests.conftest import ROOT
 
 MCU = "arduino-nano-33-ble-sense"

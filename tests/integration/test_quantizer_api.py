@@ -1,4 +1,4 @@
-"""The private TensorFlow API behind converter/tflite_quantizer.py: fail loudly on an upgrade.
+"""The private TensorFlow API behind converter/quantization/tflite_quantizer.py: fail loudly on an upgrade.
 
 Each test pins one assumption the module makes; when TensorFlow changes it, the failure
 names the assumption instead of surfacing as a wrong model later.
@@ -12,7 +12,7 @@ from importlib import metadata
 import numpy as np
 import pytest
 
-from converter import tflite_quantizer
+from converter.quantization import tflite_quantizer
 from converter.runtime.model import TFLiteModel
 from tests.conftest import ROOT
 

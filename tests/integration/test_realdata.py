@@ -11,17 +11,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converter.calibrate import choose_ranges, ranges_of
-from converter.data import load_dataset, prepare
-from converter.evaluate import evaluate_host
-from converter.load import load_model
+from converter.analysis.evaluate import evaluate_host
+from converter.calibration.calibrate import choose_ranges, ranges_of
+from converter.calibration.data import load_dataset, prepare
+from converter.calibration.stats import collect
 from converter.pipeline import convert
-from converter.quantize import contract_range
+from converter.quantization.quantize import contract_range
+from converter.quantization.tflite_quantizer import quantize_with_ranges
 from converter.recipe import CalibrationSpec, Recipe, load_recipe
 from converter.runtime.model import TFLiteModel
 from converter.runtime.preprocess import Preprocess
-from converter.stats import collect
-from converter.tflite_quantizer import quantize_with_ranges
+from converter.sources.load import load_model
 from tests.conftest import REALDATA, assert_accuracy_drop_below
 from tools import realdata
 

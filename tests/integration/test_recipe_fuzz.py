@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from converter import pipeline
-from converter.cli import main
+from converter.cli.main import main
 from converter.errors import UserInputError
 from converter.recipe import Recipe
 from tests.conftest import ROOT

@@ -17,14 +17,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from converter.cli import main
-from converter.inspect_model import list_ops
-from converter.load import load_model
-from converter.report import INT8_NAME
+from converter.calibration.stats import activation_tensors, collect
+from converter.cli.main import main
+from converter.reports.report import INT8_NAME
 from converter.runtime.interpreter import make_interpreter
 from converter.runtime.model import TFLiteModel
-from converter.stats import activation_tensors, collect
-from converter.unroll import UNROLL_ATOL
+from converter.sources.load import load_model
+from converter.sources.unroll import UNROLL_ATOL
+from converter.tflite.inspect_model import list_ops
 
 REPO = Path(__file__).resolve().parents[2]
 INTEGER_DTYPES = {"int8", "int16", "int32"}

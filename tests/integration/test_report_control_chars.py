@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from converter.cli import main
+from converter.cli.main import main
 from tests.conftest import ROOT
 
 GOLDEN = ROOT / "tests" / "data" / "golden" / "report_fixed.json"

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from converter.cli import main
+from converter.cli.main import main
 from tests.conftest import REALDATA, ROOT, tiny_recipe
 
 TARGETS = ["rk3588", "rv1106"]
@@ -145,7 +145,7 @@ def test_without_the_rknn_virtualenv_convert_stops_before_any_work(
     assert result.output.strip() == (
         f"error: {path}: targets: rk3588 (Rockchip RKNN) needs Rockchip's rknn-toolkit2, which runs in a virtualenv "
         f"of its own that is not set up at {tmp_path / 'nothing-here'}; run `edgeconv setup rknn` once (about 2 "
-        "minutes and 2.6 GB; see the README's RKNN section), or drop the RKNN targets from the recipe"
+        "minutes and 2.6 GB; see docs/targets/rknn.md), or drop the RKNN targets from the recipe"
     )
     assert not (tmp_path / "o").exists()
 

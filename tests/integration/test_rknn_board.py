@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from converter.cli import main
+from converter.cli.main import main
 from tests.conftest import tiny_recipe
 from tests.integration.test_rknn import rknn_env, rknn_venv  # noqa: F401 - fixtures
 from tests.sshd import LoopbackSSH, loopback_sshd, sshd_available

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converter.bench import BenchRequest, run_local
+from converter.boards.bench import BenchRequest, run_local
 from converter.errors import DeployError
 from converter.runtime.cli import _load
 from tests.conftest import ROOT

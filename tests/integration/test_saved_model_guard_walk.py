@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from converter.saved_model_guard import _func_names
+from converter.sources.saved_model_guard import _func_names
 from tests.integration.test_load_safety import _convert
 
 BUILD = textwrap.dedent(

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
-from converter.cli import main
+from converter.cli.main import main
 from converter.runtime.interpreter import make_interpreter
 from converter.runtime.model import TFLiteModel
 from tests.conftest import tiny_data, tiny_recipe

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converter import tflite_schema
+from converter.calibration.stats import BINS, SUBSAMPLE, _Plan, collect, observable
 from converter.runtime.interpreter import make_interpreter
-from converter.stats import BINS, SUBSAMPLE, _Plan, collect, observable
+from converter.tflite import flatbuffer_schema as tflite_schema
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_statistics_equal_a_plain_fold_bit_for_bit(
     model: bytes, delegate: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     x = samples()
-    with caplog.at_level(logging.DEBUG, logger="converter.stats"):
+    with caplog.at_level(logging.DEBUG, logger="converter.calibration.stats"):
         got = collect(model, x, delegate=delegate)
     assert f"calibration statistics from {delegate} kernels, batch 8" in caplog.text
     want = reference(model, delegate, x)

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from converter.devices import devices_dir
-from converter.firmware import op_resolver
-from converter.inspect_model import OpInfo, list_ops
-from converter.ops import TFLM_RESOLVER, tflm_missing
 from converter.pipeline import convert
 from converter.recipe import load_recipe
 from converter.targets.edgetpu import parse_log, predict
+from converter.targets.firmware import op_resolver
+from converter.tflite.inspect_model import OpInfo, list_ops
+from converter.tflite.ops import TFLM_RESOLVER, tflm_missing
 from tests.conftest import ROOT, tiny_recipe
 from tests.tflm_symbols import method_key, registration_key, tflm_library, tflm_registrations
 
@@ -39,7 +39,7 @@ def mcu_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> t
 def _probe(model: Path, arena: int, folder: Path) -> int:
     sample = folder / "sample.npy"
     np.save(sample, np.zeros((1, 12, 12, 3), dtype=np.int8))
-    cmd = [sys.executable, "-m", "converter.tflm_probe", str(model), str(arena), str(sample)]
+    cmd = [sys.executable, "-m", "converter.targets.tflm_probe", str(model), str(arena), str(sample)]
     return subprocess.run(cmd, cwd=ROOT, timeout=120, check=False).returncode
 
 
@@ -88,7 +88,7 @@ def _emitted_methods(resolver_h: str) -> list[str]:
 @pytest.fixture(scope="module")
 def demo_resolver() -> str:
     """``op_resolver.h`` for the demo MobileNetV2 (full-integer conversion keeps its operators one for one)."""
-    from converter.load import load_model
+    from converter.sources.load import load_model
 
     model = load_model(ROOT / "recipes" / "models" / "mobilenet_v2_digits.keras")
     return op_resolver(list_ops(model.float_tflite))

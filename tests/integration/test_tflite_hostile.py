@@ -5,7 +5,7 @@ tensor, output shape or operands were mangled (exit 3: "quantization failed in T
 "running the float model on calibration data failed", a ``RuntimeError`` from an int8 model the quantizer
 wrote), and TensorFlow's raw "Failed VHLO to version …" (exit 3, unexplained). The models are
 ``add_one_float.tflite`` with one RESHAPE appended, edited through the flatbuffer object API
-(``converter.tflite_schema``): no TensorFlow is needed to make them, and most never reach TensorFlow.
+(``converter.tflite.flatbuffer_schema``): no TensorFlow is needed to make them, and most never reach TensorFlow.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from converter import tflite_schema
-from converter.cli import main
+from converter.cli.main import main
+from converter.tflite import flatbuffer_schema as tflite_schema
 from tests.conftest import ROOT
 
 ADD_ONE = ROOT / "tests" / "data" / "add_one_float.tflite"  # x [1, 2] -> ADD 1.0 -> Identity [1, 2]
@@ -227,7 +227,7 @@ def test_a_corrupted_reshape_is_exit_2_naming_the_op(
 
 
 def test_vhlo_meaning_puts_the_real_message_in_words() -> None:
-    from converter.tflite_check import vhlo_meaning  # here: the module is new, and the others run without it
+    from converter.sources.tflite_check import vhlo_meaning  # here: the module is new, and the others run without it
 
     said = vhlo_meaning(REAL_VHLO_TEXT)
     assert said is not None

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from converter.errors import ModelLoadError
-from converter.pt2_guard import check_pt2
+from converter.sources.pt2_guard import check_pt2
 
 MISSING = [m for m in ("torch", "litert_torch") if importlib.util.find_spec(m) is None]
 if MISSING and os.environ.get("EDGECONV_REQUIRE_TORCH") != "1":
@@ -281,7 +281,7 @@ def test_case_twins_are_refused_naming_both_members(attack: str, clean_pt2: Path
 @pytest.mark.parametrize("attack", sorted(TWINS))
 def test_torch_side_check_refuses_on_its_own(attack: str, clean_pt2: Path, tmp_path: Path) -> None:
     """The worker's second check, through torch's own reader, refuses even if the first were bypassed."""
-    from converter.torch_worker import _check_as_torch_reads
+    from converter.sources.torch_worker import _check_as_torch_reads
 
     marker = tmp_path / "ran"
     hostile = TWINS[attack](marker)(clean_pt2, tmp_path / "hostile.pt2")
@@ -356,7 +356,7 @@ _BOMB_CHECK = """
 import sys
 from pathlib import Path
 from converter.errors import ModelLoadError
-from converter.pt2_guard import check_pt2
+from converter.sources.pt2_guard import check_pt2
 try:
     check_pt2(Path(sys.argv[1]))
     print("accepted")

@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 import yaml
 
-from converter import onnx_setup
-from converter.data import model_inputs
-from converter.report import FLOAT_NAME, INT8_NAME
+from converter.calibration.data import model_inputs
+from converter.reports.report import FLOAT_NAME, INT8_NAME
 from converter.runtime.model import TFLiteModel, pack_inputs
+from converter.sources import onnx_setup
 from tests.conftest import ROOT
 from tests.integration.test_torch_source import MISSING, _float_ops
 from tests.integration.test_torch_source import _recipe as _torch_recipe

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from converter.report import FLOAT_NAME, INT8_NAME
+from converter.reports.report import FLOAT_NAME, INT8_NAME
 from converter.runtime.model import TFLiteModel
 
 MISSING = [m for m in ("torch", "litert_torch") if importlib.util.find_spec(m) is None]
@@ -107,7 +107,7 @@ DEAD_PROXY = "http://127.0.0.1:9"  # onnx2tf must never download anything
 
 def _onnx_env() -> dict[str, str]:
     """The environment an ONNX conversion runs in (its virtualenv, downloads impossible), or skip/fail without it."""
-    from converter import onnx_setup
+    from converter.sources import onnx_setup
 
     venv = Path(os.environ.get("EDGECONV_ONNX_VENV") or Path.home() / ".cache" / "edgeconv-tests" / "onnx-venv")
     if onnx_setup.installed(venv) is None:
@@ -252,7 +252,7 @@ def test_litert_torch_tflite_source_goes_full_integer_too(tmp_path: Path) -> Non
     """The trap: litert-torch's metadata keep_stablehlo_constant kept CONV_2D/FULLY_CONNECTED float in int8."""
     import litert_torch
 
-    from converter import tflite_schema
+    from converter.tflite import flatbuffer_schema as tflite_schema
 
     model, cal_x, eval_x, eval_y, example = _case("cnn")
     nhwc = litert_torch.to_channel_last_io(model, args=[0])

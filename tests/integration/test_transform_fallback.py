@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import converter.bias_correction
-import converter.equalize
-from converter.cli import main
+import converter.calibration.bias_correction
+import converter.calibration.equalize
+from converter.cli.main import main
 from tests.conftest import tiny_recipe
 
 
@@ -38,7 +38,7 @@ def test_a_rejected_equalization_is_dropped_and_reported(
     accepted = json.loads((tmp_path / "ok" / "report.json").read_text())["quantization"]["equalization"]
     assert accepted["pairs"] >= 1 and "rejected" not in accepted  # the tiny model has pairs to equalize
 
-    monkeypatch.setattr(converter.equalize, "TOLERANCE", 0.0)
+    monkeypatch.setattr(converter.calibration.equalize, "TOLERANCE", 0.0)
     code, output = _convert(tiny_model_dir, write_recipe, tmp_path / "o", equalization=True)
     assert code == 0, output  # was exit 3
     report = json.loads((tmp_path / "o" / "report.json").read_text())
@@ -52,8 +52,8 @@ def test_a_rejected_equalization_is_dropped_and_reported(
 def test_a_rejected_bias_correction_is_dropped_and_reported(
     tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(converter.bias_correction, "BIAS_TOLERANCE", 0.0)
-    monkeypatch.setattr(converter.bias_correction, "TOLERANCE", 0.0)
+    monkeypatch.setattr(converter.calibration.bias_correction, "BIAS_TOLERANCE", 0.0)
+    monkeypatch.setattr(converter.calibration.bias_correction, "TOLERANCE", 0.0)
     code, output = _convert(tiny_model_dir, write_recipe, tmp_path / "o", bias_correction=True)
     assert code == 0, output
     bias = json.loads((tmp_path / "o" / "report.json").read_text())["quantization"]["bias_correction"]

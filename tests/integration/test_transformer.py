@@ -17,12 +17,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from converter.cli import main
-from converter.float_rewrites import rewrite_neg
-from converter.inspect_model import list_ops
-from converter.load import load_model
-from converter.report import INT8_NAME
+from converter.cli.main import main
+from converter.reports.report import INT8_NAME
 from converter.runtime.model import TFLiteModel
+from converter.sources.float_rewrites import rewrite_neg
+from converter.sources.load import load_model
+from converter.tflite.inspect_model import list_ops
 
 TOKENS, FEATURES, CLASSES = 16, 32, 4
 INTEGER_DTYPES = {"int8", "int16", "int32"}

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter.cli import main
-from converter.equalize import equalize
-from converter.inspect_model import float_ops
-from converter.load import load_model
+from converter.calibration.equalize import equalize
+from converter.cli.main import main
 from converter.runtime.model import TFLiteModel
+from converter.sources.load import load_model
+from converter.tflite.inspect_model import float_ops
 from tools import outlier_model
 
 
@@ -82,7 +82,7 @@ def test_equalization_keeps_the_function_and_evens_the_channels(outlier_digits: 
     assert pairs == 1 and np.abs(before - after).max() < 1e-5
 
     def wide_channel_spread(tflite: bytes) -> float:
-        from converter.flatbuf import data, linear_ops, load
+        from converter.tflite.flatbuf import data, linear_ops, load
 
         m = load(tflite)
         _, op = next(v for k, v in linear_ops(m).items() if "wide" in k)
@@ -213,7 +213,7 @@ def test_qat_refuses_a_savedmodel_with_lambda_layers(tmp_path: Path) -> None:
     """Loading a SavedModel into Keras for training would run a Lambda's code: refused, nothing runs."""
     import tf_keras
 
-    from converter.qat import QatUnavailable, check_available
+    from converter.quantization.qat import QatUnavailable, check_available
 
     marker = str(tmp_path / "ran")
     inp = tf_keras.Input((4,))
@@ -228,10 +228,10 @@ def test_qat_refuses_a_savedmodel_with_lambda_layers(tmp_path: Path) -> None:
 
 
 def test_the_loop_budget_follows_the_gates_rule() -> None:
-    from converter.budgets import Budgets
     from converter.devices import load_device
+    from converter.quantization.tune import accuracy_budget
     from converter.recipe import DataSource, DataSpec, Recipe, TargetSpec
-    from converter.tune import accuracy_budget
+    from converter.reports.budgets import Budgets
 
     strict_board = dataclasses.replace(load_device("raspberry-pi-4"), budgets=Budgets(accuracy_drop=0.001))
     data = DataSpec(DataSource(outlier_model.DIGITS / "digits.npz"))

@@ -19,7 +19,7 @@ from tests.conftest import ROOT, tiny_recipe
 
 PROBE = (
     "import sys\n"
-    "from converter.cli import main\n"
+    "from converter.cli.main import main\n"
     "try:\n"
     "    main(sys.argv[1:])\n"
     "except SystemExit as e:\n"

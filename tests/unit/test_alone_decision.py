@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from converter.analyze import AloneRun, alone_decision
+from converter.analysis.analyze import AloneRun, alone_decision
 from converter.recipe import AnalysisSpec
 
 ASK = "edgeconv analyze measures them (or set analysis.alone: always)"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from converter.data import Dataset, load_dataset, prepare, select
+from converter.calibration.data import Dataset, load_dataset, prepare, select
 from converter.errors import DataError
 from converter.runtime.preprocess import Preprocess
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from converter import data
-from converter.data import ModelInput, load_dataset, load_inputs, prepare, prepare_inputs, select
+from converter.calibration import data
+from converter.calibration.data import ModelInput, load_dataset, load_inputs, prepare, prepare_inputs, select
 from converter.errors import DataError
 from converter.runtime.preprocess import Preprocess
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter.data import load_dataset, prepare
+from converter.calibration.data import load_dataset, prepare
 from converter.errors import DataError
 from converter.runtime.preprocess import Preprocess
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from converter.html_report import html
-from converter.render import device_accuracy_lines, device_rows, markdown
+from converter.reports.html_report import html
+from converter.reports.render import device_accuracy_lines, device_rows, markdown
 
 ACC = {"metric": "top1", "unit": "fraction", "float": 0.9, "int8": 0.875, "drop": 0.025, "agreement": 0.96}
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from converter.budgets import Budgets, parse_limit
-from converter.ci_outputs import finalize
 from converter.errors import UserInputError
-from converter.gates import deltas, evaluate, load_baseline
+from converter.reports.budgets import Budgets, parse_limit
+from converter.reports.ci_outputs import finalize
+from converter.reports.gates import deltas, evaluate, load_baseline
 from tests.conftest import ROOT
 
 GOLDEN = ROOT / "tests" / "data" / "golden"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter.data import ModelInput, check_preprocess, read_samples
+from converter.calibration.data import ModelInput, check_preprocess, read_samples
 from converter.errors import DataError, RecipeError
 from converter.runtime.accuracy import is_reconstruction
 from converter.runtime.cli import RuntimeInputError, _packed_samples, _samples
@@ -68,7 +68,7 @@ def test_an_id_that_does_not_fit_the_dtype_is_refused_by_its_row(tmp_path: Path)
 
 def _seed_picking(row: int, n: int, k: int) -> int:
     """A seed whose subset of ``k`` out of ``n`` holds ``row`` but not row 17."""
-    from converter.data import select
+    from converter.calibration.data import select
 
     return next(s for s in range(1000) if row in select(n, k, s) and 17 not in select(n, k, s))
 

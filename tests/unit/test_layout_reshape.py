@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converter.data import Dataset, arrange, read_samples
+from converter.calibration.data import Dataset, arrange, read_samples
 from converter.errors import DataError, ModelLoadError, RecipeError
-from converter.load import SOURCES, detect_format
 from converter.recipe import load_recipe
 from converter.runtime.preprocess import Preprocess
+from converter.sources.load import SOURCES, detect_format
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,7 +101,7 @@ def test_data_in_the_model_layout_and_grayscale_without_channel_axis() -> None:
 
 
 def test_reshape_28x28_images_for_a_784_input_model(tmp_path: Path) -> None:
-    from converter.data import ModelInput
+    from converter.calibration.data import ModelInput
 
     images = np.random.default_rng(0).integers(0, 255, (5, 28, 28), dtype=np.uint8)
     np.save(tmp_path / "digits.npy", images)

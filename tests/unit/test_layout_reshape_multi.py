@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converter.data import ModelInput, read_samples, reshapes
+from converter.calibration.data import ModelInput, read_samples, reshapes
 from converter.errors import DataError, RecipeError
 from converter.recipe import load_recipe, recipe_json_schema
 from converter.runtime.preprocess import Preprocess

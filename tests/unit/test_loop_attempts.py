@@ -10,8 +10,8 @@ import pytest
 
 from converter.artifacts import Interrupted
 from converter.errors import DataError
-from converter.quantize import Plan, Quantized
-from converter.tune import Loop
+from converter.quantization.quantize import Plan, Quantized
+from converter.quantization.tune import Loop
 
 
 def _loop(quantizer: object) -> Loop:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter.data import ModelInput, check_preprocess, load_inputs, read_samples, select
+from converter.calibration.data import ModelInput, check_preprocess, load_inputs, read_samples, select
 from converter.errors import DataError, RecipeError
 from converter.runtime.accuracy import MetricError, compare, pick_metric
 from converter.runtime.model import TensorInfo, input_arrays, pack_inputs

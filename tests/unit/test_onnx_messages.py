@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from converter.load_onnx import toolkit_reason
+from converter.sources.load_onnx import toolkit_reason
 
 # onnx2tf 1.29.24's stderr for an Add of [5, 9] and [1, 4] (abridged: the traceback's middle frames cut).
 LOG = """\

@@ -180,7 +180,9 @@ def test_a_signal_delivered_to_another_thread_during_the_switch_is_deferred(
 def test_a_killed_edgeconv_takes_its_benchmark_child_along(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
-    parent = f"import sys; from converter.bench import run_child; run_child([sys.executable, '-c', {child!r}], 300)"
+    parent = (
+        f"import sys; from converter.boards.bench import run_child; run_child([sys.executable, '-c', {child!r}], 300)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", parent], env={**os.environ, "PYTHONPATH": str(ROOT)})
     deadline = time.monotonic() + 60
     while not pid_file.exists() or not pid_file.read_text():

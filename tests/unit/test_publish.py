@@ -14,7 +14,7 @@ import pytest
 
 from converter import artifacts
 from converter.artifacts import STAMP, Interrupted, OutputFolder, write_outputs
-from converter.bench import run_child
+from converter.boards.bench import run_child
 from converter.errors import OutputError
 from tests.conftest import ROOT, read_only, sigint_default
 

@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from converter.quant import asymmetric, per_channel_absmax, qrange, round_half_away, symmetric
+from converter.quantization.arithmetic import asymmetric, per_channel_absmax, qrange, round_half_away, symmetric
 
 finite = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
 dtypes = st.sampled_from(["int8", "uint8"])

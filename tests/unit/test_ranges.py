@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from converter.ranges import choose, entropy, minmax, mse, percentile
-from converter.stats import TensorStats
+from converter.calibration.ranges import choose, entropy, minmax, mse, percentile
+from converter.calibration.stats import TensorStats
 
 
 def _stats(values: np.ndarray) -> TensorStats:
@@ -78,7 +78,7 @@ def test_unknown_method() -> None:
 
 
 def test_auto_picks_the_least_expected_error(relu_with_outliers: TensorStats, gaussian: TensorStats) -> None:
-    from converter.ranges import auto, expected_error
+    from converter.calibration.ranges import auto, expected_error
 
     for s in (relu_with_outliers, gaussian, _stats(np.random.default_rng(3).laplace(0, 1.0, 100_000))):
         chosen = auto(s)

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from converter.cli import main
-from converter.deploy import SSHTarget
+from converter.boards.deploy import SSHTarget
+from converter.cli.main import main
 from converter.errors import RecipeError, UserInputError
 from converter.recipe import TargetSpec, load_recipe
 from tests.conftest import ROOT
@@ -133,7 +133,7 @@ REFUSED = {
 
 @pytest.mark.parametrize("option", list(REFUSED))
 def test_refused_ssh_options(option: str) -> None:
-    from converter.ssh_options import ssh_option_problem
+    from converter.boards.ssh_options import ssh_option_problem
 
     problem = ssh_option_problem(option)
     assert problem is not None and problem.startswith(REFUSED[option]), problem
@@ -167,7 +167,7 @@ def test_refused_ssh_options(option: str) -> None:
     ],
 )
 def test_allowed_ssh_options(option: str) -> None:
-    from converter.ssh_options import ssh_option_problem
+    from converter.boards.ssh_options import ssh_option_problem
 
     assert ssh_option_problem(option) is None
     assert SSHTarget(UNREACHABLE, options=(option,)).ssh("true")[-5:] == ["-o", option, "--", UNREACHABLE, "true"]

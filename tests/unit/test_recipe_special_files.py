@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from converter.cli import main
+from converter.cli.main import main
 from converter.errors import RecipeError
 from converter.recipe import load_recipe
 

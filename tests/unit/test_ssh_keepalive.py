@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from converter.deploy import SSHTarget
+from converter.boards.deploy import SSHTarget
+from converter.boards.ssh_options import disables_host_key_checking, ssh_option_problem
 from converter.errors import UserInputError
 from converter.recipe import load_recipe
-from converter.ssh_options import disables_host_key_checking, ssh_option_problem
 
 
 def _pairs(argv: list[str]) -> list[str]:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from converter.deploy import SSHTarget
+from converter.boards.deploy import SSHTarget
+from converter.boards.ssh_names import destination_problem, parse_destination
 from converter.errors import UserInputError
-from converter.ssh_names import destination_problem, parse_destination
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from converter.stats import BINS, TensorStats
+from converter.calibration.stats import BINS, TensorStats
 
 
 def test_streaming_histogram_equals_one_shot_histogram() -> None:
@@ -50,10 +50,10 @@ def test_nan_and_inf_are_counted_not_hidden() -> None:
     s.update(a, a)
     s.update(b, b)
     assert s.nonfinite == 2 and (s.min, s.max) == (-60.0, 50.0) and np.isfinite(s.half_range)
-    from converter.calibrate import choose_ranges
+    from converter.calibration.calibrate import choose_ranges
+    from converter.calibration.stats import CalibrationStats
     from converter.errors import CalibrationError
     from converter.recipe import CalibrationSpec
-    from converter.stats import CalibrationStats
 
     with pytest.raises(CalibrationError, match="took 2 NaN/Inf values"):
         choose_ranges(CalibrationStats((s,), 2, 1, 99), CalibrationSpec())

@@ -1,0 +1,1 @@
+"""Calibration: data, activation statistics, range selection and the float transforms before quantization."""

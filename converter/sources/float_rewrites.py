@@ -1,0 +1,247 @@
+"""Exact rewrites of a float .tflite that let it quantize to full integer.
+
+Each rewrite computes the same float numbers, bit for bit, with ops that have int8 kernels in LiteRT
+and TFLite Micro; a model without the pattern keeps its bytes. Applied by ``load.load_model`` to the
+float reference of every source format.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from converter.runtime.interpreter import make_interpreter
+from converter.tflite import flatbuf
+from converter.tflite import flatbuffer_schema as tflite_schema
+
+log = logging.getLogger(__name__)
+
+
+def rewrite_neg(content: bytes) -> tuple[bytes, int]:
+    """Replace every float NEG op by a MUL with a constant -1, and say how many there were.
+
+    Keras 3 LayerNormalization computes ``x * inv + (-mean * inv + beta)``, so every converter
+    (ours and TFLiteConverter.from_keras_model alike) emits a NEG, and TFLite has no int8 NEG
+    kernel: the stock converter leaves it float between DEQUANTIZE and QUANTIZE, so no full-integer
+    model comes out. ``x * -1`` equals ``-x`` bit for bit in IEEE float, so the float reference
+    computes the same numbers, and MUL has int8 kernels in LiteRT and TFLite Micro. A model without
+    NEG is returned unchanged (same bytes), so other models are not touched.
+    """
+    ops = make_interpreter(model_content=content, delegate="none")._get_ops_details()  # noqa: SLF001 - see list_ops
+    if not any(op["op_name"] == "NEG" for op in ops):
+        return content, 0
+    schema = tflite_schema.schema()
+
+    model = flatbuf.load(content)
+    names = flatbuf.enum_names("BuiltinOperator")
+    rewritten = 0
+    for subgraph in model.subgraphs:
+        negs = [
+            op
+            for op in subgraph.operators
+            if flatbuf.op_code(model, op, names) == "NEG"
+            and flatbuf.type_name(subgraph.tensors[op.inputs[0]].type) == "FLOAT32"
+        ]
+        if not negs:
+            continue
+        minus_one = schema.TensorT()
+        minus_one.shape = [1]
+        minus_one.type = schema.TensorType.FLOAT32
+        minus_one.name = b"edgeconv/minus_one"
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(np.array([-1.0], dtype="<f4").tobytes(), dtype=np.uint8)
+        model.buffers.append(buffer)
+        minus_one.buffer = len(model.buffers) - 1
+        subgraph.tensors.append(minus_one)
+        for op in negs:
+            op.opcodeIndex = _opcode(model, schema, int(schema.BuiltinOperator.MUL))
+            op.inputs = [op.inputs[0], len(subgraph.tensors) - 1]
+            op.builtinOptionsType = schema.BuiltinOptions.MulOptions
+            op.builtinOptions = schema.MulOptionsT()
+            rewritten += 1
+    if not rewritten:
+        return content, 0
+    _drop_unused_opcodes(model)
+    log.info("rewrote %d float NEG op(s) as MUL by -1: TFLite has no int8 NEG kernel", rewritten)
+    return flatbuf.dump(model), rewritten
+
+
+def _drop_unused_opcodes(model: Any) -> None:
+    """Remove operator codes no op uses (the NEG's), so op listings and op resolvers do not name them."""
+    used = sorted({int(op.opcodeIndex) for subgraph in model.subgraphs for op in subgraph.operators})
+    if len(used) == len(model.operatorCodes):
+        return
+    index = {old: new for new, old in enumerate(used)}
+    model.operatorCodes = [model.operatorCodes[i] for i in used]
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            op.opcodeIndex = index[int(op.opcodeIndex)]
+
+
+def rewrite_dangling_splits(content: bytes) -> tuple[bytes, int]:
+    """Replace each float SPLIT with an unused output by one SLICE per used output; how many were replaced.
+
+    An unrolled LSTM's first step multiplies the forget gate by the zero initial state, which TensorFlow
+    folds away, so the SPLIT of the gate pre-activations keeps an output nobody reads. TFLite's MLIR
+    quantizer then leaves such a SPLIT float in some runs and not in others (seen: 1 or 2 of the 2 first
+    steps of a Bidirectional(LSTM) float, from identical inputs). SLICE copies the same numbers (exact) and
+    has int8 kernels in LiteRT and TFLite Micro. A model without such a SPLIT keeps its bytes.
+    """
+    if not _has_dangling_split(content):
+        return content, 0
+    schema = tflite_schema.schema()
+
+    model = flatbuf.load(content)
+    names = flatbuf.enum_names("BuiltinOperator")
+    rewritten = 0
+    for subgraph in model.subgraphs:
+        used = {int(i) for op in subgraph.operators for i in op.inputs} | {int(i) for i in subgraph.outputs}
+        new_ops = []
+        for op in subgraph.operators:
+            outputs = [int(i) for i in op.outputs]
+            if (
+                flatbuf.op_code(model, op, names) != "SPLIT"
+                or flatbuf.type_name(subgraph.tensors[op.inputs[1]].type) != "FLOAT32"
+                or all(i in used for i in outputs)
+            ):
+                new_ops.append(op)
+                continue
+            source = subgraph.tensors[op.inputs[1]]
+            shape = [int(d) for d in source.shape]
+            axis = int(flatbuf.data(model, subgraph.tensors[op.inputs[0]], "<i4").reshape(-1)[0]) % len(shape)
+            part = shape[axis] // len(outputs)
+            for k, out in enumerate(outputs):
+                if out not in used:
+                    continue
+                begin, size = [0] * len(shape), list(shape)
+                begin[axis], size[axis] = k * part, part
+                piece = schema.OperatorT()
+                piece.opcodeIndex = _opcode(model, schema, int(schema.BuiltinOperator.SLICE))
+                piece.inputs = [
+                    int(op.inputs[1]),
+                    _int32_constant(model, subgraph, schema, begin, f"edgeconv/slice_begin_{out}"),
+                    _int32_constant(model, subgraph, schema, size, f"edgeconv/slice_size_{out}"),
+                ]
+                piece.outputs = [out]
+                piece.builtinOptionsType = schema.BuiltinOptions.SliceOptions
+                piece.builtinOptions = schema.SliceOptionsT()
+                new_ops.append(piece)
+            rewritten += 1
+        subgraph.operators = new_ops
+    if not rewritten:
+        return content, 0
+    _drop_unused_opcodes(model)
+    log.info("rewrote %d SPLIT op(s) with unused outputs as SLICE ops (exact)", rewritten)
+    return flatbuf.dump(model), rewritten
+
+
+def _has_dangling_split(content: bytes) -> bool:
+    """Whether the main subgraph has a SPLIT with an output that no op reads and the model does not return."""
+    interpreter = make_interpreter(model_content=content, delegate="none")
+    ops = interpreter._get_ops_details()  # noqa: SLF001 - the only op listing LiteRT offers (see list_ops)
+    used = {int(i) for op in ops for i in op["inputs"]} | {int(d["index"]) for d in interpreter.get_output_details()}
+    return any(op["op_name"] == "SPLIT" and not {int(i) for i in op["outputs"]} <= used for op in ops)
+
+
+def _opcode(model: Any, schema: Any, builtin: int) -> int:
+    """The index of the model's operator code for ``builtin``, added (version 1) when the model has none."""
+    for i, code in enumerate(model.operatorCodes):
+        if max(int(code.builtinCode), int(code.deprecatedBuiltinCode)) == builtin:
+            return i
+    code = schema.OperatorCodeT()
+    code.builtinCode = builtin
+    code.deprecatedBuiltinCode = min(builtin, 127)
+    code.version = 1
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+def _int32_constant(model: Any, subgraph: Any, schema: Any, values: list[int], name: str) -> int:
+    """Append a constant int32 vector tensor (with its own buffer) and return its index."""
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(np.asarray(values, dtype="<i4").tobytes(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    tensor = schema.TensorT()
+    tensor.shape = [len(values)]
+    tensor.type = schema.TensorType.INT32
+    tensor.name = name.encode()
+    tensor.buffer = len(model.buffers) - 1
+    subgraph.tensors.append(tensor)
+    return len(subgraph.tensors) - 1
+
+
+# Integer ops a model's shape arithmetic uses; anything else (random ops, stateful ops) is never folded.
+_SHAPE_INTEGER_TYPES = ("INT32", "INT64")
+
+
+def fold_shape_arithmetic(content: bytes) -> tuple[bytes, int]:
+    """Replace the integer shape arithmetic of a dynamic-batch model by its values at batch 1; how many ops went.
+
+    A SavedModel (and the float .tflite the stock converter writes from a Keras model) keeps the batch
+    dimension unknown, so a reshape inside it (MultiHeadAttention's heads, a Flatten) computes its target
+    shape at run time: SHAPE, STRIDED_SLICE, REDUCE_PROD, PACK... on int32 tensors. Those ops are int32 in the
+    int8 model too, but TFLite Micro has no REDUCE_PROD kernel, so such a model fails MCU targets while the
+    same Keras model traced at batch 1 does not. edgeconv converts at batch 1 anyway (static shapes), so the
+    values are constants: every op whose inputs are SHAPE outputs or constants, and whose outputs are int32 or
+    int64, is computed once by the interpreter and its readers get the values as constant tensors. Only the
+    batch may be unknown (another unknown dimension would be baked in at 1): other models keep their bytes.
+    """
+    schema = tflite_schema.schema()
+
+    ops = make_interpreter(model_content=content, delegate="none")._get_ops_details()  # noqa: SLF001 - see list_ops
+    if not any(op["op_name"] == "SHAPE" for op in ops):
+        return content, 0
+    model = flatbuf.load(content)
+    if len(model.subgraphs) != 1:
+        return content, 0
+    subgraph = model.subgraphs[0]
+    for i in subgraph.inputs:
+        signature = subgraph.tensors[i].shapeSignature
+        if signature is not None and any(int(d) < 0 for d in list(signature)[1:]):
+            return content, 0
+    names = flatbuf.enum_names("BuiltinOperator")
+
+    def is_constant(i: int) -> bool:
+        tensor = subgraph.tensors[i]
+        raw = model.buffers[tensor.buffer].data if tensor.buffer else None
+        return raw is not None and len(raw) > 0
+
+    static: set[int] = set()
+    folded: list[int] = []
+    for k, op in enumerate(subgraph.operators):
+        ins = [int(i) for i in op.inputs if int(i) >= 0]
+        outs = [int(i) for i in op.outputs]
+        integer = all(flatbuf.type_name(subgraph.tensors[i].type) in _SHAPE_INTEGER_TYPES for i in outs)
+        if not integer:
+            continue
+        if flatbuf.op_code(model, op, names) == "SHAPE" or (
+            ins and any(i in static for i in ins) and all(i in static or is_constant(i) for i in ins)
+        ):
+            static.update(outs)
+            folded.append(k)
+    if not folded:
+        return content, 0
+    kept = [op for k, op in enumerate(subgraph.operators) if k not in set(folded)]
+    frontier = {int(i) for op in kept for i in op.inputs if int(i) in static} | {
+        int(i) for i in subgraph.outputs if int(i) in static
+    }
+    interpreter = make_interpreter(model_content=content, delegate="none", preserve_all_tensors=True)
+    for d in interpreter.get_input_details():
+        interpreter.set_tensor(d["index"], np.zeros(d["shape"], dtype=d["dtype"]))
+    interpreter.invoke()
+    for i in sorted(frontier):
+        value = np.asarray(interpreter.get_tensor(i))
+        dtype = "<i8" if flatbuf.type_name(subgraph.tensors[i].type) == "INT64" else "<i4"
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(value.astype(dtype).tobytes(), dtype=np.uint8)
+        model.buffers.append(buffer)
+        tensor = subgraph.tensors[i]
+        tensor.buffer = len(model.buffers) - 1
+        tensor.shape = [int(d) for d in value.shape]
+        tensor.shapeSignature = None
+    subgraph.operators = kept
+    _drop_unused_opcodes(model)
+    log.info("folded %d shape-arithmetic op(s) of a dynamic batch into constants at batch 1", len(folded))
+    return flatbuf.dump(model), len(folded)

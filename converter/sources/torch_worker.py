@@ -1,0 +1,139 @@
+"""Child process that turns a checked ``torch.export`` archive into a float .tflite with litert-torch.
+
+Run by ``load_torch`` as ``python -m converter.sources.torch_worker job.json`` after ``pt2_guard`` inspected the
+archive; it runs the guard's checks once more through torch's own reader before ``torch.export.load``.
+It runs apart from edgeconv's process because litert-torch's converter is native code (MLIR) that can
+crash, and because torch and TensorFlow are both large native libraries best kept apart. Answers with
+one JSON line on stdout: ``{"ok": true, ...}`` or ``{"refused": "..."}`` for a file we will not load;
+anything else (a traceback, a signal) is a failed step that the parent explains.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from converter.errors import ModelLoadError
+from converter.sources.pt2_guard import EXPORT_HINT, check_archive
+
+
+class _TorchView:
+    """The archive as ``torch.export.load`` reads it: through torch's own zip reader (miniz)."""
+
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+
+    def names(self) -> list[str]:
+        return [str(n) for n in self._reader.get_all_records()]
+
+    def size(self, name: str) -> int:
+        return int(self._reader.get_record_size(name))
+
+    def read(self, name: str) -> bytes:
+        return bytes(self._reader.get_record(name))
+
+
+def _check_as_torch_reads(path: Path) -> None:
+    """The guard's checks again, on the bytes torch's reader returns; a ``ModelLoadError`` when refused.
+
+    ``pt2_guard`` ran them over Python's zipfile before torch was imported; here they run over the reader
+    ``torch.export.load`` itself uses, so a file that two zip parsers read differently cannot show the
+    guard one member and torch another. Then the example inputs are loaded with ``weights_only=True``:
+    ``torch.export.load`` tries that and, when it fails, unpickles the same bytes with
+    ``weights_only=False``; succeeding here first means its fallback cannot be reached.
+    """
+    import torch
+
+    try:
+        reader = torch._C.PyTorchFileReader(str(path))  # noqa: SLF001 - the reader torch.export.load uses
+    except Exception as e:  # noqa: BLE001 - miniz's errors arrive as RuntimeError with its message
+        raise ModelLoadError(f"model: {path}: torch cannot read the archive ({_first_line(e)}); {EXPORT_HINT}") from e
+    view = _TorchView(reader)
+    try:
+        check_archive(path, view)
+        payload = view.read("data/sample_inputs/model.pt")
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the reader raises RuntimeError for a member it cannot inflate
+        raise ModelLoadError(f"model: {path}: torch cannot read the archive ({_first_line(e)}); {EXPORT_HINT}") from e
+    try:
+        torch.load(io.BytesIO(payload), weights_only=True)
+    except Exception as e:  # noqa: BLE001 - the restricted unpickler raises UnpicklingError and others
+        raise ModelLoadError(
+            f"model: {path}: refused: its example inputs (data/sample_inputs/model.pt) are not plain tensors "
+            f"({_first_line(e)}); torch.export.load would unpickle them with weights_only=False, which can run any "
+            f"code; {EXPORT_HINT}"
+        ) from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+
+
+def _input_names(exported: Any, count: int) -> list[str] | None:
+    """``forward``'s parameter names as the exported graph keeps them, or None when they cannot name inputs."""
+    names = [s.arg.name for s in exported.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    if len(names) != count or len(set(names)) != count or not all(n.isidentifier() for n in names):
+        return None
+    return names
+
+
+def convert(job: dict[str, Any]) -> dict[str, Any]:
+    """The conversion itself: load, optionally wrap for channel-last I/O, convert, write the .tflite."""
+    path = Path(job["model"])
+    try:
+        _check_as_torch_reads(path)
+    except ModelLoadError as e:
+        return {"refused": str(e), "whole": True}
+    import litert_torch
+    import torch
+
+    try:
+        exported = torch.export.load(str(path))
+        module = exported.module()
+    except Exception as e:  # noqa: BLE001 - every check passed: what torch rejects now is the file's content
+        return {
+            "refused": f"torch.export.load cannot read it ({type(e).__name__}: {_first_line(e)}): the archive is "
+            "damaged, or was written by a newer torch than this one"
+        }
+    if exported.example_inputs is None:
+        return {"refused": "the archive holds no example inputs, which the conversion traces with"}
+    args, kwargs = exported.example_inputs
+    if kwargs:
+        return {"refused": f"the program takes keyword inputs ({', '.join(kwargs)}); export it with positional ones"}
+    if not all(isinstance(a, torch.Tensor) for a in args):
+        return {"refused": "the program's example inputs are not all tensors; export it with tensor inputs only"}
+    inputs = [list(a.shape) for a in args]
+    outputs = module(*args)
+    outputs = list(outputs) if isinstance(outputs, list | tuple) else [outputs]
+    channel_last_in = [i for i, a in enumerate(args) if a.ndim == 4] if job["layout"] == "nhwc" else []
+    channel_last_out = [i for i, o in enumerate(outputs) if o.ndim == 4] if job["layout"] == "nhwc" else []
+    sample = tuple(a.permute(0, 2, 3, 1).contiguous() if i in channel_last_in else a for i, a in enumerate(args))
+    if channel_last_in or channel_last_out:
+        module = litert_torch.to_channel_last_io(module, args=channel_last_in, outputs=channel_last_out)
+    edge = litert_torch.convert(module, sample)  # ep.module() is in eval mode already (train() is refused)
+    Path(job["out"]).write_bytes(edge.model_content())
+    return {
+        "ok": True,
+        "torch": torch.__version__,
+        "litert_torch": litert_torch.__version__,
+        "inputs": inputs,
+        "input_names": _input_names(exported, len(args)),  # the parent names the .tflite's inputs so
+        "channel_last_inputs": channel_last_in,
+        "channel_last_outputs": channel_last_out,
+    }
+
+
+def main() -> int:
+    job = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
+    result = convert(job)
+    sys.stdout.write("\nEDGECONV-RESULT " + json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

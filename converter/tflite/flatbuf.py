@@ -1,0 +1,97 @@
+"""Reading and editing a .tflite flatbuffer with the schema's object API (subgraph 0), without TensorFlow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from converter.tflite import flatbuffer_schema as tflite_schema
+
+LINEAR = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def load(model: bytes) -> Any:
+    return tflite_schema.load(model)
+
+
+def dump(model: Any) -> bytes:
+    return tflite_schema.dump(model)
+
+
+def enum_names(kind: str) -> dict[int, str]:
+    """Value -> name of a flatbuffer schema enum (``BuiltinOperator``, ``TensorType``)."""
+    schema = tflite_schema.schema()
+
+    return {int(v): str(k) for k, v in vars(getattr(schema, kind)).items() if not k.startswith("_")}
+
+
+def op_code(model: Any, op: Any, names: dict[int, str]) -> str:
+    oc = model.operatorCodes[op.opcodeIndex]
+    return str(names.get(max(int(oc.builtinCode), int(oc.deprecatedBuiltinCode)), ""))
+
+
+def data(model: Any, tensor: Any, dtype: str) -> np.ndarray:
+    raw = model.buffers[tensor.buffer].data
+    return np.frombuffer(bytes(bytearray(raw)) if raw is not None else b"", dtype=dtype).reshape(tensor.shape)
+
+
+def dequantized_weights(model: Any, tensor: Any) -> np.ndarray | None:
+    q = tensor.quantization
+    if q is None or q.scale is None or type_name(tensor.type) != "INT8":
+        return None
+    values = data(model, tensor, "int8").astype(np.float64)
+    scale = np.asarray(q.scale, dtype=np.float64)
+    if scale.size > 1:
+        shape = [1] * values.ndim
+        shape[int(q.quantizedDimension)] = scale.size
+        scale = scale.reshape(shape)
+    return values * scale
+
+
+def type_name(code: int) -> str:
+    return enum_names("TensorType").get(int(code), "")
+
+
+def linear_ops(model: Any) -> dict[str, tuple[str, Any]]:
+    """Output tensor name -> (op name, op) for conv/depthwise/dense ops of subgraph 0."""
+    names = enum_names("BuiltinOperator")
+    tensors = model.subgraphs[0].tensors
+    out = {}
+    for op in model.subgraphs[0].operators:
+        code = op_code(model, op, names)
+        if code in LINEAR and len(op.outputs):
+            out[tensors[op.outputs[0]].name.decode()] = (code, op)
+    return out
+
+
+def bias_tensor(model: Any, op: Any, size: int, name: str) -> Any:
+    """The op's bias tensor; a zero one is added where the converter dropped an all-zero bias."""
+    schema = tflite_schema.schema()
+
+    tensors = model.subgraphs[0].tensors
+    if len(op.inputs) >= 3 and op.inputs[2] >= 0:
+        return tensors[op.inputs[2]]
+    tensor = schema.TensorT()
+    tensor.shape = [size]
+    tensor.type = schema.TensorType.FLOAT32
+    set_data(model, tensor, np.zeros(size))
+    tensor.name = f"{name}/bias_correction".encode()
+    tensors.append(tensor)
+    op.inputs = [*list(op.inputs[:2]), len(tensors) - 1]
+    return tensor
+
+
+def set_data(model: Any, tensor: Any, values: np.ndarray) -> None:
+    """Give ``tensor`` new float32 contents; in a buffer of its own when it shares one (after deduplication)."""
+    schema = tflite_schema.schema()
+
+    raw = np.asarray(values, dtype="<f4").reshape(-1).tobytes()
+    sharing = sum(t.buffer == tensor.buffer for t in model.subgraphs[0].tensors) if tensor.buffer else 0
+    if sharing == 1:
+        model.buffers[tensor.buffer].data = np.frombuffer(raw, dtype=np.uint8)
+        return
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(raw, dtype=np.uint8)
+    model.buffers.append(buffer)
+    tensor.buffer = len(model.buffers) - 1
