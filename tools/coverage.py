@@ -1,12 +1,13 @@
-"""Run the conformance zoo × every source, write docs/coverage.json and the README's coverage table.
+"""Run the conformance zoo × every source, write docs/coverage.json and the coverage table of docs/coverage.md.
 
-    python -m tools.coverage [--arch NAME ...] [--json docs/coverage.json] [--readme README.md]
+    python -m tools.coverage [--arch NAME ...] [--json docs/coverage.json] [--page docs/coverage.md] [--render]
 
 Every architecture of ``tools.zoo`` is built (seeded random weights, nothing downloaded), written in each
 source format and converted by edgeconv and by the stock converter (``tools.conformance``). The JSON holds
 the verdicts and figures, no timings (they go to stderr), so the same code on the same machine writes the
 same file. The Markdown table replaces the block between ``<!-- coverage:start -->`` and
-``<!-- coverage:end -->`` in the README.
+``<!-- coverage:end -->`` in the documentation site's coverage page (``--page``; ``--readme`` is the same
+option). ``--render`` rewrites the table from the JSON without running anything.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- coverage:start -->", "<!-- coverage:end -->"
+PAGE = ROOT / "docs" / "coverage.md"  # the documentation site's coverage page (mkdocs.yml)
 
 
 def _no_seconds(node: Any) -> Any:
@@ -115,13 +117,18 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def replace_block(readme: str, block: str) -> str:
-    """The README with the text between the coverage markers replaced by ``block``."""
-    if START not in readme or END not in readme:
-        raise SystemExit(f"README has no {START} ... {END} block to replace")
-    head, rest = readme.split(START, 1)
+def replace_block(page: str, block: str, name: str = "the page") -> str:
+    """``page`` (Markdown) with the text between the coverage markers replaced by ``block``."""
+    if START not in page or END not in page:
+        raise SystemExit(f"{name} has no {START} ... {END} block to replace")
+    head, rest = page.split(START, 1)
     _, tail = rest.split(END, 1)
     return f"{head}{START}\n{block}\n{END}{tail}"
+
+
+def _write_table(page: Path, block: str) -> None:
+    """Replace the coverage block of ``page``; a page without the markers is an error, never overwritten."""
+    page.write_text(replace_block(page.read_text(), block, str(page)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,13 +137,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--arch", action="append", choices=sorted(zoo.BY_NAME), help="only these (repeatable)")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "coverage.json")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument(
+        "--page",
+        "--readme",
+        dest="page",
+        type=Path,
+        default=PAGE,
+        help=f"the Markdown page holding the table [{PAGE.relative_to(ROOT)}]",
+    )
     parser.add_argument("--work", type=Path, help="keep the built models here (default: a temporary folder)")
-    parser.add_argument("--render", action="store_true", help="only rewrite the README table from the JSON")
+    parser.add_argument("--render", action="store_true", help="only rewrite the page's table from the JSON")
     args = parser.parse_args(argv)
     if args.render:
         cases = json.loads(args.json.read_text())["cases"]
-        args.readme.write_text(replace_block(args.readme.read_text(), table(cases)))
+        _write_table(args.page, table(cases))
         return
     logging.disable(logging.WARNING)
     names = args.arch or [a.name for a in zoo.ARCHITECTURES]
@@ -147,8 +161,8 @@ def main(argv: list[str] | None = None) -> None:
             rows.extend(done)
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps({"seed": zoo.SEED, "cases": rows}, indent=1, sort_keys=True) + "\n")
-            args.readme.write_text(replace_block(args.readme.read_text(), table(rows)))
-    log(f"wrote {args.json} and the table in {args.readme}")
+            _write_table(args.page, table(rows))
+    log(f"wrote {args.json} and the table in {args.page}")
 
 
 if __name__ == "__main__":
