@@ -2,24 +2,22 @@
 
 Converting a Keras/SavedModel source to the float .tflite reference costs seconds
 (TensorFlow tracing and conversion); re-running a recipe with only a different method
-or target then pays nothing but a hash of the source files. Entries carry their sha256
-and are rebuilt when they do not verify.
+or target then pays nothing but a hash of the source files. Entries live in the shared
+store (``converter.cache``), which verifies them and rebuilds any that do not verify.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 
 from converter import __version__
-from converter.artifacts import write_atomic
-from converter.calibration.calib_cache import cache_dir
+from converter.cache import Store
 
-log = logging.getLogger(__name__)
+STORE = Store("float", ".tflite", "float model")
 
 
 def tf_version() -> str:
@@ -47,54 +45,19 @@ def source_key(path: Path, custom_objects: Iterable[str]) -> str:
 META_KEYS = ("sha256", "format", "loader")
 
 
-def _read_meta(meta_path: Path) -> dict[str, str]:
-    """The entry's metadata: a JSON object with a string for each of ``META_KEYS``, or ValueError."""
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if not isinstance(meta, dict):
-        raise ValueError(f"holds {type(meta).__name__}, not an object")
+def load(key: str) -> tuple[bytes, dict[str, str]] | None:
+    """The cached float model and its metadata (``sha256``, ``format``, ``loader``), or None."""
+    entry = STORE.get(key)
+    if entry is None:
+        return None
+    content, meta = entry
     missing = [k for k in META_KEYS if not isinstance(meta.get(k), str)]
     if missing:
-        raise ValueError(f"no text for {', '.join(missing)}")
-    return {k: meta[k] for k in META_KEYS}
-
-
-def load(key: str) -> tuple[bytes, dict[str, str]] | None:
-    """The cached float model and its metadata, or None.
-
-    A corrupt entry (unreadable or malformed metadata, a model that does not match its sha256)
-    is a warning naming its files, which are deleted so the caller rebuilds them.
-    """
-    folder = cache_dir() / "float"
-    model_path, meta_path = folder / f"{key}.tflite", folder / f"{key}.json"
-    if not (model_path.is_file() and meta_path.is_file()):
+        STORE.drop(key, f"is corrupt (no text for {', '.join(missing)})")
         return None
-    try:
-        meta = _read_meta(meta_path)
-        content = model_path.read_bytes()
-        if hashlib.sha256(content).hexdigest() != meta["sha256"]:
-            raise ValueError(f"{model_path.name} does not match the sha256 in {meta_path.name}")
-        return content, meta
-    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        log.warning(
-            "warning: float model cache entry %s is corrupt (%s); deleted it and %s, rebuilding",
-            meta_path,
-            e,
-            model_path.name,
-        )
-        for stale in (model_path, meta_path):
-            try:
-                stale.unlink(missing_ok=True)
-            except OSError as gone:
-                log.warning("warning: could not delete %s: %s", stale, gone)
-        return None
+    return content, {k: meta[k] for k in META_KEYS}
 
 
 def save(key: str, content: bytes, format: str, loader: str) -> None:
-    """Store a float model (model first, metadata last: an entry without metadata is ignored)."""
-    folder = cache_dir() / "float"
-    try:
-        write_atomic(folder / f"{key}.tflite", content)
-        meta = {"sha256": hashlib.sha256(content).hexdigest(), "format": format, "loader": loader}
-        write_atomic(folder / f"{key}.json", json.dumps(meta).encode())
-    except OSError as e:
-        log.warning("could not write the float model cache in %s: %s", folder, e)
+    """Store a float model with the format it came from and the loader that made it."""
+    STORE.put(key, content, format=format, loader=loader)

@@ -174,8 +174,8 @@ def _run(
     """Every step, in order; returns the report and every file of the output folder."""
     where = f"{recipe.source}: data"
     steps: list[dict[str, Any]] = []
-    quant_cache.COUNTS.update(hits=0, misses=0)
-    result_cache.COUNTS.update(hits=0, misses=0)
+    quant_cache.STORE.reset_counts()
+    result_cache.STORE.reset_counts()
     try:
         model: LoadedModel = _timed(
             "load",
@@ -310,8 +310,8 @@ def _run(
         "enabled": recipe.calibration.cache,
         "float_model": "float model cache" in model.loader,
         "statistics": bool(calibration.cache_hit) if calibration else False,
-        "quantized_models": dict(quant_cache.COUNTS),
-        "results": dict(result_cache.COUNTS),  # evaluations and per-layer errors (host latency is always measured)
+        "quantized_models": quant_cache.STORE.counts(),
+        "results": result_cache.STORE.counts(),  # evaluations and per-layer errors (host latency is always measured)
         # In a fresh `edgeconv convert` process: whether anything of this run needed TensorFlow.
         "tensorflow_loaded": "tensorflow" in sys.modules,
     }

@@ -3,15 +3,13 @@
 Running the float and int8 models over the evaluation data is a pure function of the two models' bytes,
 the samples, the labels, the settings and the runtime's versions: a re-run of an unchanged recipe takes
 the figure from here instead of computing it again (seconds on MobileNetV2-224). Host latency is never
-cached: it is a measurement of the machine as it is now. Entries are JSON written atomically; one that
-does not parse is a miss and is computed again.
+cached: it is a measurement of the machine as it is now. Entries are JSON in the shared store
+(``converter.cache``); one that does not verify or decode is computed again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any, TypeVar
@@ -19,12 +17,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from converter import __version__
-from converter.artifacts import write_atomic
-from converter.calibration.calib_cache import cache_dir
+from converter.cache import Store, digest
 
-log = logging.getLogger(__name__)
 VERSION = "results-v1"
-COUNTS = {"hits": 0, "misses": 0}  # this run's lookups (the pipeline resets them), for report.json's "cache"
+STORE = Store("results", ".result", "result")
 T = TypeVar("T")
 
 
@@ -41,17 +37,7 @@ def _runtime() -> list[str]:
 
 def key(kind: str, settings: dict[str, Any], *parts: bytes | np.ndarray | None) -> str:
     """sha256 over the kind, the settings, the versions and every part's bytes (arrays with dtype and shape)."""
-    h = hashlib.sha256(json.dumps([VERSION, kind, _runtime(), settings], sort_keys=True, default=str).encode())
-    for part in parts:
-        if part is None:
-            h.update(b"none")
-        elif isinstance(part, bytes):
-            h.update(hashlib.sha256(part).digest())
-        else:
-            array = np.ascontiguousarray(part)
-            h.update(f"{array.dtype.descr}{array.shape}".encode())
-            h.update(hashlib.sha256(array.tobytes()).digest())
-    return h.hexdigest()
+    return digest([VERSION, kind, _runtime(), settings], *parts)
 
 
 def cached(
@@ -60,18 +46,9 @@ def cached(
     """``compute()``, or its stored result when ``entry`` (a ``key``) was computed before; None: no caching."""
     if entry is None:
         return compute()
-    path = cache_dir() / "results" / kind / f"{entry}.json"
-    if path.is_file():
-        try:
-            value = decode(json.loads(path.read_text(encoding="utf-8")))
-            COUNTS["hits"] += 1
-            return value
-        except (OSError, ValueError, TypeError, KeyError) as e:
-            log.warning("warning: result cache entry %s is unreadable (%s); computing it again", path, e)
-    COUNTS["misses"] += 1
+    found = STORE.get_as(entry, lambda content: decode(json.loads(content)))
+    if found is not None:
+        return found
     value = compute()
-    try:
-        write_atomic(path, json.dumps(encode(value)).encode())
-    except OSError as e:
-        log.warning("could not write the result cache in %s: %s", path.parent, e)
+    STORE.put(entry, json.dumps(encode(value)).encode())
     return value

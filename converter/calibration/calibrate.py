@@ -88,17 +88,13 @@ def gather_stats(
     """Statistics from the cache when present, else by running the model (then cached)."""
     settings = {"seed": seed, "batch": 8, "threads": os.cpu_count()}
     key = calib_cache.cache_key(model, x, preprocessing, settings)
-    folder = calib_cache.cache_dir()
     if spec.cache:
-        cached = calib_cache.load(folder, key)
+        cached = calib_cache.load(key)
         if cached is not None:
             return cached, True, key
     stats = collect(model, x, batch=8, seed=seed)
     if spec.cache:
-        try:
-            calib_cache.save(folder, key, stats)
-        except OSError as e:  # a read-only home must not fail the conversion
-            log.warning("could not write the calibration cache in %s: %s", folder, e)
+        calib_cache.save(key, stats)  # a cache that cannot be written is a warning, never a failed run
     return stats, (False if spec.cache else None), key
 
 

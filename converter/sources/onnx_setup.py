@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from converter import venv_setup
-from converter.calibration.calib_cache import cache_dir
+from converter.cache import cache_dir
 from converter.errors import UserInputError
 from converter.venv_setup import Provisioned, ToolkitVenv, VenvSetupError
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from converter import venv_setup
-from converter.calibration.calib_cache import cache_dir
+from converter.cache import cache_dir
 from converter.errors import UserInputError
 from converter.venv_setup import PROBE_TIMEOUT_S, Provisioned, ToolkitVenv, VenvSetupError, venv_python
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from converter.calibration import calib_cache
-from converter.calibration.calib_cache import cache_dir
 from converter.calibration.calibrate import choose_ranges, ranges_of
 from converter.calibration.data import load_dataset, prepare, select
 from converter.calibration.stats import collect
@@ -218,7 +217,7 @@ def test_cache_hit_on_method_change_and_rebuild_when_corrupt(
     first_report = convert(load_recipe(write_recipe(recipe)), tmp_path / "a").report
     first = first_report["calibration"]
     assert first["cache"]["hit"] is False
-    entry = cache_dir() / f"{first['cache']['key']}.npz"
+    entry, _ = calib_cache.STORE.paths(first["cache"]["key"])
     assert entry.is_file()
     recipe["calibration"] = {"method": "entropy"}
     second_report = convert(load_recipe(write_recipe(recipe)), tmp_path / "b").report
@@ -229,26 +228,33 @@ def test_cache_hit_on_method_change_and_rebuild_when_corrupt(
     assert second["cache"] == {**first["cache"], "hit": True}
     assert [t["observed"] for t in second["tensors"]] == [t["observed"] for t in first["tensors"]]
     # A corruption the cheap checks cannot see: a well-formed .npz whose histograms changed
-    # (one count off) while the stored digest stayed. Only the sha256 digest catches it.
+    # (one count off) while the entry's sidecar stayed. Only its sha256 catches it.
     key = first["cache"]["key"]
-    good = calib_cache.load(cache_dir(), key)
+    good = calib_cache.load(key)
     assert good is not None
     with np.load(entry, allow_pickle=False) as npz:
         parts = {name: npz[name] for name in npz.files}
     parts["hist"] = parts["hist"].copy()
     parts["hist"][0, 0] += 1
     np.savez(entry, **parts)
-    caplog.set_level(logging.WARNING, logger="converter.calibration.calib_cache")
-    assert calib_cache.load(cache_dir(), key) is None  # read, digest checked, refused ...
-    assert f"calibration cache entry {entry} is corrupt (digest mismatch); rebuilding it" in caplog.messages
-    assert not entry.exists()  # ... and deleted
+    sidecar = entry.with_suffix(".json")
+    sidecar_bytes = sidecar.read_bytes()
+    caplog.set_level(logging.WARNING, logger="converter.cache")
+    corrupt = (
+        f"warning: calibration cache entry {entry} is corrupt ({entry.name} does not match the sha256 in "
+        f"{key}.json); deleted it, building it again"
+    )
+    assert calib_cache.load(key) is None  # read, digest checked, refused ...
+    assert corrupt in caplog.messages
+    assert not entry.exists() and not sidecar.exists()  # ... and deleted
     np.savez(entry, **parts)  # corrupt again, now for the pipeline to find
+    sidecar.write_bytes(sidecar_bytes)
     caplog.clear()
     third = convert(load_recipe(write_recipe(recipe)), tmp_path / "c").report["calibration"]
-    assert f"calibration cache entry {entry} is corrupt (digest mismatch); rebuilding it" in caplog.messages
+    assert corrupt in caplog.messages
     assert third["cache"]["hit"] is False
     assert [t["range"] for t in third["tensors"]] == [t["range"] for t in second["tensors"]]
-    rebuilt = calib_cache.load(cache_dir(), key)  # rebuilt from a fresh run: the original statistics
+    rebuilt = calib_cache.load(key)  # rebuilt from a fresh run: the original statistics
     assert rebuilt is not None
     np.testing.assert_array_equal(np.stack([t.hist for t in rebuilt.tensors]), np.stack([t.hist for t in good.tensors]))
     recipe["calibration"]["cache"] = False

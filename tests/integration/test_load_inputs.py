@@ -200,9 +200,9 @@ def test_corrupt_cache_entry_is_a_warning_and_deleted(
     assert model_cache.load("k") == (b"model bytes", {"sha256": SHA, "format": "keras", "loader": "keras 3"})
     meta_path = tmp_path / "float" / "k.json"
     meta_path.write_text(meta)
-    with caplog.at_level(logging.WARNING, logger="converter.model_cache"):
+    with caplog.at_level(logging.WARNING, logger="converter.cache"):
         assert model_cache.load("k") is None
-    assert f"warning: float model cache entry {meta_path} is corrupt (" in caplog.text
+    assert f"warning: float model cache entry {tmp_path / 'float' / 'k.tflite'} is corrupt (" in caplog.text
     assert not meta_path.exists() and not (tmp_path / "float" / "k.tflite").exists()
 
 
@@ -215,5 +215,8 @@ def test_corrupt_cache_metadata_rebuilds_and_the_run_succeeds(tiny_model_dir: Pa
     meta_path.write_text("[]")
     second = _cli(recipe, tmp_path / "out2", EDGECONV_CACHE_DIR=str(cache))
     assert second.returncode == 0, second.stderr
-    assert f"warning: float model cache entry {meta_path} is corrupt (holds list, not an object)" in second.stderr
+    entry = meta_path.with_suffix(".tflite")
+    assert f"warning: float model cache entry {entry} is corrupt ({meta_path.name} holds list, not an object)" in (
+        second.stderr
+    )
     assert json.loads(meta_path.read_text())["loader"].startswith("keras")  # rebuilt
