@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -129,9 +130,15 @@ class DeviceProfile:
 
 
 def devices_dir() -> Path:
-    """The profile folder: ``$EDGECONV_DEVICES`` or ``devices/`` next to the package."""
+    """The profile folder: ``$EDGECONV_DEVICES``, else ``devices/`` beside the package (a source checkout or
+    an editable install), else ``<prefix>/share/edgeconv/devices`` where a wheel installs the same files."""
     env = os.environ.get("EDGECONV_DEVICES")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "devices"
+    if env:
+        return Path(env)
+    beside = Path(__file__).resolve().parents[1] / "devices"
+    if beside.is_dir():
+        return beside
+    return Path(sys.prefix) / "share" / "edgeconv" / "devices"
 
 
 def available_devices(folder: Path | None = None) -> list[str]:
