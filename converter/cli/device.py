@@ -87,6 +87,27 @@ ssh_options = [
 ]
 
 
+# What a board needs, in the help of bench and deploy (docs/boards.md quotes these lines; keep them in step).
+# Nothing of edgeconv is installed on a board: the runtime (one ~11 KB zipapp) is copied over SSH per run.
+BOARD_SETUP = """What a board needs (edgeconv copies its runtime over SSH for each run):
+
+\b
+  Raspberry Pi: Python 3 with numpy and ai-edge-litert
+    (pip install numpy ai-edge-litert); SSH login with a key (ssh-copy-id
+    user@host; no passwords: ssh runs in batch mode) and the board's host key
+    in known_hosts (connect once with ssh, or pass --known-hosts).
+  Coral: the same, plus the Edge TPU runtime libedgetpu (libedgetpu1-std
+    from Coral's apt repository) and a model compiled by edgetpu_compiler
+    (convert writes model_int8_edgetpu.tflite when the compiler is on PATH):
+    edgeconv bench --model model_int8_edgetpu.tflite --delegate edgetpu.
+    deploy does not measure Edge TPU targets.
+  Jetson: JetPack's TensorRT; convert writes firmware/<target>/model_qdq.onnx
+    for a jetson-* target, built there with trtexec --onnx=model_qdq.onnx
+    --int8. edgeconv builds and times no engine; bench --host measures a
+    .tflite on its CPU with LiteRT (Python 3, numpy, ai-edge-litert).
+"""
+
+
 def _check_ssh_options(values: tuple[str, ...]) -> tuple[str, ...]:
     """``--ssh-option`` callback: a refused option is a usage error (exit 2) naming the option.
 
@@ -339,7 +360,7 @@ def _accuracy_line(acc: dict[str, Any] | None) -> str | None:
     return f"  outputs on {acc['where']} ({acc['samples']} samples): {sqnr}"
 
 
-@click.command()
+@click.command(epilog=BOARD_SETUP)
 @click.option("--model", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Model to measure.")
 @click.option("--float", "float_model", type=click.Path(path_type=Path, dir_okay=False), help="Float reference.")
 @click.option(
@@ -568,7 +589,7 @@ def _fleet_verdict(outcomes: list[Any], code: int, unreachable_rule: str) -> str
     return f"{text}{why}; exit {code}{failed}"
 
 
-@click.command()
+@click.command(epilog=BOARD_SETUP)
 @recipe_option
 @set_option
 @out_option

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import re
 from html import escape
 from typing import Any
 
@@ -36,12 +38,61 @@ th{background:#f5f7f9;font-weight:600}td.num{text-align:right;font-variant-numer
 vertical-align:middle}
 .bar>span{position:absolute;left:0;top:0;bottom:0;border-radius:4px;background:#42a5f5}.bar>span.over{background:#e53935}
 img{max-width:100%;border:1px solid #eef1f4}
+.kind{display:inline-block;padding:0 6px;border-radius:8px;background:#fff3e0;color:#8a4b00;font-size:12px}
 """
+
+SHOWN = 15  # rows of a long table (per-layer error, calibration tensors, Vela's layers)
+LABEL_CHARS = 48  # longer layer labels keep their tail: "…" + the last characters
+WRAPPER = "ChannelLastIOWrapper"  # litert-torch's outer module around a PyTorch model (channel-last I/O)
+_UNIQUE = re.compile(r"^[0-9#]+$")  # the converter's suffix for repeated tensor names: ";1#4"
 
 
 def _badge(status: str | None) -> str:
     label = status or "no budgets"
     return f'<span class="badge {escape(status or "none")}">{escape(label)}</span>'
+
+
+def _kind(text: str) -> str:
+    """A label on a figure that is not a measurement ("estimate", "prediction")."""
+    return f'<span class="kind">{escape(text)}</span>'
+
+
+def _not_measured(reason: Any = None) -> str:
+    why = f" ({escape(str(reason))})" if reason else ""
+    return f'<span class="muted">not measured{why}</span>'
+
+
+def _shown(shown: int, total: int, order: str) -> str:
+    """The line under a table that may be cut: "15 of 68 shown", or "all 7 shown"."""
+    head = f"all {total} shown" if shown >= total else f"{shown} of {total} shown"
+    return f"<p class=muted>{head}; {escape(order)}.</p>"
+
+
+def short_name(name: str, op: str | None = None) -> str:
+    """A readable label for a TFLite tensor name; the full name goes into a title.
+
+    Keras and ONNX names give the layer a user wrote (``layer_label``). Names from a PyTorch model
+    (litert-torch) start with its wrapper module, ``ChannelLastIOWrapper``, followed by the module path when
+    the export kept it (``…ChannelLastIOWrapper/torch.nn.modules.conv.Conv2d_conv``) and by the converter's
+    suffix for repeated names (``;1#4``): the label is the innermost module (``Conv2d_conv``), else the op, with
+    that suffix, which is what tells the rows apart. Long labels keep their tail.
+    """
+    first, _, rest = name.partition(";")
+    segments = [s for s in first.split("/") if s]
+    wrapped = [i for i, s in enumerate(segments) if s.rsplit(".", 1)[-1] == WRAPPER]
+    if wrapped:
+        inner = segments[wrapped[-1] + 1 :]
+        label = inner[-1].rsplit(".", 1)[-1] if inner else (op or "tensor")
+        if _UNIQUE.match(rest):
+            label += f" [{rest}]"
+    else:
+        label = layer_label(name)
+    return label if len(label) <= LABEL_CHARS else "…" + label[-(LABEL_CHARS - 1) :]
+
+
+def _name(name: str, op: str | None = None) -> str:
+    """A layer's label with its full name on hover."""
+    return f'<span title="{escape(name)}">{escape(short_name(name, op))}</span>'
 
 
 def _table(head: list[str], rows: list[list[str]], numeric: set[int] | None = None) -> str:
@@ -76,27 +127,210 @@ def _image(images: dict[str, bytes], name: str | None) -> str:
 
 
 def _layer_chart(layers: list[dict[str, Any]]) -> str:
-    """A horizontal bar chart (inline SVG) of SQNR lost per layer."""
+    """A horizontal bar chart (inline SVG) of SQNR lost per layer; a negative figure is a bar left of zero."""
     width, row, label_w = 1100, 22, 430
-    top = max(max(e["sqnr_drop_db"] for e in layers), 1e-9)
+    area = width - label_w - 380  # the bars' width; the rest is the figures' text
+    drops = [float(e["sqnr_drop_db"]) for e in layers]
+    high, low = max([*drops, 0.0]), min([*drops, 0.0])
+    scale = area / ((high - low) or 1e-9)
+    zero = label_w + (-low) * scale
     bars = []
-    for i, e in enumerate(layers):
+    for i, (e, drop) in enumerate(zip(layers, drops, strict=True)):
         y = i * row
-        w = max(0.0, e["sqnr_drop_db"]) / top * (width - label_w - 380)
-        name = f"<title>{escape(e['name'])}</title>{escape(layer_label(e['name']))}"
+        w = abs(drop) * scale
+        x, colour = (zero, "#ef6c00") if drop >= 0 else (zero - w, "#2e7d32")
+        name = f"<title>{escape(e['name'])}</title>{escape(short_name(e['name'], e.get('op')))}"
         alone = e.get("alone_sqnr_db")
         alone_text = f" · alone {alone:.1f} dB" if alone is not None else ""
         bars.append(
             f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end" font-size="11">{name}</text>'
-            f'<rect x="{label_w}" y="{y + 4}" width="{w:.1f}" height="14" fill="#ef6c00"></rect>'
-            f'<text x="{label_w + w + 6:.1f}" y="{y + 15}" font-size="11">{e["sqnr_drop_db"]:.1f} dB lost · '
+            f'<rect x="{x:.1f}" y="{y + 4}" width="{max(w, 1.0):.1f}" height="14" fill="{colour}"></rect>'
+            f'<text x="{zero + max(drop, 0.0) * scale + 6:.1f}" y="{y + 15}" font-size="11">{drop:.1f} dB lost · '
             f"{e['sqnr_db']:.1f} dB SQNR{alone_text} · {escape(e['op'])}</text>"
         )
     height = row * len(layers) + 6
+    axis = f'<line x1="{zero:.1f}" y1="0" x2="{zero:.1f}" y2="{height}" stroke="#5d6b7a"></line>' if low < 0 else ""
     return (
         f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="per-layer SQNR lost">'
-        f"{''.join(bars)}</svg>"
+        f"{''.join(bars)}{axis}</svg>"
     )
+
+
+def _ops_by_name(report: dict[str, Any]) -> dict[str, str]:
+    """Tensor name -> the op that writes it, from the per-layer analysis (labels PyTorch tensors by their op)."""
+    return {e["name"]: e["op"] for e in (report.get("analysis") or {}).get("layers") or [] if e.get("op")}
+
+
+def _estimate_cell(est: dict[str, Any]) -> str:
+    return f"{fmt(est.get('latency_ms'), 'ms')} {_kind(est.get('kind') or 'estimate')}"
+
+
+def _unmeasured_latency(report: dict[str, Any]) -> list[str]:
+    """Targets without a measured latency: the estimate report.json has (labelled so), else the reason."""
+    targets = report.get("targets") or {}
+    rows = []
+    for name, lat in (report.get("latency") or {}).items():
+        if lat:
+            continue
+        t = targets.get(name) or {}
+        est = t.get("latency_estimate") or (t.get("cost") or {}).get("latency_estimate")
+        reason = escape(str(t.get("reason") or "no reason recorded"))
+        if est:
+            rows.append([escape(name), _estimate_cell(est), escape(str(est.get("basis") or "")), reason])
+        else:
+            rows.append([escape(name), _not_measured(), "—", reason])
+    if not rows:
+        return []
+    return [
+        "<h2>Latency: estimated or not measured</h2>",
+        "<p class=muted>Not measured on the device. An estimate is computed from the model (a profile's cycles per "
+        "MAC, or Vela's performance model), never a measurement.</p>",
+        _table(["target", "latency", "basis of the estimate", "why not measured"], rows, {1}),
+    ]
+
+
+def _tflm(targets: dict[str, Any]) -> list[str]:
+    """TFLite Micro against LiteRT on the same int8 model and samples (one row per distinct result)."""
+    groups: dict[str, tuple[list[str], dict[str, Any]]] = {}
+    for name, t in targets.items():
+        if isinstance(t.get("tflm"), dict):
+            key = json.dumps(t["tflm"], sort_keys=True)
+            groups.setdefault(key, ([], t["tflm"]))[0].append(name)
+    if not groups:
+        return []
+    rows = []
+    for names, r in groups.values():
+        who = escape(", ".join(names))
+        if not r.get("loaded"):
+            rows.append([who, _not_measured(r.get("error") or "TFLite Micro did not load the model"), *["—"] * 5])
+            continue
+        agree = r.get("top1_agreement")
+        rows.append(
+            [
+                who,
+                str(r.get("samples", "n/a")),
+                fmt(agree, "fraction") if agree is not None else _not_measured(),
+                fmt(r.get("exact_match"), "fraction") if r.get("exact_match") is not None else _not_measured(),
+                f"{r['max_abs_diff_steps']} steps" if r.get("max_abs_diff_steps") is not None else _not_measured(),
+                fmt(r.get("arena_bytes"), "bytes") if r.get("arena_bytes") is not None else _not_measured(),
+                fmt(r.get("recorded_arena_bytes"), "bytes")
+                if r.get("recorded_arena_bytes") is not None
+                else _not_measured(),
+            ]
+        )
+    head = ["targets", "samples", "top-1 agreement", "int8 outputs equal", "largest difference", "arena", "recorded"]
+    return [
+        "<h2>TFLite Micro vs LiteRT</h2>",
+        "<p class=muted>The int8 model run here by the TFLite Micro interpreter and by LiteRT on the same samples: "
+        "how often their top-1 classes agree, the share of int8 output values that are equal, the largest "
+        "difference in quantization steps, and the smallest arena in which TFLite Micro ran it (recorded: its "
+        "recording allocator's total).</p>",
+        _table(head, rows, {1, 2, 3, 4, 5, 6}),
+    ]
+
+
+def _cost(targets: dict[str, Any]) -> list[str]:
+    """MACs of the heaviest ops, as report.json lists them (once when every target has the same)."""
+    groups: dict[str, tuple[list[str], dict[str, Any]]] = {}
+    for name, t in targets.items():
+        cost = t.get("cost") or {}
+        if cost.get("layers"):
+            key = json.dumps({"macs": cost.get("macs"), "layers": cost["layers"]}, sort_keys=True)
+            groups.setdefault(key, ([], cost))[0].append(name)
+    parts: list[str] = []
+    for names, cost in groups.values():
+        layers, total = cost["layers"], cost.get("macs")
+        rows = [
+            [
+                str(e.get("index", "")),
+                escape(str(e.get("op", ""))),
+                f"{e['macs']:,}",
+                fmt(e["macs"] / total, "fraction") if total else "n/a",
+            ]
+            for e in layers
+        ]
+        listed = sum(e["macs"] for e in layers)
+        share = f"; these {len(layers)} hold {fmt(listed / total, 'fraction')} of them" if total else ""
+        in_all = f"{total:,}" if isinstance(total, int) else "n/a"
+        for_whom = "" if len(groups) == 1 else f": {', '.join(names)}"
+        parts += [
+            f"<h2>Compute per op (MACs){escape(for_whom)}</h2>",
+            f"<p class=muted>{len(layers)} shown: the ops with the most multiply-accumulates, as report.json lists "
+            f"them (it keeps no more). The model has {in_all} MACs in all{share}. Memory per op is not in the "
+            "report.</p>",
+            _table(["op index", "op", "MACs", "share of the model's MACs"], rows, {0, 2, 3}),
+        ]
+    return parts
+
+
+def _vela_layers(name: str, t: dict[str, Any]) -> list[str]:
+    """Vela's per-layer table for an Ethos-U target: CPU layers first, then the most NPU cycles."""
+    layers = t.get("layers") or []
+    if (t.get("compiler") or {}).get("name") != "vela" or not layers:
+        return []
+    order = sorted(layers, key=lambda e: (e.get("runs_on") != "CPU", -(e.get("cycles") or 0)))[:SHOWN]
+    reasons = t.get("cpu_op_reasons") or {}
+    rows = [
+        [
+            _name(str(e.get("name", "")), e.get("op")),
+            escape(str(e.get("op", ""))),
+            escape(str(e.get("npu_op", ""))),
+            escape(str(e.get("runs_on", "")))
+            + (f" <span class=muted>{escape(reasons[e['op']])}</span>" if e.get("op") in reasons else ""),
+            f"{e['cycles']:,}" if e.get("cycles") is not None else "n/a",
+            f"{e['macs']:,}" if e.get("macs") is not None else "n/a",
+        ]
+        for e in order
+    ]
+    total = t.get("cycles")
+    return [
+        f"<h2>Vela per layer: {escape(name)}</h2>",
+        f"<p class=muted>Cycles are Vela's performance model {_kind('estimate')}"
+        + (f"; {total:,} cycles in all" if isinstance(total, int) else "")
+        + ".</p>",
+        _table(["layer", "TFLite op", "NPU op", "runs on", "cycles", "MACs"], rows, {4, 5}),
+        _shown(len(order), len(layers), "layers left to the CPU first, then the most cycles"),
+    ]
+
+
+def _edgetpu(name: str, t: dict[str, Any]) -> list[str]:
+    """The Edge TPU mapping: the static prediction (labelled so) and edgetpu_compiler's own, when it ran."""
+    tpu = t.get("edgetpu")
+    if not isinstance(tpu, dict):
+        return []
+    parts = [f"<h2>Edge TPU op mapping: {escape(name)}</h2>"]
+    pred = tpu.get("prediction") or {}
+    if pred:
+        first = pred.get("first_cpu_op")
+        split = (
+            f"op {first.get('index')} ({escape(str(first.get('op')))}) is the first to run on the CPU: "
+            f"{escape(str(first.get('reason')))}; it and every op after it run on the CPU"
+            if first
+            else "no op ends the Edge TPU's part of the graph"
+        )
+        parts.append(
+            f"<p>{_kind(pred.get('kind') or 'prediction')} {pred.get('mapped_ops')} of {pred.get('total_ops')} ops "
+            f"on the Edge TPU; {split}. From the documented op list and constraints, not from the compiler.</p>"
+        )
+        if pred.get("problems"):
+            parts += ["<ul>", *(f"<li>{escape(str(p))}</li>" for p in pred["problems"]), "</ul>"]
+    compiler = tpu.get("compiler") or {}
+    log = compiler.get("log")
+    if isinstance(log, dict):
+        on_chip, off_chip = log.get("on_chip_bytes"), log.get("off_chip_bytes")
+        parts.append(
+            f"<p>edgetpu_compiler (found on PATH and run on the int8 model; its model is "
+            f"<code>model_int8_edgetpu.tflite</code>): {log.get('mapped_ops', 'n/a')} ops on the Edge TPU, "
+            f"{log.get('cpu_ops', 'n/a')} on the CPU; on-chip memory {fmt(on_chip, 'bytes')}, off-chip "
+            f"{fmt(off_chip, 'bytes')}.</p>"
+        )
+        ops = log.get("operations") or []
+        if ops:
+            rows = [[escape(str(o.get("op"))), str(o.get("count")), escape(str(o.get("status")))] for o in ops]
+            parts.append(_table(["op", "count", "status"], rows, {1}))
+    else:
+        parts.append(f"<p>edgetpu_compiler's mapping: {_not_measured(compiler.get('reason'))}.</p>")
+    return parts
 
 
 def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
@@ -195,6 +429,7 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
             "<h2>Latency</h2>",
             _table(["target", "where", "int8 p50", "int8 p90", "float p50", "threads", "cpu"], rows, {2, 3, 4}),
         ]
+    parts += _unmeasured_latency(report)
     devices = device_rows(report)
     if devices:
         parts += ["<h2>On devices</h2>", _table(DEVICE_HEAD, [[escape(c) for c in r] for r in devices], {2, 4, 5})]
@@ -221,6 +456,10 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
             parts += [f"<h2>{head}</h2>", "<ul>"]
             parts += [f"<li>{escape(line)}</li>" for line in npu if line]
             parts += ["</ul>"]
+        parts += _tflm(targets)
+        for name, t in targets.items():
+            parts += _vela_layers(name, t) + _edgetpu(name, t)
+        parts += _cost(targets)
     analysis = report.get("analysis") or {}
     layers = [e for e in (analysis.get("layers") or []) if e.get("sqnr_drop_db") is not None]
     if layers:
@@ -236,7 +475,14 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
             else "<p class=muted>SQNR each op loses on its own (its worst input's SQNR minus its output's) and the "
             "output's SQNR against the float model. Not measured quantized alone: "
             f"{escape(str(alone.get('reason') or 'not recorded'))}.</p>",
-            _layer_chart(layers[:15]),
+            _layer_chart(layers[:SHOWN]),
+            _shown(min(SHOWN, len(layers)), len(layers), "the most dB lost first")
+            + (
+                "<p class=muted>A negative figure (a green bar left of the line): the op's output is closer to the "
+                "float model than its worst input, e.g. an op that clips or averages error away.</p>"
+                if any(e["sqnr_drop_db"] < 0 for e in layers[:SHOWN])
+                else ""
+            ),
         ]
     cal = report.get("calibration") or {}
     picture = _image(images, cal.get("histograms"))
@@ -248,10 +494,11 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
         ]
     tensors = cal.get("tensors") or []
     if tensors:
-        worst = sorted(tensors, key=lambda t: -t["clipped_fraction"])[:15]
+        worst = sorted(tensors, key=lambda t: -t["clipped_fraction"])[:SHOWN]
+        ops = _ops_by_name(report)
         rows = [
             [
-                f'<span title="{escape(t["name"])}">{escape(layer_label(t["name"]))}</span>',
+                _name(t["name"], ops.get(t["name"])),
                 escape(t["method"]),
                 f"{t['range'][0]:.4g} … {t['range'][1]:.4g}",
                 f"{100 * t['clipped_fraction']:.3f}%",
@@ -262,6 +509,7 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
         parts += [
             "<h2>Calibration: tensors</h2>",
             _table(["tensor", "method", "range", "clipped", "int8 levels used"], rows, {3, 4}),
+            _shown(len(worst), len(tensors), "the most clipped first"),
         ]
     parts.append("</body></html>\n")
     return safe_text("".join(parts))

@@ -24,6 +24,17 @@ from converter.tflite.ops import EDGETPU_OPS
 
 INTEGER = {"int8", "uint8", "int32"}  # int32: biases and shape tensors
 
+# What the report says about the compiler; docs/targets/coral.md quotes them.
+NOT_INSTALLED = (
+    "edgetpu_compiler is not installed here (not on PATH; Coral publishes it for Debian/Ubuntu x86-64 only): "
+    "the Edge TPU mapping is the static prediction, labelled as one; with the compiler on PATH, convert runs it "
+    "and writes model_int8_edgetpu.tflite"
+)
+FAILED = (
+    "edgetpu_compiler (found on PATH) failed on this model: the Edge TPU mapping is the static prediction, "
+    "labelled as one, and no model_int8_edgetpu.tflite is written"
+)
+
 
 @dataclass(frozen=True)
 class EdgeTPUPrediction:
@@ -129,7 +140,7 @@ def compile_model(model: bytes) -> tuple[bytes, CompilerLog, str] | None:
                 [exe, "-s", "-o", tmp, str(src)], capture_output=True, text=True, timeout=600, check=False
             )
         except subprocess.TimeoutExpired:
-            return None  # reported as "edgetpu_compiler failed on this model"
+            return None  # reported as FAILED
         out = Path(tmp) / "model_edgetpu.tflite"
         if proc.returncode != 0 or not out.is_file():
             return None
@@ -144,9 +155,7 @@ def check(ctx: Context, name: str, profile: DeviceProfile) -> Check:
     if compiled is None:
         compiler: dict[str, Any] = {
             "available": compiler_path() is not None,
-            "reason": "edgetpu_compiler is not installed here; the mapping above is a static prediction"
-            if compiler_path() is None
-            else "edgetpu_compiler failed on this model",
+            "reason": NOT_INSTALLED if compiler_path() is None else FAILED,
         }
     else:
         data, parsed, raw = compiled
