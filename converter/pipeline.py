@@ -24,10 +24,10 @@ import numpy as np
 
 from converter.analysis import result_cache
 from converter.analysis.analyze import ACCURACY_GATES, AloneRun, LayerError, alone_decision, analyze, isolate
-from converter.analysis.evaluate import check_metric, evaluate_host
+from converter.analysis.evaluate import check_metric, evaluate_host, fidelity_warning
 from converter.artifacts import OutputFolder
 from converter.boards.measure import TargetResult, measure_target, merge_measured
-from converter.calibration.data import Dataset, ModelInput, check_preprocess, read_samples
+from converter.calibration.data import Dataset, ModelInput, Split, check_preprocess, read_samples, split_calibration
 from converter.calibration.stats import INDEX_ADVICE, IndexRefused
 from converter.calibration.transform_check import TransformRejected
 from converter.devices import DeviceProfile, load_device
@@ -52,13 +52,23 @@ from converter.quantization.tflite_quantizer import (
     import_tensorflow,
     quantize_with_ranges,
 )
-from converter.quantization.tune import tune
+from converter.quantization.tune import accuracy_budget, tune
 from converter.recipe import BenchmarkSpec, DataSource, Recipe, TargetSpec
 from converter.reports.ci_outputs import finalize
 from converter.reports.gates import LOWER_BOUNDS, Gate, evaluate
 from converter.reports.plots import histogram_png, most_clipped
-from converter.reports.report import FLOAT_NAME, HIST_NAME, INT8_NAME, REPORT_NAME, Outcome, build_report, dumps
-from converter.runtime.accuracy import not_measured
+from converter.reports.render import layer_label
+from converter.reports.report import (
+    FLOAT_NAME,
+    HIST_NAME,
+    INT8_NAME,
+    REPORT_NAME,
+    Outcome,
+    build_report,
+    dumps,
+    record_fidelity,
+)
+from converter.runtime.accuracy import Accuracy, not_measured
 from converter.runtime.preprocess import Preprocess
 from converter.sources.load import LoadedModel, detect_format, load_model
 from converter.targets import check_targets, early_warnings, rknn, rknn_setup
@@ -212,6 +222,15 @@ def _run(
     cal_x, cal_ds, _ = _timed("data", steps, lambda: read("calibration"))
     _log_integer_inputs(model.inputs, recipe.quantization.input_type)
     eval_x, eval_ds, eval_y = read("evaluation") if recipe.data.evaluation else (None, None, None)
+    # Without evaluation data, int8 is measured against float on calibration samples held out for it.
+    split = split_calibration(
+        cal_x, cal_ds, recipe.data.calibration.seed, evaluation=eval_x is not None, holdout=recipe.data.holdout
+    )
+    if split.short:
+        log.warning("warning: %s", split.reason)
+    elif split.held_x is not None:
+        log.info("%s", split.reason)
+    cal_x, cal_ds = split.x, split.ds
     eval_raw = eval_ds.x if eval_ds is not None else None
     metric = recipe.data.evaluation.metric if recipe.data.evaluation else "auto"
     if eval_x is not None:  # a metric the data cannot give fails before calibration, not after
@@ -255,7 +274,10 @@ def _run(
         tuned = tune(recipe, targets, model.float_tflite, first, accuracy, eval_x, eval_y, quantizer)
     chosen, accuracy = tuned.chosen, tuned.accuracy
     quant, calibration = chosen.model, chosen.calibration
-    analysis_x = (eval_x if eval_x is not None else cal_x)[: recipe.analysis.samples]
+    held = _held_out(recipe, split, model, quant, steps)
+    # Layers are compared on samples calibration did not see where there are some.
+    unseen = eval_x if eval_x is not None else split.held_x
+    analysis_x = (unseen if unseen is not None else cal_x)[: recipe.analysis.samples]
     layers = (
         _timed(
             "analyze",
@@ -299,6 +321,7 @@ def _run(
     alone = _alone(recipe, report, baseline, chosen, model.float_tflite, layers, analysis_x, steps)
     report["analysis"]["layers"] = [e.to_json() for e in layers]
     report["analysis"]["alone"] = alone.to_json()
+    _fidelity(recipe, targets, report, split, held)
     # Which layout the model's image inputs have, and how the data was brought to the model's shape.
     report["model"]["layout"] = model.layout
     report["model"]["data_arranged"] = {
@@ -318,6 +341,54 @@ def _run(
     images = {HIST_NAME: picture} if picture is not None else {}
     files.update(finalize(report, images, baseline, baseline_path))
     return report, {**files, REPORT_NAME: dumps(report)}
+
+
+def _held_out(
+    recipe: Recipe, split: Split, model: LoadedModel, quant: bytes, steps: list[dict[str, Any]]
+) -> Accuracy | None:
+    """int8 against float on the held-out calibration samples (no labels: SQNR, cosine, agreement); None without."""
+    if split.held_x is None or split.held_ds is None:
+        return None
+    held_x, where = split.held_x, f"{recipe.source}: data.calibration"
+    with _index_rows(split.held_ds, model.inputs, where):
+        return _timed(
+            "evaluate",
+            steps,
+            lambda: evaluate_host(
+                model.float_tflite, quant, held_x, None, metric="mse", where=where, cache=recipe.calibration.cache
+            ),
+        )
+
+
+def _fidelity(
+    recipe: Recipe, targets: dict[str, DeviceProfile], report: dict[str, Any], split: Split, held: Accuracy | None
+) -> None:
+    """The fidelity figures in the report (``record_fidelity``), and a warning when int8 is far from float."""
+    record_fidelity(report, held, split.to_json())
+    if split.short:  # a hold-out was wanted, but too few samples: no figure, and said so
+        report["warnings"].append(split.reason)
+    acc, layers, evaluation = report["accuracy"], report["analysis"]["layers"], recipe.data.evaluation
+    worst, n = acc["worst_output"], acc["samples"]
+    if held is not None and worst is not None:
+        agreement = f", top-1 agreement {100 * worst['agreement']:.2f}%" if "agreement" in worst else ""
+        log.info(
+            "int8 vs float on %d samples held out from calibration: worst output '%s' at %.1f dB SQNR%s",
+            n,
+            worst["name"],
+            worst["sqnr_db"],
+            agreement,
+        )
+    warning = fidelity_warning(
+        worst,
+        f"{n} samples held out from calibration" if held is not None else f"the evaluation data ({n} samples)",
+        evaluation=evaluation is not None,
+        labels=report["accuracy"]["metric"] == "top1",
+        budget=accuracy_budget(recipe, targets) is not None,
+        layer=f"'{layer_label(layers[0]['name'])}', {layers[0]['op']}" if layers and layers[0].get("op") else None,
+    )
+    if warning is not None:
+        log.warning("warning: %s", warning)
+        report["warnings"].append(warning)
 
 
 @contextmanager

@@ -129,6 +129,13 @@ class DataSpec:
     evaluation: EvaluationSource | None = field(
         default=None, metadata={"doc": "Held-out samples; labels give top-1 accuracy"}
     )
+    holdout: bool = field(
+        default=True,
+        metadata={
+            "doc": "Without evaluation: hold out a fifth of the calibration samples (8 to 200, when 32 are left to "
+            "calibrate with) and measure int8 against float on them; false calibrates on all of them"
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -431,15 +438,30 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, *, check_f
     """
     path = Path(path)
     raw = load_yaml_file(path, "recipe")
+    return recipe_from_mapping(raw, path.resolve().parent, overrides, source=path, check_files=check_files)
+
+
+def recipe_from_mapping(
+    raw: Any,
+    base_dir: Path,
+    overrides: list[str] | None = None,
+    *,
+    source: Path,
+    check_files: bool = True,
+) -> Recipe:
+    """Validate a recipe given as a mapping (what a recipe file parses to), as ``load_recipe`` does a file.
+
+    ``base_dir`` is where relative paths start; ``source`` names the recipe in errors and the report.
+    """
     if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: expected a mapping of recipe keys at the top level, got {type(raw).__name__}")
+        raise RecipeError(f"{source}: expected a mapping of recipe keys at the top level, got {type(raw).__name__}")
     raw, origin = _apply_overrides(raw, overrides or [])
-    where = Where(str(path), path.resolve().parent, overrides=origin)
+    where = Where(str(source), base_dir, overrides=origin)
     recipe: Recipe = build(Recipe, raw, where)
     _check_targets(recipe, where)
     if check_files:
         _check_files(recipe, where)
-    object.__setattr__(recipe, "source", path)
+    object.__setattr__(recipe, "source", source)
     object.__setattr__(recipe, "sha256", recipe_sha256(raw))
     return recipe
 

@@ -1,6 +1,12 @@
-"""Host accuracy: float vs quantized model on the evaluation data, with the runtime's own code."""
+"""Host accuracy: float vs quantized model on the evaluation data, with the runtime's own code.
+
+Also the fidelity every run gets (``worst_output``, ``fidelity_warning``): int8 against float on the
+evaluation data, or without it on calibration samples held out for the purpose (``data.split_calibration``).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -12,6 +18,9 @@ from converter.runtime.accuracy import Accuracy, MetricError, compare, pick_metr
 from converter.runtime.model import TFLiteModel, signature_names
 
 CHUNK = 64  # samples between progress updates
+# Below this output SQNR against float, int8 is said to be far from float: the noise holds 1 % of the output's
+# power. The demo sits at 28 dB (min/max) and a model whose int8 top-1 collapses at 1 to 10 dB.
+LOW_SQNR_DB = 20.0
 
 
 def check_metric(float_tflite: bytes, x: np.ndarray, labels: np.ndarray | None, metric: str, where: str) -> str:
@@ -86,3 +95,59 @@ def evaluate_host(
         )
     except MetricError as e:
         raise DataError(f"{where}: {e}") from e
+
+
+def worst_output(outputs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The output with the lowest SQNR against float (``runtime.accuracy.output_error``'s figures): its name,
+    SQNR, cosine, and top-1 agreement when it holds class scores. None without outputs."""
+    if not outputs:
+        return None
+    worst = min(outputs, key=lambda o: o["sqnr_db"])
+    return {key: worst[key] for key in ("name", "sqnr_db", "cosine", "agreement") if key in worst}
+
+
+def fidelity_warning(
+    worst: dict[str, Any] | None,
+    data: str,
+    *,
+    evaluation: bool,
+    labels: bool,
+    budget: bool,
+    layer: str | None = None,
+) -> str | None:
+    """What to say when the worst output's SQNR is below ``LOW_SQNR_DB`` (None when it is not).
+
+    ``data``: what it was measured on; ``evaluation``/``labels``: the recipe has evaluation data, with
+    labels; ``budget``: an ``accuracy_drop`` budget applies (so the accuracy loop ran where it could);
+    ``layer``: the layer that loses most SQNR (``analysis.layers[0]``), named in the advice.
+    """
+    if worst is None or worst["sqnr_db"] >= LOW_SQNR_DB:
+        return None
+    figures = [f"cosine {worst['cosine']:.4f}"] if worst.get("cosine") is not None else []
+    if worst.get("agreement") is not None:
+        figures.append(f"top-1 agreement {100 * worst['agreement']:.2f}%")
+    shown = f" ({', '.join(figures)})" if figures else ""
+    tries = []
+    if not evaluation:
+        tries.append(
+            "give data.evaluation with labels and set budgets.accuracy_drop, so the accuracy loop can try its fixes "
+            "(ranges, equalization, bias correction, float fallbacks) and report accuracy, not only fidelity"
+        )
+    elif not budget:
+        tries.append(
+            "set budgets.accuracy_drop"
+            + ("" if labels else " (labels in data.evaluation make it top-1 points)")
+            + ", so the accuracy loop can try its fixes (ranges, equalization, bias correction, float fallbacks)"
+        )
+    tries += [
+        "another calibration.method (percentile, mse, entropy or auto)",
+        "calibration.equalization or calibration.bias_correction",
+        "a per-tensor calibration.rules entry for the layer that loses most ("
+        + (f"{layer}; " if layer else "")
+        + "see analysis.layers in report.json, or edgeconv analyze)",
+    ]
+    return (
+        f"int8 output '{worst['name']}' is at {worst['sqnr_db']:.1f} dB SQNR against float{shown} on {data}, "
+        f"below {LOW_SQNR_DB:g} dB: the int8 model's outputs are far from the float model's. To improve it: "
+        + "; ".join(tries)
+    )

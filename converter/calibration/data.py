@@ -117,6 +117,90 @@ def select(n: int, samples: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=samples, replace=False))
 
 
+# A recipe without evaluation data still gets int8 measured against float: on a fifth of its calibration
+# samples, held out of calibration (``split_calibration``). At least MIN_HELD_OUT (fewer give no figure worth
+# reading), at most MAX_HELD_OUT (enough for a stable SQNR; more would only starve calibration), and
+# calibration keeps at least MIN_CALIBRATION: with fewer samples than that, nothing is held out.
+HOLDOUT_FRACTION = 0.2
+MIN_HELD_OUT = 8
+MAX_HELD_OUT = 200
+MIN_CALIBRATION = 32
+_HOLDOUT_STREAM = 0x686F6C64  # "hold": the held-out draw's own random stream, apart from ``select``'s
+
+
+@dataclass(frozen=True)
+class Split:
+    """Calibration samples (preprocessed ``x`` and the raw ``ds``) and those held out of them (None: none)."""
+
+    x: np.ndarray
+    ds: Dataset
+    held_x: np.ndarray | None
+    held_ds: Dataset | None
+    selected: int  # calibration samples selected before the split
+    reason: str  # what was done and why, for the log and report.json
+    short: bool = False  # a hold-out was wanted, but there were too few samples to spare (a warning)
+
+    @property
+    def held_out(self) -> int:
+        return 0 if self.held_x is None else len(self.held_x)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"held_out": self.held_out, "selected": self.selected, "reason": self.reason}
+
+
+def holdout_positions(n: int, seed: int) -> np.ndarray | None:
+    """Positions (sorted) among ``n`` selected calibration samples to hold out; None when too few to spare.
+
+    A seeded random fifth rather than the last fifth: image folders (and many arrays) are sorted by class,
+    and their last rows would be classes calibration then never sees. The draw has its own stream of the
+    calibration ``seed``, so the selection itself (``select``) is what it always was.
+    """
+    count = min(MAX_HELD_OUT, max(MIN_HELD_OUT, int(n * HOLDOUT_FRACTION)))
+    if n - count < MIN_CALIBRATION:
+        return None
+    return np.sort(np.random.default_rng([seed, _HOLDOUT_STREAM]).choice(n, size=count, replace=False))
+
+
+def subset(ds: Dataset, positions: np.ndarray) -> Dataset:
+    """The samples of ``ds`` at ``positions``, with their labels and rows in the file."""
+    return dataclasses.replace(
+        ds,
+        x=ds.x[positions],
+        y=None if ds.y is None else ds.y[positions],
+        rows=None if ds.rows is None else ds.rows[positions],
+    )
+
+
+def split_calibration(x: np.ndarray, ds: Dataset, seed: int, *, evaluation: bool, holdout: bool) -> Split:
+    """The calibration samples, and those held out of them (``holdout_positions``) for a recipe without evaluation
+    data that keeps ``data.holdout`` on. With evaluation data calibration takes every sample, as it always did.
+
+    ``x``: the preprocessed samples, ``ds`` the dataset they came from (same order); ``seed``: data.calibration's.
+    """
+    n = len(x)
+    if evaluation:
+        why = f"data.evaluation is given: int8 is measured on it, and calibration uses all {n} samples"
+        return Split(x, ds, None, None, n, why)
+    if not holdout:
+        why = f"data.holdout is false: calibration uses all {n} samples, and int8 is not measured against float"
+        return Split(x, ds, None, None, n, why)
+    held = holdout_positions(n, seed)
+    if held is None:
+        why = (
+            f"only {n} calibration samples: holding out {MIN_HELD_OUT} would leave fewer than {MIN_CALIBRATION} to "
+            "calibrate with, so none are held out and int8 is not measured against float; give data.evaluation, or "
+            f"at least {MIN_CALIBRATION + MIN_HELD_OUT} calibration samples"
+        )
+        return Split(x, ds, None, None, n, why, short=True)
+    keep = np.setdiff1d(np.arange(n), held)
+    reason = (
+        f"{len(held)} of the {n} calibration samples (a random choice seeded by data.calibration.seed) are held "
+        f"out to measure int8 against float, as the recipe has no data.evaluation; calibration uses the other "
+        f"{len(keep)}"
+    )
+    return Split(x[keep], subset(ds, keep), x[held], subset(ds, held), n, reason)
+
+
 def load_dataset(
     path: Path,
     *,

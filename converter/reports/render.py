@@ -142,6 +142,36 @@ def output_figures(outputs: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
+def held_out_lines(acc: dict[str, Any]) -> list[str]:
+    """report.md's section for int8 against float on calibration samples held out (no evaluation data); else empty.
+
+    Such figures have no labels behind them (``metric`` null): fidelity to the float model, not accuracy.
+    """
+    if acc.get("metric") or not acc.get("data") or not acc.get("outputs"):
+        return []
+    worst = acc.get("worst_output") or {}
+    agree = (
+        f" Top-1 agreement of '{worst['name']}': {fmt(worst['agreement'], 'fraction')}."
+        if worst.get("agreement") is not None and len(acc["outputs"]) == 1
+        else ""
+    )
+    return [
+        f"### Fidelity: int8 against float, {acc['data']}",
+        "",
+        "No evaluation data, so no accuracy: int8 is compared with float on calibration samples kept out of "
+        f"calibration. int8 vs float: {output_figures(acc['outputs'])}.{agree}",
+        "",
+    ]
+
+
+def warning_lines(report: dict[str, Any]) -> list[str]:
+    """report.md's warnings (``report.warnings``), one item each; empty without."""
+    warnings = report.get("warnings") or []
+    if not warnings:
+        return []
+    return ["### Warnings", "", *(f"- ⚠️ warning: {w}" for w in warnings), ""]
+
+
 IO_HEAD = ["", "name", "dtype", "shape", "scale", "zero point"]
 
 
@@ -310,6 +340,7 @@ def markdown(report: dict[str, Any], deltas: list[dict[str, Any]] | None = None)
         f"float), calibration {report['calibration']['method']} on {report['calibration']['samples']} samples, "
         f"edgeconv {report['tool']['version']}.",
         "",
+        *warning_lines(report),
     ]
     io = io_rows(report)
     if io:
@@ -348,6 +379,7 @@ def markdown(report: dict[str, Any], deltas: list[dict[str, Any]] | None = None)
             f"int8 vs float: {output_figures(acc.get('outputs') or [])}.",
             "",
         ]
+    lines += held_out_lines(acc)
     rows = tuning_rows(report)
     if rows:
         t = report["tuning"]

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from converter.analysis.evaluate import worst_output
 from converter.artifacts import file_record
 from converter.boards.measure import TargetResult
 from converter.devices import DeviceProfile
 from converter.provenance import tool_info
 from converter.quantization.quantize import Quantized
 from converter.recipe import Recipe
-from converter.runtime.accuracy import Accuracy
+from converter.runtime.accuracy import Accuracy, not_measured
 from converter.runtime.model import TFLiteModel, signature_names
 from converter.sources.load import LoadedModel
 
@@ -161,6 +162,9 @@ def build_report(o: Outcome) -> dict[str, Any]:
             "input's SQNR capped at ceiling_db (rounding to its own int8 grid alone)",
             "layers": o.layers,
         },
+        # What a reader must not miss (also logged as "warning: ..." and listed in report.md), e.g. int8 far from
+        # float (``analysis.evaluate.fidelity_warning``).
+        "warnings": [],
         "budgets": {
             "recipe": recipe.budgets.items(),
             "targets": {
@@ -187,3 +191,27 @@ def _target_json(profile: DeviceProfile, result: TargetResult, host_accuracy: Ac
         "compatible": None,
         "problems": None,
     }
+
+
+def held_out_data(samples: int) -> str:
+    """``accuracy.data`` of figures measured on calibration samples held out (never evaluation data)."""
+    return f"held out from calibration ({samples} samples)"
+
+
+def record_fidelity(report: dict[str, Any], held: Accuracy | None, holdout: dict[str, Any]) -> None:
+    """``accuracy.data`` and ``accuracy.worst_output``, and ``calibration.holdout``, in ``report`` (in place).
+
+    ``held``: int8 against float on calibration samples held out (``data.split_calibration``), for a recipe
+    without evaluation data. Without labels there is no accuracy, only fidelity: ``accuracy`` keeps its
+    metric, figures, drop and agreement null (so no accuracy gate reads it), and gets the per-output SQNR,
+    cosine and agreement in ``outputs``, the samples, and ``data`` saying where they came from.
+    """
+    acc = report["accuracy"]
+    if held is not None:
+        acc = report["accuracy"] = {**not_measured(held.where).to_json(), "samples": held.samples}
+        acc["outputs"] = held.outputs
+        acc["data"] = held_out_data(held.samples)
+    else:
+        acc["data"] = f"data.evaluation ({acc['samples']} samples)" if acc.get("metric") else None
+    acc["worst_output"] = worst_output(acc.get("outputs") or [])
+    report["calibration"]["holdout"] = holdout
