@@ -124,6 +124,13 @@ def _run(debug: bool, fn: Callable[[], int], native: Captured | None = None) -> 
             traceback.print_exc()
         click.echo(f"error: {e}", err=True)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader went away (``edgeconv devices | head -1``): stop quietly, as Unix tools do, with
+        # 128 + SIGPIPE; stdout goes to /dev/null so the interpreter's last flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + int(signal.SIGPIPE)
     except Exception as e:  # noqa: BLE001 - the last line of defence for a clean message
         if debug:
             traceback.print_exc()

@@ -30,6 +30,8 @@ from converter.cli.common import (
     setup_logging,
 )
 from converter.cli.device import analyze, bench, deploy
+from converter.cli.init import init
+from converter.cli.profiles import devices
 from converter.cli.setup import setup
 from converter.errors import UserInputError
 from converter.supervise import SupervisedGroup
@@ -76,7 +78,17 @@ def gates_table(report: dict[str, Any]) -> str:
 @click.group(cls=SupervisedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgeconv")
 def main() -> None:
-    """edgeconv: convert TensorFlow/Keras models to full-integer TFLite for MCUs and NPUs."""
+    """edgeconv: convert a trained model to full-integer (int8) TFLite for MCUs and NPUs, driven by a recipe.
+
+    \b
+    Sources: Keras .keras, legacy Keras .h5, a TensorFlow SavedModel folder,
+    a float .tflite, a PyTorch torch.export archive (.pt2) and ONNX (.onnx).
+
+    \b
+    Example:
+      edgeconv init model.keras --target arduino-nano-33-ble-sense --out recipe.yaml
+      edgeconv convert --recipe recipe.yaml
+    """
 
 
 @main.command()
@@ -411,5 +423,5 @@ def summary(out_dir: Path, report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-for _command in (bench, deploy, analyze, setup, matrix, report):
+for _command in (bench, deploy, analyze, setup, matrix, report, devices, init):
     main.add_command(_command)

@@ -86,8 +86,12 @@ class LoadedModel:
     layout: Layout | None = None  # of the 4-D (image) inputs: made so for a PyTorch source, declared otherwise
 
 
-def detect_format(path: Path) -> ModelFormat:
-    """The model format from the path, or a ``ModelLoadError`` that says what is accepted."""
+def detect_format(path: Path, check_installed: bool = True) -> ModelFormat:
+    """The model format from the path, or a ``ModelLoadError`` that says what is accepted.
+
+    ``check_installed`` also requires what converting it needs (the torch extra, the ONNX virtualenv);
+    ``edgeconv init`` writes a recipe before they are installed, so it asks without.
+    """
     if not path.exists():
         raise ModelLoadError(f"model: not found: {path}; check the path (relative paths start at the recipe's folder)")
     if path.is_dir():
@@ -105,7 +109,7 @@ def detect_format(path: Path) -> ModelFormat:
         raise ModelLoadError(
             f"model: {path}: unsupported file type '{suffix}'; use {', '.join(listed[:-1])} or {listed[-1]}"
         )
-    if kind.check_installed is not None:
+    if check_installed and kind.check_installed is not None:
         kind.check_installed(path)
     return kind.format
 

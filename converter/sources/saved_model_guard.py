@@ -153,7 +153,8 @@ class _Op:
     node: Any
 
 
-def _read(path: Path) -> Any:
+def read_proto(path: Path) -> Any:
+    """The SavedModel protobuf, parsed (binary or text) without TensorFlow running anything of it."""
     from google.protobuf import text_format
     from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import saved_model_pb2
@@ -390,7 +391,7 @@ def check_saved_model(path: Path) -> None:
 
     Needs TensorFlow importable (for its protobuf classes and op registry) but executes nothing.
     """
-    proto = _read(path)
+    proto = read_proto(path)
     for meta_graph in proto.meta_graphs:
         check = _MetaGraphCheck(path, meta_graph)
         check.check_load_time()  # first: "would run while loading" is the more useful message
