@@ -77,16 +77,48 @@ class RknnSpec:
 
 
 @dataclass(frozen=True)
+class TensorRTSpec:
+    """An NVIDIA GPU as TensorRT builds for it; the figures are for humans and reports."""
+
+    version: str = field(
+        metadata={
+            "doc": "TensorRT version the device runs (major.minor.patch, e.g. 10.3.0); it numbers the calibration "
+            "cache's header (TRT-<n>-EntropyCalibration2)"
+        }
+    )
+    int8: bool = field(
+        default=True,
+        metadata={"doc": "TensorRT has INT8 kernels for this GPU (compute capability 6.1 or newer; Maxwell has none)"},
+    )
+    jetpack: str | None = field(default=None, metadata={"doc": "JetPack release (Jetson modules), for humans"})
+    gpu: str | None = field(default=None, metadata={"doc": "GPU, for humans and reports"})
+    compute_capability: str | None = field(default=None, metadata={"doc": "CUDA compute capability (8.7: Orin)"})
+    memory_bytes: int | None = field(
+        default=None, metadata={"doc": "Memory the GPU shares with the CPU (null: depends on the machine)", "min": 1}
+    )
+    ai_tops: float | None = field(
+        default=None,
+        metadata={
+            "doc": "NVIDIA's headline 'AI performance' in TOPS (sparse INT8, GPU and DLAs together; not what one "
+            "dense engine reaches; null: not verified)",
+            "min": 0,
+        },
+    )
+    source: str | None = field(default=None, metadata={"doc": "Where the figures come from"})
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     """Where a model will run: the runtime it uses and the limits it must fit."""
 
     name: str = field(metadata={"doc": "Profile name; equals the file name without .yaml", "pattern": NAME_PATTERN})
     description: str = field(metadata={"doc": "One line for humans"})
-    runtime: Literal["litert", "tflm", "edgetpu", "ethos-u", "rknn"] = field(
+    runtime: Literal["litert", "tflm", "edgetpu", "ethos-u", "rknn", "tensorrt"] = field(
         metadata={
             "doc": "Interpreter on the device: LiteRT (TFLite), TFLite Micro, LiteRT + Edge TPU delegate, an "
-            "Arm Ethos-U NPU (a Vela-compiled model; the NPU's driver runs it, CPU ops run in TFLite Micro), or a "
-            "Rockchip NPU (a .rknn built by rknn-toolkit2, run by the RKNN runtime)"
+            "Arm Ethos-U NPU (a Vela-compiled model; the NPU's driver runs it, CPU ops run in TFLite Micro), a "
+            "Rockchip NPU (a .rknn built by rknn-toolkit2, run by the RKNN runtime), or an NVIDIA GPU (TensorRT "
+            "builds its engine from the Q/DQ ONNX model edgeconv writes)"
         }
     )
     kind: Literal["host", "ssh", "mcu"] = field(
@@ -126,6 +158,7 @@ class DeviceProfile:
     )
     npu: NpuSpec | None = field(default=None, metadata={"doc": "The Ethos-U NPU (runtime: ethos-u)"})
     rknn: RknnSpec | None = field(default=None, metadata={"doc": "The Rockchip NPU (runtime: rknn)"})
+    tensorrt: TensorRTSpec | None = field(default=None, metadata={"doc": "The NVIDIA GPU (runtime: tensorrt)"})
     budgets: Budgets = field(default_factory=Budgets, metadata={"doc": "Default budgets; a recipe's win"})
 
 
@@ -164,4 +197,6 @@ def load_device(name: str, folder: Path | None = None) -> DeviceProfile:
         raise RecipeError(f"{path}: npu: give an npu section exactly when runtime is ethos-u")
     if (profile.runtime == "rknn") != (profile.rknn is not None):
         raise RecipeError(f"{path}: rknn: give an rknn section exactly when runtime is rknn")
+    if (profile.runtime == "tensorrt") != (profile.tensorrt is not None):
+        raise RecipeError(f"{path}: tensorrt: give a tensorrt section exactly when runtime is tensorrt")
     return profile

@@ -107,6 +107,13 @@ def measure_target(
             reason=f"{profile.name} runs the Vela-compiled model with the Ethos-U driver, which is not on this "
             f"machine; see targets.{profile.name}.latency_estimate (Vela's performance model, an estimate)",
         )
+    if profile.runtime == "tensorrt":
+        return TargetResult(
+            None,
+            reason=f"{profile.name} runs a TensorRT engine built from firmware/{profile.name}/model_qdq.onnx on "
+            f"its NVIDIA GPU; edgeconv builds and times no engine (build it on the device with trtexec --int8); "
+            f"see targets.{profile.name}.accuracy (the Q/DQ model on onnxruntime, a CPU simulation)",
+        )
     if profile.runtime == "rknn" and (not spec.host or "rknn" not in models):
         return TargetResult(
             None,
@@ -123,8 +130,10 @@ def measure_target(
     if profile.needs_compiled_model:
         return TargetResult(
             None,
-            reason=f"{profile.name} runs only models compiled by edgetpu_compiler, "
-            "which is not part of this version's pipeline",
+            reason=f"{profile.name} runs only models compiled by edgetpu_compiler, which convert runs when it is on "
+            "PATH (model_int8_edgetpu.tflite); convert and deploy do not measure on an Edge TPU: run edgeconv bench "
+            "--model model_int8_edgetpu.tflite --delegate edgetpu --host USER@HOST; the op mapping is in "
+            f"targets.{profile.name}.edgetpu (a static prediction, labelled so, without the compiler)",
         )
     if profile.kind == "host":
         log.info("benchmark  host (%s, threads %s)", profile.delegate, profile.threads or "all")

@@ -14,7 +14,7 @@ import numpy as np
 from converter.devices import DeviceProfile
 from converter.recipe import Recipe
 from converter.runtime.model import TFLiteModel
-from converter.targets import edgetpu, ethos_u, litert, rknn, tflm
+from converter.targets import edgetpu, ethos_u, litert, rknn, tensorrt, tflm
 from converter.targets.base import Backend, Context, cost
 from converter.tflite.inspect_model import list_ops
 
@@ -24,6 +24,7 @@ BACKENDS: dict[str, Backend] = {
     "edgetpu": edgetpu.check,
     "ethos-u": ethos_u.check,
     "rknn": rknn.check,
+    "tensorrt": tensorrt.check,
 }
 
 
@@ -73,7 +74,8 @@ def check_targets(
         checks.sections[name] = {
             "cost": cost(ops, profile),
             **result.section,
-            "compatible": not problems,
+            # a target that skipped its work (a TensorRT target of a Keras source) is not judged: its gate skips
+            "compatible": None if result.section.get("status") == "skipped" and not problems else not problems,
             "problems": problems,
         }
         checks.files.update(result.files)

@@ -1,0 +1,255 @@
+"""Child process of the TensorRT target: the ONNX model observed, calibrated, given Q/DQ and run by onnxruntime.
+
+Run by ``tensorrt.run_worker`` as ``python -m converter.targets.tensorrt_worker job.json``. It runs apart from
+edgeconv's process because onnxruntime, onnx and (for a .pt2 source) torch are native code that a hostile or
+unusual model can crash, and because none of them needs to be loaded into the converter's process. Answers
+with one line ``EDGECONV-RESULT {json}`` on stdout: ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``
+for a model it refuses or cannot handle; anything else (a traceback, a signal) is a failure the parent explains.
+
+Steps, each in the job's folder:
+
+1. the ONNX model: the source file as given, or ``torch.onnx.export`` of a ``.pt2`` archive's module
+   (TorchScript exporter, opset 17, batch 1; torch's own reader, after ``pt2_guard`` checked the archive).
+2. statistics: every float activation (``qdq.activation_names``) observed by onnxruntime (CPU) on the
+   calibration samples, folded into ``calibration.stats.TensorStats`` exactly as the TFLite pass folds them
+   (min/max over all elements, a seeded subsample of ``SUBSAMPLE`` per sample in the 4096-bin histogram).
+3. ranges: ``calibration.ranges.choose`` with the recipe's method (and rules, by ONNX tensor name); graph
+   inputs take their observed range unless a rule names them. amax = max(|lo|, |hi|).
+4. ``qdq.insert_qdq`` and ``qdq.calibration_cache``; the Q/DQ model is checked by ``onnx.checker``.
+5. the float and the Q/DQ model run by onnxruntime on the evaluation samples (one at a time: exported models
+   have a fixed batch of 1); their first outputs are saved for the parent to score.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULT = "EDGECONV-RESULT "
+
+
+class Refused(Exception):
+    """A model this route cannot take (external data, no float input); the message says why."""
+
+
+def _export_pt2(pt2: Path, out: Path) -> str:
+    """``torch.onnx.export`` of the archive's module (TorchScript exporter: no onnxscript needed)."""
+    import warnings
+
+    import torch
+
+    from converter.sources.torch_worker import _check_as_torch_reads
+
+    _check_as_torch_reads(pt2)
+    program = torch.export.load(str(pt2))
+    args = tuple(program.example_inputs[0])
+    if not args or not all(isinstance(a, torch.Tensor) for a in args):
+        raise Refused("the archive's example inputs are not all tensors; export needs them to trace the module")
+    names = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            program.module(),
+            args,
+            str(out),
+            opset_version=17,
+            dynamo=False,
+            # PRESERVE: the exporter's EVAL mode calls train(False), which a torch.export module refuses; it is
+            # exported in eval mode already, and fold_batch_norm folds the BatchNormalization it leaves.
+            training=torch.onnx.TrainingMode.PRESERVE,
+            input_names=names if len(names) == len(args) else None,
+        )
+    return f"torch.onnx.export (TorchScript exporter, opset 17) of {pt2.name} with torch {torch.__version__}"
+
+
+def _load(path: Path) -> Any:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    external = [i.name for i in model.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise Refused(
+            f"its weights live in external data files ({len(external)} tensors, e.g. '{external[0]}'); "
+            "the TensorRT target takes a self-contained .onnx (below 2 GB) for now"
+        )
+    return model
+
+
+def _feeds(session: Any, arrays: dict[str, np.ndarray], row: int) -> dict[str, np.ndarray]:
+    return {i.name: arrays[i.name][row : row + 1] for i in session.get_inputs()}
+
+
+def _arranged(model: Any, given: list[tuple[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The samples per ONNX input (matched by name, else by position), NHWC data transposed to an NCHW input."""
+    constants = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in constants]
+    if len(inputs) != len(given):
+        raise Refused(f"the ONNX model has {len(inputs)} inputs and the data {len(given)}")
+    by_name = dict(given)
+    out, notes = {}, []
+    for k, spec in enumerate(inputs):
+        x = by_name.get(spec.name, given[k][1])
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in spec.type.tensor_type.shape.dim]
+        want = tuple(dims[1:])
+        got = tuple(x.shape[1:])
+        fits = len(want) == len(got) and all(w in (-1, g) for w, g in zip(want, got, strict=True))
+        channels_first = got[2:] + got[:2]  # NHWC data for an NCHW input
+        if (
+            not fits
+            and len(want) == 3
+            and len(got) == 3
+            and all(w in (-1, g) for w, g in zip(want, channels_first, strict=True))
+        ):
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            notes.append(f"'{spec.name}' NHWC data transposed to the ONNX model's NCHW {[1, *want]}")
+        elif not fits:
+            raise Refused(f"input '{spec.name}' takes {[1, *want]} and the data has {[1, *got]}")
+        out[spec.name] = x.astype(np.float32) if np.dtype(x.dtype).kind == "f" else x
+    return out, notes
+
+
+def _observe(model: Any, arrays: dict[str, np.ndarray], seed: int) -> tuple[list[Any], int]:
+    """``TensorStats`` of every float activation over the calibration samples (as ``calibration.stats``)."""
+    import onnxruntime as ort
+
+    from converter.calibration.stats import SUBSAMPLE, TensorStats
+    from converter.targets import qdq
+
+    names = qdq.activation_names(model)
+    probe = qdq.observable(model, names)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # no fusions: exact float values
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    returned = {o.name for o in session.get_outputs()}
+    wanted = [n for n in names if n in returned]  # graph order: the cache lists tensors as the graph runs
+    stats = {n: TensorStats(k, n, ()) for k, n in enumerate(wanted)}
+    picks: dict[str, np.ndarray | None] = {}
+    rows = len(next(iter(arrays.values())))
+    for row in range(rows):
+        values = session.run(wanted, _feeds(session, arrays, row))
+        for k, (name, v) in enumerate(zip(wanted, values, strict=True)):
+            if not isinstance(v, np.ndarray) or v.dtype != np.float32:
+                stats.pop(name, None)
+                continue
+            if name not in stats:
+                continue
+            flat = v.reshape(-1)
+            if name not in picks:
+                rng = np.random.default_rng([seed, k])
+                picks[name] = (
+                    np.sort(rng.choice(flat.size, SUBSAMPLE, replace=False)) if flat.size > SUBSAMPLE else None
+                )
+            idx = picks[name]
+            stats[name].update(flat, flat if idx is None else flat[idx])
+    return list(stats.values()), rows
+
+
+def _ranges(stats: list[Any], inputs: set[str], job: dict[str, Any]) -> tuple[dict[str, float], dict[str, int]]:
+    """amax per tensor from the recipe's method (rules matched against ONNX names); counts per method."""
+    from converter.calibration.calibrate import method_for
+    from converter.calibration.ranges import choose, minmax
+    from converter.recipe import CalibrationRule, CalibrationSpec
+
+    spec = CalibrationSpec(
+        method=job["method"],
+        percentile=job["percentile"],
+        rules=tuple(CalibrationRule(**r) for r in job["rules"]),
+    )
+    amax: dict[str, float] = {}
+    methods: dict[str, int] = {}
+    for s in stats:
+        if s.nonfinite or not s.written:
+            continue  # no range: the tensor stays float (listed by insert_qdq)
+        method, pct, by_rule = method_for(s.name, spec)
+        choice = minmax(s) if s.name in inputs and not by_rule else choose(s, method, pct)
+        amax[s.name] = max(abs(choice.lo), abs(choice.hi))
+        methods[choice.method] = methods.get(choice.method, 0) + 1
+    return amax, methods
+
+
+def _run_all(model_bytes: bytes, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    rows = len(next(iter(arrays.values())))
+    first = session.get_outputs()[0].name
+    outs = [session.run([first], _feeds(session, arrays, row))[0] for row in range(rows)]
+    return np.concatenate(outs) if outs else np.empty((0,), np.float32)
+
+
+def work(job: dict[str, Any]) -> dict[str, Any]:
+    import onnx
+    import onnxruntime as ort
+
+    from converter.targets import qdq
+
+    folder = Path(job["folder"])
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    if job.get("pt2"):
+        onnx_path = folder / "model.onnx"
+        origin = _export_pt2(Path(job["pt2"]), onnx_path)
+        seconds["export"] = time.perf_counter() - start
+    else:
+        onnx_path, origin = Path(job["onnx"]), "the source .onnx as given"
+    model, folded = qdq.fold_batch_norm(_load(onnx_path))
+    with np.load(folder / "samples.npz") as data:
+        cal = [(n, data[f"cal:{n}"]) for n in job["input_names"]]
+        ev = [(n, data[f"eval:{n}"]) for n in job["input_names"]] if job["evaluate"] else None
+    cal_arrays, notes = _arranged(model, cal)
+    t = time.perf_counter()
+    stats, rows = _observe(model, cal_arrays, job["seed"])
+    seconds["statistics"] = time.perf_counter() - t
+    inputs = {i.name for i in model.graph.input}
+    amax, methods = _ranges(stats, inputs, job)
+    quantized, summary = qdq.insert_qdq(model, amax)
+    onnx.checker.check_model(quantized)
+    qdq_bytes = quantized.SerializeToString()
+    (folder / "model_qdq.onnx").write_bytes(qdq_bytes)
+    (folder / "calibration.cache").write_text(qdq.calibration_cache(job["header"], amax), encoding="utf-8")
+    answer: dict[str, Any] = {
+        "ok": True,
+        "origin": origin,
+        "layout": notes,
+        "tensors": len(amax),
+        "calibration_samples": rows,
+        "methods": methods,
+        "summary": {"folded_batch_norms": folded, **summary},
+        "opset": next((o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx")), None),
+        "versions": {"onnx": onnx.__version__, "onnxruntime": ort.__version__},
+    }
+    if ev is not None:
+        t = time.perf_counter()
+        ev_arrays, _ = _arranged(model, ev)
+        np.savez(
+            folder / "outputs.npz",
+            float=_run_all(model.SerializeToString(), ev_arrays),
+            qdq=_run_all(qdq_bytes, ev_arrays),
+        )
+        seconds["evaluate"] = time.perf_counter() - t
+    answer["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+    return answer
+
+
+def main(argv: list[str]) -> int:
+    job = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
+    from converter.errors import ModelLoadError
+
+    try:
+        answer = work(job)
+    except (Refused, ModelLoadError) as e:
+        answer = {"ok": False, "error": str(e)}
+    print(RESULT + json.dumps(answer), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
