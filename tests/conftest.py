@@ -1,10 +1,14 @@
-"""Shared fixtures: tiny Keras models built and trained in seconds, their data, recipe files."""
+"""Shared fixtures: tiny Keras models built and trained in seconds, their data, recipe files; the two test
+tiers (``--full``); the onnx2tf and RKNN virtualenvs, made on first use where ``edgeconv setup`` puts them."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,10 +24,128 @@ ROOT = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("EDGECONV_REALDATA", ROOT.parent / "shared" / "realdata"))
 
 
+def _setup_locations() -> dict[str, Path]:
+    """Where ``edgeconv setup onnx`` / ``edgeconv setup rknn`` put their virtualenvs on this machine
+    (``$EDGECONV_ONNX_VENV`` / ``$EDGECONV_RKNN_VENV``, else under the cache folder), resolved once at import,
+    before ``_isolated_cache`` points ``EDGECONV_CACHE_DIR`` at a per-session folder: the tests use the
+    machine's one copy and make it there when it is missing."""
+    from converter.sources import onnx_setup
+    from converter.targets import rknn_setup
+
+    return {"onnx": onnx_setup.venv_dir(), "rknn": rknn_setup.venv_dir()}
+
+
+VENVS = _setup_locations()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--full",
+        action="store_true",
+        default=False,
+        help="edgeconv: run the full tier as well (the tests marked 'full'; .ci/run does); without it they are "
+        "deselected unless -m names the mark",
+    )
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """CI sets EDGECONV_REQUIRE_REALDATA=1 where the real models are: then they must not be skipped."""
     if os.environ.get("EDGECONV_REQUIRE_REALDATA") == "1" and not REALDATA.is_dir():
         raise pytest.UsageError(f"EDGECONV_REQUIRE_REALDATA=1 but {REALDATA} is not a folder")
+
+
+def _full_tier(config: pytest.Config) -> bool:
+    """``--full``, or a ``-m`` expression that names the mark (``-m full``, ``-m "full and realdata"``)."""
+    return bool(config.getoption("--full")) or re.search(r"\bfull\b", config.getoption("markexpr") or "") is not None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if _full_tier(config):
+        return "edgeconv tier: full (tests marked 'full' included)"
+    return "edgeconv tier: default (tests marked 'full' deselected; --full runs them)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The default tier: tests marked ``full`` are deselected (and counted as such) unless asked for."""
+    if _full_tier(config):
+        return
+    kept = [item for item in items if item.get_closest_marker("full") is None]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item.get_closest_marker("full") is not None])
+        items[:] = kept
+
+
+def _provision(kind: str) -> Path:
+    """The ``kind`` ("onnx" or "rknn") virtualenv at ``VENVS[kind]``, made by the real ``edgeconv setup`` when
+    it is not ready (onnx: ~93 s and 2.6 GB the first time; nothing to do when it is). pytest-xdist workers
+    wait on one lock: one makes it, the others then find it ready. When it cannot be made (offline, no
+    CPython 3.11) the test skips with setup's message, or fails where ``EDGECONV_REQUIRE_<KIND>=1``."""
+    from converter.sources import onnx_setup
+    from converter.targets import rknn_setup
+
+    installed = {"onnx": onnx_setup.installed, "rknn": rknn_setup.installed}[kind]
+    venv, required = VENVS[kind], f"EDGECONV_REQUIRE_{kind.upper()}"
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with (venv.parent / f".{venv.name}.test-lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if installed(venv) is not None:
+            return venv
+        command = [sys.executable, "-m", "converter", "setup", kind, "--venv", str(venv)]
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            timeout=1800,
+            check=False,
+        )
+    if done.returncode == 0 and installed(venv) is not None:
+        return venv
+    said = (done.stderr or done.stdout).strip()[-600:]
+    setup = f"python {' '.join(command[1:])}"
+    message = f"the {kind} virtualenv could not be made at {venv}: `{setup}` exited {done.returncode}: {said}"
+    if os.environ.get(required) == "1":
+        pytest.fail(f"{required}=1 but {message}")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def onnx_venv() -> Iterator[Path]:
+    """onnx2tf's virtualenv (``edgeconv setup onnx``), exported as ``$EDGECONV_ONNX_VENV`` for this session
+    and the processes it starts; made on first use (see ``_provision``)."""
+    venv = _provision("onnx")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGECONV_ONNX_VENV", str(venv))
+        yield venv
+
+
+@pytest.fixture(scope="session")
+def rknn_venv() -> Iterator[Path]:
+    """rknn-toolkit2's virtualenv (``edgeconv setup rknn``), exported as ``$EDGECONV_RKNN_VENV``; see ``onnx_venv``."""
+    venv = _provision("rknn")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGECONV_RKNN_VENV", str(venv))
+        yield venv
+
+
+DEAD_PROXY = "http://127.0.0.1:9"  # nothing listens: any download onnx2tf tries fails at once
+
+
+@pytest.fixture
+def onnx_env(onnx_venv: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The ONNX virtualenv, and every HTTP(S) proxy pointing at a closed port: onnx2tf must download nothing."""
+    monkeypatch.setenv("EDGECONV_ONNX_VENV", str(onnx_venv))
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.setenv(name, DEAD_PROXY)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    yield onnx_venv
+
+
+@pytest.fixture
+def rknn_env(rknn_venv: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("EDGECONV_RKNN_VENV", str(rknn_venv))
+    yield rknn_venv
 
 
 @contextmanager

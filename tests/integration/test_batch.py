@@ -77,6 +77,7 @@ def recipes(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return folder
 
 
+@pytest.mark.full  # about 2 minutes: every variant converted one by one, then again with --jobs 2
 def test_jobs_2_gives_the_bytes_of_one_by_one_with_one_shared_cache(recipes: Path, tmp_path: Path) -> None:
     for name in VARIANTS:
         done = _convert(["--recipe", str(recipes / f"{name}.yaml"), "--out", str(tmp_path / "one" / name)],

@@ -176,6 +176,7 @@ def test_python_dash_m_entry_point() -> None:
     assert result.returncode == 0 and result.stdout.strip() == "edgeconv, version 0.1.0"
 
 
+@pytest.mark.full  # two more conversions in fresh processes; test_convert checks identical bytes in one
 def test_separate_processes_give_identical_models(
     tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path
 ) -> None:

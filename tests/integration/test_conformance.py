@@ -44,13 +44,16 @@ KNOWN_TFLM_MISSING: dict[str, tuple[str, ...]] = {
 }
 # (architecture, source) cases that fail today, with the reason: strict, so a fix shows up as XPASS. None today.
 KNOWN_FAILURES: dict[tuple[str, str], str] = {}
+# The default tier converts one small architecture from every source (seconds each); every other case is in the
+# full tier (``--full``): the Keras applications alone take minutes on 2 cores.
+DEFAULT_TIER = {"ds_cnn"}
 
 
 def _cases() -> list[object]:
     cases: list[object] = []
     for arch in zoo.ARCHITECTURES:
         for source in zoo.SOURCES:
-            marks: list[pytest.MarkDecorator] = []
+            marks: list[pytest.MarkDecorator] = [] if arch.name in DEFAULT_TIER else [pytest.mark.full]
             if arch.skip:
                 marks.append(pytest.mark.xfail(strict=True, reason=arch.skip))
             elif (arch.name, source) in KNOWN_FAILURES:
@@ -112,6 +115,7 @@ def test_converts_full_integer_as_well_as_stock(
         assert case.tflm.runs, case.tflm
 
 
+@pytest.mark.full  # builds the transformer from every source
 def test_dynamic_batch_shape_arithmetic_is_folded(zoo_build: Callable[[str], Built]) -> None:
     """The stock float .tflite of a transformer computes reshape targets from its unknown batch (SHAPE ...
     REDUCE_PROD, which TFLite Micro lacks); the float reference folds them at batch 1, same outputs."""

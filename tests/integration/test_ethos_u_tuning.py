@@ -27,6 +27,7 @@ def outlier_pooled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return outlier_model.build(tmp_path_factory.mktemp("pooled") / "outlier_pooled.keras", pooled=True)
 
 
+@pytest.mark.full  # a second Ethos-U model through the loop; test_ethos_u covers the target
 def test_16x8_is_kept_for_an_ethos_u_when_vela_maps_it(
     outlier_pooled: Path, write_recipe: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -71,6 +71,9 @@ def train(kind: str, x: np.ndarray, y: np.ndarray) -> Any:
     return model
 
 
+pytestmark = pytest.mark.full  # trains and converts two fused-LSTM models: over a minute
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The two float .tflite files, their data, and the stock converter's int8 top-1 for the LSTM."""

@@ -27,9 +27,9 @@ import yaml
 from click.testing import CliRunner
 
 from converter.cli.main import main
-from tests.integration.test_onnx import onnx_env, onnx_venv  # noqa: F401 - the fixtures
 
 CASES = 16  # per source: about a minute each on 2 cores (most cases are refused before any conversion)
+pytestmark = pytest.mark.full  # the fuzzers run in the full tier
 
 
 class _Payload:
@@ -253,7 +253,7 @@ def _onnx_model(rng: random.Random, work: Path, marker: Path) -> Path:
     return path
 
 
-def test_fuzz_onnx(onnx_env: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_fuzz_onnx(onnx_env: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnx")
     counts = _fuzz(tmp_path, "onnx", _onnx_model, range(2000, 2000 + CASES))
     assert counts[2] >= CASES // 2

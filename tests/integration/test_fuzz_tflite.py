@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -41,6 +42,7 @@ from tests.integration.test_tflite_hostile import ADD_ONE, reshape_model
 CASES = int(os.environ.get("EDGECONV_FUZZ_CASES", "60"))
 SEED = int(os.environ.get("EDGECONV_FUZZ_SEED", "20240611"))
 TIMEOUT_S = 900
+pytestmark = pytest.mark.full  # the fuzzers run in the full tier
 
 
 def _field(rng: random.Random, data: bytes) -> bytes:

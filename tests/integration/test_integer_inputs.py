@@ -116,13 +116,17 @@ def _agreement(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
 
 # (route, integer dtype of the .tflite models' id input, targets): int64 ids cannot run in TFLite Micro.
 ROUTES = [("pt2", "int32", ["host", MCU]), ("onnx", "int64", ["host"]), ("onnx-int32", "int32", ["host", MCU])]
+FULL_TIER_ROUTES = {"pt2", "onnx"}  # the default tier converts the onnx-int32 case
 
 
-@pytest.mark.parametrize(("route", "dtype", "targets"), ROUTES, ids=[r[0] for r in ROUTES])
+@pytest.mark.parametrize(
+    ("route", "dtype", "targets"),
+    [pytest.param(*r, id=r[0], marks=[pytest.mark.full] if r[0] in FULL_TIER_ROUTES else []) for r in ROUTES],
+)
 def test_token_ids_convert_full_integer_and_stay_integer(
-    route: str, dtype: str, targets: list[str], tok: dict[str, Any], tmp_path: Path
+    route: str, dtype: str, targets: list[str], tok: dict[str, Any], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    env = _onnx_env() if route.startswith("onnx") else {}
+    env = _onnx_env(request) if route.startswith("onnx") else {}
     recipe = {
         **_recipe(_source(tok, route), tok["folder"] / "cal.npz", tok["folder"] / "eval.npz"),
         "targets": targets,
@@ -187,6 +191,7 @@ def _failing(tok: dict[str, Any], tmp_path: Path, cal: np.ndarray, ev: np.ndarra
     return done.returncode, done.stderr
 
 
+@pytest.mark.full  # the other two refusals of the ids run by default
 def test_float_ids_are_exit_2_naming_the_input(tok: dict[str, Any], tmp_path: Path) -> None:
     code, said = _failing(tok, tmp_path, tok["ids"][:200].astype(np.float32))
     # Before: exit 3 from the statistics pass ("Got value of type FLOAT32 but expected type INT32").
@@ -213,10 +218,13 @@ def test_an_id_beyond_the_vocabulary_is_exit_2_naming_the_row(tok: dict[str, Any
     assert "index out of bounds" in said and "this model's tokenizer or vocabulary" in said
 
 
+@pytest.mark.full  # a second integer-input model from both routes
 @pytest.mark.parametrize("route", ["pt2", "onnx"])
-def test_float_features_and_an_integer_index_convert(route: str, tmp_path: Path) -> None:
+def test_float_features_and_an_integer_index_convert(
+    route: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """Two inputs, one float and one integer, from an .npz with one array per input."""
-    env = _onnx_env() if route == "onnx" else {}
+    env = _onnx_env(request) if route == "onnx" else {}
     torch.manual_seed(0)
     model = FeaturesAndIndex().eval()
     rng = np.random.default_rng(0)

@@ -110,8 +110,8 @@ def _convert(tmp_path: Path, model: Path) -> subprocess.CompletedProcess[str]:
     ("kind", "node_where"),
     [
         ("main_op:write", "node 'WriteFile' in the graph"),
-        ("legacy_init_op:write", "node 'WriteFile' in the graph"),
-        ("tf2", "node 'WriteFile' in function __inference__initializer_"),
+        pytest.param("legacy_init_op:write", "node 'WriteFile' in the graph", marks=pytest.mark.full),
+        pytest.param("tf2", "node 'WriteFile' in function __inference__initializer_", marks=pytest.mark.full),
     ],
 )
 def test_savedmodel_whose_load_writes_a_file_is_refused_unrun(tmp_path: Path, kind: str, node_where: str) -> None:
@@ -128,6 +128,7 @@ def test_savedmodel_whose_load_writes_a_file_is_refused_unrun(tmp_path: Path, ki
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.full  # a third hostile TF1 SavedModel
 def test_stateful_op_off_the_allowlist_is_refused_at_load_time(tmp_path: Path) -> None:
     # tf.print to stderr is harmless anywhere else, but it is stateful and not on the load-time allowlist.
     model = _build("main_op:print", tmp_path / "model", tmp_path / "unused")
@@ -146,6 +147,7 @@ def test_python_code_anywhere_in_the_graph_is_refused(tmp_path: Path) -> None:
         check_saved_model(model)
 
 
+@pytest.mark.full  # a fourth hostile TF1 SavedModel
 def test_saver_restore_op_pointing_at_an_unknown_op_is_refused(tmp_path: Path) -> None:
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -167,6 +169,7 @@ def test_saver_restore_op_pointing_at_an_unknown_op_is_refused(tmp_path: Path) -
     )
 
 
+@pytest.mark.full  # test_keras2_savedmodel_from_realdata converts a clean one
 def test_clean_tf1_savedmodel_still_converts(tmp_path: Path) -> None:
     model = _build("main_op:none", tmp_path / "model", tmp_path / "unused")
     loaded = load_model(model)

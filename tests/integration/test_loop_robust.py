@@ -29,6 +29,7 @@ from tools import outlier_model
 SIZE = 32
 DEAD = 3  # the dead channel of the second depthwise conv
 SCALE = 1000.0
+pytestmark = pytest.mark.full  # trains a MobileNet v1 and runs it through the loop
 
 
 def build_mobilenet_v1(out: Path, seed: int = 0) -> Path:

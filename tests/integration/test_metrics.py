@@ -232,6 +232,7 @@ def test_first_conv_is_not_ranked_worst_by_an_exact_input(
     assert all(e["sqnr_drop_db"] is None or e["sqnr_drop_db"] < 30 for e in layers), layers
 
 
+@pytest.mark.full  # test_analyze ranks the outlier layer in the default tier
 def test_the_outlier_conv_is_still_ranked_first(write_recipe: Callable[..., Path], tmp_path: Path) -> None:
     from tools import outlier_model
 

@@ -32,7 +32,6 @@ from converter.cli.main import main
 from converter.reports.report import FLOAT_NAME, INT8_NAME
 from converter.runtime.model import TFLiteModel, pack_inputs
 from converter.tflite.inspect_model import list_ops
-from tests.integration.test_rknn import rknn_env, rknn_venv  # noqa: F401 - fixtures
 
 INTEGER_DTYPES = {"int8", "int16", "int32"}
 SIDE, FEATURES, CLASSES = 12, 6, 4
@@ -130,7 +129,10 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-@pytest.mark.parametrize("source", list(SOURCES), ids=list(SOURCES))
+@pytest.mark.parametrize(
+    "source",
+    [pytest.param(s, id=s, marks=[pytest.mark.full] if s != "keras" else []) for s in SOURCES],
+)
 def test_converts_full_integer_with_both_inputs_and_outputs(source: str, model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / source.replace("-", "_")
     result = _run(_recipe(model_dir, SOURCES[source], out), out)
@@ -301,7 +303,8 @@ def test_preprocessing_keys_are_exit_2_for_a_two_input_model(model_dir: Path, tm
     )
 
 
-def test_rknn_simulator_takes_every_input(rknn_env: Path, model_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+@pytest.mark.full  # a second RKNN simulation
+def test_rknn_simulator_takes_every_input(rknn_env: Path, model_dir: Path, tmp_path: Path) -> None:
     """rknn-toolkit2 builds the two-input model and its simulator is fed both quantized inputs, in order.
 
     A swapped or mis-quantized input would fail the toolkit (shapes) or the SQNR bound below.

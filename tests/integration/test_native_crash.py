@@ -23,7 +23,7 @@ import yaml
 
 from converter.supervise import running_step
 from tests.conftest import ROOT, sigint_default
-from tests.integration.test_onnx import onnx_env, onnx_models, onnx_venv  # noqa: F401 - fixtures
+from tests.integration.test_onnx import onnx_models  # noqa: F401 - a fixture
 
 DEMO = ROOT / "recipes" / "mobilenet.yaml"
 ADD_ONE = ROOT / "tests" / "data" / "add_one_float.tflite"
@@ -186,6 +186,7 @@ def test_a_crashed_recipe_of_a_batch_names_its_step(tmp_path: Path) -> None:
     assert published == ["add_one_float"]  # the crashed one's lock and staging folder wait for its next run
 
 
+@pytest.mark.full  # converts the MobileNet demo until killed; the other crash tests stay in the default tier
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV], ids=["SIGKILL", "SIGSEGV"])
 def test_the_demo_killed_during_calibration_names_the_step(tmp_path: Path, sig: signal.Signals) -> None:
     """The kernel's own kill (what the OOM killer sends) and a SIGSEGV, sent to the process running the
@@ -266,7 +267,7 @@ def _kill_worker_during_load(tmp_path: Path, model: Path, x: np.ndarray, marker:
 
 
 def test_onnx_worker_killed_is_a_clear_error(
-    onnx_env: Path,  # noqa: F811 - the fixture imported above
+    onnx_env: Path,
     onnx_models: dict[str, tuple[Any, Path]],  # noqa: F811
     tmp_path: Path,
 ) -> None:
@@ -277,6 +278,7 @@ def test_onnx_worker_killed_is_a_clear_error(
     assert stderr.splitlines()[-1].startswith("error: onnx2tf crashed (SIGKILL) converting the model; its last words:")
 
 
+@pytest.mark.full  # the onnx2tf worker's crash stays in the default tier
 def test_torch_worker_killed_is_a_clear_error(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("litert_torch")

@@ -1,8 +1,9 @@
 """ONNX sources: the real onnx2tf 1.29.24 in the virtualenv ``edgeconv setup onnx`` makes, fed models exported
 from PyTorch with ``torch.onnx.export`` (opset 17).
 
-The virtualenv is looked for at ``$EDGECONV_ONNX_VENV``, else ~/.cache/edgeconv-tests/onnx-venv; when it is
-absent the tests that need it skip with the setup command, unless EDGECONV_REQUIRE_ONNX=1 (CI), where they fail.
+The virtualenv is conftest's ``onnx_venv``: where ``edgeconv setup onnx`` puts it (``$EDGECONV_ONNX_VENV``, else
+the cache folder), made there on first use; where it cannot be made the tests that need it skip with setup's
+message, unless EDGECONV_REQUIRE_ONNX=1 (CI), where they fail.
 Every conversion runs with HTTP(S)_PROXY pointing at a closed port, so onnx2tf's download of calibration images
 (every input 4-D with 3 channels) would fail: the CNN converting proves the worker's pre-made file prevents it.
 
@@ -16,7 +17,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,32 +35,6 @@ from converter.tflite.inspect_model import float_ops, list_ops
 from tests.conftest import ROOT, assert_accuracy_drop_below, tiny_data
 
 TOLERANCE = 1e-4  # float .tflite against PyTorch (measured: below 1e-6)
-DEAD_PROXY = "http://127.0.0.1:9"  # nothing listens: any download onnx2tf tries fails at once
-
-
-def _venv() -> Path:
-    return Path(os.environ.get("EDGECONV_ONNX_VENV") or Path.home() / ".cache" / "edgeconv-tests" / "onnx-venv")
-
-
-@pytest.fixture(scope="session")
-def onnx_venv() -> Path:
-    venv = _venv()
-    if onnx_setup.installed(venv) is None:
-        message = f"the ONNX virtualenv is not set up at {venv}: run `python -m converter setup onnx --venv {venv}`"
-        if os.environ.get("EDGECONV_REQUIRE_ONNX") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return venv
-
-
-@pytest.fixture
-def onnx_env(onnx_venv: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("EDGECONV_ONNX_VENV", str(onnx_venv))
-    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
-        monkeypatch.setenv(name, DEAD_PROXY)
-    for name in ("NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    yield onnx_venv
 
 
 def _torch_models() -> dict[str, tuple[Any, tuple[int, ...]]]:
@@ -142,8 +117,8 @@ def _run_tflite(model: TFLiteModel, x: np.ndarray) -> np.ndarray:
     ("name", "shape", "loader"),
     [
         ("cnn", (1, 12, 12, 3), "'x' NCHW [1, 3, 12, 12] taken as NHWC [1, 12, 12, 3]"),
-        ("seq", (1, 12, 8), "'x' [1, 12, 8] as in the ONNX model"),
-        ("lstm", (1, 12, 8), "'x' [1, 12, 8] as in the ONNX model"),
+        pytest.param("seq", (1, 12, 8), "'x' [1, 12, 8] as in the ONNX model", marks=pytest.mark.full),
+        pytest.param("lstm", (1, 12, 8), "'x' [1, 12, 8] as in the ONNX model", marks=pytest.mark.full),
     ],
 )
 def test_float_model_matches_pytorch(
@@ -244,6 +219,7 @@ def _onnx_with_external_tensor(folder: Path, location: str) -> Path:
     return path
 
 
+@pytest.mark.full  # test_onnx_hostile checks external data by default
 def test_external_data_outside_the_models_folder_is_refused(onnx_env: Path, tmp_path: Path) -> None:
     folder = tmp_path / "m"
     folder.mkdir()
@@ -353,6 +329,7 @@ def test_setup_is_idempotent(onnx_venv: Path) -> None:
     assert done.stdout.startswith(f"onnx2tf 1.29.24 already set up in {onnx_venv} (2.6 GB, ")
 
 
+@pytest.mark.full  # trains a transformer and converts it: a third ONNX conversion
 def test_exact_gelu_transformer_converts_full_integer(
     onnx_env: Path, tmp_path: Path, write_recipe: Callable[..., Path]
 ) -> None:
@@ -416,6 +393,7 @@ def test_exact_gelu_transformer_converts_full_integer(
     assert sqnr >= 25.0, f"int8 against PyTorch: {sqnr:.1f} dB"
 
 
+@pytest.mark.full  # a third ONNX conversion
 def test_nchw_layout_keeps_the_onnx_models_channel_first_input(
     onnx_env: Path, tmp_path: Path, write_recipe: Callable[..., Path]
 ) -> None:

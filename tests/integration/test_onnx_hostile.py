@@ -18,7 +18,6 @@ from converter.cli.main import main
 from converter.errors import ModelLoadError
 from converter.runtime.model import TFLiteModel
 from converter.sources.load import load_model
-from tests.integration.test_onnx import onnx_env, onnx_venv  # noqa: F401 - the fixtures
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
@@ -70,7 +69,7 @@ def folder(tmp_path: Path) -> Path:
 
 
 def test_a_repeated_location_cannot_copy_a_host_file_into_the_output(
-    onnx_env: Path,  # noqa: F811
+    onnx_env: Path,
     folder: Path,
     tmp_path: Path,
 ) -> None:
@@ -129,7 +128,7 @@ def test_external_data_entries_are_checked(
     entries: list[tuple[str, str]],
     dims: tuple[int, ...],
     message: str,
-    onnx_env: Path,  # noqa: F811
+    onnx_env: Path,
     folder: Path,
 ) -> None:
     path = _add_model(folder, _external(entries, dims))
@@ -139,13 +138,13 @@ def test_external_data_entries_are_checked(
     assert message in str(caught.value)
 
 
-def test_a_huge_declared_initializer_without_data_is_refused(onnx_env: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_huge_declared_initializer_without_data_is_refused(onnx_env: Path, tmp_path: Path) -> None:
     path = _add_model(tmp_path, _declared((1 << 20, 1 << 20)))
     with pytest.raises(ModelLoadError, match=r"tensor 'w' declares dimensions \[1048576, 1048576\] .* holds 0 values"):
         load_model(path)
 
 
-def test_a_constant_of_shape_bomb_is_refused_before_onnx2tf(onnx_env: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_constant_of_shape_bomb_is_refused_before_onnx2tf(onnx_env: Path, tmp_path: Path) -> None:
     """A few bytes asking for a 64 GiB constant: onnxsim would fold it; the size is read from shape inference."""
     shape = helper.make_tensor("shape", TensorProto.INT64, [3], [1 << 16, 1 << 16, 4])
     nodes = [
@@ -178,7 +177,7 @@ def _function_model(folder: Path, op: str, domain: str) -> Path:
     return path
 
 
-def test_a_model_local_function_of_standard_ops_converts(onnx_env: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_model_local_function_of_standard_ops_converts(onnx_env: Path, tmp_path: Path) -> None:
     loaded = load_model(_function_model(tmp_path, "Add", ""))
     model = TFLiteModel(model_content=loaded.float_tflite)
     x = np.array([[-1.0, 0.5, 2.0, -3.0]], np.float32)
@@ -187,12 +186,12 @@ def test_a_model_local_function_of_standard_ops_converts(onnx_env: Path, tmp_pat
     assert model.interpreter.get_tensor(model.outputs[0].index).tolist() == [[0.0, 1.0, 4.0, 0.0]]
 
 
-def test_a_custom_operator_inside_a_function_is_named(onnx_env: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_custom_operator_inside_a_function_is_named(onnx_env: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"custom operators com\.example::Mix are not standard ONNX"):
         load_model(_function_model(tmp_path, "Mix", "com.example"))
 
 
-def test_a_model_the_onnx_checker_rejects_is_exit_2(onnx_env: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_model_the_onnx_checker_rejects_is_exit_2(onnx_env: Path, tmp_path: Path) -> None:
     """An Add with one input is malformed ONNX: onnx's checker says so, not a failure deep in onnx2tf."""
     weight = helper.make_tensor("w", TensorProto.FLOAT, [4], [0.0] * 4)
     path = _add_model(tmp_path, weight, [helper.make_node("Add", ["x"], ["y"])])
@@ -201,7 +200,7 @@ def test_a_model_the_onnx_checker_rejects_is_exit_2(onnx_env: Path, tmp_path: Pa
     assert path.exists()
 
 
-def test_an_op_onnx2tf_keeps_as_a_tensorflow_op_is_named(onnx_env: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_an_op_onnx2tf_keeps_as_a_tensorflow_op_is_named(onnx_env: Path, tmp_path: Path) -> None:
     """ONNX Det becomes FlexMatrixDeterminant: exit 2 naming it, not advice to link the Flex delegate."""
     graph = helper.make_graph(
         [helper.make_node("Det", ["x"], ["d"]), helper.make_node("Add", ["d", "d"], ["y"])],

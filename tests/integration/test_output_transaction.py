@@ -148,15 +148,16 @@ def test_out_under_a_file_is_refused_at_once(recipes: dict[str, Path], tmp_path:
 @pytest.mark.parametrize(
     ("hook", "sig", "exchange"),
     [
-        (artifacts.PAUSE_BEFORE_SWITCH, signal.SIGKILL, True),
-        (artifacts.PAUSE_BEFORE_SWITCH, signal.SIGINT, True),
-        (artifacts.PAUSE_MID_SWITCH, signal.SIGKILL, True),  # exchanged, not yet marked published
-        (artifacts.PAUSE_MID_SWITCH, signal.SIGINT, True),
-        (artifacts.PAUSE_MID_SWITCH, signal.SIGKILL, False),  # between the fallback's two renames
-        (artifacts.PAUSE_MID_SWITCH, signal.SIGINT, False),
-        (artifacts.PAUSE_AFTER_SWITCH, signal.SIGINT, True),
+        pytest.param(artifacts.PAUSE_BEFORE_SWITCH, signal.SIGKILL, True, id="before-KILL"),
+        pytest.param(artifacts.PAUSE_BEFORE_SWITCH, signal.SIGINT, True, id="before-INT", marks=pytest.mark.full),
+        # exchanged, not yet marked published
+        pytest.param(artifacts.PAUSE_MID_SWITCH, signal.SIGKILL, True, id="exchanged-KILL", marks=pytest.mark.full),
+        pytest.param(artifacts.PAUSE_MID_SWITCH, signal.SIGINT, True, id="exchanged-INT"),
+        # between the fallback's two renames
+        pytest.param(artifacts.PAUSE_MID_SWITCH, signal.SIGKILL, False, id="fallback-KILL"),
+        pytest.param(artifacts.PAUSE_MID_SWITCH, signal.SIGINT, False, id="fallback-INT", marks=pytest.mark.full),
+        pytest.param(artifacts.PAUSE_AFTER_SWITCH, signal.SIGINT, True, id="after-INT", marks=pytest.mark.full),
     ],
-    ids=["before-KILL", "before-INT", "exchanged-KILL", "exchanged-INT", "fallback-KILL", "fallback-INT", "after-INT"],
 )
 def test_a_run_signalled_before_during_or_after_the_switch_leaves_old_or_new(
     recipes: dict[str, Path], tmp_path: Path, hook: str, sig: int, exchange: bool

@@ -27,7 +27,6 @@ import pytest
 
 from converter.reports.report import FLOAT_NAME, INT8_NAME
 from converter.runtime.model import TFLiteModel
-from converter.sources import onnx_setup
 from converter.tflite.inspect_model import float_ops
 from tests.conftest import ROOT
 
@@ -36,31 +35,32 @@ RECIPES = {"pt2": ROOT / "recipes" / "digits_cnn_pt2.yaml", "onnx": ROOT / "reci
 TORCH_MISSING = [m for m in ("torch", "litert_torch") if importlib.util.find_spec(m) is None]
 
 
-def _onnx_venv() -> Path:
-    return Path(os.environ.get("EDGECONV_ONNX_VENV") or Path.home() / ".cache" / "edgeconv-tests" / "onnx-venv")
-
-
-def _missing(route: str) -> str | None:
-    """Why ``route`` cannot run here (None when it can); a failure instead of a skip where CI requires it."""
+def _missing(route: str, request: pytest.FixtureRequest) -> str | None:
+    """Why ``route`` cannot run here (None when it can); a failure instead of a skip where CI requires it. The
+    ONNX route takes conftest's ``onnx_venv``, made on first use (and exported as ``$EDGECONV_ONNX_VENV``)."""
     if route == "pt2" and TORCH_MISSING:
-        why, required = f"{', '.join(TORCH_MISSING)} not installed: pip install -e '.[torch]'", "EDGECONV_REQUIRE_TORCH"
-    elif route == "onnx" and onnx_setup.installed(_onnx_venv()) is None:
-        why, required = f"no ONNX virtualenv at {_onnx_venv()}: edgeconv setup onnx", "EDGECONV_REQUIRE_ONNX"
-    else:
-        return None
-    if os.environ.get(required) == "1":
-        pytest.fail(f"{required}=1 but {why}")
-    return why
+        why = f"{', '.join(TORCH_MISSING)} not installed: pip install -e '.[torch]'"
+        if os.environ.get("EDGECONV_REQUIRE_TORCH") == "1":
+            pytest.fail(f"EDGECONV_REQUIRE_TORCH=1 but {why}")
+        return why
+    if route == "onnx":
+        try:
+            request.getfixturevalue("onnx_venv")  # fails instead where EDGECONV_REQUIRE_ONNX=1
+        except pytest.skip.Exception as skipped:
+            return str(skipped.msg)
+    return None
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict[str, Any]]]:
+def runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Path, dict[str, Any]]]:
     """Each available route converted once with the README's command (a real ``edgeconv convert`` process)."""
     done: dict[str, tuple[Path, dict[str, Any]]] = {}
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGECONV_ONNX_VENV": str(_onnx_venv())}
     for route, recipe in RECIPES.items():
-        if _missing(route):
+        if _missing(route, request):
             continue
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}  # with $EDGECONV_ONNX_VENV, which onnx_venv exported
         out = tmp_path_factory.mktemp(route) / "out"
         cmd = [sys.executable, "-m", "converter", "convert", "--recipe", str(recipe), "--out", str(out)]
         result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False)
@@ -76,9 +76,9 @@ def _test_data() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("route", list(RECIPES))
 def test_full_integer_within_one_point_on_host_and_mcu(
-    route: str, runs: dict[str, tuple[Path, dict[str, Any]]]
+    route: str, runs: dict[str, tuple[Path, dict[str, Any]]], request: pytest.FixtureRequest
 ) -> None:
-    why = _missing(route)
+    why = _missing(route, request)
     if why:
         pytest.skip(why)
     out, report = runs[route]
@@ -96,10 +96,12 @@ def test_full_integer_within_one_point_on_host_and_mcu(
     assert all(g["status"] == "passed" for g in report["gates"]), report["gates"]
 
 
-def test_pt2_and_onnx_give_the_same_network(runs: dict[str, tuple[Path, dict[str, Any]]]) -> None:
+def test_pt2_and_onnx_give_the_same_network(
+    runs: dict[str, tuple[Path, dict[str, Any]]], request: pytest.FixtureRequest
+) -> None:
     """The two front doors agree with PyTorch and with each other: float to 1e-4, int8 on the same answers."""
     for route in RECIPES:
-        why = _missing(route)
+        why = _missing(route, request)
         if why:
             pytest.skip(why)
     x, _ = _test_data()  # [N, 8, 8, 1], the channel-last layout both float references take
@@ -124,13 +126,14 @@ def test_pt2_and_onnx_give_the_same_network(runs: dict[str, tuple[Path, dict[str
     assert float(np.mean(tops["pt2"] == tops["onnx"])) >= 0.99
 
 
-def test_training_script_makes_the_committed_weights() -> None:
+@pytest.mark.full  # retrains the demo network
+def test_training_script_makes_the_committed_weights(request: pytest.FixtureRequest) -> None:
     """tools/train_torch_digits.py --check retrains (seeded, deterministic kernels) and reproduces the model.
 
     Bit-identical weights hold on one processor only (float rounding differs between them), so the check
     passes on identical weights or on the committed model's held-out top-1 within one point.
     """
-    why = _missing("pt2")
+    why = _missing("pt2", request)
     if why:
         pytest.skip(why)
     import torch

@@ -31,6 +31,7 @@ INTEGER_DTYPES = {"int8", "int16", "int32"}
 # Measured on these seeded models (2026-11-28, 360 digits / 200 sine-wave held-out samples): float/int8 top-1
 # LSTM 94.72/94.72, Bidirectional(LSTM) 93.06/93.33, GRU 100/100, SimpleRNN 100/100; 1 point allowed.
 MAX_DROP_POINTS = 1.0
+pytestmark = pytest.mark.full  # trains four recurrent classifiers first: about a minute on 2 cores
 STEPS, CHANNELS, CLASSES = 16, 2, 4
 
 

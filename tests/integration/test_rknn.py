@@ -1,10 +1,10 @@
 """Rockchip RKNN targets: the real rknn-toolkit2 2.5.0 and its x86 simulator, in the virtualenv
 ``edgeconv setup rknn`` makes.
 
-The virtualenv is provisioned once per machine by the real command (``rknn_venv`` below) in a stable
-folder (``$EDGECONV_RKNN_VENV``, else ~/.cache/edgeconv-tests/rknn-venv), so reruns take seconds. CI
-provisions it in ``.ci/run`` and sets EDGECONV_REQUIRE_RKNN=1: there a failed setup fails the tests.
-Elsewhere a setup that cannot download its packages skips them with pip's message.
+The virtualenv is conftest's ``rknn_venv``: made once per machine by the real command where ``edgeconv setup
+rknn`` puts it (``$EDGECONV_RKNN_VENV``, else the cache folder), so reruns take seconds. CI sets
+EDGECONV_REQUIRE_RKNN=1: there a failed setup fails the tests. Elsewhere a setup that cannot download its
+packages skips them with pip's message.
 
 Measured on the tiny model (2026-11-28, 100 evaluation samples): the simulator's int8 outputs equal our
 TFLite int8 model's on rk3588 and rv1106 (top-1 agreement 100%, raw outputs within 1 step).
@@ -12,12 +12,11 @@ TFLite int8 model's on rk3588 and rv1106 (top-1 agreement 100%, raw outputs with
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,29 +41,6 @@ def _setup(venv: Path) -> subprocess.CompletedProcess[str]:
         timeout=1800,
         check=False,
     )
-
-
-@pytest.fixture(scope="session")
-def rknn_venv() -> Path:
-    """The RKNN virtualenv, made (or found ready) by the real ``edgeconv setup rknn``."""
-    venv = Path(os.environ.get("EDGECONV_RKNN_VENV") or Path.home() / ".cache" / "edgeconv-tests" / "rknn-venv")
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    # pytest-xdist workers reach this at once: one sets the virtualenv up, the others then find it ready.
-    with (venv.parent / f".{venv.name}.test-lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        done = _setup(venv)
-    if done.returncode != 0:
-        message = f"edgeconv setup rknn failed (exit {done.returncode}): {done.stderr.strip()[-600:]}"
-        if os.environ.get("EDGECONV_REQUIRE_RKNN") == "1":
-            pytest.fail(message)
-        pytest.skip(f"the RKNN virtualenv cannot be provisioned here (offline?): {message}")
-    return venv
-
-
-@pytest.fixture
-def rknn_env(rknn_venv: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("EDGECONV_RKNN_VENV", str(rknn_venv))
-    yield rknn_venv
 
 
 def _convert(recipe: dict[str, Any], write_recipe: Callable[..., Path], out: Path) -> tuple[int, str, dict[str, Any]]:
@@ -103,6 +79,7 @@ def test_rknn_targets_build_and_simulate(
     assert "### RKNN (rknn-toolkit2 and its simulator)" in (tmp_path / "o" / "report.md").read_text()
 
 
+@pytest.mark.full  # a second RKNN conversion
 def test_a_toolkit_crash_or_refusal_is_the_targets_problem(
     rknn_env: Path,
     tiny_model_dir: Path,
@@ -187,6 +164,7 @@ REAL_MODELS = [("resnet8", 200, 0.95), ("kws", 700, 0.97)]
 
 @pytest.mark.realdata
 @pytest.mark.skipif(not REALDATA.is_dir(), reason=f"real models not found at {REALDATA}")
+@pytest.mark.full  # the real models run in test_realdata, the simulator in test_rknn_targets_build_and_simulate
 @pytest.mark.parametrize(("name", "samples", "min_agreement"), REAL_MODELS)
 def test_real_models_on_the_rknn_simulator_within_one_point(
     rknn_env: Path, tmp_path: Path, name: str, samples: int, min_agreement: float

@@ -26,7 +26,6 @@ from click.testing import CliRunner
 
 from converter.cli.main import main
 from tests.conftest import tiny_recipe
-from tests.integration.test_rknn import rknn_env, rknn_venv  # noqa: F401 - fixtures
 from tests.sshd import LoopbackSSH, loopback_sshd, sshd_available
 
 pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available()))
@@ -115,8 +114,9 @@ def _convert(recipe: dict[str, Any], write_recipe: Callable[..., Path], out: Pat
     return result.exit_code, result.output, report
 
 
+@pytest.mark.full  # a second board; the measured one stays
 def test_board_without_rknnlite_says_what_to_install(
-    rknn_env: Path,  # noqa: F811
+    rknn_env: Path,
     sshd: LoopbackSSH,
     tiny_model_dir: Path,
     write_recipe: Callable[..., Path],
@@ -147,7 +147,7 @@ def test_board_without_rknnlite_says_what_to_install(
 
 
 def test_board_with_rknnlite_measures_the_rknn(
-    rknn_env: Path,  # noqa: F811
+    rknn_env: Path,
     sshd: LoopbackSSH,
     tiny_model_dir: Path,
     write_recipe: Callable[..., Path],

@@ -126,6 +126,7 @@ def _refusal(tmp_path: Path, model: Path) -> str:
     return error
 
 
+@pytest.mark.full  # the guard's walk; test_load_safety refuses hostile SavedModels in the default tier
 @pytest.mark.parametrize("kind", ["nested1", "nested2"])
 def test_savev2_in_a_function_bound_through_a_call_attr_is_refused_unrun(tmp_path: Path, kind: str) -> None:
     # main_op -> StatefulPartitionedCall(f={forward_b, attr: {b: func h}}) (nested2: b binds forward_c, whose
@@ -139,6 +140,7 @@ def test_savev2_in_a_function_bound_through_a_call_attr_is_refused_unrun(tmp_pat
     assert not list(tmp_path.glob("written*")), "the model's main_op ran"
 
 
+@pytest.mark.full
 def test_restorev2_of_another_checkpoint_in_main_op_is_refused_unread(tmp_path: Path) -> None:
     other = tmp_path / "other" / "ckpt"
     subprocess.run([sys.executable, "-c", OTHER_CHECKPOINT, str(other)], check=True, env=ENV)

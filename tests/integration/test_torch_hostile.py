@@ -115,6 +115,7 @@ def _edgeconv(tmp_path: Path, model: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+@pytest.mark.full  # proves the attack files are real; the refusals run in the default tier
 @pytest.mark.parametrize("attack", ["pickled_sample_inputs", "guards_code"])
 def test_the_payload_is_real_plain_torch_runs_it(attack: str, clean_pt2: Path, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
@@ -258,6 +259,7 @@ def _twin_sample_inputs(marker: Path) -> Callable[[Path, Path], Path]:
 TWINS = {"config_twin": _twin_config, "sample_inputs_twin": _twin_sample_inputs}
 
 
+@pytest.mark.full  # proves the attack files are real; the refusals run in the default tier
 @pytest.mark.parametrize("attack", sorted(TWINS))
 def test_case_twins_run_code_in_plain_torch(attack: str, clean_pt2: Path, tmp_path: Path) -> None:
     marker = tmp_path / "ran"

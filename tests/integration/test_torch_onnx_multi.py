@@ -8,8 +8,8 @@ and converted full-integer by `python -m converter convert` with ``input.reshape
 (stm32h7: TFLite Micro runs the int8 model and reports its arena). The single-input models of
 ``tools/torch_models.py`` go to the same target from both routes in ``test_torch_source``.
 
-Skipped without the torch extra as ``test_torch_source`` is; the ONNX route skips without the onnx2tf virtualenv
-(~/.cache/edgeconv-tests/onnx-venv or $EDGECONV_ONNX_VENV) unless EDGECONV_REQUIRE_ONNX=1.
+Skipped without the torch extra as ``test_torch_source`` is; the ONNX route takes conftest's ``onnx_venv`` (made on
+first use where ``edgeconv setup onnx`` puts it) and skips where it cannot be made, unless EDGECONV_REQUIRE_ONNX=1.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import yaml
 from converter.calibration.data import model_inputs
 from converter.reports.report import FLOAT_NAME, INT8_NAME
 from converter.runtime.model import TFLiteModel, pack_inputs
-from converter.sources import onnx_setup
 from tests.conftest import ROOT
 from tests.integration.test_torch_source import MISSING, _float_ops
 from tests.integration.test_torch_source import _recipe as _torch_recipe
@@ -44,6 +43,7 @@ DEAD_PROXY = "http://127.0.0.1:9"  # onnx2tf must never download anything
 MIN_COSINE = 0.99
 MIN_SQNR_DB = 36.0  # int8 logits against PyTorch's on 360 test digits (measured 39.6 dB, both routes)
 FIGURES: dict[str, dict[str, Any]] = {}
+pytestmark = pytest.mark.full  # trains a two-input model; test_multi_io and test_pytorch_demo run by default
 
 
 class TwoInput(nn.Module):
@@ -99,16 +99,9 @@ def two_input(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
-def _onnx_venv() -> Path | None:
-    venv = Path(os.environ.get("EDGECONV_ONNX_VENV") or Path.home() / ".cache" / "edgeconv-tests" / "onnx-venv")
-    return venv if onnx_setup.installed(venv) is not None else None
-
-
 def _env(cache: Path) -> dict[str, str]:
+    """This environment (with ``$EDGECONV_ONNX_VENV`` once ``onnx_venv`` exported it), downloads impossible."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGECONV_CACHE_DIR": str(cache)}
-    venv = _onnx_venv()
-    if venv is not None:
-        env["EDGECONV_ONNX_VENV"] = str(venv)
     for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
         env[name] = DEAD_PROXY
     return {k: v for k, v in env.items() if k not in ("NO_PROXY", "no_proxy")}
@@ -136,11 +129,6 @@ def _export_route(route: str, data: dict[str, Any]) -> tuple[Path, tuple[str, st
         path = folder / "two.pt2"
         torch.export.save(torch.export.export(data["model"], data["example"]), str(path))
         return path, ("image", "features")  # forward's parameter names (edgeconv names the inputs so)
-    if _onnx_venv() is None:
-        message = "the ONNX virtualenv is not set up: run `python -m converter setup onnx` (see test_onnx.py)"
-        if os.environ.get("EDGECONV_REQUIRE_ONNX") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
     path = folder / "two.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
@@ -157,6 +145,8 @@ def converted(
 ) -> dict[str, Any]:
     """One conversion per route: the two-input model, full-integer, for the host and the MCU target."""
     route: str = request.param
+    if route == "onnx":
+        request.getfixturevalue("onnx_venv")  # made on first use and exported; skips, or fails in CI, without it
     data = two_input
     model_path, (image, features) = _export_route(route, data)
     folder = data["folder"] / route

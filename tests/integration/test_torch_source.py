@@ -105,16 +105,10 @@ MCU = "stm32h7"  # Cortex-M7, TFLite Micro + CMSIS-NN
 DEAD_PROXY = "http://127.0.0.1:9"  # onnx2tf must never download anything
 
 
-def _onnx_env() -> dict[str, str]:
-    """The environment an ONNX conversion runs in (its virtualenv, downloads impossible), or skip/fail without it."""
-    from converter.sources import onnx_setup
-
-    venv = Path(os.environ.get("EDGECONV_ONNX_VENV") or Path.home() / ".cache" / "edgeconv-tests" / "onnx-venv")
-    if onnx_setup.installed(venv) is None:
-        message = f"the ONNX virtualenv is not set up at {venv}: run `python -m converter setup onnx --venv {venv}`"
-        if os.environ.get("EDGECONV_REQUIRE_ONNX") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+def _onnx_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The environment an ONNX conversion runs in: conftest's ``onnx_venv`` (made on first use; without it the
+    case skips, or fails where EDGECONV_REQUIRE_ONNX=1), downloads impossible."""
+    venv: Path = request.getfixturevalue("onnx_venv")
     proxies = dict.fromkeys(("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"), DEAD_PROXY)
     return {"EDGECONV_ONNX_VENV": str(venv), **proxies}
 
@@ -128,11 +122,15 @@ def _export_onnx(model: nn.Module, example: np.ndarray, path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("route", ["pt2", "onnx"])
-@pytest.mark.parametrize("name", ["cnn", "mobilenet_block", "lstm", "transformer"])
-def test_pytorch_model_converts_full_integer_for_host_and_mcu(name: str, route: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("route", ["pt2", pytest.param("onnx", marks=pytest.mark.full)])
+@pytest.mark.parametrize(
+    "name", ["cnn", *(pytest.param(n, marks=pytest.mark.full) for n in ("mobilenet_block", "lstm", "transformer"))]
+)
+def test_pytorch_model_converts_full_integer_for_host_and_mcu(
+    name: str, route: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """Each test model from .pt2 (litert-torch) and from ONNX (onnx2tf): full-integer, near PyTorch, on TFLM."""
-    env = _onnx_env() if route == "onnx" else {}
+    env = _onnx_env(request) if route == "onnx" else {}
     model, cal_x, eval_x, eval_y, example = _case(name)
     if route == "pt2":
         source = _export(model, example, tmp_path / f"{name}.pt2")
@@ -201,6 +199,7 @@ def test_pytorch_model_converts_full_integer_for_host_and_mcu(name: str, route: 
     assert acc["agreement"] >= 0.95, acc
 
 
+@pytest.mark.full  # a second .pt2 conversion (layout: nchw)
 def test_layout_nchw_keeps_pytorch_layout_and_transposes_nhwc_data(tmp_path: Path) -> None:
     model, cal_x, eval_x, eval_y, example = _case("cnn")
     pt2 = _export(model, example, tmp_path / "cnn.pt2")
@@ -232,6 +231,7 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+@pytest.mark.full  # a second .pt2 conversion (input.reshape)
 def test_reshape_feeds_8x8_images_to_a_64_input_model(tmp_path: Path) -> None:
     images, labels = _digits()
     model = _train(MLP(), images[:1200].reshape(-1, 64), labels[:1200], 60)
@@ -248,6 +248,7 @@ def test_reshape_feeds_8x8_images_to_a_64_input_model(tmp_path: Path) -> None:
     assert _float_ops(out / INT8_NAME) == []
 
 
+@pytest.mark.full  # a third .pt2-derived conversion
 def test_litert_torch_tflite_source_goes_full_integer_too(tmp_path: Path) -> None:
     """The trap: litert-torch's metadata keep_stablehlo_constant kept CONV_2D/FULLY_CONNECTED float in int8."""
     import litert_torch

@@ -111,7 +111,12 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize(
-    "source", ["transformer.keras", "transformer.tflite", "gelu.keras"], ids=["keras", "stock-float-tflite", "gelu"]
+    "source",
+    [
+        pytest.param("transformer.keras", id="keras"),
+        pytest.param("transformer.tflite", id="stock-float-tflite", marks=pytest.mark.full),
+        pytest.param("gelu.keras", id="gelu", marks=pytest.mark.full),
+    ],
 )
 def test_converts_to_full_integer_within_accuracy(source: str, model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"

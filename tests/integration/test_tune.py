@@ -112,6 +112,7 @@ def test_the_loop_recovers_float_accuracy_on_a_cpu_target(
     assert "Accuracy tuning" in (tmp_path / "o" / "report.html").read_text()
 
 
+@pytest.mark.full  # a third model through the loop
 def test_integer_only_targets_stop_and_name_the_worst_layer(
     outlier_pooled: Path, write_recipe: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -172,6 +173,7 @@ def _qat(**extra: Any) -> dict[str, Any]:
     return {"qat": {"data": {"path": str(outlier_model.DIGITS / "digits.npz")}, "epochs": 3, **extra}}
 
 
+@pytest.mark.full  # fine-tunes with tensorflow-model-optimization: over a minute on 2 cores
 def test_qat_recovers_it_full_integer_on_an_mcu(
     outlier_pooled_h5: Path, write_recipe: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -189,6 +191,7 @@ def test_qat_recovers_it_full_integer_on_an_mcu(
     assert (tmp_path / "again" / "model_int8.tflite").read_bytes() == model
 
 
+@pytest.mark.full  # QAT
 def test_qat_is_skipped_with_a_reason_for_keras_3_models(
     outlier_pooled: Path, write_recipe: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -199,6 +202,7 @@ def test_qat_is_skipped_with_a_reason_for_keras_3_models(
     assert "qat" not in {a["step"] for a in report["tuning"]["attempts"]}
 
 
+@pytest.mark.full  # a fourth model through the loop
 def test_a_step_tflite_cannot_do_is_skipped_not_fatal(write_recipe: Callable[..., Path], tmp_path: Path) -> None:
     """TFLite has no 16x8 HARD_SWISH: the 16x8 attempt fails, the loop records why and goes on."""
     model = outlier_model.build(tmp_path / "hswish.keras", pooled=True, hard_swish=True)
@@ -209,6 +213,7 @@ def test_a_step_tflite_cannot_do_is_skipped_not_fatal(write_recipe: Callable[...
     assert code == 1 and report["tuning"]["outcome"] == "no fix met the budget; kept the best int8 result"
 
 
+@pytest.mark.full  # QAT
 def test_qat_refuses_a_savedmodel_with_lambda_layers(tmp_path: Path) -> None:
     """Loading a SavedModel into Keras for training would run a Lambda's code: refused, nothing runs."""
     import tf_keras

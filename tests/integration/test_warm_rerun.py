@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT, tiny_recipe
 
 PROBE = (
@@ -74,6 +76,7 @@ def test_a_warm_rerun_needs_no_tensorflow_and_gives_the_same_bytes(
     assert third["cache"]["results"]["misses"] >= 1 and third["accuracy"]["samples"] == 50
 
 
+@pytest.mark.full  # test_load_inputs rebuilds a corrupt cache entry by default
 def test_a_corrupt_quantized_entry_is_rebuilt(
     tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path
 ) -> None:
