@@ -8,6 +8,7 @@ float reference of every source format.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -245,3 +246,71 @@ def fold_shape_arithmetic(content: bytes) -> tuple[bytes, int]:
     _drop_unused_opcodes(model)
     log.info("folded %d shape-arithmetic op(s) of a dynamic batch into constants at batch 1", len(folded))
     return flatbuf.dump(model), len(folded)
+
+
+# Ops that compute the same numbers on int32 as on int64 whenever the values fit int32: index arithmetic
+# (PyTorch's wrap of negative ids: LESS, CAST, MUL, ADD), lookups and the shape-keeping ops around them. An op
+# whose options name a type (SHAPE, ARG_MAX...) is not here, so a model holding one on int64 keeps its bytes.
+_INDEX_OPS = frozenset(
+    {
+        "ADD", "SUB", "MUL", "MAXIMUM", "MINIMUM", "FLOOR_DIV", "FLOOR_MOD", "ABS",
+        "LESS", "LESS_EQUAL", "GREATER", "GREATER_EQUAL", "EQUAL", "NOT_EQUAL", "SELECT", "SELECT_V2",
+        "CAST", "GATHER", "GATHER_ND", "EMBEDDING_LOOKUP", "ONE_HOT",
+        "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "SLICE", "STRIDED_SLICE", "CONCATENATION", "PACK", "TILE",
+    }
+)  # fmt: skip
+_INT32 = np.iinfo(np.int32)
+
+
+def narrow_int64(content: bytes) -> tuple[bytes, int]:
+    """Make every int64 tensor int32 where only index arithmetic touches them; how many tensors changed.
+
+    ONNX exports of PyTorch take token ids and indices as int64, and onnx2tf keeps them so: an int64 input,
+    PyTorch's wrap of negative ids (``ids + (ids < 0) * vocab``) in int64, and a GATHER with int64
+    positions, which TensorFlow Lite Micro's kernel refuses (int32 positions only). The ids are range-checked
+    against the input's type and the vocabulary before any run, and every constant is checked to fit, so
+    int32 computes the same numbers; the .pt2 route's models take int32 ids for the same reason. A model
+    whose int64 tensors meet any op outside ``_INDEX_OPS``, or hold a constant beyond int32, or leave the
+    model as an output, keeps its bytes.
+    """
+    model = flatbuf.load(content)
+    if len(model.subgraphs) != 1:
+        return content, 0
+    subgraph = model.subgraphs[0]
+    wide = {i for i, t in enumerate(subgraph.tensors) if flatbuf.type_name(t.type) == "INT64"}
+    if not wide or wide & {int(i) for i in subgraph.outputs}:
+        return content, 0
+    names = flatbuf.enum_names("BuiltinOperator")
+    for op in subgraph.operators:
+        touched = {int(i) for i in op.inputs if int(i) >= 0} | {int(i) for i in op.outputs}
+        if touched & wide and flatbuf.op_code(model, op, names) not in _INDEX_OPS:
+            return content, 0
+    constants: dict[int, np.ndarray] = {}
+    for i in wide:
+        tensor = subgraph.tensors[i]
+        raw = model.buffers[tensor.buffer].data if tensor.buffer else None
+        if raw is not None and len(raw):
+            values = flatbuf.data(model, tensor, "<i8")
+            if values.size and (values.min() < _INT32.min or values.max() > _INT32.max):
+                return content, 0
+            constants[i] = values
+    schema = tflite_schema.schema()
+    readers = Counter(int(t.buffer) for t in subgraph.tensors)
+    for i in wide:
+        tensor = subgraph.tensors[i]
+        tensor.type = schema.TensorType.INT32
+        if i in constants:
+            data = np.frombuffer(constants[i].astype("<i4").tobytes(), dtype=np.uint8)
+            if readers[int(tensor.buffer)] == 1:
+                model.buffers[tensor.buffer].data = data
+            else:  # another tensor reads the int64 bytes: this one gets a buffer of its own
+                buffer = schema.BufferT()
+                buffer.data = data
+                model.buffers.append(buffer)
+                tensor.buffer = len(model.buffers) - 1
+    for op in subgraph.operators:
+        if flatbuf.op_code(model, op, names) == "CAST" and op.builtinOptions is not None:
+            op.builtinOptions.inDataType = subgraph.tensors[op.inputs[0]].type
+            op.builtinOptions.outDataType = subgraph.tensors[op.outputs[0]].type
+    log.info("narrowed %d int64 index tensor(s) to int32", len(wide))
+    return flatbuf.dump(model), len(wide)

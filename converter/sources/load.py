@@ -3,7 +3,8 @@
 Keras, legacy .h5 and SavedModel are converted once (batch fixed to 1, as MCU and
 Edge TPU runtimes need static shapes); a float .tflite is taken as it is, except that in every
 format a float NEG op (Keras LayerNormalization's ``-mean``; TFLite has no int8 NEG kernel) becomes
-the exactly equal MUL by -1, so the model can go full-integer (``rewrite_neg``). Loading never
+the exactly equal MUL by -1, so the model can go full-integer (``rewrite_neg``), and the other exact
+rewrites of ``float_rewrites`` apply (int64 index arithmetic narrowed to int32 among them). Loading never
 runs code from the model file: Keras safe mode is on, Lambda layers in legacy .h5 files
 are refused, custom objects come only from modules the recipe names, and a SavedModel is
 inspected before TensorFlow loads it (``saved_model_guard``: no op of the model's runs unless
@@ -32,7 +33,7 @@ from converter.extras import require
 from converter.progress import named
 from converter.runtime.model import TFLiteModel
 from converter.sources import load_onnx, load_torch
-from converter.sources.float_rewrites import fold_shape_arithmetic, rewrite_dangling_splits, rewrite_neg
+from converter.sources.float_rewrites import fold_shape_arithmetic, narrow_int64, rewrite_dangling_splits, rewrite_neg
 from converter.sources.unroll import unroll_recurrent
 from converter.tflite import flatbuffer_schema as tflite_schema
 
@@ -189,6 +190,10 @@ def load_model(
     content, folded = fold_shape_arithmetic(content)
     if folded:
         loader += f"; {folded} shape-arithmetic op{'s' if folded > 1 else ''} of the unknown batch folded at batch 1"
+    content, narrowed = narrow_int64(content)
+    if narrowed:
+        plural = "s" if narrowed > 1 else ""
+        loader += f"; {narrowed} int64 index tensor{plural} narrowed to int32 (TFLite Micro's GATHER)"
     try:
         ref = TFLiteModel(model_content=content)
     except Exception as e:  # noqa: BLE001 - the interpreter raises bare RuntimeError/ValueError

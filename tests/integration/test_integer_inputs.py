@@ -3,16 +3,17 @@
 """Models whose inputs are integers (token ids, indices), from PyTorch through .pt2 and ONNX, end to end.
 
 ``Tok`` is the smallest text model: Embedding(50, 16) -> relu -> mean over the 12 ids -> Linear(16, 4), its
-input ``ids`` int64 [1, 12] as PyTorch exports it (the .pt2 route's float .tflite takes int32, the ONNX
-route's int64). ``FeaturesAndIndex`` mixes a float feature vector and an integer index (an embedding row
+input ``ids`` int64 [1, 12] as PyTorch exports it (both routes' float .tflite take int32: the ONNX route's
+int64 index arithmetic is narrowed on load, ``float_rewrites.narrow_int64``).
+``FeaturesAndIndex`` mixes a float feature vector and an integer index (an embedding row
 added to a dense layer's output). Nothing is trained: labels are PyTorch's own argmax, so top-1 is agreement
 with PyTorch. Each converts full-integer with ``python -m converter convert``: the ids reach the float model,
 the statistics pass, TensorFlow's quantizer, the evaluation, the analysis, bias correction, TFLite Micro and
 the device runtime as integers, and the int8 model's id input stays integer.
 
-TFLite Micro: the .pt2 route's EMBEDDING_LOOKUP and the ONNX route's GATHER with int32 indices run (measured:
-every output value equal to LiteRT's); TFLM's GATHER takes int32 positions only, so an ONNX model exported
-with int64 ids (PyTorch's default) cannot run there, and the MCU target says so and how to export int32 ids.
+TFLite Micro: the .pt2 route's EMBEDDING_LOOKUP and the ONNX route's GATHER run (measured: every output value
+equal to LiteRT's); TFLM's GATHER takes int32 positions only, which the narrowing gives an ONNX model exported
+with int64 ids (PyTorch's default).
 
 Skipped without the torch extra as ``test_torch_source`` is (EDGECONV_REQUIRE_TORCH=1 makes that a failure);
 the ONNX cases skip without the onnx2tf virtualenv unless EDGECONV_REQUIRE_ONNX=1.
@@ -32,7 +33,6 @@ from converter.boards.bench import BenchRequest, run_local, write_eval_npz
 from converter.calibration.data import model_inputs
 from converter.reports.report import FLOAT_NAME, INT8_NAME
 from converter.runtime.model import TFLiteModel, pack_inputs
-from converter.targets.tflm_interpreter import validate
 from tests.integration.test_torch_source import MCU, MISSING, _convert_cli, _float_ops, _onnx_env, _recipe
 
 assert not MISSING  # importing test_torch_source skips this module without the torch extra (or fails it in CI)
@@ -114,8 +114,8 @@ def _agreement(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
     return float(np.mean(got.argmax(1) == want.argmax(1))), sqnr
 
 
-# (route, integer dtype of the .tflite models' id input, targets): int64 ids cannot run in TFLite Micro.
-ROUTES = [("pt2", "int32", ["host", MCU]), ("onnx", "int64", ["host"]), ("onnx-int32", "int32", ["host", MCU])]
+# (route, integer dtype of the .tflite models' id input, targets)
+ROUTES = [("pt2", "int32", ["host", MCU]), ("onnx", "int32", ["host", MCU]), ("onnx-int32", "int32", ["host", MCU])]
 FULL_TIER_ROUTES = {"pt2", "onnx"}  # the default tier converts the onnx-int32 case
 
 
@@ -164,11 +164,8 @@ def test_token_ids_convert_full_integer_and_stay_integer(
         assert tflm["loaded"] and tflm["samples"] == 100 and tflm["top1_agreement"] >= 0.98, tflm
         figures.update(tflm_top1_agreement=tflm["top1_agreement"], tflm_exact_match=tflm["exact_match"])
         figures["arena_bytes"] = target["arena_bytes"]
-    else:  # int64 ids: TFLM's GATHER refuses them, and the reason says what to export instead
-        tflm_result = validate((out / INT8_NAME).read_bytes(), held_out[:5])
-        assert not tflm_result.loaded and tflm_result.error is not None
-        assert "Positions of type 'INT64' are not supported by gather" in tflm_result.error
-        assert "integer input 'ids' is int64" in tflm_result.error and "int32 ids" in tflm_result.error
+    if route == "onnx":  # PyTorch's int64 ids, narrowed on load
+        assert "int64 index tensors narrowed to int32" in report["model"]["loader"], report["model"]["loader"]
     if route == "pt2":
         # The device runtime (the bundle edgeconv ships over SSH, here in a local process) reads the raw ids.
         data = write_eval_npz(tmp_path / "eval_raw.npz", held_out, _labels(tok))
@@ -240,7 +237,7 @@ def test_float_features_and_an_integer_index_convert(
         torch.export.save(torch.export.export(model, example), str(source))
     else:
         source = _export_onnx(model, example, ["features", "idx"], tmp_path / "two.onnx")
-    targets = ["host", MCU] if route == "pt2" else ["host"]  # ONNX: int64 index, which TFLM's GATHER refuses
+    targets = ["host", MCU]  # the ONNX export's int64 index is narrowed to int32 for TFLM's GATHER
     recipe = {**_recipe(source, tmp_path / "cal.npz", tmp_path / "eval.npz"), "targets": targets}
     done, out = _convert_cli(tmp_path, recipe, env)
     assert done.returncode == 0, done.stderr[-3000:]
