@@ -334,7 +334,10 @@ def accuracy_lines(acc: dict[str, Any]) -> list[str]:
     from converter.reports.render import accuracy_figure, output_figures
 
     if not acc.get("metric"):
-        return ["  accuracy: not measured (no data.evaluation in the recipe)"]
+        out = ["  accuracy: not measured (no data.evaluation in the recipe)"]
+        if acc.get("data") and acc.get("outputs"):  # fidelity on calibration samples held out instead
+            out.append(f"  int8 vs float, {acc['data']}: {output_figures(acc['outputs'])}")
+        return out
     head = f"  accuracy ({acc['where']}, {acc['metric']}, {acc['samples']} samples): "
     agreement = f", agreement {_pct(acc['agreement'])}" if acc.get("agreement") is not None else ""
     out = [head + accuracy_figure(acc) + agreement]
@@ -353,13 +356,17 @@ def _io_line(q: dict[str, Any]) -> str:
     """The int8 model's I/O types; every input by name when there are several."""
     inputs, outputs = q.get("inputs") or [q["input"]], q.get("outputs") or [q["output"]]
     if len(inputs) == 1 and len(outputs) == 1:
-        i = q["input"]
-        return (
-            f"  I/O    {i['dtype']} in (scale {i['scale']}, zero point {i['zero_point']}), {q['output']['dtype']} out"
-        )
-    ins = ", ".join(f"{i['name']} {i['dtype']} (scale {i['scale']}, zero point {i['zero_point']})" for i in inputs)
+        return f"  I/O    {_io_input(q['input'])} in, {q['output']['dtype']} out"
+    ins = ", ".join(f"{i['name']} {_io_input(i)}" for i in inputs)
     outs = ", ".join(f"{o['name']} {o['dtype']}" for o in outputs)
     return f"  I/O    {len(inputs)} in: {ins}; {len(outputs)} out: {outs}"
+
+
+def _io_input(i: dict[str, Any]) -> str:
+    """One int8 model input's type and quantization; an integer input without a scale takes raw integers."""
+    if i["scale"] is None:
+        return f"{i['dtype']} (ids/indices, fed as integers)"
+    return f"{i['dtype']} (scale {i['scale']}, zero point {i['zero_point']})"
 
 
 def summary(out_dir: Path, report: dict[str, Any]) -> str:

@@ -402,6 +402,16 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
             f"<p>{escape(acc['where'])}, {acc['samples']} samples: {escape(accuracy_figure(acc))}.</p>",
             f"<p>int8 vs float: {escape(output_figures(acc.get('outputs') or []))}.</p>",
         ]
+    elif acc.get("data") and acc.get("outputs"):  # no evaluation data: fidelity on held-out calibration samples
+        parts += [
+            "<h2>Fidelity: int8 against float</h2>",
+            f"<p class=muted>No evaluation data, so no accuracy: int8 is compared with float on calibration "
+            f"samples kept out of calibration, {escape(acc['data'])}.</p>",
+            f"<p>int8 vs float: {escape(output_figures(acc['outputs']))}.</p>",
+        ]
+    warnings = report.get("warnings") or []
+    if warnings:
+        parts += ["<h2>Warnings</h2>", "<ul>", *(f"<li class=warn>{escape(w)}</li>" for w in warnings), "</ul>"]
     tuning_cells = tuning_rows(report)
     if tuning_cells:
         t = report["tuning"]

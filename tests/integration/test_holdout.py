@@ -90,6 +90,9 @@ def test_a_recipe_without_evaluation_data_gets_held_out_fidelity(
     assert "### Fidelity: int8 against float, held out from calibration (20 samples)" in md
     assert f"int8 vs float: SQNR {output['sqnr_db']:.2f} dB, cosine {output['cosine']:.5f}" in md
     assert "### Warnings" not in md
+    page = (tmp_path / "held" / "report.html").read_text()
+    assert "<h2>Fidelity: int8 against float</h2>" in page and "held out from calibration (20 samples)" in page
+    assert f"int8 vs float: SQNR {output['sqnr_db']:.2f} dB" in page and "<h2>Warnings</h2>" not in page
 
 
 def test_calibration_uses_exactly_the_samples_not_held_out(
@@ -185,6 +188,12 @@ def test_a_model_far_from_float_is_warned_about_on_held_out_samples(
     md = (out / "report.md").read_text()
     assert f"- ⚠️ warning: int8 output 'head' is at {figure:.1f} dB SQNR against float" in md
     assert "### Fidelity: int8 against float, held out from calibration (40 samples)" in md
+    page = (out / "report.html").read_text()
+    assert "<h2>Warnings</h2>" in page and f"int8 output &#x27;head&#x27; is at {figure:.1f} dB SQNR" in page
+    assert "<h2>Fidelity: int8 against float</h2>" in page
+    # The console summary gives the held-out figures beside "accuracy: not measured".
+    assert "accuracy: not measured (no data.evaluation in the recipe)" in result.stdout
+    assert f"int8 vs float, held out from calibration (40 samples): SQNR {worst['sqnr_db']:.2f} dB" in result.stdout
 
 
 def test_a_model_far_from_float_is_warned_about_on_evaluation_data(
