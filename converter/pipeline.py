@@ -271,7 +271,7 @@ def _run(
             else not_measured()
         )
     with _step("tune", steps):
-        tuned = tune(recipe, targets, model.float_tflite, first, accuracy, eval_x, eval_y, quantizer)
+        tuned = tune(recipe, targets, model.float_tflite, first, accuracy, eval_x, eval_y, quantizer, split.held_x)
     chosen, accuracy = tuned.chosen, tuned.accuracy
     quant, calibration = chosen.model, chosen.calibration
     held = _held_out(recipe, split, model, quant, steps)
@@ -384,6 +384,7 @@ def _fidelity(
         evaluation=evaluation is not None,
         labels=report["accuracy"]["metric"] == "top1",
         budget=accuracy_budget(recipe, targets) is not None,
+        tried=bool(report["tuning"].get("trigger")),
         layer=f"'{layer_label(layers[0]['name'])}', {layers[0]['op']}" if layers and layers[0].get("op") else None,
     )
     if warning is not None:

@@ -114,12 +114,14 @@ def fidelity_warning(
     labels: bool,
     budget: bool,
     layer: str | None = None,
+    tried: bool = False,
 ) -> str | None:
     """What to say when the worst output's SQNR is below ``LOW_SQNR_DB`` (None when it is not).
 
     ``data``: what it was measured on; ``evaluation``/``labels``: the recipe has evaluation data, with
     labels; ``budget``: an ``accuracy_drop`` budget applies (so the accuracy loop ran where it could);
-    ``layer``: the layer that loses most SQNR (``analysis.layers[0]``), named in the advice.
+    ``layer``: the layer that loses most SQNR (``analysis.layers[0]``), named in the advice; ``tried``: the
+    no-budget loop already tried every calibration method, equalization and bias correction.
     """
     if worst is None or worst["sqnr_db"] >= LOW_SQNR_DB:
         return None
@@ -139,9 +141,17 @@ def fidelity_warning(
             + ("" if labels else " (labels in data.evaluation make it top-1 points)")
             + ", so the accuracy loop can try its fixes (ranges, equalization, bias correction, float fallbacks)"
         )
+    if tried:
+        tries.append(
+            "the accuracy loop already tried every calibration.method, equalization and bias correction "
+            "(tuning.attempts in report.json), so look at the model"
+        )
+    else:
+        tries += [
+            "another calibration.method (percentile, mse, entropy or auto)",
+            "calibration.equalization or calibration.bias_correction",
+        ]
     tries += [
-        "another calibration.method (percentile, mse, entropy or auto)",
-        "calibration.equalization or calibration.bias_correction",
         "a per-tensor calibration.rules entry for the layer that loses most ("
         + (f"{layer}; " if layer else "")
         + "see analysis.layers in report.json, or edgeconv analyze)",

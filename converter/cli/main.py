@@ -373,13 +373,13 @@ def summary(out_dir: Path, report: dict[str, Any]) -> str:
     """A few lines for humans: sizes, accuracy, where the files are."""
     from converter.reports.render import (
         device_accuracy_lines,
-        drop_text,
         latency_text,
         layer_label,
         ms_text,
         npu_line,
         runs_on,
         tail_warning,
+        tuning_goal,
     )
 
     art = report["artifacts"]
@@ -398,7 +398,7 @@ def summary(out_dir: Path, report: dict[str, Any]) -> str:
     if tuning.get("ran") or tuning.get("worst_layers"):
         chosen = next(a for a in tuning["attempts"] if a["chosen"])
         lines.append(
-            f"  tuning for drop <= {drop_text(tuning['budget'], report['accuracy'].get('unit'))}: "
+            f"  tuning for {tuning_goal(tuning, report['accuracy'].get('unit'))}: "
             f"{len(tuning['attempts'])} attempts, "
             f"chose '{chosen['step']}' ({tuning['outcome']})"
         )

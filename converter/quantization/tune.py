@@ -1,5 +1,10 @@
 """The accuracy-target loop: when ``accuracy_drop`` is missed, try fixes in order of cost.
 
+Without an ``accuracy_drop`` budget the loop still runs when int8 is far from float: when the worst output's
+SQNR is below ``LOW_SQNR_DB`` on the evaluation data (or, without it, on the calibration samples held out),
+the full-integer fixes (steps 1-3) are tried, scored by that SQNR, and the best is kept. Float layers, 16x8
+and QAT change what the model is (its kernels, its training) and run only for a budget the user set.
+
 Full-integer fixes first, each kept only if it scores better: 1. better ranges (``auto``,
 then each method), 2. cross-layer equalization, 3. bias correction, 4. a short
 quantization-aware fine-tune when ``tuning.qat`` gives training data. Then, only when every
@@ -31,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from converter.analysis.analyze import LayerError, analyze
-from converter.analysis.evaluate import evaluate_host
+from converter.analysis.evaluate import LOW_SQNR_DB, evaluate_host, worst_output
 from converter.devices import DeviceProfile
 from converter.errors import ConversionError, ConverterError, UserInputError
 from converter.quantization.qat import QatUnavailable
@@ -65,6 +70,15 @@ class Attempt:
     seconds: float
     meets: bool
 
+    def worst_sqnr_db(self) -> float:
+        """The lowest output SQNR against float (every output counts); -inf without outputs."""
+        worst = worst_output(self.accuracy.outputs or [])
+        return float(worst["sqnr_db"]) if worst is not None else float("-inf")
+
+    def fidelity_score(self) -> tuple[float, float]:
+        """Lower is better: negative worst-output SQNR, then disagreement (the no-budget loop's order)."""
+        return (-round(self.worst_sqnr_db(), 6), -(self.accuracy.agreement or 0.0))
+
     def score(self) -> tuple[float, float, float]:
         """Lower is better: the drop in the evaluation metric, then disagreement, then negative output SQNR."""
         a = self.accuracy
@@ -81,6 +95,7 @@ class Attempt:
             "drop": a.drop,
             "agreement": a.agreement,
             "output_sqnr_db": a.outputs[0]["sqnr_db"] if a.outputs else None,
+            "worst_sqnr_db": round(self.worst_sqnr_db(), 3) if a.outputs else None,
             "bytes": len(self.quantized.model),
             "latency_p50_ms": self.latency_p50_ms,
             "latency_where": "host, short run (20+ invocations)" if self.latency_p50_ms is not None else None,
@@ -156,42 +171,49 @@ class Loop:
         float_tflite: bytes,
         eval_x: np.ndarray,
         eval_y: np.ndarray | None,
-        budget: float,
+        budget: float | None,
         quantizer: Quantizer,
         metric: str = "auto",
+        min_sqnr_db: float | None = None,
     ):
+        """``budget``: the accuracy_drop to meet; without one, ``min_sqnr_db`` for the worst output instead."""
         self.float_tflite, self.eval_x, self.eval_y, self.metric = float_tflite, eval_x, eval_y, metric
-        self.budget, self.quantizer = budget, quantizer
+        self.budget, self.quantizer, self.min_sqnr_db = budget, quantizer, min_sqnr_db
         self.attempts: list[Attempt] = []
         self.skipped: list[dict[str, str]] = []
 
     def record(self, step: str, detail: str, q: Quantized, accuracy: Accuracy | None = None) -> Attempt:
         start = time.perf_counter()
         acc = accuracy or evaluate_host(self.float_tflite, q.model, self.eval_x, self.eval_y, metric=self.metric)
-        attempt = Attempt(
-            step,
-            detail,
-            q,
-            acc,
-            host_latency_ms(q.model),
-            time.perf_counter() - start,
-            acc.drop is not None and acc.drop <= self.budget + 1e-12,
-        )
+        attempt = Attempt(step, detail, q, acc, host_latency_ms(q.model), time.perf_counter() - start, False)
+        if self.budget is not None:
+            meets = acc.drop is not None and acc.drop <= self.budget + 1e-12
+        else:
+            meets = self.min_sqnr_db is not None and attempt.worst_sqnr_db() >= self.min_sqnr_db
+        attempt = dataclasses.replace(attempt, meets=meets)
         self.attempts.append(attempt)
-        log.info(
-            "tuning: %-16s %s int8 %.4g, drop %+.4g, agreement %.4f%s",
-            step,
-            acc.metric,
-            acc.int8 or 0.0,
-            acc.drop or 0.0,
-            acc.agreement or 0.0,
-            " (meets the budget)" if attempt.meets else "",
-        )
+        if self.budget is not None:
+            log.info(
+                "tuning: %-16s %s int8 %.4g, drop %+.4g, agreement %.4f%s",
+                step,
+                acc.metric,
+                acc.int8 or 0.0,
+                acc.drop or 0.0,
+                acc.agreement or 0.0,
+                " (meets the budget)" if attempt.meets else "",
+            )
+        else:
+            log.info(
+                "tuning: %-16s worst output %.2f dB SQNR%s",
+                step,
+                attempt.worst_sqnr_db(),
+                f" (reaches {self.min_sqnr_db:g} dB)" if attempt.meets else "",
+            )
         return attempt
 
-    @staticmethod
-    def better(best: Attempt, candidate: Attempt | None) -> Attempt:
-        return best if candidate is None else min(best, candidate, key=Attempt.score)
+    def better(self, best: Attempt, candidate: Attempt | None) -> Attempt:
+        key = Attempt.score if self.budget is not None else Attempt.fidelity_score
+        return best if candidate is None else min(best, candidate, key=key)
 
     def layers(self, step: str, base: Attempt, x: np.ndarray) -> list[LayerError] | None:
         """Per-layer errors of ``base`` (to pick the layers to keep float); None, recorded as skipped, if that fails."""
@@ -240,15 +262,20 @@ def tune(
     eval_x: np.ndarray | None,
     eval_y: np.ndarray | None,
     quantizer: Quantizer,
+    held_x: np.ndarray | None = None,
 ) -> TuneResult:
-    """Run the loop when it applies; otherwise return ``first`` with the reason it did not run."""
+    """Run the loop when it applies; otherwise return ``first`` with the reason it did not run.
+
+    ``held_x``: calibration samples held out (a recipe without evaluation data), for the no-budget loop.
+    """
     budget = accuracy_budget(recipe, targets)
 
     def skipped(reason: str) -> TuneResult:
         return TuneResult(first, first_accuracy, {"ran": False, "reason": reason, "budget": budget, "attempts": []})
 
     if budget is None:
-        return skipped("no accuracy_drop budget")
+        fidelity = _fidelity_loop(recipe, float_tflite, first, first_accuracy, eval_x, eval_y, held_x, quantizer)
+        return fidelity or skipped("no accuracy_drop budget")
     if not recipe.tuning.enabled:
         return skipped("tuning.enabled is false in the recipe")
     if eval_x is None or first_accuracy.drop is None:
@@ -305,6 +332,75 @@ def tune(
         )
         return _result(loop, best, f"stopped: {why}", {"worst_layers": worst, "needed": need})
     return _fallbacks(loop, best_ptq, recipe, float_tflite, eval_x, targets)
+
+
+def _fidelity_loop(
+    recipe: Recipe,
+    float_tflite: bytes,
+    first: Quantized,
+    first_accuracy: Accuracy,
+    eval_x: np.ndarray | None,
+    eval_y: np.ndarray | None,
+    held_x: np.ndarray | None,
+    quantizer: Quantizer,
+) -> TuneResult | None:
+    """Without a budget: the full-integer fixes when the worst output is below ``LOW_SQNR_DB``; None when it is not.
+
+    Scored on the evaluation data, or on the held-out calibration samples without it (then the accuracy
+    handed back stays ``first_accuracy``: the pipeline measures the chosen model on those samples itself).
+    """
+    data = eval_x if eval_x is not None else held_x
+    if data is None or not recipe.tuning.enabled or first.plan.activations != "int8" or first.plan.qat:
+        return None
+    on_evaluation = eval_x is not None
+    metric = (first_accuracy.metric or "auto") if on_evaluation else "mse"
+    labels = eval_y if on_evaluation else None
+    try:
+        accuracy = (
+            first_accuracy
+            if on_evaluation
+            else evaluate_host(float_tflite, first.model, data, None, metric=metric, cache=recipe.calibration.cache)
+        )
+    except UserInputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the recipe's result stands without a fidelity figure
+        log.warning("tuning: the int8 model's fidelity not measured: %s", reason_of(e))
+        return None
+    worst = worst_output(accuracy.outputs or [])
+    if worst is None or worst["sqnr_db"] >= LOW_SQNR_DB:
+        return None  # the common case costs no more than the evaluation the pipeline does anyway
+    loop = Loop(float_tflite, data, labels, None, quantizer, metric, LOW_SQNR_DB)
+    best = loop.record("recipe", "the recipe's own settings", first, accuracy)
+    where = f"the evaluation data ({len(data)} samples)" if on_evaluation else f"{len(data)} held-out samples"
+    log.info("tuning: worst output at %.1f dB SQNR on %s, below %g dB: trying full-integer fixes",
+             best.worst_sqnr_db(), where, LOW_SQNR_DB)  # fmt: skip
+    trigger = f"worst output at {best.worst_sqnr_db():.1f} dB SQNR against float on {where}, below {LOW_SQNR_DB:g} dB"
+    plan = first.plan
+    for method in RANGE_METHODS:
+        if method != plan.method and not best.meets:
+            step = "auto ranges" if method == "auto" else f"{method} ranges"
+            best = loop.better(best, loop.attempt(step, f"calibration.method: {method}", replace(plan, method=method)))
+    for flag, step, detail in (
+        ("equalization", "equalization", "cross-layer equalization of conv/dense pairs"),
+        ("bias_correction", "bias correction", "cancel the mean shift of rounded weights"),
+    ):
+        if not best.meets and not getattr(best.quantized.plan, flag):
+            changes: dict[str, Any] = {flag: True}
+            best = loop.better(best, loop.attempt(step, detail, replace(best.quantized.plan, **changes)))
+    reached = f"worst output at {best.worst_sqnr_db():.1f} dB with '{best.step}'"
+    outcome = (
+        f"{reached}: met {LOW_SQNR_DB:g} dB with full-integer fixes"
+        if best.meets
+        else f"no full-integer fix reached {LOW_SQNR_DB:g} dB; kept the best ({reached})"
+    )
+    extra: dict[str, Any] = {"trigger": trigger, "min_sqnr_db": LOW_SQNR_DB}
+    if not best.meets:
+        extra["needed"] = (
+            "set budgets.accuracy_drop (with labelled data.evaluation) so the loop may also keep the worst layers "
+            "float or use 16x8 activations on CPU targets, or give tuning.qat training data"
+        )
+    result = _result(loop, best, outcome, extra)
+    return replace(result, accuracy=best.accuracy if on_evaluation else first_accuracy)
 
 
 def _npu_16x8(loop: Loop, recipe: Recipe, targets: dict[str, DeviceProfile], integer_only: list[str]) -> Attempt | None:

@@ -22,6 +22,7 @@ from converter.reports.render import (
     npu_line,
     output_figures,
     safe_text,
+    tuning_goal,
     tuning_rows,
 )
 
@@ -417,9 +418,8 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
         t = report["tuning"]
         parts += [
             "<h2>Accuracy tuning</h2>",
-            f"<p class=muted>Budget: drop ≤ {escape(drop_text(t['budget'], acc.get('unit')))}. "
-            f"{escape(t['outcome'])}.</p>",
-            _table(TUNING_HEAD, [[escape(c) for c in r] for r in tuning_cells], {2, 3, 4, 5, 6}),
+            f"<p class=muted>Aim: {escape(tuning_goal(t, acc.get('unit')))}. {escape(t['outcome'])}.</p>",
+            _table(TUNING_HEAD, [[escape(c) for c in r] for r in tuning_cells], {2, 3, 4, 5, 6, 7}),
         ]
     latency = {k: v for k, v in (report.get("latency") or {}).items() if v}
     if latency:

@@ -214,7 +214,7 @@ def gate_line(g: dict[str, Any]) -> str:
     )
 
 
-TUNING_HEAD = ["step", "what", "int8", "drop", "agreement", "bytes", "host p50", "chosen"]
+TUNING_HEAD = ["step", "what", "int8", "drop", "agreement", "worst SQNR", "bytes", "host p50", "chosen"]
 DEVICE_HEAD = ["target", "status", "int8 p50", "accuracy on the device", "samples", "agreement", "retries"]
 
 
@@ -306,6 +306,13 @@ def _rknn_line(name: str, t: dict[str, Any], compiler: dict[str, Any]) -> str:
     return f"{head}, simulator not run ({acc.get('reason') or 'no samples'})"
 
 
+def tuning_goal(tuning: dict[str, Any], unit: str | None) -> str:
+    """What the accuracy loop aimed for: the accuracy_drop budget, or (without one) the worst output's SQNR."""
+    if tuning.get("budget") is None and tuning.get("min_sqnr_db") is not None:
+        return f"worst output SQNR ≥ {tuning['min_sqnr_db']:g} dB (no accuracy_drop budget; {tuning['trigger']})"
+    return f"drop ≤ {drop_text(tuning.get('budget'), unit)}"
+
+
 def tuning_rows(report: dict[str, Any]) -> list[list[str]]:
     """The accuracy loop's attempts as table cells (empty when the loop did not run)."""
     tuning = report.get("tuning") or {}
@@ -319,6 +326,7 @@ def tuning_rows(report: dict[str, Any]) -> list[list[str]]:
             fmt(a["int8"], unit or "fraction"),
             drop_text(a["drop"], unit),
             fmt(a["agreement"], "fraction"),
+            fmt(a.get("worst_sqnr_db"), "dB"),
             fmt(a["bytes"], "bytes"),
             fmt(a["latency_p50_ms"], "ms"),
             "✔" if a["chosen"] else "",
@@ -384,7 +392,7 @@ def markdown(report: dict[str, Any], deltas: list[dict[str, Any]] | None = None)
     if rows:
         t = report["tuning"]
         lines += [
-            f"### Accuracy tuning (budget: drop ≤ {drop_text(t['budget'], acc.get('unit'))}) — {t['outcome']}",
+            f"### Accuracy tuning ({tuning_goal(t, acc.get('unit'))}) — {t['outcome']}",
             "",
             "| " + " | ".join(TUNING_HEAD) + " |",
             "|" + "---|" * len(TUNING_HEAD),

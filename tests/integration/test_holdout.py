@@ -27,6 +27,7 @@ from converter.errors import RecipeError
 from converter.pipeline import convert
 from converter.recipe import load_recipe
 from converter.reports.report import INT8_NAME
+from converter.runtime.model import TFLiteModel
 from tests.conftest import ROOT, tiny_recipe
 from tools import outlier_model
 
@@ -159,7 +160,9 @@ def test_data_holdout_must_be_a_boolean(tiny_model_dir: Path, write_recipe: Call
 def test_a_model_far_from_float_is_warned_about_on_held_out_samples(
     outlier_digits: Path, write_recipe: Callable[..., Path], tmp_path: Path
 ) -> None:
-    recipe = _no_evaluation(outlier_model.recipe(outlier_digits, benchmark={"enabled": False}))
+    # The loop would lift it above the warning (test_a_model_far_from_float_gets_full_integer_fixes...): off here.
+    raw = outlier_model.recipe(outlier_digits, benchmark={"enabled": False}, tuning={"enabled": False})
+    recipe = _no_evaluation(raw)
     out = tmp_path / "bad"
     result = CliRunner().invoke(main, ["convert", "--recipe", str(write_recipe(recipe)), "--out", str(out)])
     assert result.exit_code == 0, result.output  # no budget: a warning, not a failed gate
@@ -199,9 +202,8 @@ def test_a_model_far_from_float_is_warned_about_on_held_out_samples(
 def test_a_model_far_from_float_is_warned_about_on_evaluation_data(
     outlier_digits: Path, write_recipe: Callable[..., Path], tmp_path: Path
 ) -> None:
-    report = _convert(
-        write_recipe, outlier_model.recipe(outlier_digits, benchmark={"enabled": False}), tmp_path / "bad_eval"
-    )
+    recipe = outlier_model.recipe(outlier_digits, benchmark={"enabled": False}, tuning={"enabled": False})
+    report = _convert(write_recipe, recipe, tmp_path / "bad_eval")
     assert report["calibration"]["samples"] == 200 and report["calibration"]["holdout"]["held_out"] == 0
     worst = report["accuracy"]["worst_output"]
     assert worst["sqnr_db"] < 5.0 and report["accuracy"]["data"] == "data.evaluation (360 samples)"
@@ -210,6 +212,43 @@ def test_a_model_far_from_float_is_warned_about_on_evaluation_data(
     assert "on the evaluation data (360 samples), below 20 dB" in warning
     assert "To improve it: set budgets.accuracy_drop, so the accuracy loop can try its fixes" in warning
     assert f"- ⚠️ warning: {warning}" in (tmp_path / "bad_eval" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("evaluation", [False, True], ids=["held-out", "evaluation"])
+def test_a_model_far_from_float_gets_full_integer_fixes_without_a_budget(
+    outlier_digits: Path, write_recipe: Callable[..., Path], tmp_path: Path, evaluation: bool
+) -> None:
+    """Below 20 dB and no accuracy_drop budget: the loop tries ranges, equalization and bias correction."""
+    raw = outlier_model.recipe(outlier_digits, benchmark={"enabled": False})
+    recipe = raw if evaluation else _no_evaluation(raw)
+    out = tmp_path / "fixed"
+    result = CliRunner().invoke(main, ["convert", "--recipe", str(write_recipe(recipe)), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    tuning = report["tuning"]
+    where = "the evaluation data (360 samples)" if evaluation else "40 held-out samples"
+    found = re.match(r"worst output at (-?\d+\.\d) dB SQNR against float on (.+), below 20 dB$", tuning["trigger"])
+    assert found is not None and float(found[1]) < 5.0 and found[2] == where, tuning["trigger"]
+    assert tuning["ran"] and tuning["budget"] is None and tuning["min_sqnr_db"] == LOW_SQNR_DB
+    steps = [a["step"] for a in tuning["attempts"]]
+    assert steps[0] == "recipe" and "auto ranges" in steps
+    assert not any(s.startswith("float") or s in ("16x8", "qat") for s in steps)  # full-integer fixes only
+    (chosen,) = [a for a in tuning["attempts"] if a["chosen"]]
+    assert chosen["worst_sqnr_db"] >= LOW_SQNR_DB and chosen["plan"]["float_nodes"] == []
+    assert tuning["outcome"].endswith(f"met {LOW_SQNR_DB:g} dB with full-integer fixes"), tuning["outcome"]
+    worst = report["accuracy"]["worst_output"]  # measured again on the same samples by the report
+    assert worst["sqnr_db"] >= LOW_SQNR_DB and worst["agreement"] >= 0.9, worst
+    if evaluation:
+        assert report["accuracy"]["drop"] <= 0.02, report["accuracy"]
+    assert report["warnings"] == [] and _float_ops_none(out)
+    assert "tuning for worst output SQNR ≥ 20 dB (no accuracy_drop budget; worst output at" in result.stdout
+    assert "### Accuracy tuning (worst output SQNR ≥ 20 dB" in (out / "report.md").read_text()
+
+
+def _float_ops_none(out: Path) -> bool:
+    """Whether every tensor of the int8 model is integer (no float layer kept)."""
+    model = TFLiteModel(model_path=str(out / INT8_NAME))
+    return all(d["dtype"] != np.float32 for d in model.interpreter.get_tensor_details())
 
 
 def test_the_demo_without_evaluation_data_stays_above_the_warning(tmp_path: Path) -> None:

@@ -141,10 +141,15 @@ def test_16x8_is_tried_when_no_layer_may_stay_float(
     assert sixteen["drop"] < attempts["recipe"]["drop"] / 10  # 16-bit steps resolve the small channels
 
 
-def test_no_budget_no_loop(outlier_digits: Path, write_recipe: Callable[..., Path], tmp_path: Path) -> None:
+def test_no_budget_no_float_layers(outlier_digits: Path, write_recipe: Callable[..., Path], tmp_path: Path) -> None:
+    """Far from float without a budget: full-integer fixes only (test_holdout has the figures); off, no loop."""
     recipe = _recipe(outlier_digits)
     del recipe["budgets"]
     _, report = _convert(write_recipe(recipe), tmp_path / "o")
+    assert report["tuning"]["budget"] is None and report["tuning"]["trigger"].startswith("worst output at ")
+    assert report["accuracy"]["drop"] < 0.05 and report["quantization"]["float_nodes"] == []
+    recipe["tuning"] = {"enabled": False}
+    _, report = _convert(write_recipe(recipe, "off.yaml"), tmp_path / "off")
     assert report["tuning"] == {"ran": False, "reason": "no accuracy_drop budget", "budget": None, "attempts": []}
     assert report["accuracy"]["drop"] > 0.3 and report["quantization"]["float_nodes"] == []
 
