@@ -26,6 +26,7 @@ from converter.analysis import result_cache
 from converter.analysis.analyze import ACCURACY_GATES, AloneRun, LayerError, alone_decision, analyze, isolate
 from converter.analysis.evaluate import check_metric, evaluate_host, fidelity_warning
 from converter.artifacts import OutputFolder
+from converter.boards import latency_cache
 from converter.boards.measure import TargetResult, measure_target, merge_measured
 from converter.calibration.data import Dataset, ModelInput, Split, check_preprocess, read_samples, split_calibration
 from converter.calibration.stats import INDEX_ADVICE, IndexRefused
@@ -186,6 +187,7 @@ def _run(
     steps: list[dict[str, Any]] = []
     quant_cache.STORE.reset_counts()
     result_cache.STORE.reset_counts()
+    latency_cache.STORE.reset_counts()
     try:
         model: LoadedModel = _timed(
             "load",
@@ -334,7 +336,8 @@ def _run(
         "float_model": "float model cache" in model.loader,
         "statistics": bool(calibration.cache_hit) if calibration else False,
         "quantized_models": quant_cache.STORE.counts(),
-        "results": result_cache.STORE.counts(),  # evaluations and per-layer errors (host latency is always measured)
+        "results": result_cache.STORE.counts(),  # evaluations and per-layer errors
+        "latency": latency_cache.STORE.counts(),  # host latency, per machine
         # In a fresh `edgeconv convert` process: whether anything of this run needed TensorFlow.
         "tensorflow_loaded": "tensorflow" in sys.modules,
     }

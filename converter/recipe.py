@@ -279,6 +279,13 @@ class BenchmarkSpec:
     # that is not simply the maximum; about 1 s less per conversion on small models.
     min_seconds: float = field(default=0.5, metadata={"doc": "And at least this long", "min": 0, "max": 600})
     top_k: int | None = field(default=None, metadata={"doc": "Also report top-k accuracy", "min": 2, "max": 1000})
+    cache: bool = field(
+        default=True,
+        metadata={
+            "doc": "Reuse a host latency measured on this machine for the same model bytes and settings "
+            "(edgeconv convert --remeasure sets it false)"
+        },
+    )
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Running the float and int8 models over the evaluation data is a pure function of the two models' bytes,
 the samples, the labels, the settings and the runtime's versions: a re-run of an unchanged recipe takes
-the figure from here instead of computing it again (seconds on MobileNetV2-224). Host latency is never
-cached: it is a measurement of the machine as it is now. Entries are JSON in the shared store
+the figure from here instead of computing it again (seconds on MobileNetV2-224). Host latency is a
+measurement of a machine, not a function of its inputs: it is kept per machine by ``boards.latency_cache``.
+Entries are JSON in the shared store
 (``converter.cache``); one that does not verify or decode is computed again.
 """
 

@@ -18,6 +18,7 @@ from converter.reports.render import (
     fmt,
     gate_figure,
     io_rows,
+    latency_where,
     layer_label,
     npu_line,
     output_figures,
@@ -426,7 +427,7 @@ def html(report: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
         rows = [
             [
                 escape(k),
-                escape(v["where"]),
+                escape(latency_where(v)),
                 fmt(v["int8"]["p50_ms"], "ms"),
                 fmt(v["int8"]["p90_ms"], "ms"),
                 fmt(v["float"]["p50_ms"], "ms") if v.get("float") else "n/a",

@@ -68,6 +68,12 @@ def ms_text(ms: float) -> str:
 TAIL_WARNING = 5.0  # p99 above this many times p50: the timing is dominated by outliers
 
 
+def latency_where(lat: dict[str, Any]) -> str:
+    """Where a latency ran, and when it is the figure this machine gave before (the latency cache), when."""
+    cached = f", from the latency cache, measured {lat['measured_at']}" if lat.get("from_cache") else ""
+    return f"{lat['where']}{cached}"
+
+
 def latency_text(lat: dict[str, Any]) -> str:
     """p50/p90/p99 of one run and the float ratio computed from the printed values."""
     q = lat["int8"]
@@ -410,7 +416,7 @@ def markdown(report: dict[str, Any], deltas: list[dict[str, Any]] | None = None)
         for name, lat in latency.items():
             flt = fmt(lat["float"]["p50_ms"], "ms") if lat.get("float") else "n/a"
             lines.append(
-                f"| {name} | {lat['where']} | {fmt(lat['int8']['p50_ms'], 'ms')} | "
+                f"| {name} | {latency_where(lat)} | {fmt(lat['int8']['p50_ms'], 'ms')} | "
                 f"{fmt(lat['int8']['p90_ms'], 'ms')} | {flt} | {lat['int8']['threads'] or lat['int8']['delegate']} |"
             )
         lines.append("")
