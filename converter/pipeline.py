@@ -185,6 +185,7 @@ def _run(
     """Every step, in order; returns the report and every file of the output folder."""
     where = f"{recipe.source}: data"
     steps: list[dict[str, Any]] = []
+    tensorflow_before = "tensorflow" in sys.modules  # a batch worker's earlier recipe may have loaded it
     quant_cache.STORE.reset_counts()
     result_cache.STORE.reset_counts()
     latency_cache.STORE.reset_counts()
@@ -338,8 +339,9 @@ def _run(
         "quantized_models": quant_cache.STORE.counts(),
         "results": result_cache.STORE.counts(),  # evaluations and per-layer errors
         "latency": latency_cache.STORE.counts(),  # host latency, per machine
-        # In a fresh `edgeconv convert` process: whether anything of this run needed TensorFlow.
-        "tensorflow_loaded": "tensorflow" in sys.modules,
+        # Whether anything of this run needed TensorFlow; None when it was loaded before this run began (a batch
+        # worker's earlier recipe loaded it), which hides whether this one would have.
+        "tensorflow_loaded": None if tensorflow_before else "tensorflow" in sys.modules,
     }
     images = {HIST_NAME: picture} if picture is not None else {}
     files.update(finalize(report, images, baseline, baseline_path))

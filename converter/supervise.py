@@ -45,7 +45,7 @@ OFF_ENV = "EDGECONV_SUPERVISOR"
 STEP_FILE_ENV = "EDGECONV_STEP_FILE"
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # Signals that end a process running native code by themselves: a crash, or the kernel's kill.
-_CRASHES = frozenset(
+CRASHES = frozenset(
     {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT, signal.SIGKILL, signal.SIGSYS}
 )
 _MEANING = {
@@ -154,7 +154,7 @@ def _outcome(command: str, pid: int, status: int, peak_kb: int, steps_fd: int, n
     if os.WIFEXITED(status):
         return os.WEXITSTATUS(status)
     signum = os.WTERMSIG(status)
-    if signum not in _CRASHES:  # ended by SIGINT, SIGTERM, SIGHUP, ...: end the same way
+    if signum not in CRASHES:  # ended by SIGINT, SIGTERM, SIGHUP, ...: end the same way
         _die_like(signum)
         return 128 + signum
     step, last = running_step(_read(steps_fd), pid)

@@ -1,11 +1,16 @@
-"""Many recipes in one ``edgeconv convert``: each in its own process, a bounded number at a time.
+"""Many recipes in one ``edgeconv convert``: a bounded number of long-lived worker processes, a recipe at a time each.
 
-Each recipe runs as ``python -m converter convert --recipe R --out O`` in a child process, so one
-recipe's crash, memory or TensorFlow state never reaches another, and a recipe's artifacts are the
-bytes a single ``convert`` would write. The children share the content-addressed caches
-(``EDGECONV_CACHE_DIR``): entries are written atomically (temporary file, then rename) and checked
-against their sha256 when read, so two children computing the same entry both write the same bytes
-and a torn or corrupt entry is a miss, never a wrong model.
+Each worker is ``python -m converter batch-worker``: it converts the recipes it is handed one after another,
+in-process, exactly as ``edgeconv convert --recipe R --out O`` would (the same command, its exit code, its
+artifacts byte for byte), so TensorFlow and the other heavy imports are paid once per worker instead of once
+per recipe (about 5 s each on 2 cores). A recipe's stderr goes to a file of its own; its stdout nowhere (the
+batch prints one table). A worker that dies (a native crash, a kill) costs the recipe it was running exit 3,
+with its last stderr line, and a fresh worker takes the next one; no recipe's failure reaches another's
+output. The workers share the content-addressed caches (``EDGECONV_CACHE_DIR``): entries are written
+atomically (temporary file, then rename) and checked against their sha256 when read, so two workers computing
+the same entry both write the same bytes and a torn or corrupt entry is a miss, never a wrong model. A batch
+runs under one set of flags (``--allow-custom-objects`` included), so what one recipe may import, the others
+of the batch may too.
 
 The default number of jobs is one per core, bounded by memory: the MemAvailable of /proc/meminfo
 divided by ``JOB_MEMORY`` (the peak RSS of one convert of a MobileNet-sized model, about 1.4 GB
@@ -20,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +37,7 @@ from typing import Any
 from converter.boards.bench import die_with_parent
 from converter.errors import UserInputError
 from converter.reports.report import REPORT_NAME
+from converter.supervise import CRASHES, crash_message, running_step
 from converter.yamlio import not_regular
 
 JOB_MEMORY = 2 * 1024**3  # bytes one convert may peak at (1.4 GB measured on MobileNetV2-224), rounded up
@@ -139,59 +146,192 @@ def _last_error(stderr: str) -> str | None:
     return (errors or lines)[-1] if lines else None
 
 
+class _Worker:
+    """One ``batch-worker`` process and the pipes it takes recipes and gives exit codes on."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # the timer's kill and the batch thread's may meet
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, arguments as a list
+            [sys.executable, "-m", "converter", "batch-worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # each recipe's stderr goes to its own file
+            text=True,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
+        )
+
+        self.peak_kb = 0
+
+    def convert(self, argv: list[str], stderr: Path, steps: Path) -> int | None:
+        """Run one ``edgeconv`` command line; its exit code, or None when the worker died on it."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # noqa: S101 - PIPE above
+        try:
+            self.proc.stdin.write(json.dumps({"argv": argv, "stderr": str(stderr), "steps": str(steps)}) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return None
+        line = self.proc.stdout.readline()
+        if not line:
+            return None
+        return int(json.loads(line)["code"])
+
+    def kill(self) -> int:
+        """End the worker and its whole group (the runtime bundle's children too); its exit status (Popen's sign).
+
+        Reaped with ``wait4`` for its peak RSS, which a crash message gives when the kernel killed it.
+        """
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with self.lock:
+            if self.proc.returncode is None:
+                try:
+                    _, status, usage = os.wait4(self.proc.pid, 0)
+                except ChildProcessError:
+                    return self.proc.wait()
+                self.peak_kb = int(usage.ru_maxrss)
+                self.proc.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        return self.proc.returncode
+
+    def close(self) -> None:
+        """No more recipes: the worker reads end-of-input and exits."""
+        with contextlib.suppress(BrokenPipeError, OSError):
+            assert self.proc.stdin is not None  # noqa: S101
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
 class _Children:
-    """The running convert processes, so an interrupted batch can end them all (they run in their own sessions)."""
+    """The running workers, one per batch thread, so an interrupted batch can end them all."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.running: set[subprocess.Popen[str]] = set()
+        self.workers: dict[int, _Worker] = {}
         self.stopping = False
 
-    def run(self, command: list[str], timeout: float) -> tuple[int, str]:
+    def run(self, argv: list[str], timeout: float) -> tuple[int, str]:
+        """Exit code and stderr of one command line, run by this thread's worker (started on first use)."""
+        thread = threading.get_ident()
         with self.lock:
             if self.stopping:
                 return 3, "error: not started: the batch was interrupted"
-            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, arguments as a list
-                command,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-                start_new_session=True,
-                preexec_fn=die_with_parent(),
-            )
-            self.running.add(proc)
-        try:
-            _, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill(proc)
-            return 3, f"error: did not finish within {timeout:.0f} s"
-        finally:
-            with self.lock:
-                self.running.discard(proc)
-        return proc.returncode, stderr
+            worker = self.workers.get(thread)
+            if worker is None or worker.proc.poll() is not None:
+                worker = self.workers[thread] = _Worker()
+        with tempfile.TemporaryDirectory(prefix="edgeconv-job-") as tmp:
+            return self._run(worker, thread, argv, Path(tmp) / "stderr", Path(tmp) / "steps", timeout)
 
-    @staticmethod
-    def kill(proc: subprocess.Popen[str]) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # its whole group: the runtime bundle's children too
-        proc.wait()
+    def _run(
+        self, worker: _Worker, thread: int, argv: list[str], stderr_path: Path, steps: Path, timeout: float
+    ) -> tuple[int, str]:
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            worker.kill()
+
+        timer = threading.Timer(timeout, expire)
+        timer.start()
+        try:
+            code = worker.convert(argv, stderr_path, steps)
+        finally:
+            timer.cancel()
+        stderr = stderr_path.read_text(encoding="utf-8", errors="replace") if stderr_path.exists() else ""
+        if code is not None:
+            return code, stderr
+        status = worker.kill()  # it died on this recipe: a fresh worker takes the next
+        with self.lock:
+            self.workers.pop(thread, None)
+        if expired.is_set():
+            return 3, stderr + f"\nerror: did not finish within {timeout:.0f} s"
+        if status < 0 and signal.Signals(-status) in CRASHES and not self.stopping:
+            log = steps.read_text(encoding="utf-8", errors="replace") if steps.exists() else ""
+            step, last = running_step(log, worker.proc.pid)
+            return 3, stderr + f"\nerror: {crash_message(argv[0], -status, step, last, worker.peak_kb)}"
+        return status if status != 0 else 3, stderr
+
+    def close_all(self) -> None:
+        with self.lock:
+            workers, self.workers = list(self.workers.values()), {}
+        for worker in workers:
+            worker.close()
 
     def stop_all(self) -> None:
         with self.lock:
             self.stopping = True
-            running = list(self.running)
-        for proc in running:
-            self.kill(proc)
+            workers, self.workers = list(self.workers.values()), {}
+        for worker in workers:
+            worker.kill()
 
 
-def run_one(job: Job, args: Sequence[str], children: _Children | None = None) -> JobResult:
-    """Convert one recipe in a child process; its report is read back from its output folder."""
-    command = [sys.executable, "-m", "converter", "convert", "--recipe", str(job.recipe), "--out", str(job.out)]
+def serve() -> None:
+    """The worker's loop: a JSON line ``{"argv": [...], "stderr": path}`` in, ``{"code": n}`` out, until end of input.
+
+    Each command runs in this process as ``edgeconv`` would run it; its stdout is discarded (the batch prints
+    the table) and its stderr written to ``path``. Between recipes the memory the last one held is handed back.
+    """
+    from converter import progress
+    from converter.cli.main import main
+    from converter.sources.load import release_memory
+
+    results = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")  # the protocol's own copy of stdout
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # the commands' stdout
+    os.close(devnull)
+    for line in sys.stdin:
+        job = json.loads(line)
+        steps = os.open(job["steps"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        progress.announce_to(steps)  # the steps this recipe enters, for the crash message if it dies in one
+        try:
+            code = _run_command(main, list(job["argv"]), Path(job["stderr"]))
+        finally:
+            progress.announce_to(None)
+            os.close(steps)
+        results.write(json.dumps({"code": code}) + "\n")
+        if "keras" in sys.modules:
+            with contextlib.suppress(Exception):
+                sys.modules["keras"].backend.clear_session()
+        release_memory()
+
+
+def _run_command(command: Any, argv: list[str], stderr: Path) -> int:
+    """``command`` (the ``edgeconv`` group) with ``argv``, stderr (fd 2, native output too) into ``stderr``."""
+    import click
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with stderr.open("wb") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            command.main(args=argv, prog_name="edgeconv", standalone_mode=False)
+            code = 0
+        except SystemExit as e:  # ``guarded`` ends every command with sys.exit(code)
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 3)
+        except click.ClickException as e:  # usage errors: what click would print, and its exit code
+            e.show()
+            code = e.exit_code
+        except Exception as e:  # noqa: BLE001 - the worker must answer for every recipe
+            print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+            code = 3
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+    return code
+
+
+def run_one(job: Job, args: Sequence[str], children: _Children) -> JobResult:
+    """Convert one recipe in a worker process; its report is read back from its output folder."""
+    command = ["convert", "--recipe", str(job.recipe), "--out", str(job.out)]
     start = time.perf_counter()
-    code, stderr = (children or _Children()).run([*command, *args], TIMEOUT_S)
+    code, stderr = children.run([*command, *args], TIMEOUT_S)
     seconds = time.perf_counter() - start
     if code < 0 or code > 3:  # killed by a signal, or an interpreter failure: a failed step
-        stderr += f"\nerror: the convert process ended with {code}"
+        stderr += f"\nerror: the convert worker ended with {code}"
         code = 3
     report = None
     path = job.out / REPORT_NAME
@@ -218,12 +358,14 @@ def run_all(
 
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="edgeconv-job")
     try:
-        return list(pool.map(one, jobs))
+        results = list(pool.map(one, jobs))
     except BaseException:  # Ctrl-C or SIGTERM: end every running convert now, start no other
         children.stop_all()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    children.close_all()
+    return results
 
 
 def worst(codes: Sequence[int]) -> int:

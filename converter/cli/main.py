@@ -326,6 +326,15 @@ def check(report_path: Path, baseline_path: str | None, as_json: bool, debug: bo
     guarded(debug, run)
 
 
+@main.command("batch-worker", hidden=True)
+def batch_worker() -> None:
+    """Convert the recipes a batch hands over stdin, one after another, in this process (``cli.batch``)."""
+    from converter.cli.batch import serve
+
+    quiet_tensorflow()
+    serve()
+
+
 @main.command()
 def schema() -> None:
     """Print the recipe JSON Schema (for editor completion)."""

@@ -1,4 +1,4 @@
-"""Many recipes in one ``edgeconv convert``: separate processes, one shared cache, the same bytes.
+"""Many recipes in one ``edgeconv convert``: long-lived worker processes, one shared cache, the same bytes.
 
 Eight variants of the tiny model (calibration methods, per-tensor weights, 16x8, uint8 I/O, sample
 counts) are converted one by one, then all at once with ``--jobs 2`` sharing one fresh cache, and every
@@ -123,6 +123,19 @@ def test_a_failing_recipe_does_not_stop_the_others(recipes: Path, tmp_path: Path
     assert listed.returncode == 1
     doc = json.loads(listed.stdout)
     assert [(r["name"], r["exit_code"], r["passed"]) for r in doc] == [("ok", 0, True), ("gate", 1, False)]
+
+
+def test_one_worker_loads_tensorflow_once_for_its_recipes(recipes: Path, tmp_path: Path) -> None:
+    """--jobs 1: one worker converts both recipes; the second finds TensorFlow loaded by the first."""
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ("minmax", "mse"):
+        (folder / f"{name}.yaml").write_text((recipes / f"{name}.yaml").read_text())
+    done = _convert([str(folder), "--jobs", "1", "--out", str(tmp_path / "o")], tmp_path / "cache", tmp_path)
+    assert done.returncode == 0, done.stderr
+    loaded = [json.loads((tmp_path / "o" / n / "report.json").read_text())["cache"]["tensorflow_loaded"] for n in
+              ("minmax", "mse")]  # fmt: skip
+    assert loaded == [True, None], loaded  # None: loaded before the run began, by the same process
 
 
 def test_two_recipes_with_one_name_are_refused_before_any_work(recipes: Path, tmp_path: Path) -> None:
