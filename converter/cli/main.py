@@ -374,17 +374,18 @@ def _io_line(q: dict[str, Any]) -> str:
     """The int8 model's I/O types; every input by name when there are several."""
     inputs, outputs = q.get("inputs") or [q["input"]], q.get("outputs") or [q["output"]]
     if len(inputs) == 1 and len(outputs) == 1:
-        return f"  I/O    {_io_input(q['input'])} in, {q['output']['dtype']} out"
-    ins = ", ".join(f"{i['name']} {_io_input(i)}" for i in inputs)
+        i = q["input"]
+        return f"  I/O    {i['dtype']} in ({_io_input(i)}), {q['output']['dtype']} out"
+    ins = ", ".join(f"{i['name']} {i['dtype']} ({_io_input(i)})" for i in inputs)
     outs = ", ".join(f"{o['name']} {o['dtype']}" for o in outputs)
     return f"  I/O    {len(inputs)} in: {ins}; {len(outputs)} out: {outs}"
 
 
 def _io_input(i: dict[str, Any]) -> str:
-    """One int8 model input's type and quantization; an integer input without a scale takes raw integers."""
+    """How one int8 model input is quantized; an integer input without a scale takes raw integers."""
     if i["scale"] is None:
-        return f"{i['dtype']} (ids/indices, fed as integers)"
-    return f"{i['dtype']} (scale {i['scale']}, zero point {i['zero_point']})"
+        return "ids/indices, fed as integers"
+    return f"scale {i['scale']}, zero point {i['zero_point']}"
 
 
 def summary(out_dir: Path, report: dict[str, Any]) -> str:

@@ -140,7 +140,7 @@ def test_token_ids_convert_full_integer_and_stay_integer(
     report = json.loads((out / "report.json").read_text())
     assert [i["dtype"] for i in report["model"]["inputs"]] == [dtype]
     assert report["model"]["inputs"][0]["fed"].startswith(f"integers as stored, cast to {dtype}")
-    assert f"I/O    {dtype} (ids/indices, fed as integers) in, int8 out" in done.stdout, done.stdout[-2000:]
+    assert f"I/O    {dtype} in (ids/indices, fed as integers), int8 out" in done.stdout, done.stdout[-2000:]
     # The int8 model's id input is still integer (TensorFlow's quantizer changes float inputs only) ...
     q_in = report["quantization"]["inputs"][0]
     assert (q_in["name"], q_in["dtype"], q_in["scale"]) == ("ids", dtype, None), q_in
