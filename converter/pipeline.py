@@ -49,8 +49,8 @@ from converter.quantization.qat import check_available, quantize_qat
 from converter.quantization.quantize import Plan, Quantized, quantize
 from converter.quantization.tflite_quantizer import (
     import_problem,
+    import_quantizer,
     import_seconds,
-    import_tensorflow,
     quantize_with_ranges,
 )
 from converter.quantization.tune import accuracy_budget, tune
@@ -239,9 +239,10 @@ def _run(
     if eval_x is not None:  # a metric the data cannot give fails before calibration, not after
         check_metric(model.float_tflite, eval_x, eval_y, metric, f"{where}.evaluation.metric")
 
-    # TensorFlow is imported when a quantization is not in the cache (``_step`` times it apart).
+    # TensorFlow's quantizer is loaded when a quantization is not in the cache (``_step`` times it apart):
+    # its native extension alone where it loads so, else TensorFlow.
     if not recipe.calibration.cache:
-        _timed("import tf", steps, import_tensorflow)
+        _timed("import tf", steps, import_quantizer)
 
     def quantizer(plan: Plan | None = None) -> Quantized:
         if plan is not None and plan.qat and recipe.tuning.qat is not None:

@@ -35,10 +35,11 @@ import numpy as np
 from converter.errors import ConversionError, ConverterError, InvalidModelError, NoIntegerKernelError
 from converter.extras import require
 from converter.progress import named
-from converter.quantization import quant_cache
+from converter.quantization import native_quantizer, quant_cache
 from converter.quantization.lstm_intermediates import add_intermediates
 from converter.runtime.model import TFLiteModel, input_arrays, quantize
 from converter.sources.tflite_check import REEXPORT, VHLO_REMEDY, invalid_op_lines, vhlo_meaning
+from converter.tflite import flatbuf, flatbuffer_schema
 from converter.tflite.inspect_model import float_ops, source_layer
 
 SUPPORTED_TF = (">=2.16", "<2.22")
@@ -72,19 +73,38 @@ def import_tensorflow() -> None:
     _IMPORT_SECONDS[0] += time.perf_counter() - start
 
 
+def import_quantizer() -> None:
+    """Load what ``quantize_with_ranges`` needs: TensorFlow's quantizer extension alone (1-2 s), else TensorFlow.
+
+    Counted by ``import_seconds`` like ``import_tensorflow``; the calibrate-and-quantize routes (16x8, QAT,
+    the tests' stock reference) still import TensorFlow itself.
+    """
+    if native_quantizer.MODULE in sys.modules and not _PREFETCH:
+        return
+    start = time.perf_counter()
+    while _PREFETCH:
+        _PREFETCH.pop().join()
+    if native_quantizer.available():
+        _IMPORT_SECONDS[0] += time.perf_counter() - start
+        return
+    import_tensorflow()
+
+
 def _import_quietly() -> None:
-    with contextlib.suppress(Exception):  # any failure is met again, and said, by import_tensorflow
-        from tensorflow.lite.python import convert  # noqa: F401
+    with contextlib.suppress(Exception):  # any failure is met again, and said, by import_quantizer
+        if not native_quantizer.available():
+            from tensorflow.lite.python import convert  # noqa: F401
 
 
 def prefetch_tensorflow() -> None:
-    """Start importing TensorFlow's converter in a thread, while a child process converts a PyTorch/ONNX model.
+    """Start loading TensorFlow's quantizer in a thread, while a child process converts a PyTorch/ONNX model.
 
-    A cold conversion of those sources needs TensorFlow's quantizer next; its import (4-7 s here) then
-    overlaps the child's work instead of following it. The thread is not a daemon: a run that fails
-    meanwhile waits for the import to end before exiting rather than tearing TensorFlow down half-loaded.
+    A cold conversion of those sources needs the quantizer next (``import_quantizer``: its extension
+    alone, else TensorFlow, 4-7 s here); loading it then overlaps the child's work instead of following it.
+    The thread is not a daemon: a run that fails meanwhile waits for the load to end before exiting rather
+    than tearing TensorFlow down half-loaded.
     """
-    if "tensorflow" in sys.modules or _PREFETCH or importlib.util.find_spec("tensorflow") is None:
+    if native_quantizer.MODULE in sys.modules or _PREFETCH or importlib.util.find_spec("tensorflow") is None:
         return
     thread = threading.Thread(target=_import_quietly, name="import-tensorflow")
     thread.start()
@@ -148,28 +168,37 @@ def quantize_with_ranges(
     entry, hit = _cached("ranges", float_tflite, settings)
     if hit is not None:
         return _check_integer(hit, allow_float=bool(float_nodes))
-    tf = _tf()
-    from tensorflow.lite.python import convert as tf_convert
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(add_intermediates(float_tflite)))
+    import_quantizer()
+    schema = flatbuffer_schema.schema()
+    model = flatbuf.load(add_intermediates(float_tflite))
     tensors = model.subgraphs[0].tensors
     for index, (lo, hi) in sorted(ranges.items()):
         params = tensors[index].quantization or schema.QuantizationParametersT()
         params.min = [float(np.float32(lo))]
         params.max = [float(np.float32(hi))]
         tensors[index].quantization = params
-    calibrated = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    calibrated = flatbuf.dump(model)
     try:
-        result = tf_convert.mlir_quantize(
-            calibrated,
-            disable_per_channel=not per_channel,
-            fully_quantize=False,
-            input_data_type=tf.as_dtype(input_type),
-            output_data_type=tf.as_dtype(output_type),
-            denylisted_nodes=list(float_nodes) or None,
-        )
+        if native_quantizer.available():
+            result = native_quantizer.mlir_quantize(
+                calibrated,
+                per_channel=per_channel,
+                input_type=input_type,
+                output_type=output_type,
+                float_nodes=float_nodes,
+            )
+        else:
+            tf = _tf()
+            from tensorflow.lite.python import convert as tf_convert
+
+            result = tf_convert.mlir_quantize(
+                calibrated,
+                disable_per_channel=not per_channel,
+                fully_quantize=False,
+                input_data_type=tf.as_dtype(input_type),
+                output_data_type=tf.as_dtype(output_type),
+                denylisted_nodes=list(float_nodes) or None,
+            )
     except Exception as e:  # noqa: BLE001 - TF raises RuntimeError/ConverterError/ValueError
         raise quantizer_failed(e, float_tflite) from e
     return _finish(bytes(result), entry, allow_float=bool(float_nodes))
@@ -341,11 +370,9 @@ def _check_integer(model_out: bytes, *, allow_float: bool = False) -> bytes:
 
 
 def _deduplicate(model: bytes) -> bytes:
-    """Merge identical read-only buffers, as the stock converter does last."""
-    from tensorflow.lite.python.convert import deduplicate_readonly_buffers
-
+    """Merge identical read-only buffers, as the stock converter does last (``flatbuf``'s port of its pass)."""
     try:
-        return bytes(deduplicate_readonly_buffers(model))
+        return flatbuf.deduplicate_readonly_buffers(model)
     except Exception:  # noqa: BLE001 - a model that cannot be deduplicated is still valid
         return model
 

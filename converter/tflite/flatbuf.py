@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -95,3 +96,65 @@ def set_data(model: Any, tensor: Any, values: np.ndarray) -> None:
     buffer.data = np.frombuffer(raw, dtype=np.uint8)
     model.buffers.append(buffer)
     tensor.buffer = len(model.buffers) - 1
+
+
+def deduplicate_readonly_buffers(content: bytes) -> bytes:
+    """Merge identical read-only buffers (constant tensors' data), as the stock converter does last.
+
+    A port of TensorFlow's ``convert.deduplicate_readonly_buffers`` onto the schema module ``load``/``dump``
+    use, so the quantizer's output is finished without importing TensorFlow: the same buffers merged, in
+    the same order (sorted by size and md5, largest first), the same bytes written.
+    """
+    model = load(content)
+    read_only: set[int] = set()
+    for subgraph in model.subgraphs:
+        inputs: set[int] = set()
+        for op in subgraph.operators:
+            if op.inputs is None:
+                continue
+            mutating = op.mutatingVariableInputs
+            for i, index in enumerate(op.inputs):
+                if mutating is not None and i < len(mutating) and mutating[i]:
+                    continue
+                if subgraph.tensors[index].isVariable:
+                    continue
+                inputs.add(int(index))
+        for op in subgraph.operators:
+            inputs.difference_update(int(i) for i in (op.outputs if op.outputs is not None else []))
+            inputs.difference_update(int(i) for i in (op.intermediates if op.intermediates is not None else []))
+        inputs.difference_update(int(i) for i in (subgraph.inputs if subgraph.inputs is not None else []))
+        inputs.difference_update(int(i) for i in (subgraph.outputs if subgraph.outputs is not None else []))
+        read_only.update(int(subgraph.tensors[i].buffer) for i in inputs)
+    def usable(index: int) -> bool:
+        data = model.buffers[index].data if index >= 0 else None
+        return data is not None and not isinstance(data, list) and data.size > 0
+
+    buffers = sorted(
+        (
+            (int(model.buffers[i].data.size), hashlib.md5(model.buffers[i].data.data.tobytes()).hexdigest(), i)  # noqa: S324 - TF's grouping key
+            for i in read_only
+            if usable(i)
+        ),
+        key=lambda b: (b[0], b[1]),
+        reverse=True,
+    )
+    duplicate: dict[int, int] = {}
+    for k, (size, md5, index) in enumerate(buffers):
+        if index in duplicate:
+            continue
+        for other_size, other_md5, other in buffers[k + 1 :]:
+            if other in duplicate:
+                continue
+            if other_size != size:
+                break
+            if other_md5 == md5:
+                duplicate[other] = index
+    for subgraph in model.subgraphs:  # written back even without duplicates, as TensorFlow's pass does
+        for op in subgraph.operators:
+            for index in op.inputs if op.inputs is not None else []:
+                tensor = subgraph.tensors[index]
+                if tensor.buffer in duplicate:
+                    tensor.buffer = duplicate[tensor.buffer]
+    for index in duplicate:
+        model.buffers[index].data = None
+    return dump(model)

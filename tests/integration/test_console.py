@@ -32,7 +32,9 @@ STEP_LINES = [
     r"tune +\d+\.\ds",
     r"analyze +\d+\.\ds",
     r"targets +\d+\.\ds",
-    r"benchmark +host \(xnnpack, threads all\)",
+    # measured, or (an earlier test measured this model here) taken from the latency cache
+    r"benchmark +host( \(xnnpack, threads all\)|: from the latency cache \(measured \S+ on this machine; "
+    r"--remeasure measures again\))",
     r"benchmark +\d+\.\ds",
 ]
 NOISE = ("I0000", "E0000", "W0000", "cuInit", "oneDNN", "fully_quantize", "XNNPACK delegate", "absl")

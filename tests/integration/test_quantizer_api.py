@@ -7,14 +7,20 @@ names the assumption instead of surfacing as a wrong model later.
 from __future__ import annotations
 
 import inspect
+import json
+import os
+import subprocess
+import sys
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from converter.quantization import tflite_quantizer
 from converter.runtime.model import TFLiteModel
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_recipe
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -81,3 +87,69 @@ def test_fully_quantize_true_would_ignore_the_io_type() -> None:
     )
     assert TFLiteModel(model_content=forced).inputs[0].dtype == "int8"
     assert TFLiteModel(model_content=kept).inputs[0].dtype == "float32"
+
+
+def test_the_extensions_type_numbers_are_tensorflows() -> None:
+    """native_quantizer passes types.proto numbers itself: they must be those mlir_quantize would pass."""
+    import tensorflow as tf
+    from tensorflow.compiler.mlir.lite import types_pb2
+    from tensorflow.lite.python import convert
+
+    from converter.quantization import native_quantizer
+
+    assert native_quantizer.QUANTIZED_INT8 == types_pb2.QUANTIZED_INT8
+    for name, number in native_quantizer.IO_TYPES.items():
+        assert convert.convert_tensor_tf_type_to_tflite_type(tf.as_dtype(name)) == number, name
+    params = inspect.signature(convert.mlir_quantize).parameters
+    assert list(params)[:4] == ["input_data_str", "disable_per_channel", "fully_quantize", "inference_type"]
+
+
+def test_the_buffer_deduplication_port_writes_tensorflows_bytes(tiny_model_dir: Path) -> None:
+    from tensorflow.lite.python.convert import deduplicate_readonly_buffers
+
+    from converter.tflite import flatbuf
+
+    for name in ("tiny.tflite",):
+        model = (tiny_model_dir / name).read_bytes()
+        quant = tflite_quantizer.quantize_with_ranges(
+            model, _all_ranges(model), input_type="int8", output_type="int8", per_channel=True
+        )
+        assert flatbuf.deduplicate_readonly_buffers(quant) == bytes(deduplicate_readonly_buffers(quant))
+    demo = (ROOT / "tests" / "data" / "add_one_float.tflite").read_bytes()
+    assert flatbuf.deduplicate_readonly_buffers(demo) == bytes(deduplicate_readonly_buffers(demo))
+
+
+def _all_ranges(model: bytes) -> dict[int, tuple[float, float]]:
+    from converter.tflite import flatbuf
+
+    tensors = flatbuf.load(model).subgraphs[0].tensors
+    return {i: (-2.0, 3.0) for i, t in enumerate(tensors) if flatbuf.type_name(t.type) == "FLOAT32"}
+
+
+@pytest.mark.parametrize("io", ["int8", "uint8"])
+def test_a_tflite_source_quantizes_without_tensorflow_to_the_same_bytes(
+    tiny_model_dir: Path, tmp_path: Path, io: str
+) -> None:
+    """The extension alone (no ``import tensorflow``) and TensorFlow's mlir_quantize give the same int8 model."""
+    recipe = tmp_path / "r.yaml"
+    spec = tiny_recipe(tiny_model_dir, "tiny.tflite", benchmark={"enabled": False})
+    spec["quantization"] = {"input_type": io, "output_type": io}
+    recipe.write_text(yaml.safe_dump(spec))
+    runs = {}
+    for mode in ("native", "off"):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGECONV_CACHE_DIR": str(tmp_path / f"cache-{mode}")}
+        if mode == "off":
+            env["EDGECONV_NATIVE_QUANTIZER"] = "off"
+        done = subprocess.run(
+            [sys.executable, "-m", "converter", "convert", "--recipe", str(recipe), "--out", str(tmp_path / mode)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        report = json.loads((tmp_path / mode / "report.json").read_text())
+        runs[mode] = ((tmp_path / mode / "model_int8.tflite").read_bytes(), report["cache"]["tensorflow_loaded"])
+    assert runs["native"][1] is False and runs["off"][1] is True  # TensorFlow imported only when asked for
+    assert runs["native"][0] == runs["off"][0]
