@@ -91,6 +91,13 @@ class TensorRTSpec:
         metadata={"doc": "TensorRT has INT8 kernels for this GPU (compute capability 6.1 or newer; Maxwell has none)"},
     )
     jetpack: str | None = field(default=None, metadata={"doc": "JetPack release (Jetson modules), for humans"})
+    trtexec: str = field(
+        default="/usr/src/tensorrt/bin/trtexec",
+        metadata={
+            "doc": "trtexec on the device, which deploy and bench run over SSH to build and time the engine "
+            "(JetPack puts it here, off the PATH); bench --trtexec overrides it"
+        },
+    )
     gpu: str | None = field(default=None, metadata={"doc": "GPU, for humans and reports"})
     compute_capability: str | None = field(default=None, metadata={"doc": "CUDA compute capability (8.7: Orin)"})
     memory_bytes: int | None = field(

@@ -72,7 +72,7 @@ from converter.reports.report import (
 from converter.runtime.accuracy import Accuracy, not_measured
 from converter.runtime.preprocess import Preprocess
 from converter.sources.load import LoadedModel, detect_format, load_model
-from converter.targets import check_targets, early_warnings, rknn, rknn_setup
+from converter.targets import check_targets, early_warnings, rknn, rknn_setup, tensorrt
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -144,6 +144,8 @@ def convert(
             check_importable("ethosu", f"target {name} (Arm Ethos-U)")
         if profile.runtime == "rknn" and rknn_setup.installed() is None:
             raise rknn_setup.not_installed_error(f"{recipe.source}: targets: {name} (Rockchip RKNN)")
+        if profile.runtime == "tensorrt":
+            tensorrt.check_installed(recipe.model, f"{recipe.source}: targets: {name} (TensorRT)")
     qat = recipe.tuning.qat
     if qat is not None and not qat.data.path.exists():
         raise DataError(f"{recipe.source}: tuning.qat.data.path: {qat.data.path} does not exist")
@@ -294,10 +296,17 @@ def _run(
         else []
     )
     with _step("targets", steps):
-        if eval_x is not None:
-            checks = check_targets(recipe, targets, quant, eval_x, labels=eval_y)
-        else:
-            checks = check_targets(recipe, targets, quant, cal_x, samples_kind="calibration")
+        shown, kind = (eval_x, "evaluation") if eval_x is not None else (cal_x, "calibration")
+        checks = check_targets(
+            recipe,
+            targets,
+            quant,
+            shown,
+            labels=eval_y if eval_x is not None else None,
+            samples_kind=kind,
+            float_model=model.float_tflite,
+            calibration=cal_x,
+        )
     with _step("benchmark", steps):
         measured = measure_targets(recipe, targets, model.float_tflite, quant, eval_raw, eval_y, prep, checks.files)
     files = {FLOAT_NAME: model.float_tflite, INT8_NAME: quant, **checks.files}
@@ -609,6 +618,11 @@ def measure_targets(
                 own["rknn"] = Path(tmp) / spec.device / rknn.ARTIFACT
                 own["rknn"].parent.mkdir()
                 own["rknn"].write_bytes(compiled)
+            qdq = (target_files or {}).get(f"firmware/{spec.device}/{tensorrt.ARTIFACT}")
+            if qdq is not None:  # a TensorRT board with a host: trtexec builds and times it there
+                own["qdq"] = Path(tmp) / spec.device / tensorrt.ARTIFACT
+                own["qdq"].parent.mkdir(exist_ok=True)
+                own["qdq"].write_bytes(qdq)
             out[spec.device] = _measure_or_reason(spec, profiles[spec.device], recipe.benchmark, own, eval_data, prep)
         return out
 

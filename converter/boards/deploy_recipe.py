@@ -101,6 +101,14 @@ def _models(recipe: Recipe, out: Path, device: str, profile: DeviceProfile) -> d
                 f"edgeconv convert --recipe {recipe.source} first (it builds the .rknn with rknn-toolkit2)"
             )
         models["rknn"] = compiled
+    if profile.runtime == "tensorrt":
+        qdq = out / "firmware" / device / "model_qdq.onnx"
+        if not qdq.is_file():
+            raise OutputError(
+                f"{out}: no firmware/{device}/model_qdq.onnx; add {device} to the recipe's targets and run "
+                f"edgeconv convert --recipe {recipe.source} first (it writes the Q/DQ ONNX model trtexec builds)"
+            )
+        models["qdq"] = qdq
     return models
 
 
@@ -122,7 +130,10 @@ def _profile_fields(profile: DeviceProfile) -> dict[str, Any]:
 def _record(report: dict[str, Any], name: str, profile: DeviceProfile, result: TargetResult, board: bool) -> None:
     report.setdefault("latency", {})[name] = result.latency
     targets = report.setdefault("targets", {})
-    target = merge_measured(targets.get(name) or {}, {**result.extra, "accuracy": result.accuracy})
+    measured = {**result.extra, "accuracy": result.accuracy}
+    if profile.runtime == "tensorrt" and result.accuracy is None:
+        del measured["accuracy"]  # trtexec measures no accuracy: the onnxruntime Q/DQ figures stay, labelled so
+    target = merge_measured(targets.get(name) or {}, measured)
     target.update({**_profile_fields(profile), "measured": True, "reason": None})
     target.pop("measure_error", None)
     target.pop("unreachable", None)
@@ -159,10 +170,12 @@ def deploy_recipe(
     timeout_s: float | None = None,
     insecure_options: tuple[str, ...] = (),
     keep: bool = False,
+    trtexec: str | None = None,
 ) -> tuple[str, dict[str, Any], dict[str, Any] | None, Path, bool]:
     """Run the recipe's models on ``host``, record the result and re-check the gates.
 
-    ``insecure_options`` weaken host-key checking (the CLI allowed them with --insecure-host-key).
+    ``insecure_options`` weaken host-key checking (the CLI allowed them with --insecure-host-key);
+    ``trtexec`` replaces a TensorRT profile's ``tensorrt.trtexec`` (the program the board runs).
     Returns (device, latency, accuracy, report path, whether every gate passed).
     """
     folder = _open(recipe, out_dir)
@@ -174,7 +187,7 @@ def deploy_recipe(
     models = _models(recipe, folder.out, name, profile)
     result = measure_target(
         spec, profile, recipe.benchmark, models, folder.eval_data, folder.prep, keep=keep,
-        insecure_options=insecure_options,
+        insecure_options=insecure_options, trtexec=trtexec,
     )  # fmt: skip
     if result.latency is None:
         raise UserInputError(f"{name}: {result.reason}")

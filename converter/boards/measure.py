@@ -119,6 +119,7 @@ def measure_target(
     *,
     board: str | None = None,
     insecure_options: tuple[str, ...] = (),
+    trtexec: str | None = None,
 ) -> TargetResult:
     """Measure one target; raises ``DeployError``/``EvaluationError`` when a measurement fails."""
     if profile.runtime == "ethos-u":
@@ -127,11 +128,14 @@ def measure_target(
             reason=f"{profile.name} runs the Vela-compiled model with the Ethos-U driver, which is not on this "
             f"machine; see targets.{profile.name}.latency_estimate (Vela's performance model, an estimate)",
         )
+    if profile.runtime == "tensorrt" and spec.host and "qdq" in models:
+        return _tensorrt_on_board(spec, profile, models["qdq"], keep, board, insecure_options, trtexec)
     if profile.runtime == "tensorrt":
         return TargetResult(
             None,
             reason=f"{profile.name} runs a TensorRT engine built from firmware/{profile.name}/model_qdq.onnx on "
-            f"its NVIDIA GPU; edgeconv builds and times no engine (build it on the device with trtexec --int8); "
+            f"its NVIDIA GPU, which convert does not reach: run edgeconv deploy --host user@board (or set "
+            f"targets[].host) to build and time it there with trtexec; "
             f"see targets.{profile.name}.accuracy (the Q/DQ model on onnxruntime, a CPU simulation)",
         )
     if profile.runtime == "rknn" and (not spec.host or "rknn" not in models):
@@ -181,6 +185,51 @@ def measure_target(
     if request.npu_model is not None:
         return npu_result(profile, spec, result)
     return TargetResult(latency_record(result, "device"), accuracy=result.get("accuracy"))
+
+
+def _tensorrt_on_board(
+    spec: TargetSpec,
+    profile: DeviceProfile,
+    qdq: Path,
+    keep: bool,
+    board: str | None,
+    insecure: tuple[str, ...],
+    program: str | None,
+) -> TargetResult:
+    """The Q/DQ model built into an engine and timed by trtexec on the board (``boards.trtexec``).
+
+    ``program``: trtexec's path on the board when not the profile's (``deploy --trtexec``).
+    """
+    from converter.boards import trtexec
+
+    log.info("deploy     %s on %s (trtexec)", board or profile.name, spec.host)
+    target = ssh_target(spec, profile, name=board, insecure_options=insecure)
+    assert profile.tensorrt is not None  # noqa: S101 - devices.load_device requires it for runtime tensorrt
+    result = trtexec.measure(
+        target, qdq, program or profile.tensorrt.trtexec, keep=keep, version=profile.tensorrt.version
+    )
+    record: dict[str, Any] = {
+        "where": result["where"],
+        "machine": {"cpu": profile.cpu, "host": spec.host, "tensorrt": result["tensorrt"]},
+        # runs_on() and the renderers read delegate/threads; trtexec says nothing about its run count or spread
+        "int8": {
+            **result["latency"],
+            "delegate": "TensorRT engine (trtexec)",
+            "threads": None,
+            "runs": None,
+            "std_ms": None,
+            "source": "trtexec performance summary",
+        },
+        "float": None,
+        "peak_rss_mb": None,
+        "engine_bytes": result["engine_bytes"],
+        "command": result["command"],
+    }
+    for key in ("retries", "ssh_warnings"):
+        if result.get(key):
+            record[key] = result[key]
+    gpu = {"engine": "built on the board", "engine_bytes": result["engine_bytes"], "latency_ms": result["latency"]}
+    return TargetResult(record, extra={"gpu": {**gpu, "reason": None, "accuracy_reason": result["accuracy_reason"]}})
 
 
 def npu_result(profile: DeviceProfile, spec: TargetSpec, result: dict[str, Any]) -> TargetResult:

@@ -22,7 +22,7 @@ from converter.cli.common import EXIT_GATE, EXIT_OK, debug_option, guarded
     "targets",
     multiple=True,
     metavar="NAMES",
-    help="Only these targets: device profiles or runtimes (litert, tflm, edgetpu, ethos-u, rknn), "
+    help="Only these targets: device profiles or runtimes (litert, tflm, edgetpu, ethos-u, rknn, tensorrt), "
     "comma-separated or repeated [every target of every recipe].",
 )
 @click.option(

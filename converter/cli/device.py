@@ -309,6 +309,19 @@ def _saturation_warning(model: Path, data: Path, prep: Any) -> str | None:
     )
 
 
+def _deployed_trtexec_lines(name: str, record: dict[str, Any]) -> list[str]:
+    """A TensorRT board's latency record (``measure._tensorrt_on_board``), as ``_trtexec_lines`` prints it."""
+    lat = record["int8"]
+    figures = "  ".join(
+        f"{q} {ms_text(lat[f'{q}_ms'])}" for q in ("p50", "p90", "p99") if lat.get(f"{q}_ms") is not None
+    )
+    return [
+        f"{name} ({record['where']}, TensorRT {record['machine'].get('tensorrt') or 'version not printed'})",
+        f"  int8  {figures}  (trtexec's timing run)",
+        f"  engine {record['engine_bytes']:,} bytes",
+    ]
+
+
 def _latency_lines(name: str, record: dict[str, Any]) -> list[str]:
     machine = record["machine"]
     lines = [
@@ -399,6 +412,11 @@ def _accuracy_line(acc: dict[str, Any] | None) -> str | None:
 )
 @click.option("--delegate", type=click.Choice(["xnnpack", "none", "edgetpu"]), help="Delegate [profile's].")
 @click.option(
+    "--trtexec",
+    help="trtexec on a TensorRT device (--device jetson-*): the program to run there [the profile's, JetPack's "
+    "/usr/src/tensorrt/bin/trtexec].",
+)
+@click.option(
     "--warmup",
     type=Bounded(int, 0, "untimed runs before timing", "e.g. --warmup 10"),
     default=10,
@@ -440,6 +458,8 @@ def bench(**kw: Any) -> None:
         from converter.devices import load_device
         from converter.recipe import TargetSpec
 
+        if kw["device"] and load_device(kw["device"]).runtime == "tensorrt":
+            return _bench_tensorrt(kw, load_device(kw["device"]))
         _check_tflite(kw["model"], "--model")
         _input_shapes(kw["model"], "--model")
         if kw["float_model"]:
@@ -505,6 +525,53 @@ def bench(**kw: Any) -> None:
         return EXIT_OK
 
     guarded(kw["debug"], run, capture=True)
+
+
+def _bench_tensorrt(kw: dict[str, Any], profile: Any) -> int:
+    """A TensorRT device: trtexec builds and times the Q/DQ ONNX model on the board (``boards.trtexec``)."""
+    from converter.boards.measure import ssh_target
+    from converter.boards.trtexec import measure
+    from converter.recipe import TargetSpec
+
+    model: Path = kw["model"]
+    made = f"firmware/{profile.name}/model_qdq.onnx (edgeconv convert writes it for a {profile.name} target)"
+    if kw["fleet_path"]:
+        raise UserInputError(f"--device {profile.name}: TensorRT boards are measured one at a time: use --host")
+    if model.suffix.lower() != ".onnx":
+        raise UserInputError(f"--model {model}: {profile.name} runs TensorRT, which builds from ONNX: give {made}")
+    if not model.is_file():
+        raise UserInputError(f"--model {model}: file not found; give {made}")
+    if not kw["ssh_host"]:
+        raise UserInputError(f"--device {profile.name} is reached over SSH: add --host user@device")
+    spec = TargetSpec(
+        profile.name,
+        kw["ssh_host"],
+        kw["port"],
+        kw["identity"],
+        kw["known_hosts"],
+        _split_options(kw)[0],
+        kw["remote_python"],
+        kw["timeout_s"],
+    )
+    target = ssh_target(spec, profile, insecure_options=_split_options(kw)[1])
+    program = kw["trtexec"] or profile.tensorrt.trtexec
+    result = measure(target, model, program, keep=kw["keep"], version=profile.tensorrt.version)
+    click.echo(json.dumps(result, indent=2) if kw["as_json"] else "\n".join(_trtexec_lines(profile.name, result)))
+    return EXIT_OK
+
+
+def _trtexec_lines(name: str, result: dict[str, Any]) -> list[str]:
+    """trtexec's figures as bench and deploy print them (latency and engine size; accuracy not measured)."""
+    lat = result["latency"]
+    figures = "  ".join(
+        f"{q} {ms_text(lat[f'{q}_ms'])}" for q in ("p50", "p90", "p99") if lat.get(f"{q}_ms") is not None
+    )
+    return [
+        f"{name} ({result['where']}, TensorRT {result.get('tensorrt') or 'version not printed'})",
+        f"  int8  {figures}  (trtexec's timing run: {' '.join(result['command'])})",
+        f"  engine {result['engine_bytes']:,} bytes",
+        f"  accuracy not measured: {result['accuracy_reason']}",
+    ]
 
 
 def _bench_fleet(kw: dict[str, Any], base: Any) -> int:
@@ -601,6 +668,11 @@ def _fleet_verdict(outcomes: list[Any], code: int, unreachable_rule: str) -> str
     help="The device to deploy to [the recipe target's host].",
 )
 @click.option("--device", help="Device profile [the recipe's first SSH target].")
+@click.option(
+    "--trtexec",
+    help="trtexec on a TensorRT board (jetson-*): the program to run there [the profile's, JetPack's "
+    "/usr/src/tensorrt/bin/trtexec].",
+)
 @_with_ssh_options
 @debug_option
 def deploy(**kw: Any) -> None:
@@ -629,14 +701,18 @@ def deploy(**kw: Any) -> None:
             timeout_s=kw["timeout_s"],
             insecure_options=_split_options(kw)[1],
             keep=kw["keep"],
+            trtexec=kw["trtexec"],
         )
         if kw["as_json"]:
             click.echo(json.dumps({"latency": record, "accuracy": accuracy}, indent=2))
         else:
             line = _accuracy_line(accuracy)
-            click.echo(
-                "\n".join(_latency_lines(name, record) + ([line] if line else []) + [f"  updated {report_path}"])
+            lines = (
+                _deployed_trtexec_lines(name, record)
+                if record.get("engine_bytes") is not None
+                else _latency_lines(name, record)
             )
+            click.echo("\n".join(lines + ([line] if line else []) + [f"  updated {report_path}"]))
         return EXIT_OK if passed else EXIT_GATE
 
     guarded(kw["debug"], run, capture=True)

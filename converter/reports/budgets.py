@@ -19,6 +19,7 @@ UNITS = {
     "latency_p90_ms": "ms",
     "latency_estimate_ms": "ms",
     "sram_bytes": "bytes",
+    "engine_bytes": "bytes",
     "npu_ops_fraction": "fraction",
     "accuracy_drop": "fraction",
     "min_accuracy": "fraction",
@@ -87,6 +88,10 @@ class Budgets:
     )
     sram_bytes: float | str | None = field(
         default=None, metadata={"doc": "Max NPU SRAM (Vela's figure for the memory mode), bytes"}
+    )
+    engine_bytes: float | str | None = field(
+        default=None,
+        metadata={"doc": "Max TensorRT engine size, bytes: the engine trtexec built on the board (deploy over SSH)"},
     )
     npu_ops_fraction: float | None = field(
         default=None, metadata={"doc": "Min fraction of operators on the NPU (Vela's count)", "min": 0, "max": 1}

@@ -23,6 +23,7 @@ TARGET_LEVEL = (
     "latency_p90_ms",
     "latency_estimate_ms",
     "sram_bytes",
+    "engine_bytes",
     "npu_ops_fraction",
 )
 LOWER_BOUNDS = ("min_accuracy", "min_agreement", "npu_ops_fraction")
@@ -93,6 +94,7 @@ def value_of(report: dict[str, Any], name: str, target: str) -> float | None:
         "flash_bytes": lambda: report["targets"][target].get("flash_bytes"),
         "arena_bytes": lambda: report["targets"][target].get("arena_bytes"),
         "sram_bytes": lambda: report["targets"][target].get("sram_bytes"),
+        "engine_bytes": lambda: (report["targets"][target].get("gpu") or {}).get("engine_bytes"),
         "npu_ops_fraction": lambda: report["targets"][target].get("npu_ops_fraction"),
         "latency_estimate_ms": lambda: _estimate(report["targets"][target]),
         "latency_p50_ms": lambda: report["latency"][target]["int8"]["p50_ms"],

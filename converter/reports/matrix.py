@@ -1,12 +1,13 @@
 """The CI job matrix: one job per recipe x target group, for GitHub Actions and GitLab CI to fan out.
 
 A *target group* is the set of a recipe's targets that share a device runtime (``devices/*.yaml``
-``runtime``: litert, tflm, edgetpu, ethos-u, rknn), with targets reached over SSH (a ``host`` in the
+``runtime``: litert, tflm, edgetpu, ethos-u, rknn, tensorrt), with targets reached over SSH (a ``host`` in the
 recipe) in a group of their own (``litert-ssh``, ...). Why this cut:
 
 - the runtime decides what a job has to install: tflite-micro for tflm, Arm Vela (the ``npu`` extra)
-  for ethos-u, rknn-toolkit2's 2.6 GB virtualenv (``edgeconv setup rknn``) for rknn; a host-only job
-  needs none of them, so most jobs stay cheap and only the jobs that need a toolchain pay for it;
+  for ethos-u, rknn-toolkit2's 2.6 GB virtualenv (``edgeconv setup rknn``) for rknn, onnx, onnxruntime and
+  tf2onnx (the ``tensorrt`` extra) for tensorrt; a host-only job needs none of them, so most jobs stay cheap
+  and only the jobs that need a toolchain pay for it;
 - the runtime decides how the model may be quantized: the pipeline keeps ops float only where every
   target runs LiteRT on a CPU, so a LiteRT job never has to give that up for an MCU it does not test,
   and an integer-only job is the same conversion whichever board of its runtime it checks;
@@ -41,8 +42,11 @@ from converter.recipe import Recipe, load_recipe
 from converter.schema import suggest
 from converter.yamlio import load_yaml_file, not_regular
 
-RUNTIMES = ("litert", "tflm", "edgetpu", "ethos-u", "rknn")  # group order in the job list
-EXTRAS = {"ethos-u": "convert,npu"}  # pip extras a group's job installs; the rest need "convert"
+RUNTIMES = ("litert", "tflm", "edgetpu", "ethos-u", "rknn", "tensorrt")  # group order in the job list
+EXTRAS = {
+    "ethos-u": "convert,npu",
+    "tensorrt": "convert,tensorrt",
+}  # pip extras a group's job installs; the rest need "convert"
 SETUP = {"rknn": "rknn"}  # the `edgeconv setup` a group's job runs first
 GITHUB_MAX_JOBS = 256  # GitHub refuses a matrix with more jobs than this
 KEY_FORMAT = 1  # bump when what goes into the cache key changes

@@ -60,12 +60,29 @@ def check_targets(
     samples: np.ndarray | None,
     labels: np.ndarray | None = None,
     samples_kind: str = "evaluation",
+    *,
+    float_model: bytes | None = None,
+    calibration: np.ndarray | None = None,
 ) -> TargetChecks:
-    """Compatibility, fit, cost and exports for every target of the recipe."""
+    """Compatibility, fit, cost and exports for every target of the recipe.
+
+    ``float_model`` and ``calibration`` (the float reference and the calibration samples the int8 model came
+    from) let a backend that quantizes its own form of the model (TensorRT) use the same model and rows.
+    """
     ops = list_ops(quant)
     info = TFLiteModel(model_content=quant, delegate="none")
     dtypes = (info.inputs[0].dtype, info.outputs[0].dtype)
-    ctx = Context(recipe, quant, ops, *dtypes, samples, labels=labels, samples_kind=samples_kind)
+    ctx = Context(
+        recipe,
+        quant,
+        ops,
+        *dtypes,
+        samples,
+        labels=labels,
+        samples_kind=samples_kind,
+        float_model=float_model,
+        calibration=calibration,
+    )
     checks = TargetChecks()
     warnings = early_warnings(recipe, profiles)
     for name, profile in profiles.items():

@@ -34,6 +34,10 @@ class Context:
     shared: dict[str, Any] = field(default_factory=dict)
     labels: np.ndarray | None = None  # of ``samples``, when they are labelled evaluation data
     samples_kind: str = "evaluation"  # or "calibration" when the recipe has no evaluation data
+    # The float .tflite reference and the calibration samples the int8 model was made from, for backends that
+    # quantize another form of the model from the same data (TensorRT's ONNX); None when a caller has neither.
+    float_model: bytes | None = None
+    calibration: np.ndarray | None = None
 
 
 @dataclass

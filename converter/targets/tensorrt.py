@@ -1,10 +1,12 @@
 """NVIDIA GPUs with TensorRT: a Q/DQ ONNX model and a calibration cache from the recipe's own calibration.
 
-TensorRT takes ONNX, not TFLite, so this backend works on the ONNX form of the source model: an ``.onnx``
-source as given, a ``.pt2`` archive through ``torch.onnx.export``; any other source is ``skipped`` with the
-converter that would be needed. In a child process (``tensorrt_worker``, onnx + onnxruntime on the CPU) the ONNX
-graph's activations are observed on the recipe's calibration samples, ranges chosen with edgeconv's range code
-(``calibration.ranges``: the recipe's method), and ``qdq`` writes
+TensorRT takes ONNX, not TFLite, so this backend works on an ONNX form of the source model (``route``): an
+``.onnx`` source as given, a ``.pt2`` archive through ``torch.onnx.export``, and every other source (Keras
+``.keras``/``.h5``, SavedModel, float ``.tflite``) through tf2onnx's TFLite reader applied to the float ``.tflite``
+reference the pipeline already made: one route for all of them, and the same graph the TFLite int8 model was
+calibrated on. In a child process (``tensorrt_worker``, onnx + onnxruntime on the CPU, tf2onnx where needed) the
+ONNX graph's activations are observed on the pipeline's calibration samples, ranges chosen with edgeconv's range
+code (``calibration.ranges``: the recipe's method), and ``qdq`` writes
 
 - ``firmware/<target>/model_qdq.onnx``: the float model with QuantizeLinear/DequantizeLinear pairs where
   TensorRT's explicit-quantization rules want them (symmetric int8, weights per output channel, activations per
@@ -15,8 +17,9 @@ graph's activations are observed on the recipe's calibration samples, ranges cho
 Checked here: onnxruntime runs the Q/DQ model on the evaluation samples; its top-1 is reported against the
 float ONNX model and against our TFLite int8 model (``accuracy.where: onnxruntime-qdq``: a CPU simulation of the
 int8 rounding, float accumulation, not a GPU figure). Engine build and latency need an NVIDIA GPU and the
-``tensorrt`` package: ``gpu`` says so, with nulls, never a guess. onnx 1.23.2 / onnxruntime 1.32.0 checked;
-``tests/integration/test_tensorrt.py`` runs it for real.
+``tensorrt`` package: ``gpu`` says so, with nulls, never a guess. onnx 1.23.2 / onnxruntime 1.32.0 / tf2onnx
+1.17.0 (with TensorFlow 2.21, numpy 2.4, protobuf 7: its requirements are unpinned, so it shares edgeconv's
+environment) checked; ``tests/integration/test_tensorrt.py`` runs every route for real.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import numpy as np
 
 from converter.calibration.data import model_inputs, read_samples
 from converter.devices import DeviceProfile, TensorRTSpec
+from converter.errors import UserInputError
 from converter.runtime.accuracy import classifies, is_reconstruction, output_error
 from converter.runtime.model import TFLiteModel, input_arrays
 from converter.targets import qdq
@@ -48,13 +52,14 @@ TIMEOUT_S = 1800.0
 ARTIFACT = "model_qdq.onnx"
 CACHE = "calibration.cache"
 WHERE = "onnxruntime-qdq"
-INSTALL = 'pip install "edgeconv[tensorrt]" (onnx and onnxruntime)'
+INSTALL = 'pip install "edgeconv[tensorrt]" (onnx, onnxruntime and tf2onnx)'
 NO_GPU = "no NVIDIA GPU / tensorrt package here"
-OTHER_SOURCES = {
-    "keras": "tf2onnx (python -m tf2onnx.convert --saved-model DIR) after exporting the Keras model",
-    "h5": "tf2onnx (python -m tf2onnx.convert --keras model.h5)",
-    "saved_model": "tf2onnx (python -m tf2onnx.convert --saved-model DIR)",
-    "tflite": "tf2onnx (python -m tf2onnx.convert --tflite model.tflite)",
+# What each route runs besides edgeconv: onnx and onnxruntime always, tf2onnx (and the TensorFlow it imports)
+# for the float .tflite, torch for the .pt2 export (the torch extra, checked when the source is loaded).
+PACKAGES = {
+    "onnx": ("onnx", "onnxruntime"),
+    "pt2": ("onnx", "onnxruntime"),
+    "tflite": ("onnx", "onnxruntime", "tf2onnx"),
 }
 _RESULT = "EDGECONV-RESULT "
 
@@ -65,55 +70,68 @@ class TensorRTError(Exception):
 
 @dataclass(frozen=True)
 class Route:
-    """How this recipe's source reaches ONNX: ``onnx`` (as given), ``pt2`` (exported), or None with the reason."""
+    """How this recipe's source reaches ONNX: ``onnx`` (as given), ``pt2`` (exported), ``tflite`` (tf2onnx)."""
 
-    kind: str | None
+    kind: str
     path: Path
-    reason: str = ""
+    source: str  # the source's format, as the report names it
 
 
 def route(model: Path) -> Route:
-    """The ONNX route for the recipe's ``model`` path (the user's path, as the recipe gives it)."""
+    """The ONNX route for the recipe's ``model`` path (the user's path, as the recipe gives it).
+
+    Keras, SavedModel and ``.tflite`` sources all go through the float ``.tflite`` the pipeline made from them:
+    tf2onnx reads that one format for all of them, without loading the user's Keras code or SavedModel again.
+    """
     suffix = model.suffix.lower()
     if suffix == ".onnx":
-        return Route("onnx", model)
+        return Route("onnx", model, "onnx")
     if suffix == ".pt2":
-        return Route("pt2", model)
-    kind = "saved_model" if model.is_dir() else suffix.lstrip(".")
-    needed = OTHER_SOURCES.get(kind, "a converter to ONNX")
-    return Route(
-        None,
-        model,
-        f"TensorRT takes ONNX and the source is {model.name} ({kind}); edgeconv makes ONNX from .onnx and .pt2 "
-        f"sources only: convert it with {needed} and give the .onnx as the model",
-    )
+        return Route("pt2", model, "pt2")
+    return Route("tflite", model, "saved_model" if model.is_dir() else suffix.lstrip("."))
 
 
-def missing_packages() -> list[str]:
-    """Of onnx and onnxruntime, those not installed in this Python."""
-    return [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+def missing_packages(way: Route | None = None) -> list[str]:
+    """Of the packages ``way`` needs (onnx and onnxruntime without one), those not installed in this Python."""
+    needed = PACKAGES[way.kind] if way is not None else PACKAGES["onnx"]
+    return [m for m in needed if importlib.util.find_spec(m) is None]
+
+
+def check_installed(model: Path, what: str) -> None:
+    """Exit 2 before any work when the route from ``model`` to ONNX needs a package that is not installed."""
+    way = route(model)
+    missing = missing_packages(way)
+    if missing:
+        via = {"onnx": "the .onnx as given", "pt2": "torch.onnx.export", "tflite": "tf2onnx of the float .tflite"}
+        raise UserInputError(
+            f"{what} makes its Q/DQ ONNX model from {model.name} through {via[way.kind]} and needs "
+            f"{' and '.join(missing)}, not installed in this Python: {INSTALL}"
+        )
 
 
 def _samples(ctx: Context) -> tuple[list[str], list[np.ndarray], list[np.ndarray] | None]:
     """Input names and the calibration (and evaluation) samples per input, as the pipeline preprocessed them.
 
-    The calibration samples are read again with the pipeline's own reader and preprocessing contract
-    (``read_samples``: seeded, so the same rows); the evaluation samples are the context's.
+    The calibration samples are the context's (the rows the TFLite calibration used); a context built without
+    them (a caller of ``check_targets`` other than the pipeline) has them read with the pipeline's reader and
+    preprocessing contract (``read_samples``: seeded, so the same rows).
     """
     recipe = ctx.recipe
     model = TFLiteModel(model_content=ctx.model, delegate="none")
     inputs = model_inputs(model)
-    src = recipe.data.calibration
-    cal, _ = read_samples(
-        src.path,
-        inputs,
-        recipe.preprocess(),
-        where=f"{recipe.source}: data.calibration",
-        samples=src.samples,
-        seed=src.seed,
-        layout=recipe.input.layout,
-        reshape=recipe.input.reshape,
-    )
+    cal = ctx.calibration
+    if cal is None:
+        src = recipe.data.calibration
+        cal, _ = read_samples(
+            src.path,
+            inputs,
+            recipe.preprocess(),
+            where=f"{recipe.source}: data.calibration",
+            samples=src.samples,
+            seed=src.seed,
+            layout=recipe.input.layout,
+            reshape=recipe.input.reshape,
+        )
     names = [i.name for i in inputs]
     evaluation = None
     if ctx.samples is not None and ctx.samples_kind == "evaluation":
@@ -124,7 +142,13 @@ def _samples(ctx: Context) -> tuple[list[str], list[np.ndarray], list[np.ndarray
 def run_worker(job: dict[str, Any], folder: Path, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
     """One worker run (``tensorrt_worker``); its refusal, failure, crash or hang is a ``TensorRTError``."""
     (folder / "job.json").write_text(json.dumps(job), encoding="utf-8")
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "-1",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",  # tf2onnx imports TensorFlow: keep its banner out of the error tail
+    }
     try:
         done = subprocess.run(
             [sys.executable, "-m", "converter.targets.tensorrt_worker", str(folder / "job.json")],
@@ -169,9 +193,20 @@ def _run(ctx: Context, way: Route) -> QdqRun:
         if evaluation is not None:
             arrays.update({f"eval:{n}": a for n, a in zip(names, evaluation, strict=True)})
         np.savez(folder / "samples.npz", **arrays)  # type: ignore[arg-type]
+        if way.kind == "tflite":
+            if ctx.float_model is None:
+                raise TensorRTError(
+                    f"the float .tflite made from {way.path.name} was not handed to the TensorRT target; "
+                    "tf2onnx needs it (pass float_model to check_targets)"
+                )
+            (folder / "model_float.tflite").write_bytes(ctx.float_model)
+            given = folder / "model_float.tflite"
+        else:
+            given = way.path.resolve()
         job = {
             "folder": str(folder),
-            "onnx" if way.kind == "onnx" else "pt2": str(way.path.resolve()),
+            way.kind: str(given),
+            "source": way.source,
             "input_names": names,
             "evaluate": evaluation is not None,
             "method": spec.method,
@@ -228,6 +263,7 @@ def accuracy_section(ctx: Context, run: QdqRun) -> dict[str, Any]:
         else:
             section["metric"] = "agreement"
         section["agreement_vs_float"] = float(np.mean(q_top == f_top))
+        section["agreement"] = section["agreement_vs_float"]  # what the min_agreement gate reads, as on the host
         if ours is not None and ours.ndim == 2 and ours.shape == q.shape:
             our_top = np.argmax(ours, axis=1)
             section["agreement_vs_tflite_int8"] = float(np.mean(q_top == our_top))
@@ -268,9 +304,7 @@ def check(ctx: Context, name: str, profile: DeviceProfile) -> Check:
         return Check(problems=[f"profile {profile.name} has runtime tensorrt but no tensorrt section"])
     way = route(ctx.recipe.model)
     base: dict[str, Any] = {"device": _device(spec), "gpu": _gpu()}
-    if way.kind is None:
-        return Check({**base, "status": "skipped", "reason": way.reason, "artifact": None, "accuracy": None})
-    missing = missing_packages()
+    missing = missing_packages(way)  # the pipeline refuses this before any work; a hand-built context may not
     if missing:
         return Check(
             {**base, "status": "failed", "artifact": None, "accuracy": None},
@@ -295,7 +329,13 @@ def check(ctx: Context, name: str, profile: DeviceProfile) -> Check:
     out.section.update(
         base,
         status="built",
-        onnx={"from": str(way.path), "made_by": answer["origin"], "layout": answer["layout"], "opset": answer["opset"]},
+        onnx={
+            "from": str(way.path),
+            "route": way.kind,
+            "made_by": answer["origin"],
+            "layout": answer["layout"],
+            "opset": answer["opset"],
+        },
         quantization={
             "scheme": "int8 symmetric (zero point 0); weights per output channel, activations per tensor",
             "placement": "edgeconv (TensorRT's explicit-quantization rules; see docs/targets/tensorrt.md)",
@@ -304,7 +344,12 @@ def check(ctx: Context, name: str, profile: DeviceProfile) -> Check:
             "calibration_samples": answer["calibration_samples"],
             **answer["summary"],
         },
-        artifact={"path": f"{folder}/{ARTIFACT}", "bytes": len(run.model), "deterministic": True},
+        artifact={
+            "path": f"{folder}/{ARTIFACT}",
+            "bytes": len(run.model),
+            # tf2onnx's names and transpose folding vary from run to run (equal outputs); the other routes do not
+            "deterministic": way.kind != "tflite",
+        },
         calibration_cache={"path": f"{folder}/{CACHE}", "header": header, "tensors": len(run.amax)},
         tools={**answer["versions"], "seconds": answer["seconds"]},
         accuracy=accuracy_section(ctx, run),

@@ -8,8 +8,11 @@ for a model it refuses or cannot handle; anything else (a traceback, a signal) i
 
 Steps, each in the job's folder:
 
-1. the ONNX model: the source file as given, or ``torch.onnx.export`` of a ``.pt2`` archive's module
-   (TorchScript exporter, opset 17, batch 1; torch's own reader, after ``pt2_guard`` checked the archive).
+1. the ONNX model: the source file as given, ``torch.onnx.export`` of a ``.pt2`` archive's module
+   (TorchScript exporter, opset 17, batch 1; torch's own reader, after ``pt2_guard`` checked the archive), or
+   tf2onnx's TFLite reader on the float ``.tflite`` reference the pipeline made (Keras, SavedModel and
+   ``.tflite`` sources; opset 17, the TFLite model's NHWC input kept). tf2onnx runs no code from the model: it
+   reads the flatbuffer and asks TensorFlow's TFLite interpreter for tensor shapes.
 2. statistics: every float activation (``qdq.activation_names``) observed by onnxruntime (CPU) on the
    calibration samples, folded into ``calibration.stats.TensorStats`` exactly as the TFLite pass folds them
    (min/max over all elements, a seeded subsample of ``SUBSAMPLE`` per sample in the 4096-bin histogram).
@@ -65,6 +68,29 @@ def _export_pt2(pt2: Path, out: Path) -> str:
             input_names=names if len(names) == len(args) else None,
         )
     return f"torch.onnx.export (TorchScript exporter, opset 17) of {pt2.name} with torch {torch.__version__}"
+
+
+def _export_tflite(tflite: Path, out: Path, source: str) -> str:
+    """tf2onnx's TFLite reader on the float reference (its graph optimizer folds the NHWC transposes it adds).
+
+    Not byte-deterministic: tf2onnx numbers the names it makes from a counter that differs from run to run, and
+    its transpose optimizer does not always fold the same pairs (the demo MobileNetV2 came out with 113 or 115
+    nodes, one Transpose or a Reshape and a Transpose, with equal outputs); the parent reports that.
+    """
+    import logging
+
+    import tf2onnx
+    from tf2onnx import convert
+
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
+    try:
+        convert.from_tflite(str(tflite), opset=17, output_path=str(out))
+    except Exception as e:  # tf2onnx raises bare exceptions for ops it has no handler for
+        raise Refused(
+            f"tf2onnx {tf2onnx.__version__} could not convert the float .tflite made from the {source} source to "
+            f"ONNX ({type(e).__name__}: {e}); give an .onnx export of the model as the source instead"
+        ) from e
+    return f"tf2onnx {tf2onnx.__version__} (TFLite reader, opset 17) of the float .tflite made from the {source} source"
 
 
 def _load(path: Path) -> Any:
@@ -197,6 +223,10 @@ def work(job: dict[str, Any]) -> dict[str, Any]:
     if job.get("pt2"):
         onnx_path = folder / "model.onnx"
         origin = _export_pt2(Path(job["pt2"]), onnx_path)
+        seconds["export"] = time.perf_counter() - start
+    elif job.get("tflite"):
+        onnx_path = folder / "model.onnx"
+        origin = _export_tflite(Path(job["tflite"]), onnx_path, job.get("source", "tflite"))
         seconds["export"] = time.perf_counter() - start
     else:
         onnx_path, origin = Path(job["onnx"]), "the source .onnx as given"

@@ -4,7 +4,9 @@ A small residual CNN trained in PyTorch on the tiny data and exported with ``tor
 through a recipe with the ``tensorrt`` target: the ONNX source needs onnx2tf's virtualenv (conftest's
 ``onnx_venv``; EDGECONV_REQUIRE_ONNX=1 makes its absence a failure) for the float .tflite reference, and
 onnxruntime for the target (EDGECONV_REQUIRE_ONNX=1 too); torch exports the model (EDGECONV_REQUIRE_TORCH=1).
-No GPU is used or needed: the GPU figures must be null with the reason.
+Keras, SavedModel and .tflite sources reach ONNX through tf2onnx (the tensorrt extra) from the float .tflite;
+the real models (demo, MLPerf Tiny ResNet-8 and DS-CNN, the PyTorch demo) go through every route in the full
+tier. No GPU is used or needed: the GPU figures must be null with the reason.
 
 Measured (2026-11-29, onnxruntime 1.32.0 CPU): on 300 test samples float and Q/DQ top-1 equal, 100 % top-1
 agreement with the TFLite int8 model; the README's digits CNN: 98.89 % float, Q/DQ and TFLite int8 alike.
@@ -157,18 +159,102 @@ def test_onnxruntime_qdq_matches_float_and_tflite_int8(converted: tuple[Path, di
     assert acc["agreement_vs_tflite_int8"] >= 0.98, acc
 
 
-def test_keras_source_skips_the_tensorrt_target(
-    tiny_model_dir: Path, tmp_path: Path, write_recipe: Callable[..., Path]
+def _tensorrt_accuracy(report: dict[str, Any], route: str) -> dict[str, Any]:
+    section = report["targets"]["tensorrt"]
+    assert section["status"] == "built" and section["compatible"] is True, section
+    assert section["onnx"]["route"] == route and section["onnx"]["opset"] == 17
+    acc: dict[str, Any] = section["accuracy"]
+    assert acc["where"] == "onnxruntime-qdq" and acc["metric"] == "top1"
+    return acc
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "tiny.keras",
+        pytest.param("tiny.h5", marks=pytest.mark.full),
+        pytest.param("tiny_savedmodel", marks=pytest.mark.full),
+        pytest.param("tiny.tflite", marks=pytest.mark.full),
+    ],
+)
+def test_tf_sources_reach_onnx_through_tf2onnx(
+    model: str, tiny_model_dir: Path, tmp_path: Path, write_recipe: Callable[..., Path]
 ) -> None:
-    recipe = tiny_recipe(tiny_model_dir, targets=["host", "tensorrt"])
+    """Measured (tf2onnx 1.17.0, onnxruntime 1.32.0): 100 samples, float, Q/DQ and TFLite int8 all 100 %."""
+    _require(("onnx", "onnxruntime", "tf2onnx"), "EDGECONV_REQUIRE_ONNX")
+    recipe = tiny_recipe(tiny_model_dir, model, targets=["host", "tensorrt"])
     out = tmp_path / "o"
     result = CliRunner().invoke(main, ["convert", "--recipe", str(write_recipe(recipe)), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    section = json.loads((out / "report.json").read_text())["targets"]["tensorrt"]
-    assert section["status"] == "skipped" and section["compatible"] is None and section["problems"] == []
-    assert section["reason"].startswith("TensorRT takes ONNX and the source is tiny.keras (keras)")
-    assert "tf2onnx" in section["reason"]
-    assert not (out / "firmware" / "tensorrt").exists()
+    report = json.loads((out / "report.json").read_text())
+    acc = _tensorrt_accuracy(report, "tflite")
+    section = report["targets"]["tensorrt"]
+    assert section["onnx"]["made_by"].startswith("tf2onnx 1.17.")
+    assert section["quantization"]["quantized_weights"] == 3  # conv, depthwise conv, dense
+    assert section["quantization"]["activations_without_range"] == []
+    assert acc["samples"] == 100 and acc["float"] >= 0.95, acc
+    assert acc["float"] - acc["int8"] <= 0.01 and acc["agreement_vs_tflite_int8"] >= 0.98, acc
+    assert (out / "firmware" / "tensorrt" / "model_qdq.onnx").stat().st_size == section["artifact"]["bytes"]
+
+
+def test_missing_tf2onnx_is_exit_2_before_any_work(
+    tiny_model_dir: Path, tmp_path: Path, write_recipe: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An install without tf2onnx (a test double of its absence: find_spec answers None for it alone)."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tf2onnx" else real(name, *a))
+    recipe = tiny_recipe(tiny_model_dir, targets=["host", "jetson-orin-nano"])
+    out = tmp_path / "o"
+    result = CliRunner().invoke(main, ["convert", "--recipe", str(write_recipe(recipe)), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "targets: jetson-orin-nano (TensorRT) makes its Q/DQ ONNX model from tiny.keras through tf2onnx" in (
+        result.output
+    )
+    assert 'pip install "edgeconv[tensorrt]"' in result.output
+    assert not out.exists()
+
+
+def test_matrix_puts_tensorrt_targets_in_their_own_group(
+    tiny_model_dir: Path, write_recipe: Callable[..., Path]
+) -> None:
+    from converter.reports.matrix import plan
+
+    path = write_recipe(tiny_recipe(tiny_model_dir, targets=["host", "jetson-orin-nano", "tensorrt"]))
+    jobs = {j.group: j for j in plan([path])}
+    assert sorted(jobs) == ["litert", "tensorrt"]
+    job = jobs["tensorrt"]
+    assert job.targets == "jetson-orin-nano, tensorrt" and job.extras == "convert,tensorrt" and job.setup == ""
+
+
+def _real_report(recipe: Path, overrides: list[str], tmp_path: Path) -> dict[str, Any]:
+    from converter.pipeline import convert
+    from converter.recipe import load_recipe
+
+    return convert(load_recipe(recipe, [*overrides, "targets=[host, tensorrt]"]), tmp_path / "out").report
+
+
+@pytest.mark.full
+def test_demo_mobilenet_keras(tmp_path: Path) -> None:
+    """Measured: float 98.61 %; Q/DQ 97.50 % with the recipe's minmax (drop 1.11 points, 4 of 360 samples),
+    97.78 % with mse (drop 0.83, agreement with TFLite int8 98.61 %): TensorRT's symmetric grid gives the
+    post-ReLU6 activations 128 levels where TFLite's asymmetric one gives 256, so clipping (mse) pays here."""
+    _require(("onnx", "onnxruntime", "tf2onnx"), "EDGECONV_REQUIRE_ONNX")
+    root = Path(__file__).resolve().parents[2]
+    report = _real_report(root / "recipes/mobilenet.yaml", ["calibration.method=mse"], tmp_path)
+    acc = _tensorrt_accuracy(report, "tflite")
+    assert acc["samples"] == 360 and acc["float"] == pytest.approx(0.9861, abs=1e-4)
+    assert acc["int8"] == pytest.approx(0.9778, abs=1e-4) and acc["agreement_vs_tflite_int8"] >= 0.98, acc
+
+
+@pytest.mark.full
+def test_pytorch_demo_pt2(tmp_path: Path) -> None:
+    """Measured: float, Q/DQ and TFLite int8 98.89 %, 100 % agreement."""
+    _require(("torch", "onnx"), "EDGECONV_REQUIRE_TORCH")
+    _require(("onnx", "onnxruntime"), "EDGECONV_REQUIRE_ONNX")
+    root = Path(__file__).resolve().parents[2]
+    acc = _tensorrt_accuracy(_real_report(root / "recipes/digits_cnn_pt2.yaml", [], tmp_path), "pt2")
+    assert acc["samples"] == 360 and acc["float"] == acc["int8"] == pytest.approx(0.9889, abs=1e-4)
+    assert acc["agreement_vs_tflite_int8"] == 1.0, acc
 
 
 def test_cache_header_and_hex_scales() -> None:
@@ -181,3 +267,44 @@ def test_cache_header_and_hex_scales() -> None:
         "zero: 3c010204\n"  # a tensor that never left 0 gets amax 1: scale 1/127
     )
     assert qdq.parse_calibration_cache(text)[1]["input"] == pytest.approx(1 / 127)
+
+
+def _realdata_report(name: str, tmp_path: Path) -> dict[str, Any]:
+    from converter.pipeline import convert
+    from converter.recipe import load_recipe
+    from tests.conftest import REALDATA
+    from tools import realdata
+
+    if not REALDATA.is_dir():
+        pytest.skip(f"real models not found at {REALDATA}")
+    _require(("onnx", "onnxruntime", "tf2onnx"), "EDGECONV_REQUIRE_ONNX")
+    recipe = load_recipe(realdata.recipe_path(name), [*realdata.overrides(name), "targets=[host, tensorrt]"])
+    return convert(recipe, tmp_path / "out").report
+
+
+@pytest.mark.full
+@pytest.mark.realdata
+def test_resnet8_h5_through_tf2onnx(tmp_path: Path) -> None:
+    """MLPerf Tiny ResNet-8 (.h5), the recipe's minmax: float 85.5 %, Q/DQ 87.0 %, TFLite int8 86.0 %.
+
+    Agreement with our TFLite int8 model is 97.5 % (5 of 200 samples differ), below the 98 % this target aims
+    for: the raw 0..255 input on TensorRT's symmetric grid gets a step of 2, where TFLite's asymmetric one has 1.
+    """
+    acc = _tensorrt_accuracy(_realdata_report("resnet8", tmp_path), "tflite")
+    assert acc["samples"] == 200 and acc["float"] == pytest.approx(0.855, abs=1e-4)
+    assert acc["float"] - acc["int8"] <= 0.01, acc
+    assert acc["int8"] == pytest.approx(0.87, abs=1e-4) and acc["agreement_vs_tflite_int8"] == pytest.approx(0.975)
+
+
+@pytest.mark.full
+@pytest.mark.realdata
+def test_kws_savedmodel_through_tf2onnx(tmp_path: Path) -> None:
+    """MLPerf Tiny DS-CNN (SavedModel), the recipe's minmax: float 91.00 %, Q/DQ 89.29 %, TFLite int8 91.43 %.
+
+    Both figures miss this target's aims (drop 1.71 points, agreement with TFLite int8 96.29 %): the MFCC input
+    spans about [-123, 26], so a symmetric grid spends half its levels on values that never occur.
+    """
+    acc = _tensorrt_accuracy(_realdata_report("kws", tmp_path), "tflite")
+    assert acc["samples"] == 700 and acc["float"] == pytest.approx(0.91, abs=1e-4)
+    assert acc["int8"] == pytest.approx(0.8929, abs=1e-4)
+    assert acc["agreement_vs_tflite_int8"] == pytest.approx(0.9629, abs=1e-4)
