@@ -125,6 +125,7 @@ def deduplicate_readonly_buffers(content: bytes) -> bytes:
         inputs.difference_update(int(i) for i in (subgraph.inputs if subgraph.inputs is not None else []))
         inputs.difference_update(int(i) for i in (subgraph.outputs if subgraph.outputs is not None else []))
         read_only.update(int(subgraph.tensors[i].buffer) for i in inputs)
+
     def usable(index: int) -> bool:
         data = model.buffers[index].data if index >= 0 else None
         return data is not None and not isinstance(data, list) and data.size > 0

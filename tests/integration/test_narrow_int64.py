@@ -1,3 +1,5 @@
+# mypy: disable-error-code="untyped-decorator"
+# (tf.function is untyped)
 """int64 index arithmetic narrowed to int32 in the float model, so TensorFlow Lite Micro's GATHER runs it.
 
 The graph is the one onnx2tf writes for an ONNX export of a PyTorch embedding: an int64 ids input, PyTorch's
@@ -7,6 +9,8 @@ is ``test_integer_inputs``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,7 +36,7 @@ def embedding() -> bytes:
     table = tf.constant(np.random.default_rng(0).standard_normal((VOCAB, 8)).astype(np.float32))
 
     @tf.function
-    def embed(ids: tf.Tensor) -> tf.Tensor:
+    def embed(ids: Any) -> Any:
         wrapped = ids + tf.cast(ids < 0, tf.int64) * tf.constant(VOCAB, tf.int64)
         return tf.reduce_mean(tf.nn.relu(tf.gather(table, wrapped)), axis=1)
 
@@ -71,14 +75,14 @@ def test_tflite_micro_runs_the_narrowed_model_and_says_why_it_refuses_the_wide_o
 
 def test_an_int64_output_or_a_wide_constant_keeps_the_bytes() -> None:
     @tf.function
-    def argmax(x: tf.Tensor) -> tf.Tensor:
+    def argmax(x: Any) -> Any:
         return tf.argmax(x, axis=1, output_type=tf.int64)  # an int64 result leaves the model
 
     returned = _tflite(argmax, tf.TensorSpec([1, 4], tf.float32))
     assert narrow_int64(returned) == (returned, 0)
 
     @tf.function
-    def big(ids: tf.Tensor) -> tf.Tensor:
+    def big(ids: Any) -> Any:
         return tf.cast(ids + tf.constant(1 << 40, tf.int64) > 0, tf.float32)
 
     wide = _tflite(big, tf.TensorSpec([1, 3], tf.int64))
