@@ -314,3 +314,43 @@ def narrow_int64(content: bytes) -> tuple[bytes, int]:
             op.builtinOptions.outDataType = subgraph.tensors[op.outputs[0]].type
     log.info("narrowed %d int64 index tensor(s) to int32", len(wide))
     return flatbuf.dump(model), len(wide)
+
+
+# The stand-in for a masking constant (-3.4e38, -inf): far enough below any attention score that a masked
+# position's softmax weight, e^(score + MASK_VALUE - max score), stays under int8 softmax's 1/256 step unless a
+# masked score exceeds every unmasked one by about 58, and near enough that the sum it is added to keeps a usable
+# int8 step (0.3 for scores within ±10) under min/max ranges.
+MASK_VALUE = -64.0
+_MASKING = -1e30  # constants at or below this are masking sentinels (torch.finfo(float32).min, -inf)
+
+
+def soften_mask_constants(content: bytes) -> tuple[bytes, int]:
+    """Replace float constants that hold only 0 and masking sentinels (-3.4e38, -inf) by 0 and ``MASK_VALUE``.
+
+    Hugging Face attention adds ``torch.finfo(float32).min`` at masked positions before the softmax (BERT,
+    RoBERTa, DistilBERT...). As a float model that is harmless, but an int8 tensor holding it gets a scale of
+    ~1e36, which buries every real score in one step, and TensorFlow's quantizer aborts on such a range (seen
+    on TF 2.21: SIGABRT in mlir_quantize). ``MASK_VALUE`` masks as well in float (the weights it leaves are below
+    float32's resolution for any score spread under about 40) and quantizes. Not bit-exact, so it is said in
+    the loader's text; a model without such a constant keeps its bytes.
+    """
+    model = flatbuf.load(content)
+    changed = 0
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            if flatbuf.type_name(tensor.type) != "FLOAT32" or not tensor.buffer:
+                continue
+            raw = model.buffers[tensor.buffer].data
+            if raw is None or not len(raw):
+                continue
+            values = np.frombuffer(bytes(bytearray(raw)), dtype="<f4")
+            sentinel = values <= _MASKING
+            if not sentinel.any() or not np.all(sentinel | (values == 0)):
+                continue
+            softened = np.where(sentinel, np.float32(MASK_VALUE), values).astype("<f4")
+            model.buffers[tensor.buffer].data = np.frombuffer(softened.tobytes(), dtype=np.uint8)
+            changed += 1
+    if not changed:
+        return content, 0
+    log.info("replaced %d masking constant(s) (-3.4e38/-inf) by %g", changed, MASK_VALUE)
+    return flatbuf.dump(model), changed

@@ -33,7 +33,14 @@ from converter.extras import require
 from converter.progress import named
 from converter.runtime.model import TFLiteModel
 from converter.sources import load_onnx, load_torch
-from converter.sources.float_rewrites import fold_shape_arithmetic, narrow_int64, rewrite_dangling_splits, rewrite_neg
+from converter.sources.float_rewrites import (
+    MASK_VALUE,
+    fold_shape_arithmetic,
+    narrow_int64,
+    rewrite_dangling_splits,
+    rewrite_neg,
+    soften_mask_constants,
+)
 from converter.sources.unroll import unroll_recurrent
 from converter.tflite import flatbuffer_schema as tflite_schema
 
@@ -194,6 +201,12 @@ def load_model(
     if narrowed:
         plural = "s" if narrowed > 1 else ""
         loader += f"; {narrowed} int64 index tensor{plural} narrowed to int32 (TFLite Micro's GATHER)"
+    content, softened = soften_mask_constants(content)
+    if softened:
+        loader += (
+            f"; {softened} attention-mask constant{'s' if softened > 1 else ''} (-3.4e38 or -inf) replaced by "
+            f"{MASK_VALUE:g}, which masks as well in float and quantizes"
+        )
     try:
         ref = TFLiteModel(model_content=content)
     except Exception as e:  # noqa: BLE001 - the interpreter raises bare RuntimeError/ValueError

@@ -1,0 +1,103 @@
+# mypy: disable-error-code="untyped-decorator"
+# (tf.function is untyped)
+"""Attention masks built from ``torch.finfo(float32).min`` quantize: the sentinel becomes ``MASK_VALUE``.
+
+The graph is Hugging Face's additive mask: scores + where(mask, 0, -3.4e38), then a softmax. Built with
+TensorFlow so the test needs neither PyTorch nor transformers; the hub models' runs are ``test_hub_zoo``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+tf = pytest.importorskip("tensorflow")
+
+from converter.runtime.model import TFLiteModel  # noqa: E402
+from converter.sources.float_rewrites import MASK_VALUE, soften_mask_constants  # noqa: E402
+from tests.conftest import ROOT  # noqa: E402
+
+LENGTH = 8
+
+
+@pytest.fixture(scope="module")
+def masked(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    weights = tf.constant(np.random.default_rng(0).standard_normal((4, LENGTH)).astype(np.float32))
+
+    @tf.function
+    def attend(x: Any, mask: Any) -> Any:
+        scores = tf.matmul(x, weights)  # [1, LENGTH]
+        bias = tf.where(mask > 0, tf.constant(0.0), tf.constant(np.finfo(np.float32).min))
+        return tf.nn.softmax(scores + bias)
+
+    spec = [tf.TensorSpec([1, 4], tf.float32), tf.TensorSpec([1, LENGTH], tf.float32)]
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([attend.get_concrete_function(*spec)], attend)
+    path = tmp_path_factory.mktemp("mask") / "masked.tflite"
+    path.write_bytes(converter.convert())
+    return path
+
+
+def _data(n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, 4)).astype(np.float32)
+    mask = (rng.random((n, LENGTH)) > 0.3).astype(np.float32)
+    mask[:, 0] = 1.0  # every row keeps one position
+    return x, mask
+
+
+def test_the_sentinel_becomes_mask_value_with_the_same_softmax(masked: Path) -> None:
+    raw = masked.read_bytes()
+    softened, count = soften_mask_constants(raw)
+    assert count == 1 and softened != raw
+    assert soften_mask_constants(softened) == (softened, 0)  # nothing left: same bytes
+    x, mask = _data(50)
+    before, after = TFLiteModel(model_content=raw), TFLiteModel(model_content=softened)
+    names = [i.name for i in before.inputs]
+    packed = [x if "x" in n else mask for n in names]
+    want = np.concatenate([before.run(*[a[i : i + 1] for a in packed])[0] for i in range(50)])
+    got = np.concatenate([after.run(*[a[i : i + 1] for a in packed])[0] for i in range(50)])
+    assert float(np.max(np.abs(got - want))) < 1e-6
+    assert float(np.max(want[mask == 0])) == 0.0 and float(np.max(got[mask == 0])) < np.exp(MASK_VALUE / 2)
+
+
+def test_a_masked_model_converts_full_integer(masked: Path, tmp_path: Path) -> None:
+    """Before the rewrite: TensorFlow's quantizer aborted (SIGABRT) on the mask's range."""
+    x, mask = _data(120)
+    np.savez(tmp_path / "cal.npz", x=x, mask=mask)
+    recipe = {
+        "version": 1,
+        "name": "masked",
+        "model": str(masked),
+        "data": {"calibration": {"path": str(tmp_path / "cal.npz")}},
+        "benchmark": {"enabled": False},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "converter",
+            "convert",
+            "--recipe",
+            str(tmp_path / "r.yaml"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert "attention-mask constant (-3.4e38 or -inf) replaced by -64" in report["model"]["loader"]
+    assert report["accuracy"]["worst_output"]["sqnr_db"] > 20.0, report["accuracy"]
