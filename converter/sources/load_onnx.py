@@ -116,6 +116,12 @@ def toolkit_reason(log: str, error: str) -> str:
         if "ERROR:" in ln and not any(a in ln for a in _ADVICE) and ":" in ln.split("ERROR:", 1)[1][:40]
     ]
     said = [s for s in said if not s.startswith(("input_onnx_file_path:", "onnx_op_name:"))]
+    if not said:  # a reason told in plain sentences (the SavedModel step's name check), no "key: value" lines
+        said = [
+            " ".join(ln.split("ERROR:", 1)[1].split())
+            for ln in lines
+            if "ERROR:" in ln and not any(a in ln for a in _ADVICE) and ln.split("ERROR:", 1)[1].strip()
+        ]
     message: list[str] = []
     starts = [i for i, ln in enumerate(lines) if _EXCEPTION.match(ln)]
     if starts:
@@ -194,4 +200,10 @@ def load_onnx(path: Path, timeout_s: float = TIMEOUT_S, layout: str = "nhwc") ->
     loader = f"onnx2tf {answer['onnx2tf']} in its own virtualenv ({time.perf_counter() - start:.1f} s; inputs: "
     erf = answer.get("erf_as_tanh", 0)
     erf_note = f"; {erf} Erf as tanh(u*(a+b*u^2)), the tanh GELU form, error <= 3.6e-4" if erf else ""
-    return content, loader + _describe_inputs(answer["inputs"], model) + erf_note + ")"
+    osd_note = (
+        "; converted again with onnx2tf's --output_signaturedefs, the remedy it named for an op name its SavedModel "
+        "step rejected"
+        if answer.get("output_signaturedefs")
+        else ""
+    )
+    return content, loader + _describe_inputs(answer["inputs"], model) + erf_note + osd_note + ")"

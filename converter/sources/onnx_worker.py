@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import stat
 import sys
@@ -414,18 +415,24 @@ def convert(request: dict[str, Any]) -> dict[str, Any]:
     import onnx2tf
 
     start = time.perf_counter()
-    try:
-        onnx2tf.convert(
-            input_onnx_file_path=str(copy),
-            output_folder_path=str(work / "out"),
-            keep_shape_absolutely_input_names=keep or None,
-            enable_rnn_unroll=True,
-            batch_size=1 if dynamic_batch else None,
-            non_verbose=True,
-            verbosity="error",
-        )
-    except SystemExit as e:
-        raise RuntimeError(f"onnx2tf gave up (exit {e.code}) without a message") from e
+    options: dict[str, Any] = {
+        "input_onnx_file_path": str(copy),
+        "output_folder_path": str(work / "out"),
+        "keep_shape_absolutely_input_names": keep or None,
+        "enable_rnn_unroll": True,
+        "batch_size": 1 if dynamic_batch else None,
+        "non_verbose": True,
+        "verbosity": "error",
+    }
+    signaturedefs = False
+    code, said = _onnx2tf(onnx2tf, options, work)
+    if code is not None and OSD_ADVICE in said:
+        # Its SavedModel step rejects a name (a leading "/" from torch.onnx's node names): onnx2tf's own remedy.
+        shutil.rmtree(work / "out", ignore_errors=True)
+        signaturedefs = True
+        code, said = _onnx2tf(onnx2tf, {**options, "output_signaturedefs": True}, work)
+    if code is not None:
+        raise RuntimeError(f"onnx2tf gave up (exit {code}): {_errors(said) or 'without a message'}")
     seconds["onnx2tf"] = round(time.perf_counter() - start, 3)
     produced = work / "out" / "model_float32.tflite"
     if not produced.is_file():
@@ -437,9 +444,53 @@ def convert(request: dict[str, Any]) -> dict[str, Any]:
         "inputs": [{"name": n, "onnx_shape": s, "kept": n in keep} for n, s in shapes.items()],
         "external_data": external,
         "erf_as_tanh": replaced_erf,
+        "output_signaturedefs": signaturedefs,
         "onnxsim": shutil.which("onnxsim"),  # the virtualenv's own, first on PATH
         "seconds": seconds,
     }
+
+
+# onnx2tf's advice when its SavedModel step rejects a name: "Please convert again with the `-osd` or
+# `--output_signaturedefs` option."
+OSD_ADVICE = "--output_signaturedefs"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _onnx2tf(onnx2tf: Any, options: dict[str, Any], work: Path) -> tuple[int | None, str]:
+    """``onnx2tf.convert(**options)``: None or the exit code it gave up with, and what it printed (passed on too).
+
+    onnx2tf prints its reasons to stdout and then calls ``sys.exit``; they are kept here, so the reason and the
+    remedy it names can be acted on, and written to stderr afterwards as before.
+    """
+    log = work / "onnx2tf.log"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]  # main() sent stdout (fd 1 and sys.stdout) to stderr: both into the log
+    code: int | None = None
+    with log.open("wb") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            onnx2tf.convert(**options)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in zip((1, 2), saved, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)
+    said = log.read_text(encoding="utf-8", errors="replace")
+    sys.stderr.write(said)
+    sys.stderr.flush()
+    return code, said
+
+
+def _errors(said: str) -> str:
+    """onnx2tf's ERROR lines, joined: its reason when it exits without raising."""
+    lines = [_ANSI.sub("", line).strip() for line in said.splitlines()]
+    errors = [line.split("ERROR:", 1)[1].strip() for line in lines if "ERROR:" in line]
+    return " ".join(e for e in errors if e)[:600]
 
 
 def run(request: dict[str, Any]) -> dict[str, Any]:
