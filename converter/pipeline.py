@@ -623,7 +623,8 @@ def measure_targets(
                 own["qdq"] = Path(tmp) / spec.device / tensorrt.ARTIFACT
                 own["qdq"].parent.mkdir(exist_ok=True)
                 own["qdq"].write_bytes(qdq)
-            out[spec.device] = _measure_or_reason(spec, profiles[spec.device], recipe.benchmark, own, eval_data, prep)
+            profile, cache = profiles[spec.device], recipe.calibration.cache
+            out[spec.device] = _measure_or_reason(spec, profile, recipe.benchmark, own, eval_data, prep, cache)
         return out
 
 
@@ -634,10 +635,11 @@ def _measure_or_reason(
     models: dict[str, Path],
     eval_data: tuple[np.ndarray, np.ndarray | None] | None,
     prep: Preprocess,
+    store_latency: bool = True,
 ) -> TargetResult:
     """One target; a device that cannot be reached (or fails to run the bundle) costs its gates, not the run."""
     try:
-        return measure_target(spec, profile, bench, models, eval_data, prep)
+        return measure_target(spec, profile, bench, models, eval_data, prep, store_latency=store_latency)
     except DeployError as e:
         log.warning("warning: %s on %s was not measured: %s", spec.device, spec.host, e)
         return TargetResult(

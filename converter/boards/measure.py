@@ -52,13 +52,16 @@ def latency_record(result: dict[str, Any], where: str) -> dict[str, Any]:
     return record
 
 
-def host_latency(profile: DeviceProfile, bench: BenchmarkSpec, models: dict[str, Path]) -> dict[str, Any]:
+def host_latency(
+    profile: DeviceProfile, bench: BenchmarkSpec, models: dict[str, Path], store: bool = True
+) -> dict[str, Any]:
     """report.json's ``latency.host``: measured now, or with ``benchmark.cache`` the figure this machine gave before
     for the same bytes and settings (``latency_cache``); ``from_cache`` and ``measured_at`` say which. A figure
-    measured now is stored either way, so ``--remeasure`` replaces the one it did not take."""
+    measured now is stored either way, so ``--remeasure`` replaces the one it did not take; ``store`` false (the
+    recipe's ``calibration.cache: false``, no cache at all) neither reads nor writes one."""
     request = request_for(profile, bench, models["int8"], models["float"], label="host")
-    key = latency_cache.entry(request)
-    found = latency_cache.get(key) if bench.cache else None
+    key = latency_cache.entry(request) if store else None
+    found = latency_cache.get(key) if key and bench.cache else None
     if found is not None:
         log.info(
             "benchmark  host: from the latency cache (measured %s on this machine; --remeasure measures again)",
@@ -67,7 +70,8 @@ def host_latency(profile: DeviceProfile, bench: BenchmarkSpec, models: dict[str,
         return {**latency_record(found, "host"), "from_cache": True, "measured_at": found["measured_at"]}
     log.info("benchmark  host (%s, threads %s)", profile.delegate, profile.threads or "all")
     result = latency_cache.stamped(run_local(request))
-    latency_cache.put(key, result)  # replaces the figure --remeasure did not take
+    if key:
+        latency_cache.put(key, result)  # replaces the figure --remeasure did not take
     return {**latency_record(result, "host"), "from_cache": False, "measured_at": result["measured_at"]}
 
 
@@ -120,8 +124,12 @@ def measure_target(
     board: str | None = None,
     insecure_options: tuple[str, ...] = (),
     trtexec: str | None = None,
+    store_latency: bool = True,
 ) -> TargetResult:
-    """Measure one target; raises ``DeployError``/``EvaluationError`` when a measurement fails."""
+    """Measure one target; raises ``DeployError``/``EvaluationError`` when a measurement fails.
+
+    ``store_latency`` false keeps the host's latency out of the latency cache (a run with caching off).
+    """
     if profile.runtime == "ethos-u":
         return TargetResult(
             None,
@@ -160,7 +168,7 @@ def measure_target(
             f"targets.{profile.name}.edgetpu (a static prediction, labelled so, without the compiler)",
         )
     if profile.kind == "host":
-        return TargetResult(host_latency(profile, bench, models))
+        return TargetResult(host_latency(profile, bench, models, store_latency))
     if not spec.host:
         return TargetResult(
             None,

@@ -16,6 +16,12 @@ from converter.cli.main import main
 from tests.conftest import tiny_recipe
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache folder of the test's own: another test's latency for the tiny model is not this one's to find."""
+    monkeypatch.setenv("EDGECONV_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def _run(recipe: Path, out: Path, *args: str) -> tuple[dict[str, Any], str]:
     result = CliRunner().invoke(main, ["convert", "--recipe", str(recipe), "--out", str(out), *args])
     assert result.exit_code == 0, result.output
@@ -25,7 +31,8 @@ def _run(recipe: Path, out: Path, *args: str) -> tuple[dict[str, Any], str]:
 def test_a_rerun_takes_the_latency_measured_before_and_remeasure_replaces_it(
     tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path
 ) -> None:
-    recipe = write_recipe(tiny_recipe(tiny_model_dir, targets=["host"]))
+    # Settings no other test uses: the session's cache may hold the tiny model's latency under the defaults.
+    recipe = write_recipe(tiny_recipe(tiny_model_dir, targets=["host"], benchmark={"runs": 7, "warmup": 2}))
     first, said = _run(recipe, tmp_path / "a")
     assert first["from_cache"] is False and first["measured_at"]
     assert "from the latency cache" not in said
@@ -60,7 +67,7 @@ def test_other_settings_or_another_machine_measure_again(
     monkeypatch.setattr(latency_cache, "machine_identity", lambda: {**identity, "cpu": "another processor"})
     assert _run(write_recipe(spec, "runs.yaml"), tmp_path / "other")[0]["from_cache"] is False
 
-    monkeypatch.undo()
+    monkeypatch.setattr(latency_cache, "machine_identity", lambda: identity)
     off = {**spec, "benchmark": {**spec["benchmark"], "cache": False}}
     assert _run(write_recipe(off, "off.yaml"), tmp_path / "off")[0]["from_cache"] is False
 
@@ -68,7 +75,7 @@ def test_other_settings_or_another_machine_measure_again(
 def test_a_corrupt_entry_is_measured_again(
     tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path
 ) -> None:
-    recipe = write_recipe(tiny_recipe(tiny_model_dir, targets=["host"], benchmark={"runs": 3, "warmup": 0}))
+    recipe = write_recipe(tiny_recipe(tiny_model_dir, targets=["host"], benchmark={"runs": 4, "warmup": 3}))
     _run(recipe, tmp_path / "a")
     entries = sorted(latency_cache.STORE.folder().glob("*.latency"))
     assert entries
