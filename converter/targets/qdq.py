@@ -106,8 +106,13 @@ def _weight_axis(node: Any, slot: int) -> int | None:
     return None
 
 
-def placement(model: Any) -> Placement:
-    """Where TensorRT's rules put Q/DQ in ``model`` (see the module docstring)."""
+def node_key(node: Any) -> str:
+    """A node's name, or its first output where it has none (how exclusions name layers)."""
+    return str(node.name or (node.output[0] if node.output else ""))
+
+
+def placement(model: Any, exclude: frozenset[str] = frozenset()) -> Placement:
+    """Where TensorRT's rules put Q/DQ in ``model`` (see the module docstring); nodes in ``exclude`` stay float."""
     initializers = {i.name for i in model.graph.initializer}
     producers = {o: (k, n) for k, n in enumerate(model.graph.node) for o in n.output}
     consumers: dict[str, int] = {}
@@ -122,6 +127,8 @@ def placement(model: Any) -> Placement:
 
     for k, node in enumerate(model.graph.node):
         op = node.op_type
+        if exclude and node_key(node) in exclude:
+            continue
         if op in WEIGHTED_OPS:
             for slot, name in enumerate(node.input[:2]):
                 axis = _weight_axis(node, slot)
@@ -242,7 +249,9 @@ def _ensure_opset(model: Any) -> Any:
     return onnx.version_converter.convert_version(model, MIN_OPSET)
 
 
-def insert_qdq(model: Any, amax: Mapping[str, float]) -> tuple[Any, dict[str, Any]]:
+def insert_qdq(
+    model: Any, amax: Mapping[str, float], exclude: frozenset[str] = frozenset()
+) -> tuple[Any, dict[str, Any]]:
     """``model`` with TensorRT's Q/DQ pairs, activation scales from ``amax`` (tensor name -> max |x|).
 
     Returns the new model and a summary: pairs placed, weights quantized, op types left float, and the
@@ -255,7 +264,7 @@ def insert_qdq(model: Any, amax: Mapping[str, float]) -> tuple[Any, dict[str, An
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    where = placement(out)
+    where = placement(out, exclude)
     inits = {i.name: i for i in graph.initializer}
     new_inits: list[Any] = []
     zero_name = "edgeconv_qdq_zero_point"

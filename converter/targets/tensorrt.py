@@ -6,7 +6,9 @@ TensorRT takes ONNX, not TFLite, so this backend works on an ONNX form of the so
 reference the pipeline already made: one route for all of them, and the same graph the TFLite int8 model was
 calibrated on. In a child process (``tensorrt_worker``, onnx + onnxruntime on the CPU, tf2onnx where needed) the
 ONNX graph's activations are observed on the pipeline's calibration samples, ranges chosen with edgeconv's range
-code (``calibration.ranges``: the recipe's method), and ``qdq`` writes
+code (``calibration.ranges``: the recipe's method; ``minmax`` takes ``mse``'s thresholds on TensorRT's symmetric
+grid), at most 2 layers left fp16 when the all-int8 model misses 99 % top-1 agreement with float on the calibration
+samples, and ``qdq`` writes
 
 - ``firmware/<target>/model_qdq.onnx``: the float model with QuantizeLinear/DequantizeLinear pairs where
   TensorRT's explicit-quantization rules want them (symmetric int8, weights per output channel, activations per

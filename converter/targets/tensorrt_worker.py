@@ -17,9 +17,12 @@ Steps, each in the job's folder:
    calibration samples, folded into ``calibration.stats.TensorStats`` exactly as the TFLite pass folds them
    (min/max over all elements, a seeded subsample of ``SUBSAMPLE`` per sample in the 4096-bin histogram).
 3. ranges: ``calibration.ranges.choose`` with the recipe's method (and rules, by ONNX tensor name); graph
-   inputs take their observed range unless a rule names them. amax = max(|lo|, |hi|).
-4. ``qdq.insert_qdq`` and ``qdq.calibration_cache``; the Q/DQ model is checked by ``onnx.checker``.
-5. the float and the Q/DQ model run by onnxruntime on the evaluation samples (one at a time: exported models
+   inputs take their observed range unless a rule names them; ``minmax`` not named by a rule takes ``mse``'s
+   threshold (TensorRT's grid is symmetric: a post-ReLU tensor gets 128 levels). amax = max(|lo|, |hi|).
+4. fp16 layers (``_fp16_layers``): when the all-int8 model's top-1 agrees with float on fewer than 99 % of the
+   calibration samples, at most 2 layers, the most sensitive on those samples, are left without Q/DQ.
+5. ``qdq.insert_qdq`` and ``qdq.calibration_cache``; the Q/DQ model is checked by ``onnx.checker``.
+6. the float and the Q/DQ model run by onnxruntime on the evaluation samples (one at a time: exported models
    have a fixed batch of 1); their first outputs are saved for the parent to score.
 """
 
@@ -34,6 +37,8 @@ from typing import Any
 import numpy as np
 
 RESULT = "EDGECONV-RESULT "
+FP16_AIM = 0.99  # top-1 agreement with float on the calibration samples below which layers are left fp16
+FP16_MAX_LAYERS = 2
 
 
 class Refused(Exception):
@@ -193,10 +198,66 @@ def _ranges(stats: list[Any], inputs: set[str], job: dict[str, Any]) -> tuple[di
         if s.nonfinite or not s.written:
             continue  # no range: the tensor stays float (listed by insert_qdq)
         method, pct, by_rule = method_for(s.name, spec)
-        choice = minmax(s) if s.name in inputs and not by_rule else choose(s, method, pct)
+        if s.name in inputs and not by_rule:
+            choice = minmax(s)
+        elif method == "minmax" and not by_rule:
+            # TensorRT's grid is symmetric: the observed range leaves a post-ReLU tensor 128 levels, so the
+            # recipe's minmax (the default) takes mse's clipping threshold here; a rule naming minmax keeps it.
+            choice = choose(s, "mse", pct)
+            choice = type(choice)(choice.lo, choice.hi, "minmax->mse", choice.threshold)
+        else:
+            choice = choose(s, method, pct)
         amax[s.name] = max(abs(choice.lo), abs(choice.hi))
         methods[choice.method] = methods.get(choice.method, 0) + 1
     return amax, methods
+
+
+def _top1(outputs: np.ndarray) -> np.ndarray | None:
+    """Top-1 per sample of a [N, classes] output; None for any other shape (no classifier to agree on)."""
+    if outputs.ndim != 2 or outputs.shape[1] < 2:
+        return None
+    top: np.ndarray = np.argmax(outputs, axis=1)
+    return top
+
+
+def _fp16_layers(
+    model: Any, amax: dict[str, float], arrays: dict[str, np.ndarray]
+) -> tuple[frozenset[str], dict[str, Any]]:
+    """The layers left without Q/DQ (TensorRT runs them in fp16), chosen on the calibration samples only.
+
+    When the all-int8 model's top-1 agrees with the float model's on fewer than ``FP16_AIM`` of the calibration
+    samples, each Q/DQ-carrying layer is left float alone and scored by the output's mean squared error against
+    float; the most sensitive are left float one at a time, at most ``FP16_MAX_LAYERS``, until the aim is met.
+    """
+    from converter.targets import qdq
+
+    flt = _run_all(model.SerializeToString(), arrays)
+    f_top = _top1(flt)
+    if f_top is None:
+        return frozenset(), {"fp16_layers": [], "reason": "not a classifier: all int8"}
+
+    def scored(exclude: frozenset[str]) -> tuple[float, float]:
+        quantized, _ = qdq.insert_qdq(model, amax, exclude)
+        out = _run_all(quantized.SerializeToString(), arrays)
+        return float(np.mean((out - flt) ** 2)), float(np.mean(np.argmax(out, axis=1) == f_top))
+
+    _, agreement = scored(frozenset())
+    info: dict[str, Any] = {"calibration_agreement_all_int8": agreement}
+    if agreement >= FP16_AIM:
+        return frozenset(), {**info, "fp16_layers": []}
+    where = qdq.placement(model)
+    nodes = list(model.graph.node)
+    carrying = sorted({k for uses in where.activations.values() for k, _ in uses} | {k for k, _, _ in where.weights})
+    ranked = sorted(((scored(frozenset({qdq.node_key(nodes[k])}))[0], k) for k in carrying), key=lambda r: r)
+    chosen: list[dict[str, Any]] = []
+    exclude: frozenset[str] = frozenset()
+    for error, k in ranked[:FP16_MAX_LAYERS]:
+        exclude = exclude | {qdq.node_key(nodes[k])}
+        _, agreement = scored(exclude)
+        chosen.append({"node": qdq.node_key(nodes[k]), "op": nodes[k].op_type, "output_mse_alone_float": error})
+        if agreement >= FP16_AIM:
+            break
+    return exclude, {**info, "calibration_agreement": agreement, "fp16_layers": chosen}
 
 
 def _run_all(model_bytes: bytes, arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -240,7 +301,11 @@ def work(job: dict[str, Any]) -> dict[str, Any]:
     seconds["statistics"] = time.perf_counter() - t
     inputs = {i.name for i in model.graph.input}
     amax, methods = _ranges(stats, inputs, job)
-    quantized, summary = qdq.insert_qdq(model, amax)
+    t = time.perf_counter()
+    exclude, mixed = _fp16_layers(model, amax, cal_arrays)
+    seconds["fp16_layers"] = time.perf_counter() - t
+    quantized, summary = qdq.insert_qdq(model, amax, exclude)
+    summary = {**summary, **mixed}
     onnx.checker.check_model(quantized)
     qdq_bytes = quantized.SerializeToString()
     (folder / "model_qdq.onnx").write_bytes(qdq_bytes)
