@@ -27,6 +27,7 @@ from converter.quantization.tflite_quantizer import quantize_with_ranges, stock_
 from converter.recipe import Method, Recipe
 from converter.runtime.model import TFLiteModel, signature_names
 from converter.runtime.preprocess import Preprocess
+from converter.tflite import flatbuf
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,38 @@ def _no_16x8(error: ConversionError, float_tflite: bytes) -> ConversionError:
     )
 
 
+def pool_padding_ranges(model: bytes, ranges: dict[int, tuple[float, float]]) -> dict[int, tuple[float, float]]:
+    """``ranges`` with each max-pool padding's output given its input's range instead of the pad value's.
+
+    A PyTorch ``MaxPool2d(padding=1)`` (the ResNet stem) becomes PADV2 with -inf (or, after
+    ``soften_mask_constants``, -64) then MAX_POOL_2D. The pad value never wins a max, but min/max statistics
+    count it, so the padded tensor's int8 range stretched from [0, 6] to [-64, 6]: a tenth of its resolution.
+    With the input's range the pad value quantizes to the lowest int8 code, still below every real value, so
+    the max-pool computes what it did; the MLIR quantizer gives PADV2 one scale for input and output anyway.
+    """
+    parsed = flatbuf.load(model)
+    names = flatbuf.enum_names("BuiltinOperator")
+    graph = parsed.subgraphs[0]
+    readers: dict[int, list[str]] = {}
+    for op in graph.operators:
+        for i in op.inputs if op.inputs is not None else []:
+            readers.setdefault(int(i), []).append(flatbuf.op_code(parsed, op, names))
+    out = dict(ranges)
+    for op in graph.operators:
+        if flatbuf.op_code(parsed, op, names) != "PADV2" or len(op.inputs) < 3:
+            continue
+        source, value, padded = int(op.inputs[0]), int(op.inputs[2]), int(op.outputs[0])
+        pad = graph.tensors[value]
+        if source not in ranges or padded not in ranges or not pad.buffer:
+            continue
+        values = flatbuf.data(parsed, pad, "<f4") if flatbuf.type_name(pad.type) == "FLOAT32" else None
+        if values is None or values.size != 1 or float(values.reshape(-1)[0]) > ranges[source][0]:
+            continue
+        if readers.get(padded) and all(r == "MAX_POOL_2D" for r in readers[padded]):
+            out[padded] = ranges[source]
+    return out
+
+
 def quantize(
     float_tflite: bytes,
     cal_x: np.ndarray,
@@ -172,7 +205,7 @@ def quantize(
     def run(source: bytes, float_nodes: tuple[str, ...]) -> bytes:
         return quantize_with_ranges(
             source,
-            calibration.ranges(),
+            pool_padding_ranges(source, calibration.ranges()),
             input_type=plan.input_type,
             output_type=plan.output_type,
             per_channel=per_channel,

@@ -101,3 +101,62 @@ def test_a_masked_model_converts_full_integer(masked: Path, tmp_path: Path) -> N
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert "attention-mask constant (-3.4e38 or -inf) replaced by -64" in report["model"]["loader"]
     assert report["accuracy"]["worst_output"]["sqnr_db"] > 20.0, report["accuracy"]
+
+
+def test_max_pool_padding_keeps_its_inputs_int8_range(tmp_path: Path) -> None:
+    """PyTorch's MaxPool2d(padding=1) as TFLite has it: PADV2 with -inf, then MAX_POOL_2D (the ResNet stem)."""
+    kernel = tf.constant(np.random.default_rng(2).standard_normal((3, 3, 3, 8)).astype(np.float32) * 0.3)
+
+    @tf.function
+    def stem(x: Any) -> Any:
+        y = tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "SAME"))
+        y = tf.pad(y, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=-np.inf)
+        return tf.reduce_mean(tf.nn.max_pool2d(y, 3, 2, "VALID"), axis=[1, 2])
+
+    spec = tf.TensorSpec([1, 16, 16, 3], tf.float32)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([stem.get_concrete_function(spec)], stem)
+    model = tmp_path / "stem.tflite"
+    model.write_bytes(converter.convert())
+    x = np.random.default_rng(3).random((150, 16, 16, 3)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=x[:100])
+    np.savez(tmp_path / "eval.npz", x=x[100:])
+    recipe = {
+        "version": 1,
+        "name": "stem",
+        "model": str(model),
+        "data": {
+            "calibration": {"path": str(tmp_path / "cal.npz")},
+            "evaluation": {"path": str(tmp_path / "eval.npz")},
+        },
+        "benchmark": {"enabled": False},
+        "tuning": {"enabled": False},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "converter",
+            "convert",
+            "--recipe",
+            str(tmp_path / "r.yaml"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    int8 = TFLiteModel(model_path=str(tmp_path / "o" / "model_int8.tflite"), delegate="none").interpreter
+    details = {d["index"]: d for d in int8.get_tensor_details()}
+    (pad,) = [op for op in int8._get_ops_details() if op["op_name"] == "PADV2"]  # noqa: SLF001
+    scale_in = details[int(pad["inputs"][0])]["quantization"][0]
+    scale_out = details[int(pad["outputs"][0])]["quantization"][0]
+    # The ReLU output spans about [0, 2.2]: 0.0086 per step (measured), not 0.26 as when the range reached the pad
+    # value -64; PADV2 keeps one scale for input and output either way.
+    assert scale_out == pytest.approx(scale_in) and scale_out * 255 < 8.0, (scale_in, scale_out)
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["accuracy"]["worst_output"]["sqnr_db"] > 30.0, report["accuracy"]["worst_output"]
