@@ -332,7 +332,10 @@ def soften_mask_constants(content: bytes) -> tuple[bytes, int]:
     ~1e36, which buries every real score in one step, and TensorFlow's quantizer aborts on such a range (seen
     on TF 2.21: SIGABRT in mlir_quantize). ``MASK_VALUE`` masks as well in float (the weights it leaves are below
     float32's resolution for any score spread under about 40) and quantizes. Not bit-exact, so it is said in
-    the loader's text; a model without such a constant keeps its bytes.
+    the loader's text; a model without such a constant keeps its bytes. The same sentinel pads a max-pool
+    (PADV2 with -inf before MAX_POOL_2D: PyTorch's ``MaxPool2d(padding=1)``), where -64 is exact whenever the
+    pooled values are above it (after a ReLU, always); ``quantization.quantize.pool_padding_ranges`` then keeps
+    the pad value out of that tensor's int8 range.
     """
     model = flatbuf.load(content)
     changed = 0

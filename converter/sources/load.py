@@ -204,8 +204,8 @@ def load_model(
     content, softened = soften_mask_constants(content)
     if softened:
         loader += (
-            f"; {softened} attention-mask constant{'s' if softened > 1 else ''} (-3.4e38 or -inf) replaced by "
-            f"{MASK_VALUE:g}, which masks as well in float and quantizes"
+            f"; {softened} masking or padding constant{'s' if softened > 1 else ''} (-3.4e38 or -inf) replaced by "
+            f"{MASK_VALUE:g}, which masks and pads as well in float and quantizes"
         )
     try:
         ref = TFLiteModel(model_content=content)

@@ -99,7 +99,7 @@ def test_a_masked_model_converts_full_integer(masked: Path, tmp_path: Path) -> N
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert "attention-mask constant (-3.4e38 or -inf) replaced by -64" in report["model"]["loader"]
+    assert "masking or padding constant (-3.4e38 or -inf) replaced by -64" in report["model"]["loader"]
     assert report["accuracy"]["worst_output"]["sqnr_db"] > 20.0, report["accuracy"]
 
 
