@@ -474,15 +474,15 @@ def _onnx2tf(onnx2tf: Any, options: dict[str, Any], work: Path) -> tuple[int | N
             onnx2tf.convert(**options)
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
-        finally:
+        finally:  # an exception too: its log (the node, the message) is what the parent reads the reason from
             sys.stdout.flush()
             sys.stderr.flush()
             for fd, copy in zip((1, 2), saved, strict=True):
                 os.dup2(copy, fd)
                 os.close(copy)
-    said = log.read_text(encoding="utf-8", errors="replace")
-    sys.stderr.write(said)
-    sys.stderr.flush()
+            said = log.read_text(encoding="utf-8", errors="replace")
+            sys.stderr.write(said)
+            sys.stderr.flush()
     return code, said
 
 
