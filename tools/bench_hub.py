@@ -1,0 +1,488 @@
+"""The hub conformance zoo: real hub architectures through edgeconv's PyTorch routes, beside the peers' int8.
+
+Each model of ``tools/hub_models.py`` (transformers' own classes from small configs, and a few paper blocks) is
+exported to ``.pt2`` and ONNX (opset 17) and quantized four ways, each in a fresh process with an empty cache,
+as ``tools/bench_torch_onnx.py`` does for its models: ``edgeconv-pt2`` and ``edgeconv-onnx`` (``edgeconv convert``
+full-integer, int8 I/O, converting only), ``litert-torch-pt2e`` (litert-torch's PT2E recipe) and ``onnx2tf-int8``
+(onnx2tf's full-integer quantization in the virtualenv of ``edgeconv setup onnx``). Unlike that benchmark, a route
+that fails is a result, not an error: its exit code and the first error line a user sees are recorded, and the
+run goes on. Models have several inputs (token ids and the attention mask, integers) and several outputs
+(detection heads): inputs are matched by name, outputs by shape (a 4-D output may come back channel-last).
+
+Recorded per route, against PyTorch's float outputs on the 200 evaluation samples: exit code, first error line,
+whether every op is integer (and which ops still compute in float), the worst output's SQNR and cosine,
+argmax agreement with PyTorch (top-1 for classifiers, per cell/pixel for detection and segmentation maps),
+top-1 against the labels, the int8 file's bytes, wall seconds and peak RSS.
+
+    python tools/bench_hub.py [--models vit,bert,...] [--out build/bench] [--docs docs/hub-zoo.md]
+    python tools/bench_hub.py --docs-only --out build/bench --docs docs/hub-zoo.md   # the page from hub.json
+
+Writes ``hub.json`` and ``hub.md`` into ``--out`` (and, with ``--docs``, the docs page). Each route's recipe,
+log and output stay under ``--work`` (default ``--out``/hub-work/<model>/<route>) to reproduce a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from converter.runtime.model import TFLiteModel  # noqa: E402
+from converter.sources import onnx_setup  # noqa: E402
+from converter.tflite.inspect_model import float_ops  # noqa: E402
+
+ROUTES = ("edgeconv-pt2", "edgeconv-onnx", "litert-torch-pt2e", "onnx2tf-int8")
+TIMEOUT_S = 900  # one route of one model; a hang is recorded as exit 124
+
+STOCK_PT2 = """
+import sys, numpy as np, torch, litert_torch
+from litert_torch.quantize import pt2e_quantizer, quant_config
+from torchao.quantization.pt2e import quantize_pt2e
+pt2, cal, out = sys.argv[1:4]
+program = torch.export.load(pt2)
+example = program.example_inputs[0]
+data = np.load(cal)
+names = list(data.files)
+quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+    pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+module = quantize_pt2e.prepare_pt2e(program.module(), quantizer)
+for i in range(len(data[names[0]])):
+    module(*(torch.from_numpy(data[n][i : i + 1]) for n in names))
+module = quantize_pt2e.convert_pt2e(module, fold_quantize=False)
+edge = litert_torch.convert(module, example, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
+edge.export(out)
+"""
+
+STOCK_ONNX = """
+import json, os, sys, numpy as np, onnx2tf
+onnx_path, spec, work = sys.argv[1:4]
+spec = json.loads(spec)  # [[input name, calibration .npy (NHWC for images), keep its shape]]
+os.chdir(work)
+np.save("calibration_image_sample_data_20x128x128x3_float32.npy",
+        np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+keep = [name for name, _, k in spec if k]
+onnx2tf.convert(input_onnx_file_path=onnx_path, output_folder_path=os.path.join(work, "out"),
+                output_integer_quantized_tflite=True, quant_type="per-channel",
+                custom_input_op_name_np_data_path=[[name, path, 0.0, 1.0] for name, path, _ in spec],
+                keep_shape_absolutely_input_names=keep or None,
+                enable_rnn_unroll=True, non_verbose=True, verbosity="error")
+"""
+
+WRAPPER = """
+import json, os, signal, sys, time
+log = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+limit = int(sys.argv[2])
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.execv(sys.argv[3], sys.argv[3:])
+def stop(*_):
+    os.killpg(pid, signal.SIGKILL)
+signal.signal(signal.SIGALRM, stop)
+signal.alarm(limit)
+_, status, usage = os.wait4(pid, 0)
+signal.alarm(0)
+code = os.waitstatus_to_exitcode(status)
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "maxrss_kb": usage.ru_maxrss, "exit": 124 if code == -9 else code}))
+"""
+
+
+def run_child(cmd: list[str], env: dict[str, str], log: Path, limit: int = TIMEOUT_S) -> dict[str, Any]:
+    """Exit code, wall seconds and peak RSS (MB, ``os.wait4``: the process and the children it waited for) of
+    one fresh process, its output in ``log``; killed (exit 124) after ``limit`` seconds."""
+    wrapper = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", WRAPPER, str(log), str(limit), *cmd], env=env, capture_output=True, text=True
+    )
+    if wrapper.returncode != 0:
+        raise RuntimeError(f"the timing wrapper failed: {wrapper.stderr[-2000:]}")
+    result = json.loads(wrapper.stdout)
+    return {"exit": result["exit"], "seconds": result["seconds"], "peak_mb": result["maxrss_kb"] / 1024}
+
+
+_EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Failure)|[\w.]+Error)\b.*")
+
+
+def first_error(log: Path, code: int) -> str | None:
+    """The error line a user of the route reads first: edgeconv's ``error:`` line, else a Python exception's
+    last line (the message, not the traceback), else the log's last line."""
+    if code == 0:
+        return None
+    if code == 124:
+        return f"killed after {TIMEOUT_S} s"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace"))  # onnx2tf colours its errors
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if re.match(r"^(edgeconv: )?error: ", ln):
+            return ln[:400]
+    exceptions = [ln for ln in lines if _EXCEPTION.match(ln)]
+    if exceptions:
+        return exceptions[-1][:400]
+    for ln in lines:
+        if ln.startswith("ERROR:") and "trace log" not in ln:
+            return ln[:400]
+    return lines[-1][:400] if lines else f"exit {code}, no output"
+
+
+def feed(model: TFLiteModel, x: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Each of the model's inputs from ``x``: matched by name (the .tflite input's name contains it), else by
+    position; image arrays transposed to channel-last where the model takes it; integers cast to its dtype."""
+    names = list(x)
+    arrays = []
+    for pos, info in enumerate(model.inputs):
+        matches = [n for n in names if n == info.name or n in info.name]
+        a = x[max(matches, key=len) if matches else names[pos]]
+        shape = tuple(info.shape[1:])
+        if a.shape[1:] != shape and a.ndim == 4 and (a.shape[2], a.shape[3], a.shape[1]) == shape:
+            a = np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+        if np.dtype(info.dtype).kind in "iu" and a.dtype.kind in "iu":
+            a = a.astype(info.dtype)
+        arrays.append(a)
+    return arrays
+
+
+def predict(path: Path, x: dict[str, np.ndarray]) -> list[np.ndarray]:
+    model = TFLiteModel(model_path=str(path))
+    arrays = feed(model, x)
+    outs: list[list[np.ndarray]] = [[] for _ in model.outputs]
+    for i in range(len(arrays[0])):
+        for slot, value in zip(outs, model.run(*(a[i : i + 1] for a in arrays)), strict=True):
+            slot.append(value)
+    return [np.concatenate(o) for o in outs]
+
+
+def match(want: list[np.ndarray], got: list[np.ndarray]) -> list[np.ndarray]:
+    """``got`` reordered (and channel-last 4-D outputs transposed back) to line up with PyTorch's outputs."""
+    free = list(range(len(got)))
+    lined: list[np.ndarray] = []
+    for w in want:
+        pick = None
+        for j in free:
+            g = got[j]
+            if g.shape == w.shape:
+                pick = (j, g)
+                break
+            if g.ndim == 4 and g.shape == (w.shape[0], w.shape[2], w.shape[3], w.shape[1]):
+                pick = (j, g.transpose(0, 3, 1, 2))
+                break
+            if g.size == w.size and pick is None:
+                pick = (j, g.reshape(w.shape))
+        if pick is None:
+            raise ValueError(f"no output of shape {w.shape} among {[g.shape for g in got]}")
+        free.remove(pick[0])
+        lined.append(pick[1])
+    return lined
+
+
+def measure(path: Path, x: dict[str, np.ndarray], want: list[np.ndarray], case: Any) -> dict[str, Any]:
+    """The int8 model against PyTorch: worst output's SQNR and cosine, argmax agreement, top-1, integer-only."""
+    got = match(want, predict(path, x))
+    sqnrs, cosines = [], []
+    for w, g in zip(want, got, strict=True):
+        w64, g64 = w.astype(np.float64), g.astype(np.float64)
+        noise = float(np.sum((w64 - g64) ** 2))
+        sqnrs.append(float(10 * np.log10(np.sum(w64**2) / noise)) if noise else float("inf"))
+        cosines.append(float(np.sum(w64 * g64) / (np.linalg.norm(w64) * np.linalg.norm(g64) or 1.0)))
+    axis = case.class_axis
+    floats = sorted({op.name for op in float_ops(path.read_bytes())})
+    worst = min(sqnrs)
+    return {
+        "sqnr_db": None if worst == float("inf") else worst,
+        "sqnr_db_per_output": [None if s == float("inf") else round(s, 2) for s in sqnrs],
+        "cosine": min(cosines),
+        "agreement": float(np.mean(got[0].argmax(axis) == want[0].argmax(axis))),
+        "top1": float(np.mean(got[0].argmax(axis) == case.labels)) if case.labels is not None else None,
+        "full_integer": not floats,
+        "float_ops": floats,
+        "bytes": path.stat().st_size,
+    }
+
+
+def float_diff(path: Path, x: dict[str, np.ndarray], want: list[np.ndarray]) -> float:
+    got = match(want, predict(path, x))
+    return max(float(np.max(np.abs(g - w))) for g, w in zip(got, want, strict=True))
+
+
+def bench_model(name: str, work: Path, onnx_python: Path | None, routes: tuple[str, ...]) -> dict[str, Any]:
+    from tools import hub_models
+
+    started = time.perf_counter()
+    case = hub_models.case(name)
+    want = hub_models.torch_outputs(case)
+    folder = work / name
+    pt2, onnx_path = hub_models.export(case, folder)
+    build_s = time.perf_counter() - started
+    cal: dict[str, Any] = dict(case.cal)  # (Any: numpy's stub types savez's keywords as its own options)
+    np.savez(folder / "cal.npz", **cal)
+    evaluation: dict[str, Any] = {**case.eval_x, **({"y": case.labels} if case.labels is not None else {})}
+    np.savez(folder / "eval.npz", **evaluation)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    x = case.eval_x
+    result: dict[str, Any] = {
+        "model": name,
+        "family": case.family,
+        "source": hub_models.SOURCE[name],
+        "inputs": {k: [list(v.shape[1:]), str(v.dtype)] for k, v in case.cal.items()},
+        "outputs": [list(w.shape[1:]) for w in want],
+        "parameters": sum(p.numel() for p in case.module.parameters()),
+        "samples": len(want[0]),
+        "torch_top1": float(np.mean(want[0].argmax(case.class_axis) == case.labels))
+        if case.labels is not None
+        else None,
+        "build_seconds": round(build_s, 1),
+        "routes": {},
+    }
+    for route in routes:
+        if route in ("edgeconv-onnx", "onnx2tf-int8") and onnx_python is None:
+            continue
+        run = folder / route
+        shutil.rmtree(run, ignore_errors=True)
+        run.mkdir()
+        float_model: Path | None = None
+        if route.startswith("edgeconv"):
+            recipe = {
+                "version": 1,
+                "name": f"{name}-{route}",
+                "model": str(pt2 if route == "edgeconv-pt2" else onnx_path),
+                "data": {"calibration": {"path": str(folder / "cal.npz")}},
+                "quantization": {"input_type": "int8", "output_type": "int8"},
+                "benchmark": {"enabled": False},
+                "analysis": {"samples": 0},
+            }
+            (run / "recipe.yaml").write_text(json.dumps(recipe, indent=1))
+            cmd = [sys.executable, "-m", "converter", "convert", "--recipe", str(run / "recipe.yaml")]
+            cmd += ["--out", str(run / "out")]
+            cost = run_child(cmd, {**env, "EDGECONV_CACHE_DIR": str(run / "cache")}, run / "log.txt")
+            int8, float_model = run / "out" / "model_int8.tflite", run / "out" / "model_float.tflite"
+        elif route == "litert-torch-pt2e":
+            int8 = run / "int8.tflite"
+            cmd = [sys.executable, "-c", STOCK_PT2, str(pt2), str(folder / "cal.npz"), str(int8)]
+            cost = run_child(cmd, env, run / "log.txt")
+        else:
+            assert onnx_python is not None
+            spec = []
+            for input_name, a in case.cal.items():
+                if a.ndim == 4:
+                    a = np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+                np.save(run / f"cal_{input_name}.npy", a)
+                spec.append([input_name, str(run / f"cal_{input_name}.npy"), a.ndim != 4])
+            cmd = [str(onnx_python), "-c", STOCK_ONNX, str(onnx_path), json.dumps(spec), str(run)]
+            cost = run_child(cmd, {**env, "CUDA_VISIBLE_DEVICES": "-1"}, run / "log.txt")
+            int8 = run / "out" / "model_full_integer_quant.tflite"
+            float_model = run / "out" / "model_float32.tflite"
+        row: dict[str, Any] = {**cost, "error": first_error(run / "log.txt", cost["exit"])}
+        if cost["exit"] == 0 and not int8.exists():
+            row["error"] = f"exit 0 but no int8 model ({int8.name})"
+        if int8.exists():
+            try:
+                row.update(measure(int8, x, want, case))
+            except Exception as e:  # noqa: BLE001 - a model the runtime cannot run is a result too
+                row["error"] = row["error"] or f"measuring the int8 model: {type(e).__name__}: {str(e)[:300]}"
+        if float_model is not None and float_model.exists():
+            try:
+                row["float_vs_torch_max_abs"] = float_diff(float_model, x, want)
+            except Exception as e:  # noqa: BLE001
+                row["float_vs_torch_max_abs"] = None
+                row["float_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        result["routes"][route] = row
+        print(f"{name:18} {route:18} {json.dumps(row)}", flush=True)
+    return result
+
+
+def versions() -> dict[str, Any]:
+    names = ("torch", "transformers", "litert-torch", "tensorflow", "ai-edge-litert", "onnx")
+    got: dict[str, Any] = {}
+    for n in names:
+        try:
+            got[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            got[n] = None
+    return got
+
+
+def _cell(r: dict[str, Any] | None) -> str:
+    """One route's result in a table cell: exit code, integer-only, worst SQNR, argmax agreement."""
+    if r is None:
+        return "—"
+    if "sqnr_db" not in r:
+        if r["exit"] == 0 and "Select TensorFlow op" in (r.get("error") or ""):
+            return "exit 0, **not runnable** (TF Select ops)"
+        return f"**exit {r['exit']}**"
+    sqnr = "exact" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f} dB"
+    integer = "int" if r["full_integer"] else f"float: {', '.join(r['float_ops'][:3])}"
+    lead = f"exit {r['exit']}, " if r["exit"] else ""
+    return f"{lead}{integer}, {sqnr}, {r['agreement']:.1%}"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    routes = [r for r in ROUTES if any(r in res["routes"] for res in doc["results"])]
+    lines = [
+        "| model | family | inputs | PyTorch top-1 | " + " | ".join(f"`{r}`" for r in routes) + " |",
+        "|---|---|---|---|" + "---|" * len(routes),
+    ]
+    for res in doc["results"]:
+        inputs = ", ".join(
+            f"{k} {'×'.join(map(str, s))}{' ' + d if d.startswith('int') else ''}"
+            for k, (s, d) in res["inputs"].items()
+        )
+        cells = " | ".join(_cell(res["routes"].get(r)) for r in routes)
+        top1 = "—" if res["torch_top1"] is None else f"{res['torch_top1']:.1%}"
+        lines.append(f"| {res['model']} | {res['family']} | {inputs} | {top1} | {cells} |")
+    failures = [
+        (res["model"], route, r)
+        for res in doc["results"]
+        for route, r in res["routes"].items()
+        if r.get("error") or not r.get("full_integer", False) or (r.get("float_vs_torch_max_abs") or 0) > 1e-3
+    ]
+    if failures:
+        lines += ["", "| model | route | exit | first error line / float ops |", "|---|---|---|---|"]
+        for model, route, r in failures:
+            what = r.get("error") or ""
+            if not what and not r.get("full_integer", False):
+                what = f"float ops: {', '.join(r.get('float_ops', []))}"
+            if (r.get("float_vs_torch_max_abs") or 0) > 1e-3:
+                what = f"{what}; " if what else ""
+                what += f"float reference off PyTorch by {r['float_vs_torch_max_abs']:.2g} (max abs), no warning"
+            if "Select TensorFlow op" in what:
+                what = "the int8 model holds TF Select (Flex) ops: LiteRT's interpreter cannot run it"
+            what = what.replace(str(ROOT) + "/", "").replace("|", "\\|")
+            what = what if len(what) <= 240 else what[:240] + "…"
+            lines.append(f"| {model} | `{route}` | {r['exit']} | {what} |")
+    return "\n".join(lines) + "\n"
+
+
+def docs_page(doc: dict[str, Any]) -> str:
+    m, v = doc["machine"], doc["versions"]
+    per_route = []
+    for route in ROUTES:
+        rows = [res["routes"][route] for res in doc["results"] if route in res["routes"]]
+        if rows:
+            ok = sum(1 for r in rows if r["exit"] == 0 and r.get("full_integer"))
+            per_route.append(f"`{route}` {ok} of {len(rows)}")
+    return f"""# Hub model zoo
+
+Real hub architectures through edgeconv's two PyTorch routes (`.pt2` and ONNX) and, beside them, the peers' own
+int8 routes: litert-torch's PT2E recipe for `.pt2` and onnx2tf's full-integer quantization for ONNX. The models
+are the model classes of Hugging Face `transformers` built from small configs (a few layers, 32×32 images,
+16-token text, 0.1 s of audio), and a few architectures written from their papers' blocks (MobileNetV3 with
+hardswish, SSD- and YOLO-style detection heads, LR-ASPP, a U-Net), in `tools/hub_models.py`. Nothing is
+downloaded: each model is seeded, trained for a few seconds on scikit-learn's digits (upscaled to 32×32 RGB) or
+on seeded synthetic data (tones, keyword sequences, shapes on noise), and its BatchNorm statistics are
+recalibrated on the training data. Text models take integer `input_ids` and `attention_mask`.
+
+Each route runs in a fresh process with an empty cache, from 200 calibration samples (edgeconv with its default
+settings, full-integer with int8 I/O, its accuracy loop included); the int8 model's outputs are compared with
+PyTorch's float outputs on 200 held-out samples. A cell reads: integer-only (`int`) or the ops still computing in
+float, the worst output's SQNR against PyTorch, and argmax agreement with PyTorch (top-1 for classifiers; per
+anchor, cell or pixel for detection and segmentation maps). A failed route shows its exit code; its first error
+line is in the second table.
+
+Full-integer and converted: {", ".join(per_route)}. A route left out for a model (—) was not run on it (the
+PT2E recipe takes about 2 minutes a model on 2 cores). Every model trains for 150-200 steps only: a low PyTorch
+top-1 (EfficientNet did not learn in that time) still compares the int8 model with the same float network, but
+an SQNR on logits that hardly vary says little.
+
+{markdown(doc)}
+Measured on {m["cpus"]} shared CPU cores, Python {m["python"]}, torch {v["torch"]}, transformers {v["transformers"]},
+litert-torch {v["litert-torch"]}, TensorFlow {v["tensorflow"]}, onnx2tf {m.get("onnx2tf") or "—"}, {m["date"]}.
+Regenerate with `python tools/bench_hub.py --docs docs/hub-zoo.md` (the whole zoo: about an hour on 2 cores);
+`--models vit,bert` runs a subset. Per route and model the recipe, log and output stay under
+`build/bench/hub-work/<model>/<route>/`. `tests/integration/test_hub_zoo.py` runs a subset through edgeconv's
+routes and checks these numbers.
+"""
+
+
+def main() -> None:
+    from tools import hub_models
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(hub_models.NAMES))
+    parser.add_argument("--routes", default=",".join(ROUTES))
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
+    parser.add_argument("--work", type=Path, help="where each model's files go [--out/hub-work]")
+    parser.add_argument("--docs", type=Path, help="also write the docs page (docs/hub-zoo.md)")
+    parser.add_argument("--docs-only", action="store_true", help="write the docs page from --out's hub.json")
+    parser.add_argument("--merge", help="with --docs-only: comma-separated folders whose hub.json are joined")
+    parser.add_argument("--onnx-venv", type=Path, default=os.environ.get("EDGECONV_ONNX_VENV"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.docs_only:
+        parts = [Path(f) for f in args.merge.split(",")] if args.merge else [args.out]
+        docs = [json.loads((f / "hub.json").read_text()) for f in parts]
+        joined: dict[str, dict[str, Any]] = {}  # the same model from several runs (other routes): routes joined
+        for d in docs:
+            for r in d["results"]:
+                if r["model"] in joined:
+                    joined[r["model"]]["routes"].update(r["routes"])
+                else:
+                    joined[r["model"]] = r
+        doc = {**docs[0], "results": list(joined.values())}
+        work = args.work or args.out / "hub-work"
+        for r in doc["results"]:  # failures' first lines read again from the logs (the reading may have improved)
+            for route, row in r["routes"].items():
+                log = work / r["model"] / route / "log.txt"
+                if row["exit"] != 0 and log.is_file():
+                    row["error"] = first_error(log, row["exit"])
+        order = {n: i for i, n in enumerate(hub_models.NAMES)}
+        doc["results"].sort(key=lambda r: order.get(r["model"], len(order)))
+        (args.out / "hub.json").write_text(json.dumps(doc, indent=1) + "\n")
+    else:
+        venv = args.onnx_venv or Path.home() / ".cache" / "edgeconv-tests" / "onnx-venv"
+        onnx_python = onnx_setup.installed(venv)
+        if onnx_python is None:
+            print(f"no ONNX virtualenv at {venv}: the ONNX routes are left out (edgeconv setup onnx)", file=sys.stderr)
+        os.environ["EDGECONV_ONNX_VENV"] = str(venv)
+        work = (args.work or args.out / "hub-work").resolve()  # recipes name files by absolute path
+        onnx2tf = None
+        if onnx_python is not None:
+            done = subprocess.run(
+                [str(onnx_python), "-c", "from importlib.metadata import version; print(version('onnx2tf'))"],
+                capture_output=True,
+                text=True,
+            )
+            onnx2tf = done.stdout.strip() or None
+        doc = {
+            "machine": {
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                "onnx2tf": onnx2tf,
+                "date": time.strftime("%Y-%m-%d"),
+            },
+            "versions": versions(),
+            "results": [],
+        }
+        routes = tuple(args.routes.split(","))
+        for name in args.models.split(","):
+            try:
+                doc["results"].append(bench_model(name, work, onnx_python, routes))
+            except Exception as e:  # noqa: BLE001 - a model that does not build or export is reported, not fatal
+                print(f"{name}: building or exporting failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            (args.out / "hub.json").write_text(json.dumps(doc, indent=1) + "\n")  # after each model: partial runs
+        doc["machine"]["load"] = os.getloadavg()
+        (args.out / "hub.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (args.out / "hub.md").write_text(markdown(doc))
+    if args.docs:
+        args.docs.write_text(docs_page(doc))
+    print(markdown(doc))
+
+
+if __name__ == "__main__":
+    main()
