@@ -286,18 +286,7 @@ def tune(
         return _result(loop, best, "the recipe's result meets the budget", None)
     plan = first.plan
     if plan.activations == "int8":
-        for method in RANGE_METHODS:
-            if method == plan.method or best.meets:
-                continue
-            step = "auto ranges" if method == "auto" else f"{method} ranges"
-            best = loop.better(best, loop.attempt(step, f"calibration.method: {method}", replace(plan, method=method)))
-        for flag, step, detail in (
-            ("equalization", "equalization", "cross-layer equalization of conv/dense pairs"),
-            ("bias_correction", "bias correction", "cancel the mean shift of rounded weights"),
-        ):
-            if not best.meets and not getattr(best.quantized.plan, flag):
-                changes: dict[str, Any] = {flag: True}
-                best = loop.better(best, loop.attempt(step, detail, replace(best.quantized.plan, **changes)))
+        best = _full_integer_fixes(loop, best, plan)
         post_training = best
         qat = recipe.tuning.qat
         if not best.meets and qat is not None:
@@ -332,6 +321,23 @@ def tune(
         )
         return _result(loop, best, f"stopped: {why}", {"worst_layers": worst, "needed": need})
     return _fallbacks(loop, best_ptq, recipe, float_tflite, eval_x, targets)
+
+
+def _full_integer_fixes(loop: Loop, best: Attempt, plan: Plan) -> Attempt:
+    """Steps 1-3, each kept when it scores better, until one meets the loop's aim: every range method but the
+    recipe's, then equalization, then bias correction on the best so far."""
+    for method in RANGE_METHODS:
+        if method != plan.method and not best.meets:
+            step = "auto ranges" if method == "auto" else f"{method} ranges"
+            best = loop.better(best, loop.attempt(step, f"calibration.method: {method}", replace(plan, method=method)))
+    for flag, step, detail in (
+        ("equalization", "equalization", "cross-layer equalization of conv/dense pairs"),
+        ("bias_correction", "bias correction", "cancel the mean shift of rounded weights"),
+    ):
+        if not best.meets and not getattr(best.quantized.plan, flag):
+            changes: dict[str, Any] = {flag: True}
+            best = loop.better(best, loop.attempt(step, detail, replace(best.quantized.plan, **changes)))
+    return best
 
 
 def _fidelity_loop(
@@ -375,18 +381,7 @@ def _fidelity_loop(
     log.info("tuning: worst output at %.1f dB SQNR on %s, below %g dB: trying full-integer fixes",
              best.worst_sqnr_db(), where, LOW_SQNR_DB)  # fmt: skip
     trigger = f"worst output at {best.worst_sqnr_db():.1f} dB SQNR against float on {where}, below {LOW_SQNR_DB:g} dB"
-    plan = first.plan
-    for method in RANGE_METHODS:
-        if method != plan.method and not best.meets:
-            step = "auto ranges" if method == "auto" else f"{method} ranges"
-            best = loop.better(best, loop.attempt(step, f"calibration.method: {method}", replace(plan, method=method)))
-    for flag, step, detail in (
-        ("equalization", "equalization", "cross-layer equalization of conv/dense pairs"),
-        ("bias_correction", "bias correction", "cancel the mean shift of rounded weights"),
-    ):
-        if not best.meets and not getattr(best.quantized.plan, flag):
-            changes: dict[str, Any] = {flag: True}
-            best = loop.better(best, loop.attempt(step, detail, replace(best.quantized.plan, **changes)))
+    best = _full_integer_fixes(loop, best, first.plan)
     reached = f"worst output at {best.worst_sqnr_db():.1f} dB with '{best.step}'"
     outcome = (
         f"{reached}: met {LOW_SQNR_DB:g} dB with full-integer fixes"

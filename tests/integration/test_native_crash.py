@@ -160,12 +160,10 @@ def test_a_model_that_segfaults_the_interpreter_is_a_clear_error(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []  # leftovers cleared
 
 
-def test_a_crashed_recipe_of_a_batch_names_its_step(tmp_path: Path) -> None:
-    """``convert --jobs``: a worker that crashes costs its recipe only, and the row says what crashed where."""
-    good, bad = _tiny_tflite_recipe(tmp_path, ADD_ONE), _tiny_tflite_recipe(tmp_path, SEGV)
-    command = [sys.executable, "-m", "converter", "convert", str(good), str(bad), "--jobs", "2"]
-    done = subprocess.run(
-        [*command, "--out", str(tmp_path / "build")],
+def _batch(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """``edgeconv convert`` of several recipes, in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "converter", "convert", *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -173,6 +171,12 @@ def test_a_crashed_recipe_of_a_batch_names_its_step(tmp_path: Path) -> None:
         timeout=DEADLINE_S,
         check=False,
     )
+
+
+def test_a_crashed_recipe_of_a_batch_names_its_step(tmp_path: Path) -> None:
+    """``convert --jobs``: a worker that crashes costs its recipe only, and the row says what crashed where."""
+    good, bad = _tiny_tflite_recipe(tmp_path, ADD_ONE), _tiny_tflite_recipe(tmp_path, SEGV)
+    done = _batch([str(good), str(bad), "--jobs", "2", "--out", str(tmp_path / "build")])
     assert done.returncode == 3, done.stderr
     rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
     assert rows["add_one_float"].split()[1] == "0"
@@ -184,16 +188,7 @@ def test_a_crashed_recipe_of_a_batch_names_its_step(tmp_path: Path) -> None:
     published = [p.name for p in (tmp_path / "build").iterdir() if not p.name.startswith(".")]
     assert published == ["add_one_float"]  # the crashed one's lock and staging folder wait for its next run
     # One worker, the crash first: a fresh worker converts the recipe after it.
-    serial = [sys.executable, "-m", "converter", "convert", str(bad), str(good), "--jobs", "1", "--force"]
-    again = subprocess.run(
-        [*serial, "--out", str(tmp_path / "serial")],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE_S,
-        check=False,
-    )
+    again = _batch([str(bad), str(good), "--jobs", "1", "--force", "--out", str(tmp_path / "serial")])
     codes = {line.split()[0]: line.split()[1] for line in again.stdout.splitlines()[1:]}
     assert again.returncode == 3 and codes == {"segv_on_open": "3", "add_one_float": "0"}, again.stdout
 
