@@ -454,9 +454,8 @@ def bench(**kw: Any) -> None:
 
     def run() -> int:
         from converter.boards.bench import BenchRequest, run_local, run_remote
-        from converter.boards.measure import latency_record, ssh_target
+        from converter.boards.measure import latency_record
         from converter.devices import load_device
-        from converter.recipe import TargetSpec
 
         if kw["device"] and load_device(kw["device"]).runtime == "tensorrt":
             return _bench_tensorrt(kw, load_device(kw["device"]))
@@ -500,18 +499,7 @@ def bench(**kw: Any) -> None:
             label=profile.name if kw["ssh_host"] else "host",
         )
         if kw["ssh_host"]:
-            spec = TargetSpec(
-                profile.name,
-                kw["ssh_host"],
-                kw["port"],
-                kw["identity"],
-                kw["known_hosts"],
-                _split_options(kw)[0],
-                kw["remote_python"],
-                kw["timeout_s"],
-            )
-            target = ssh_target(spec, profile, insecure_options=_split_options(kw)[1])
-            result = run_remote(request, target, keep=kw["keep"])
+            result = run_remote(request, _bench_target(kw, profile), keep=kw["keep"])
         else:
             result = run_local(request)
         if kw["as_json"]:
@@ -527,11 +515,28 @@ def bench(**kw: Any) -> None:
     guarded(kw["debug"], run, capture=True)
 
 
+def _bench_target(kw: dict[str, Any], profile: Any) -> Any:
+    """The board ``bench --host`` names, as an ``SSHTarget`` (its ssh options checked as a recipe's are)."""
+    from converter.boards.measure import ssh_target
+    from converter.recipe import TargetSpec
+
+    options, insecure = _split_options(kw)
+    spec = TargetSpec(
+        profile.name,
+        kw["ssh_host"],
+        kw["port"],
+        kw["identity"],
+        kw["known_hosts"],
+        options,
+        kw["remote_python"],
+        kw["timeout_s"],
+    )
+    return ssh_target(spec, profile, insecure_options=insecure)
+
+
 def _bench_tensorrt(kw: dict[str, Any], profile: Any) -> int:
     """A TensorRT device: trtexec builds and times the Q/DQ ONNX model on the board (``boards.trtexec``)."""
-    from converter.boards.measure import ssh_target
     from converter.boards.trtexec import measure
-    from converter.recipe import TargetSpec
 
     model: Path = kw["model"]
     made = f"firmware/{profile.name}/model_qdq.onnx (edgeconv convert writes it for a {profile.name} target)"
@@ -543,17 +548,7 @@ def _bench_tensorrt(kw: dict[str, Any], profile: Any) -> int:
         raise UserInputError(f"--model {model}: file not found; give {made}")
     if not kw["ssh_host"]:
         raise UserInputError(f"--device {profile.name} is reached over SSH: add --host user@device")
-    spec = TargetSpec(
-        profile.name,
-        kw["ssh_host"],
-        kw["port"],
-        kw["identity"],
-        kw["known_hosts"],
-        _split_options(kw)[0],
-        kw["remote_python"],
-        kw["timeout_s"],
-    )
-    target = ssh_target(spec, profile, insecure_options=_split_options(kw)[1])
+    target = _bench_target(kw, profile)
     program = kw["trtexec"] or profile.tensorrt.trtexec
     result = measure(target, model, program, keep=kw["keep"], version=profile.tensorrt.version)
     click.echo(json.dumps(result, indent=2) if kw["as_json"] else "\n".join(_trtexec_lines(profile.name, result)))
