@@ -9,7 +9,7 @@ same process finds it there instead of initialising the library twice (which abo
 are those ``mlir_quantize`` passes: the ``IODataType`` numbers of ``compiler/mlir/lite/types.proto`` (checked
 against TensorFlow's own ``types_pb2`` in ``tests/integration/test_quantizer_api.py``), and the results are
 byte-identical to ``mlir_quantize``'s. Where the extension cannot be loaded (another TensorFlow layout, a
-platform without it), ``tflite_quantizer`` imports TensorFlow and calls ``mlir_quantize`` as before.
+platform without it), ``tflite_quantizer`` imports TensorFlow and calls its ``mlir_quantize``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MODULE = "tensorflow.compiler.mlir.lite.python._pywrap_converter_api"
-OFF_ENV = "EDGECONV_NATIVE_QUANTIZER"  # off: import TensorFlow for the quantizer, as before (a comparison, a debug)
+OFF_ENV = "EDGECONV_NATIVE_QUANTIZER"  # off: import TensorFlow for the quantizer too (a comparison, a debug)
 # compiler/mlir/lite/types.proto: IODataType numbers for the model I/O types edgeconv writes, and the
 # inference type of an int8 model (QUANTIZED_INT8), as convert.mlir_quantize maps TensorFlow dtypes.
 IO_TYPES = {"float32": 1, "int8": 18, "uint8": 17, "int16": 19, "int32": 3, "int64": 4}

@@ -460,7 +460,7 @@ def _onnx2tf(onnx2tf: Any, options: dict[str, Any], work: Path) -> tuple[int | N
     """``onnx2tf.convert(**options)``: None or the exit code it gave up with, and what it printed (passed on too).
 
     onnx2tf prints its reasons to stdout and then calls ``sys.exit``; they are kept here, so the reason and the
-    remedy it names can be acted on, and written to stderr afterwards as before.
+    remedy it names can be acted on, and written to stderr afterwards for the parent to read.
     """
     log = work / "onnx2tf.log"
     sys.stdout.flush()

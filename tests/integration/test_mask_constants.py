@@ -92,7 +92,7 @@ def test_the_sentinel_becomes_mask_value_with_the_same_softmax(masked: Path) -> 
 
 
 def test_a_masked_model_converts_full_integer(masked: Path, tmp_path: Path) -> None:
-    """Before the rewrite: TensorFlow's quantizer aborted (SIGABRT) on the mask's range."""
+    """Without the rewrite TensorFlow's quantizer aborts (SIGABRT) on the mask's range."""
     x, mask = _data(120)
     np.savez(tmp_path / "cal.npz", x=x, mask=mask)
     recipe = {
