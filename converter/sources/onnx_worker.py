@@ -388,6 +388,7 @@ def convert(request: dict[str, Any]) -> dict[str, Any]:
         check_domains(model)
         check_model(model)
         check_static_sizes(model)
+        reference = model.SerializeToString()  # what onnxruntime runs to check onnx2tf's result: Erf as written
         replaced_erf = replace_erf(model)
     except ModelRefused:
         raise
@@ -438,6 +439,9 @@ def convert(request: dict[str, Any]) -> dict[str, Any]:
     if not produced.is_file():
         raise RuntimeError(f"onnx2tf finished without writing {produced.name}")
     out.write_bytes(produced.read_bytes())
+    start = time.perf_counter()
+    check = float_check(reference, produced, tuple(keep))
+    seconds["float_check"] = round(time.perf_counter() - start, 3)
     return {
         "ok": True,
         "onnx2tf": _version("onnx2tf"),
@@ -445,9 +449,104 @@ def convert(request: dict[str, Any]) -> dict[str, Any]:
         "external_data": external,
         "erf_as_tanh": replaced_erf,
         "output_signaturedefs": signaturedefs,
+        "float_check": check,
         "onnxsim": shutil.which("onnxsim"),  # the virtualenv's own, first on PATH
         "seconds": seconds,
     }
+
+
+CHECK_SAMPLES = 4
+
+
+def float_check(reference: bytes, tflite: Path, kept: tuple[str, ...] = ()) -> dict[str, Any]:
+    """onnx2tf's float .tflite against onnxruntime on the ONNX model, on seeded random inputs.
+
+    onnx2tf can write a model that runs and computes something else (a window-attention reshape, a pooling
+    border): every later step would measure int8 against a wrong reference and report it as fine. Float
+    inputs are standard normal, integer ones (token ids, masks) 0 or 1, valid for any vocabulary. Inputs and
+    outputs are matched by signature name, else by position. Inputs of 4 or more dimensions not in ``kept``
+    are fed channel-last, as onnx2tf transposes them; an output is compared as it is and channel-first, and
+    the closer counts (a square [1, 16, 16, 16] output reads either way). Answer: per output, the SQNR in dB
+    over all samples and the largest absolute difference, or ``{"checked": false, "reason": ...}`` where the
+    check cannot run.
+    """
+    import numpy as np
+
+    try:
+        import onnxruntime as ort
+        import tensorflow as tf
+
+        session = ort.InferenceSession(reference, providers=["CPUExecutionProvider"])
+        interpreter = tf.lite.Interpreter(model_path=str(tflite))
+        interpreter.allocate_tensors()
+    except Exception as e:  # noqa: BLE001 - a Flex op, an op onnxruntime lacks: the check says why it did not run
+        return {"checked": False, "reason": f"{type(e).__name__}: {_first_line(e)[:200]}"}
+    rng = np.random.default_rng(0)
+    tfl_in, tfl_out = _io_order(interpreter)
+    names = [o.name for o in session.get_outputs()]
+    sums: dict[tuple[str, bool], list[float]] = {}  # (output, read channel-first) -> signal, noise, max |error|
+    for _ in range(CHECK_SAMPLES):
+        feed = {}
+        for spec in session.get_inputs():
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
+            if "float" in spec.type:
+                feed[spec.name] = rng.standard_normal(shape).astype(np.float16 if "16" in spec.type else np.float32)
+            else:
+                dtype = bool if "bool" in spec.type else np.dtype(spec.type[len("tensor(") : -1])
+                feed[spec.name] = rng.integers(0, 2, shape).astype(dtype)
+        for k, detail in enumerate(tfl_in):
+            name = detail["sig"] if detail["sig"] in feed else list(feed)[k] if k < len(feed) else None
+            value = feed[name] if name is not None else None
+            if value is not None and value.ndim >= 4 and name not in kept:
+                value = np.moveaxis(value, 1, -1)
+            if value is None or tuple(value.shape) != tuple(detail["shape"]):
+                return {"checked": False, "reason": f"no ONNX input matches the .tflite input {detail['sig']!r}"}
+            interpreter.set_tensor(detail["index"], value.astype(detail["dtype"]))
+        interpreter.invoke()
+        for k, (name, want) in enumerate(zip(names, session.run(None, feed), strict=True)):
+            fallback = tfl_out[k] if k < len(tfl_out) else None
+            found: dict[str, Any] | None = next((d for d in tfl_out if d["sig"] == name), fallback)
+            got = interpreter.get_tensor(found["index"]) if found is not None else None
+            if got is None or got.size != want.size or not np.all(np.isfinite(want)):
+                return {"checked": False, "reason": f"output {name!r}: no .tflite output of its size, or not finite"}
+            for first in (False, True):
+                read = np.moveaxis(got, -1, 1) if first and got.ndim >= 3 else got
+                if first and got.ndim < 3 or read.shape != want.shape and read.size != want.size:
+                    continue
+                err = read.reshape(want.shape).astype(np.float64) - want.astype(np.float64)
+                total = sums.setdefault((name, first), [0.0, 0.0, 0.0])
+                total[0] += float(np.sum(np.square(want.astype(np.float64))))
+                total[1] += float(np.sum(np.square(err)))
+                total[2] = max(total[2], float(np.max(np.abs(err))) if err.size else 0.0)
+    outputs = []
+    for name in names:
+        best = None
+        for key in ((name, False), (name, True)):
+            if key not in sums:
+                continue
+            signal, noise, max_abs = sums[key]
+            sqnr = 200.0 if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -200.0)
+            if best is None or sqnr > best["sqnr_db"]:
+                best = {"name": name, "sqnr_db": round(min(sqnr, 200.0), 2), "max_abs": max_abs}
+        if best is None:
+            return {"checked": False, "reason": f"output {name!r}: no .tflite output of its shape"}
+        outputs.append(best)
+    return {"checked": True, "samples": CHECK_SAMPLES, "outputs": outputs}
+
+
+def _io_order(interpreter: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The interpreter's inputs and outputs, each with its signature name (``sig``) where the model has one."""
+    names: dict[int, str] = {}
+    signatures = interpreter.get_signature_list()
+    if signatures:
+        runner = interpreter.get_signature_runner(next(iter(signatures)))
+        for table in (runner.get_input_details(), runner.get_output_details()):
+            names.update({detail["index"]: sig for sig, detail in table.items()})
+    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    return (
+        [{**d, "sig": names.get(d["index"], d["name"])} for d in inputs],
+        [{**d, "sig": names.get(d["index"], d["name"])} for d in outputs],
+    )
 
 
 # onnx2tf's advice when its SavedModel step rejects a name: "Please convert again with the `-osd` or

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -132,6 +133,10 @@ def test_float_model_matches_pytorch(
     assert loaded.format == "onnx" and loaded.input_shape == shape
     assert loaded.loader.startswith("onnx2tf 1.29.24 in its own virtualenv (") and loader in loaded.loader
     assert path.read_bytes() == before  # onnxsim rewrites its input file: it got a copy
+    checked = re.search(
+        r"float model checked against onnxruntime on 4 random inputs: worst output 'y' at (\S+) dB", loaded.loader
+    )
+    assert checked and float(checked.group(1)) > 100, loaded.loader  # measured 124-130 dB
     ops = {op.name for op in list_ops(loaded.float_tflite)}
     assert "WHILE" not in ops and "TRANSPOSE" not in ops, ops
     model = TFLiteModel(model_content=loaded.float_tflite)
@@ -262,6 +267,50 @@ def test_custom_operators_are_refused(onnx_env: Path, tmp_path: Path) -> None:
         f"model: {tmp_path / 'custom.onnx'}: custom operators com.example::Swish are not standard ONNX and onnx2tf "
         "cannot convert them; export the model with standard ONNX operators only"
     )
+
+
+def test_the_float_check_catches_a_model_that_computes_something_else(
+    onnx_env: Path, onnx_models: dict[str, tuple[Any, Path]], tmp_path: Path
+) -> None:
+    """The worker's check, run for real in the ONNX virtualenv, on onnx2tf's float model and on the same model
+    with the last layer's bias shifted by 1 (what a mis-converted op looks like: it runs, shapes right, values
+    wrong); the loader stops the second with exit 3's error. onnx2tf's real misses (Swin, SegFormer, PoolFormer
+    from transformers) run in ``test_hub_zoo``."""
+    from converter.sources.load_onnx import _float_check_note
+    from converter.tflite import flatbuf
+
+    python = onnx_setup.installed(onnx_env) or Path("missing")
+    (tmp_path / "work").mkdir()
+    source = onnx_models["cnn"][1]
+    request = {"onnx": str(source), "work": str(tmp_path / "work"), "out": str(tmp_path / "m.tflite")}
+    answer = run_worker(python, request)
+    assert answer["ok"] is True, answer
+    check = answer["float_check"]
+    assert check["checked"] is True and check["samples"] == 4 and check["outputs"][0]["sqnr_db"] > 100, check
+
+    parsed = flatbuf.load((tmp_path / "m.tflite").read_bytes())
+    graph, names = parsed.subgraphs[0], flatbuf.enum_names("BuiltinOperator")
+    dense = next(op for op in graph.operators if flatbuf.op_code(parsed, op, names) == "FULLY_CONNECTED")
+    bias = graph.tensors[int(dense.inputs[2])]
+    flatbuf.set_data(parsed, bias, flatbuf.data(parsed, bias, "<f4") + 1.0)
+    (tmp_path / "wrong.tflite").write_bytes(flatbuf.dump(parsed))
+    script = (
+        "import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import onnx_worker; "
+        "print(json.dumps(onnx_worker.float_check(Path(sys.argv[2]).read_bytes(), Path(sys.argv[3]))))"
+    )
+    done = subprocess.run(
+        [str(python), "-c", script, str(onnx_setup.WORKER.parent), str(source), str(tmp_path / "wrong.tflite")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    wrong = json.loads(done.stdout.strip().splitlines()[-1])
+    assert wrong["checked"] is True and wrong["outputs"][0]["sqnr_db"] < 20, wrong
+    assert "float model checked against onnxruntime on 4 random inputs" in _float_check_note(source, check)
+    with pytest.raises(
+        ConversionError, match=r"does not compute what the ONNX model does: on 4 seeded random inputs, output 'y' at"
+    ):
+        _float_check_note(source, wrong)
 
 
 def test_a_hung_worker_is_a_conversion_error(
