@@ -23,6 +23,7 @@ from converter.calibration.bias_correction import BiasFix, correct_biases
 from converter.calibration.calibrate import Calibration, calibrate
 from converter.calibration.equalize import equalize
 from converter.errors import ConversionError, NoIntegerKernelError
+from converter.quantization.layer_norm import as_l2_normalization
 from converter.quantization.tflite_quantizer import quantize_with_ranges, stock_quantize
 from converter.recipe import Method, Recipe
 from converter.runtime.model import TFLiteModel, signature_names
@@ -44,6 +45,7 @@ class Plan:
     activations: str = "int8"
     input_type: str = "int8"
     output_type: str = "int8"
+    layer_norm_l2: bool = False  # LayerNorms computed by L2_NORMALIZATION (``layer_norm``); a fix the loop tries
 
     @classmethod
     def of(cls, recipe: Recipe) -> Plan:
@@ -69,6 +71,7 @@ class Quantized:
     equalized_pairs: int | None = None
     reference: bytes | None = None
     rejected: tuple[tuple[str, str], ...] = ()
+    layer_norms: int | None = None  # how many LayerNorms the plan's ``layer_norm_l2`` rewrote
 
     def float_reference(self, original: bytes) -> bytes:
         return self.reference if self.reference is not None else original
@@ -91,6 +94,7 @@ class Quantized:
             else self._rejected(rejected, "equalization", {"pairs": None}),
             "qat": p.qat,
             "float_nodes": list(p.float_nodes),
+            "layer_norm": {"as": "l2_normalization", "count": self.layer_norms} if p.layer_norm_l2 else None,
         }
 
     @staticmethod
@@ -194,9 +198,14 @@ def quantize(
             raise _no_16x8(e, float_tflite) from e
         return Quantized(model, plan, None)
     contract = contract_range(prep) if eight_bit_data else None
-    pairs = None
-    if plan.equalization:  # a different float model: its own statistics and ranges
+    pairs = norms = None
+    rewritten = False
+    if plan.layer_norm_l2:  # a different float model (the same function): its own statistics and ranges
+        float_tflite, norms = as_l2_normalization(float_tflite, cal_x)
+        rewritten = norms > 0
+    if plan.equalization:
         float_tflite, pairs = equalize(float_tflite, check_x=cal_x)
+        rewritten = True
     spec = dataclasses.replace(recipe.calibration, method=plan.method)
     calibration = calibrate(float_tflite, cal_x, spec, prep_json(prep), contract)
     if calibration.cache_hit:
@@ -218,4 +227,5 @@ def quantize(
     if plan.bias_correction:
         corrected, fixes = correct_biases(float_tflite, model, cal_x, skip=set(plan.float_nodes))
         model = run(corrected, plan.float_nodes)
-    return Quantized(model, plan, calibration, tuple(fixes), pairs, float_tflite if plan.equalization else None)
+    reference = float_tflite if rewritten else None
+    return Quantized(model, plan, calibration, tuple(fixes), pairs, reference, layer_norms=norms)

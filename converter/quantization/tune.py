@@ -47,7 +47,7 @@ from converter.runtime.latency import measure
 from converter.runtime.model import TFLiteModel
 from converter.targets import ethos_u
 from converter.tflite.flatbuf import LINEAR
-from converter.tflite.inspect_model import Graph, op_graph
+from converter.tflite.inspect_model import Graph, list_ops, op_graph
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,9 @@ def tune(
         return TuneResult(first, first_accuracy, {"ran": False, "reason": reason, "budget": budget, "attempts": []})
 
     if budget is None:
-        fidelity = _fidelity_loop(recipe, float_tflite, first, first_accuracy, eval_x, eval_y, held_x, quantizer)
+        fidelity = _fidelity_loop(
+            recipe, float_tflite, first, first_accuracy, eval_x, eval_y, held_x, quantizer, _l2_norm_runs(targets)
+        )
         return fidelity or skipped("no accuracy_drop budget")
     if not recipe.tuning.enabled:
         return skipped("tuning.enabled is false in the recipe")
@@ -286,7 +288,7 @@ def tune(
         return _result(loop, best, "the recipe's result meets the budget", None)
     plan = first.plan
     if plan.activations == "int8":
-        best = _full_integer_fixes(loop, best, plan)
+        best = _full_integer_fixes(loop, best, plan, _l2_norm_runs(targets))
         post_training = best
         qat = recipe.tuning.qat
         if not best.meets and qat is not None:
@@ -323,13 +325,28 @@ def tune(
     return _fallbacks(loop, best_ptq, recipe, float_tflite, eval_x, targets)
 
 
-def _full_integer_fixes(loop: Loop, best: Attempt, plan: Plan) -> Attempt:
-    """Steps 1-3, each kept when it scores better, until one meets the loop's aim: every range method but the
-    recipe's, then equalization, then bias correction on the best so far."""
+# Runtimes with an int8 L2_NORMALIZATION kernel (LiteRT's CPU kernels, TFLite Micro's l2norm); the NPU
+# compilers' op lists are not relied on, and TensorRT's Q/DQ ONNX is made from the float model.
+L2_NORM_RUNTIMES = frozenset({"litert", "tflm"})
+
+
+def _l2_norm_runs(targets: dict[str, DeviceProfile]) -> bool:
+    """Whether every target runs L2_NORMALIZATION in int8 (no target: the host's LiteRT)."""
+    return all(p.runtime in L2_NORM_RUNTIMES for p in targets.values())
+
+
+def _full_integer_fixes(loop: Loop, best: Attempt, plan: Plan, layer_norm: bool = False) -> Attempt:
+    """Steps 1-3, each kept when it scores better, until one meets the loop's aim: LayerNorms as
+    L2_NORMALIZATION (with ``layer_norm``, for targets whose kernels have it), every range method but the
+    recipe's, then equalization, then bias correction, each on the best so far."""
+    if layer_norm and not best.meets and "RSQRT" in {op.name for op in list_ops(loop.float_tflite)}:
+        detail = "each LayerNorm computed by L2_NORMALIZATION: a per-token norm inside one int8 kernel"
+        best = loop.better(best, loop.attempt("LayerNorm as L2 norm", detail, replace(plan, layer_norm_l2=True)))
     for method in RANGE_METHODS:
         if method != plan.method and not best.meets:
             step = "auto ranges" if method == "auto" else f"{method} ranges"
-            best = loop.better(best, loop.attempt(step, f"calibration.method: {method}", replace(plan, method=method)))
+            changed = replace(best.quantized.plan, method=method)
+            best = loop.better(best, loop.attempt(step, f"calibration.method: {method}", changed))
     for flag, step, detail in (
         ("equalization", "equalization", "cross-layer equalization of conv/dense pairs"),
         ("bias_correction", "bias correction", "cancel the mean shift of rounded weights"),
@@ -349,6 +366,7 @@ def _fidelity_loop(
     eval_y: np.ndarray | None,
     held_x: np.ndarray | None,
     quantizer: Quantizer,
+    layer_norm: bool = False,
 ) -> TuneResult | None:
     """Without a budget: the full-integer fixes when the worst output is below ``LOW_SQNR_DB``; None when it is not.
 
@@ -381,7 +399,7 @@ def _fidelity_loop(
     log.info("tuning: worst output at %.1f dB SQNR on %s, below %g dB: trying full-integer fixes",
              best.worst_sqnr_db(), where, LOW_SQNR_DB)  # fmt: skip
     trigger = f"worst output at {best.worst_sqnr_db():.1f} dB SQNR against float on {where}, below {LOW_SQNR_DB:g} dB"
-    best = _full_integer_fixes(loop, best, first.plan)
+    best = _full_integer_fixes(loop, best, first.plan, layer_norm)
     reached = f"worst output at {best.worst_sqnr_db():.1f} dB with '{best.step}'"
     outcome = (
         f"{reached}: met {LOW_SQNR_DB:g} dB with full-integer fixes"

@@ -150,9 +150,12 @@ class TFLiteModel:
         model_path: str | None = None,
         num_threads: int | None = None,
         delegate: str = "xnnpack",
+        preserve_all_tensors: bool = False,
     ):
         self.delegate = delegate
-        self.interpreter = make_interpreter(model_content, model_path, num_threads, delegate=delegate)
+        self.interpreter = make_interpreter(
+            model_content, model_path, num_threads, delegate=delegate, preserve_all_tensors=preserve_all_tensors
+        )
         self.inputs = [TensorInfo.from_details(d) for d in self.interpreter.get_input_details()]
         self.outputs = [TensorInfo.from_details(d) for d in self.interpreter.get_output_details()]
 

@@ -52,8 +52,10 @@ EXPECT: dict[tuple[str, str], tuple[float, float, str | None]] = {
     ("segformer", "pt2"): (30.0, 0.97, None),  # 39.1 dB, 100 % of pixels
     ("bert", "pt2"): (40.0, 0.97, None),  # integer ids and mask; 48.6 dB, 100 %
     ("bert", "onnx"): (40.0, 0.97, None),  # 48.9 dB, 100 %
-    ("vit", "pt2"): (25.0, 0.95, "exit 0 at 11.6 dB, 86 % agreement: LayerNorm's RSQRT in int8"),
-    ("vit", "onnx"): (25.0, 0.95, "exit 0 at 11.4 dB, 87 % agreement: LayerNorm's RSQRT in int8"),
+    # LayerNorm as L2_NORMALIZATION (the loop's first fix) took ViT from 11.6 to 19.7 dB; what is left is the first
+    # LayerNorm's input, where blank patches and the class token spread a hundredth as wide as textured patches
+    ("vit", "pt2"): (25.0, 0.95, "exit 0 at 19.7 dB, 93 % agreement: the first LayerNorm's low-spread tokens"),
+    ("vit", "onnx"): (25.0, 0.95, "exit 0 at 19.5 dB: the first LayerNorm's low-spread tokens"),
     ("resnet", "pt2"): (33.0, 0.97, None),  # max-pool padding (PADV2 -inf): 38.2 dB, 100 %
     ("resnet", "onnx"): (33.0, 0.97, None),  # 38 dB
     ("swin", "pt2"): (25.0, 0.95, "exit 0 at 19.9 dB, 94.5 % agreement"),
