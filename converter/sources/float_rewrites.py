@@ -30,8 +30,23 @@ def rewrite_neg(content: bytes) -> tuple[bytes, int]:
     computes the same numbers, and MUL has int8 kernels in LiteRT and TFLite Micro. A model without
     NEG is returned unchanged (same bytes), so other models are not touched.
     """
+    return _rewrite_as_mul(content, "NEG")
+
+
+def rewrite_square(content: bytes) -> tuple[bytes, int]:
+    """Replace every float SQUARE op by ``MUL(x, x)``, and say how many there were.
+
+    ConvNeXt-V2's global response norm (``sqrt(sum(x^2))``) reaches TFLite through onnx2tf as SQUARE, which
+    has no int8 kernel in LiteRT or TFLite Micro, so it stayed float. TFLite's float SQUARE computes ``x * x``:
+    the MUL gives the same numbers bit for bit and has int8 kernels. A model without SQUARE keeps its bytes.
+    """
+    return _rewrite_as_mul(content, "SQUARE")
+
+
+def _rewrite_as_mul(content: bytes, name: str) -> tuple[bytes, int]:
+    """Every float ``name`` op (NEG or SQUARE) as the MUL that computes the same numbers."""
     ops = make_interpreter(model_content=content, delegate="none")._get_ops_details()  # noqa: SLF001 - see list_ops
-    if not any(op["op_name"] == "NEG" for op in ops):
+    if not any(op["op_name"] == name for op in ops):
         return content, 0
     schema = tflite_schema.schema()
 
@@ -39,33 +54,37 @@ def rewrite_neg(content: bytes) -> tuple[bytes, int]:
     names = flatbuf.enum_names("BuiltinOperator")
     rewritten = 0
     for subgraph in model.subgraphs:
-        negs = [
+        found = [
             op
             for op in subgraph.operators
-            if flatbuf.op_code(model, op, names) == "NEG"
+            if flatbuf.op_code(model, op, names) == name
             and flatbuf.type_name(subgraph.tensors[op.inputs[0]].type) == "FLOAT32"
         ]
-        if not negs:
+        if not found:
             continue
-        minus_one = schema.TensorT()
-        minus_one.shape = [1]
-        minus_one.type = schema.TensorType.FLOAT32
-        minus_one.name = b"edgeconv/minus_one"
-        buffer = schema.BufferT()
-        buffer.data = np.frombuffer(np.array([-1.0], dtype="<f4").tobytes(), dtype=np.uint8)
-        model.buffers.append(buffer)
-        minus_one.buffer = len(model.buffers) - 1
-        subgraph.tensors.append(minus_one)
-        for op in negs:
+        minus_one = -1
+        if name == "NEG":
+            tensor = schema.TensorT()
+            tensor.shape = [1]
+            tensor.type = schema.TensorType.FLOAT32
+            tensor.name = b"edgeconv/minus_one"
+            buffer = schema.BufferT()
+            buffer.data = np.frombuffer(np.array([-1.0], dtype="<f4").tobytes(), dtype=np.uint8)
+            model.buffers.append(buffer)
+            tensor.buffer = len(model.buffers) - 1
+            subgraph.tensors.append(tensor)
+            minus_one = len(subgraph.tensors) - 1
+        for op in found:
             op.opcodeIndex = _opcode(model, schema, int(schema.BuiltinOperator.MUL))
-            op.inputs = [op.inputs[0], len(subgraph.tensors) - 1]
+            op.inputs = [op.inputs[0], minus_one if name == "NEG" else op.inputs[0]]
             op.builtinOptionsType = schema.BuiltinOptions.MulOptions
             op.builtinOptions = schema.MulOptionsT()
             rewritten += 1
     if not rewritten:
         return content, 0
     _drop_unused_opcodes(model)
-    log.info("rewrote %d float NEG op(s) as MUL by -1: TFLite has no int8 NEG kernel", rewritten)
+    said = "MUL by -1: TFLite has no int8 NEG kernel" if name == "NEG" else "MUL of x by x: no int8 SQUARE kernel"
+    log.info("rewrote %d float %s op(s) as %s", rewritten, name, said)
     return flatbuf.dump(model), rewritten
 
 

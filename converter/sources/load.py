@@ -39,6 +39,7 @@ from converter.sources.float_rewrites import (
     narrow_int64,
     rewrite_dangling_splits,
     rewrite_neg,
+    rewrite_square,
     soften_mask_constants,
 )
 from converter.sources.unroll import unroll_recurrent
@@ -191,6 +192,11 @@ def load_model(
     content, rewritten = rewrite_neg(content)
     if rewritten:
         loader += f"; {rewritten} NEG op{'s' if rewritten > 1 else ''} rewritten as MUL by -1 (NEG has no int8 kernel)"
+    content, squares = rewrite_square(content)
+    if squares:
+        loader += (
+            f"; {squares} SQUARE op{'s' if squares > 1 else ''} rewritten as MUL of x by x (no int8 SQUARE kernel)"
+        )
     content, sliced = rewrite_dangling_splits(content)
     if sliced:
         loader += f"; {sliced} SPLIT op{'s' if sliced > 1 else ''} with unused outputs rewritten as SLICE ops"
