@@ -847,6 +847,10 @@ def analyze(**kw: Any) -> None:
         report_path = out / REPORT_NAME
         report = read_report(report_path, str(report_path)) if report_path.is_file() else {}
         q = report.get("quantization") or {}
+        if q.get("layer_norm") and (report.get("calibration") or {}).get("route") == "edgeconv":
+            from converter.quantization.layer_norm import as_l2_normalization
+
+            float_tflite = as_l2_normalization(float_tflite, x)[0]  # the model convert calibrated, same tensors
         if q.get("equalization") and (report.get("calibration") or {}).get("route") == "edgeconv":
             from converter.calibration.equalize import equalize
 

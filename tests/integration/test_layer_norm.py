@@ -147,3 +147,21 @@ def test_the_fidelity_loop_takes_l2_normalization_for_a_low_sqnr_transformer(blo
     assert chosen["plan"]["layer_norm"] == {"as": "l2_normalization", "count": 1}
     int8 = (tmp_path / "o" / "model_int8.tflite").read_bytes()
     assert "L2_NORMALIZATION" in {op.name for op in list_ops(int8)}
+    # analyze rebuilds the float model convert calibrated (the report's ranges name its tensors)
+    cmd = [
+        sys.executable,
+        "-m",
+        "converter",
+        "analyze",
+        "--recipe",
+        str(tmp_path / "r.yaml"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    done = subprocess.run(
+        [*cmd, "--json"], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    layers = json.loads(done.stdout)
+    assert "L2_NORMALIZATION" in {layer["op"] for layer in layers}
+    assert any(layer.get("alone_sqnr_db") is not None for layer in layers)
