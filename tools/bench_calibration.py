@@ -14,6 +14,8 @@ process and the children it waited for). Rows:
   row says what the run took from the caches (report.json's ``cache`` section) and which steps it ran.
 - ``ours-<method>``: the same command with ``--set calibration.method=<method>`` on that cache (each
   method follows the previous one); the row says what it reused.
+- ``ours-tflite``: ``edgeconv convert`` doing conversion only from the float .tflite the ``aeq`` row reads
+  (``--set model=...``), with an empty cache folder every repeat: the same input as ai-edge-quantizer's.
 - ``aeq``: ai-edge-quantizer's documented static int8 recipe (tools/aeq_convert.py, in its own virtualenv)
   on the float .tflite the stock converter makes from the source, with its ``serving_default`` signature,
   which ai-edge-quantizer's calibration needs. It cannot read Keras or SavedModel sources: that float
@@ -321,6 +323,16 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if aeq:
         rows.append(
             Row(
+                "ours-tflite",
+                "edgeconv, conversion only, from the float .tflite",
+                "the float .tflite ai-edge-quantizer reads (--set model=...), conversion only; empty cache folder",
+                [*edgeconv, "--out", str(folder / "ours-tflite"), *convert_only, f"--set=model={aeq_float}"],
+                {**base, "EDGECONV_CACHE_DIR": str(folder / "cache-tflite")},
+                folder / "ours-tflite" / "model_int8.tflite",
+            )
+        )
+        rows.append(
+            Row(
                 "aeq",
                 "ai-edge-quantizer",
                 AEQ_SETTINGS + "; from the stock converter's float .tflite (made beforehand, not timed)",
@@ -339,7 +351,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     loads = []
     for repeat in range(args.repeats):
         loads.append(os.getloadavg()[0])
-        for cache in ("cache-convert", "cache-default"):
+        for cache in ("cache-convert", "cache-default", "cache-tflite"):
             shutil.rmtree(folder / cache, ignore_errors=True)
         for row in rows:
             row.run(folder)
@@ -397,7 +409,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
         ranges = [
             f"{row['key']} [{row['input_range'][0]:.4g}, {row['input_range'][1]:.4g}]"
             for row in r["rows"]
-            if row["key"] in ("stock", "ours-convert", "aeq") and row.get("input_range")
+            if row["key"] in ("stock", "ours-convert", "ours-tflite", "aeq") and row.get("input_range")
         ]
         if r.get("calibration_range") and ranges:
             lo, hi = r["calibration_range"]

@@ -1,6 +1,6 @@
 """Evaluation: quantize our float .tflite with ai-edge-quantizer fed our ranges, instead of TensorFlow's quantizer.
 
-Issue 14, item 6. For each benchmark model, edgeconv's own pipeline (``python -m converter convert``, no
+For each benchmark model, edgeconv's own pipeline (``python -m converter convert``, no
 latency runs or per-layer analysis) gives the float model, the chosen per-tensor ranges (``report.json``
 ``calibration.tensors``) and our int8 model. The same float model and exactly those ranges then go to
 
