@@ -75,6 +75,13 @@ def _outputs(model: bytes, x: np.ndarray) -> np.ndarray:
     return TFLiteModel(model_content=model, delegate="none").predict(x)[0]
 
 
+def _edgeconv(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m converter ARGS`` in a fresh process, as a user runs it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "converter", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
 def _sqnr(reference: np.ndarray, got: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(reference**2) / np.sum((reference - got) ** 2)))
 
@@ -123,19 +130,7 @@ def test_the_fidelity_loop_takes_l2_normalization_for_a_low_sqnr_transformer(blo
         "benchmark": {"enabled": False},
     }
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    cmd = [
-        sys.executable,
-        "-m",
-        "converter",
-        "convert",
-        "--recipe",
-        str(tmp_path / "r.yaml"),
-        "--out",
-        str(tmp_path / "o"),
-    ]
-    done = subprocess.run(
-        cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600, check=False
-    )
+    done = _edgeconv("convert", "--recipe", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o"))
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     attempts = {a["step"]: a for a in report["tuning"]["attempts"]}
@@ -148,19 +143,7 @@ def test_the_fidelity_loop_takes_l2_normalization_for_a_low_sqnr_transformer(blo
     int8 = (tmp_path / "o" / "model_int8.tflite").read_bytes()
     assert "L2_NORMALIZATION" in {op.name for op in list_ops(int8)}
     # analyze rebuilds the float model convert calibrated (the report's ranges name its tensors)
-    cmd = [
-        sys.executable,
-        "-m",
-        "converter",
-        "analyze",
-        "--recipe",
-        str(tmp_path / "r.yaml"),
-        "--out",
-        str(tmp_path / "o"),
-    ]
-    done = subprocess.run(
-        [*cmd, "--json"], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600
-    )
+    done = _edgeconv("analyze", "--recipe", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o"), "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     layers = json.loads(done.stdout)
     assert "L2_NORMALIZATION" in {layer["op"] for layer in layers}
