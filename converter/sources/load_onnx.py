@@ -27,10 +27,9 @@ from typing import Any
 from converter.errors import ConversionError, ModelLoadError
 from converter.quantization.tflite_quantizer import finish_prefetch, prefetch_tensorflow
 from converter.runtime.model import TFLiteModel, signature_names
-from converter.sources import onnx_setup
+from converter.sources import float_check, onnx_setup
 
 TIMEOUT_S = 900.0
-FLOAT_CHECK_MIN_DB = 40.0  # a correct conversion measured 68-136 dB on 31 hub models; the wrong ones -11 and 13 dB
 EXTERNAL_DATA_MARK = b"location"  # the key of an external-data entry; absent, the file holds every tensor
 
 
@@ -198,7 +197,15 @@ def load_onnx(path: Path, timeout_s: float = TIMEOUT_S, layout: str = "nhwc") ->
                 "TFLite has, or convert the model from PyTorch (.pt2) instead"
             ) from e
         raise ConversionError(f"onnx2tf wrote a .tflite for {path} that the TFLite interpreter cannot open: {e}") from e
-    check_note = _float_check_note(path, answer.get("float_check") or {})
+    check_note = float_check.loader_note(
+        path,
+        answer.get("float_check") or {},
+        "onnx2tf",
+        "ONNX",
+        "onnxruntime",
+        "onnx2tf mis-converts an op of this model: convert it from PyTorch instead (torch.export.save to a .pt2), "
+        "or report the model to onnx2tf",
+    )
     loader = f"onnx2tf {answer['onnx2tf']} in its own virtualenv ({time.perf_counter() - start:.1f} s; inputs: "
     erf = answer.get("erf_as_tanh", 0)
     erf_note = f"; {erf} Erf as tanh(u*(a+b*u^2)), the tanh GELU form, error <= 3.6e-4" if erf else ""
@@ -209,24 +216,3 @@ def load_onnx(path: Path, timeout_s: float = TIMEOUT_S, layout: str = "nhwc") ->
         else ""
     )
     return content, loader + _describe_inputs(answer["inputs"], model) + erf_note + osd_note + check_note + ")"
-
-
-def _float_check_note(path: Path, check: dict[str, Any]) -> str:
-    """The loader's words on onnx2tf's float model against onnxruntime; a ``ConversionError`` when it is wrong.
-
-    A float reference that computes something else makes every later figure (SQNR, agreement, accuracy
-    against float) measure the wrong thing while looking fine, so it stops the run here.
-    """
-    if not check.get("checked"):
-        return f"; not checked against onnxruntime ({check.get('reason', 'no check ran')})"
-    worst = min(check["outputs"], key=lambda o: float(o["sqnr_db"]))
-    said = f"output '{worst['name']}' at {worst['sqnr_db']:.1f} dB SQNR (largest difference {worst['max_abs']:.3g})"
-    if worst["sqnr_db"] < FLOAT_CHECK_MIN_DB:
-        raise ConversionError(
-            f"onnx2tf's float model of {path} does not compute what the ONNX model does: on {check['samples']} "
-            f"seeded random inputs, {said} against onnxruntime, where a faithful conversion is above "
-            f"{FLOAT_CHECK_MIN_DB:g} dB; "
-            "an int8 model made from it would inherit the error. onnx2tf mis-converts an op of this model: convert "
-            "it from PyTorch instead (torch.export.save to a .pt2), or report the model to onnx2tf"
-        )
-    return f"; float model checked against onnxruntime on {check['samples']} random inputs: worst {said}"

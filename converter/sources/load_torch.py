@@ -27,6 +27,7 @@ from typing import Any
 
 from converter.errors import ConversionError, ModelLoadError
 from converter.quantization.tflite_quantizer import finish_prefetch, prefetch_tensorflow
+from converter.sources import float_check
 from converter.sources.pt2_guard import EXPORT_HINT, check_pt2
 from converter.tflite import flatbuffer_schema as tflite_schema
 
@@ -105,7 +106,17 @@ def torch_to_tflite(path: Path, layout: str) -> tuple[bytes, str]:
     moved = result["channel_last_inputs"] or result["channel_last_outputs"]
     loader = f"torch.export.load (torch {result['torch']}) + litert-torch {result['litert_torch']}"
     loader += ", channel-last I/O (NHWC)" if moved else ""
-    return content, loader + (f", {shortened} tensor names shortened to module paths" if shortened else "")
+    loader += f", {shortened} tensor names shortened to module paths" if shortened else ""
+    note = float_check.loader_note(
+        path,
+        result.get("float_check") or {},
+        "litert-torch",
+        "PyTorch",
+        "the exported program",
+        "litert-torch mis-converts an op of this model: export it to ONNX (torch.onnx.export) and convert that, "
+        "or report the model to litert-torch",
+    )
+    return content, loader + note.replace("; ", ", ", 1)
 
 
 def _run_worker(job: Path, path: Path) -> dict[str, Any]:

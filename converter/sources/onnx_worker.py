@@ -455,7 +455,7 @@ def convert(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-CHECK_SAMPLES = 4
+CHECK_SAMPLES = 4  # converter.sources.float_check.SAMPLES
 
 
 def float_check(reference: bytes, tflite: Path, kept: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -525,13 +525,20 @@ def float_check(reference: bytes, tflite: Path, kept: tuple[str, ...] = ()) -> d
             if key not in sums:
                 continue
             signal, noise, max_abs = sums[key]
-            sqnr = 200.0 if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -200.0)
+            sqnr = _sqnr_db(signal, noise)
             if best is None or sqnr > best["sqnr_db"]:
-                best = {"name": name, "sqnr_db": round(min(sqnr, 200.0), 2), "max_abs": max_abs}
+                best = {"name": name, "sqnr_db": round(sqnr, 2), "max_abs": max_abs}
         if best is None:
             return {"checked": False, "reason": f"output {name!r}: no .tflite output of its shape"}
         outputs.append(best)
     return {"checked": True, "samples": CHECK_SAMPLES, "outputs": outputs}
+
+
+def _sqnr_db(signal: float, noise: float) -> float:
+    """``converter.sources.float_check.sqnr_db`` (this worker imports nothing from edgeconv)."""
+    if noise == 0:
+        return 200.0
+    return max(min(10 * math.log10(signal / noise), 200.0), -200.0) if signal > 0 else -200.0
 
 
 def _io_order(interpreter: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

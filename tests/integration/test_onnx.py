@@ -276,7 +276,7 @@ def test_the_float_check_catches_a_model_that_computes_something_else(
     with the last layer's bias shifted by 1 (what a mis-converted op looks like: it runs, shapes right, values
     wrong); the loader stops the second with exit 3's error. onnx2tf's real misses (Swin, SegFormer, PoolFormer
     from transformers) run in ``test_hub_zoo``."""
-    from converter.sources.load_onnx import _float_check_note
+    from converter.sources.float_check import loader_note
     from converter.tflite import flatbuf
 
     python = onnx_setup.installed(onnx_env) or Path("missing")
@@ -306,11 +306,12 @@ def test_the_float_check_catches_a_model_that_computes_something_else(
     )
     wrong = json.loads(done.stdout.strip().splitlines()[-1])
     assert wrong["checked"] is True and wrong["outputs"][0]["sqnr_db"] < 20, wrong
-    assert "float model checked against onnxruntime on 4 random inputs" in _float_check_note(source, check)
+    words = ("onnx2tf", "ONNX", "onnxruntime", "convert it from PyTorch instead")
+    assert "float model checked against onnxruntime on 4 random inputs" in loader_note(source, check, *words)
     with pytest.raises(
         ConversionError, match=r"does not compute what the ONNX model does: on 4 seeded random inputs, output 'y' at"
     ):
-        _float_check_note(source, wrong)
+        loader_note(source, wrong, *words)
 
 
 def test_a_hung_worker_is_a_conversion_error(

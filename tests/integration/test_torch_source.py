@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -149,6 +150,12 @@ def test_pytorch_model_converts_full_integer_for_host_and_mcu(
     assert report["model"]["layout"] == ("nhwc" if images else None)
     if route == "pt2":
         assert "keep_stablehlo_constant removed" in report["model"]["loader"]
+    reference = "the exported program" if route == "pt2" else "onnxruntime"
+    checked = re.search(
+        rf"float model checked against {reference} on 4 random inputs: worst output '[^']+' at (\S+) dB",
+        report["model"]["loader"],
+    )
+    assert checked and float(checked.group(1)) > 80, report["model"]["loader"]  # measured above 100 dB
     # The float reference matches PyTorch, fed the channel-last data edgeconv made from the NCHW arrays.
     with torch.no_grad():
         want = model(torch.from_numpy(eval_x)).numpy()
@@ -269,3 +276,19 @@ def test_litert_torch_tflite_source_goes_full_integer_too(tmp_path: Path) -> Non
     assert _float_ops(out / INT8_NAME) == []
     float_meta = [bytes(m.name) for m in tflite_schema.load((out / FLOAT_NAME).read_bytes()).metadata or []]
     assert b"keep_stablehlo_constant" not in float_meta
+
+
+def test_the_float_check_tells_a_different_model_from_the_converted_one() -> None:
+    """The torch worker's check on litert-torch's real .tflite of one layer: against the layer itself, then
+    against the same layer with other weights (what a mis-converted op looks like: it runs, values wrong)."""
+    import litert_torch
+
+    from converter.sources.torch_worker import float_check
+
+    torch.manual_seed(0)
+    layer, other = nn.Linear(6, 3).eval(), nn.Linear(6, 3).eval()
+    sample = (torch.zeros(1, 6),)
+    edge = litert_torch.convert(layer, sample)
+    same, wrong = float_check(layer, edge, sample), float_check(other, edge, sample)
+    assert same["checked"] and same["samples"] == 4 and same["outputs"][0]["sqnr_db"] > 100, same
+    assert wrong["checked"] and wrong["outputs"][0]["sqnr_db"] < 10, wrong
