@@ -47,7 +47,7 @@ def cache_salt(path: Path) -> tuple[str, ...] | None:
     """
     if EXTERNAL_DATA_MARK in path.read_bytes():
         return None
-    return (onnx_setup.TOOLKIT, onnx_setup.SPEC.digest())
+    return (onnx_setup.TOOLKIT, onnx_setup.SPEC.digest(), f"float check {float_check.MIN_DB:g} dB")
 
 
 def _last_words(stderr: str) -> str:

@@ -81,6 +81,7 @@ def cache_facts(layout: str) -> tuple[str, ...]:
         f"litert-torch {litert_version}",
         f"layout {layout}",
         "named inputs, short tensor names",
+        f"float check {float_check.MIN_DB:g} dB",  # a model cached before the check is converted and checked again
     )
 
 
