@@ -383,9 +383,10 @@ SHORTFALLS = """## Where it falls short, and why
   to 17.2 dB, but it cannot give back what the input's single scale lost. int16 activations for those blocks
   would; litert-torch's PT2E reaches 22.6 dB on ViT by leaving LayerNorm float.
 - **Swin from `.pt2`, 19.9 dB:** the error builds up over its LayerNorms (MEAN, RSQRT and SQUARED_DIFFERENCE
-  lose 12-15 dB each along the chain, while each quantized alone leaves the output above 50 dB). On the 40 calibration samples held out
-  to measure it, it is at 30.6 dB, so the accuracy loop, which runs below 20 dB, does not start; computing the
-  LayerNorms with `L2_NORMALIZATION` would not help here (19.2 against 19.6 dB on the float reference).
+  lose 12-15 dB each along the chain, while each quantized alone leaves the output above 50 dB). On the 40
+  calibration samples held out to measure it, it is at 30.6 dB, so the accuracy loop, which runs below 20 dB,
+  does not start; computing the LayerNorms with `L2_NORMALIZATION` would not help here (19.2 against 19.6 dB on
+  the float reference).
 - **Swin, SegFormer and PoolFormer from ONNX:** onnx2tf 1.29.24 writes a float model that computes something
   else (3.0, 3.5 and 20.7 dB against onnxruntime on random inputs), so edgeconv stops with exit 3 and that figure
   instead of measuring an int8 model against it; the `.pt2` route converts all three.

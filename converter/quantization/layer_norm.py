@@ -232,7 +232,7 @@ def as_l2_normalization(content: bytes, samples: np.ndarray) -> tuple[bytes, int
     ``samples``: preprocessed calibration samples (the first is run). Leading rows that are constants of the
     graph (a class token plus its position embedding, before the first block) are constants of the normalized
     tensor too: they are written as such and only the other rows are normalized, since a row whose spread is a
-    hundredth of the others' keeps no int8 step of its own in the centred tensor.
+    fiftieth of the widest row's keeps about one int8 step of its own.
     """
     norms = find_layer_norms(content, samples)
     if not norms:
