@@ -336,7 +336,7 @@ def _l2_norm_runs(targets: dict[str, DeviceProfile]) -> bool:
 
 
 def _full_integer_fixes(loop: Loop, best: Attempt, plan: Plan, layer_norm: bool = False) -> Attempt:
-    """Steps 1-3, each kept when it scores better, until one meets the loop's aim: LayerNorms as
+    """Steps 0-3, each kept when it scores better, until one meets the loop's aim: LayerNorms as
     L2_NORMALIZATION (with ``layer_norm``, for targets whose kernels have it), every range method but the
     recipe's, then equalization, then bias correction, each on the best so far."""
     if layer_norm and not best.meets and "RSQRT" in {op.name for op in list_ops(loop.float_tflite)}:
