@@ -30,6 +30,14 @@ import torch
 from torch import nn
 
 IMAGE = 32  # image side: small enough that one model converts in well under a minute
+# The transformer size every text, audio and ViT-style model shares: 2 layers of width 32, 2 heads.
+TINY_ENCODER: dict[str, Any] = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+TINY_VIT: dict[str, Any] = {"image_size": IMAGE, "patch_size": 8, **TINY_ENCODER}
 SEQ, VOCAB = 16, 64  # text: fixed sequence length, vocabulary
 AUDIO = 1600  # raw waveform samples (0.1 s at 16 kHz)
 MELS, FRAMES = 16, 32  # Whisper-style log-mel features
@@ -501,36 +509,21 @@ VISION: dict[str, Callable[[], tuple[str, Any]]] = {
         "ViTForImageClassification",
         _hf(
             "ViTConfig",
-            image_size=IMAGE,
-            patch_size=8,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
+            **TINY_VIT,
         ),
     ),
     "deit": lambda: (
         "DeiTForImageClassification",
         _hf(
             "DeiTConfig",
-            image_size=IMAGE,
-            patch_size=8,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
+            **TINY_VIT,
         ),
     ),
     "beit": lambda: (
         "BeitForImageClassification",
         _hf(
             "BeitConfig",
-            image_size=IMAGE,
-            patch_size=8,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
+            **TINY_VIT,
             use_relative_position_bias=True,
             use_mean_pooling=True,
         ),
@@ -634,10 +627,7 @@ def _case(name: str) -> Case:
     if name in ("wav2vec2", "hubert"):
         x, y = tones(1400, rng)
         audio = dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
+            **TINY_ENCODER,
             conv_dim=(16, 16, 16, 16),
             conv_stride=(5, 4, 4, 4),
             conv_kernel=(10, 4, 4, 4),
@@ -677,10 +667,7 @@ def _case(name: str) -> Case:
         else:
             config = _hf(
                 "ASTConfig",
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=64,
+                **TINY_ENCODER,
                 patch_size=8,
                 frequency_stride=8,
                 time_stride=8,
@@ -702,10 +689,7 @@ def _case(name: str) -> Case:
         else:
             config = _hf(
                 "BertConfig" if name == "bert" else "RobertaConfig",
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=64,
+                **TINY_ENCODER,
                 **{**kw, "max_position_embeddings": SEQ + 2},
             )
             cls = "BertForSequenceClassification" if name == "bert" else "RobertaForSequenceClassification"

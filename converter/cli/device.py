@@ -311,13 +311,9 @@ def _saturation_warning(model: Path, data: Path, prep: Any) -> str | None:
 
 def _deployed_trtexec_lines(name: str, record: dict[str, Any]) -> list[str]:
     """A TensorRT board's latency record (``measure._tensorrt_on_board``), as ``_trtexec_lines`` prints it."""
-    lat = record["int8"]
-    figures = "  ".join(
-        f"{q} {ms_text(lat[f'{q}_ms'])}" for q in ("p50", "p90", "p99") if lat.get(f"{q}_ms") is not None
-    )
     return [
         f"{name} ({record['where']}, TensorRT {record['machine'].get('tensorrt') or 'version not printed'})",
-        f"  int8  {figures}  (trtexec's timing run)",
+        f"  int8  {_percentiles(record['int8'])}  (trtexec's timing run)",
         f"  engine {record['engine_bytes']:,} bytes",
     ]
 
@@ -555,15 +551,18 @@ def _bench_tensorrt(kw: dict[str, Any], profile: Any) -> int:
     return EXIT_OK
 
 
+def _percentiles(latency: dict[str, Any]) -> str:
+    """``p50 … p90 … p99 …`` of a trtexec latency record, the ones it printed."""
+    return "  ".join(
+        f"{q} {ms_text(latency[f'{q}_ms'])}" for q in ("p50", "p90", "p99") if latency.get(f"{q}_ms") is not None
+    )
+
+
 def _trtexec_lines(name: str, result: dict[str, Any]) -> list[str]:
     """trtexec's figures as bench and deploy print them (latency and engine size; accuracy not measured)."""
-    lat = result["latency"]
-    figures = "  ".join(
-        f"{q} {ms_text(lat[f'{q}_ms'])}" for q in ("p50", "p90", "p99") if lat.get(f"{q}_ms") is not None
-    )
     return [
         f"{name} ({result['where']}, TensorRT {result.get('tensorrt') or 'version not printed'})",
-        f"  int8  {figures}  (trtexec's timing run: {' '.join(result['command'])})",
+        f"  int8  {_percentiles(result['latency'])}  (trtexec's timing run: {' '.join(result['command'])})",
         f"  engine {result['engine_bytes']:,} bytes",
         f"  accuracy not measured: {result['accuracy_reason']}",
     ]

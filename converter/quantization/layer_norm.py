@@ -51,9 +51,12 @@ class Norm:
     beta: np.ndarray | None = None  # per-channel shift (None: 0)
 
 
-def find_layer_norms(content: bytes, samples: np.ndarray) -> list[Norm]:
-    """Every LayerNorm of subgraph 0 whose normalized tensor can be found (see the module docstring)."""
-    model = flatbuf.load(content)
+def find_layer_norms(content: bytes, samples: np.ndarray, model: Any = None) -> list[Norm]:
+    """Every LayerNorm of subgraph 0 whose normalized tensor can be found (see the module docstring).
+
+    ``model``: ``content`` already parsed (``flatbuf.load``), when the caller has it.
+    """
+    model = model if model is not None else flatbuf.load(content)
     if len(model.subgraphs) != 1:
         return []
     graph = model.subgraphs[0]
@@ -234,11 +237,11 @@ def as_l2_normalization(content: bytes, samples: np.ndarray) -> tuple[bytes, int
     tensor too: they are written as such and only the other rows are normalized, since a row whose spread is a
     fiftieth of the widest row's keeps about one int8 step of its own.
     """
-    norms = find_layer_norms(content, samples)
+    model = flatbuf.load(content)  # read once: searched, then rewritten in place
+    norms = find_layer_norms(content, samples, model)
     if not norms:
         return content, 0
     schema = tflite_schema.schema()
-    model = flatbuf.load(content)
     graph = model.subgraphs[0]
     replaced: dict[int, list[Any]] = {}
     for n in norms:
