@@ -23,6 +23,7 @@ from converter.calibration.bias_correction import BiasFix, correct_biases
 from converter.calibration.calibrate import Calibration, calibrate
 from converter.calibration.equalize import equalize
 from converter.errors import ConversionError, NoIntegerKernelError
+from converter.quantization.concat_scales import named_ranges, own_scales
 from converter.quantization.layer_norm import as_l2_normalization
 from converter.quantization.tflite_quantizer import quantize_with_ranges, stock_quantize
 from converter.recipe import Method, Recipe
@@ -72,6 +73,7 @@ class Quantized:
     reference: bytes | None = None
     rejected: tuple[tuple[str, str], ...] = ()
     layer_norms: int | None = None  # how many LayerNorms the plan's ``layer_norm_l2`` rewrote
+    requantized: tuple[str, ...] = ()  # concatenation inputs kept at their own scale (``concat_scales``)
 
     def float_reference(self, original: bytes) -> bytes:
         return self.reference if self.reference is not None else original
@@ -95,6 +97,7 @@ class Quantized:
             "qat": p.qat,
             "float_nodes": list(p.float_nodes),
             "layer_norm": {"as": "l2_normalization", "count": self.layer_norms} if p.layer_norm_l2 else None,
+            "requantized_concat_inputs": list(self.requantized),
         }
 
     @staticmethod
@@ -211,21 +214,25 @@ def quantize(
     if calibration.cache_hit:
         log.info("calibration statistics from the cache (%s…)", calibration.cache_key[:12])
 
-    def run(source: bytes, float_nodes: tuple[str, ...]) -> bytes:
-        return quantize_with_ranges(
+    def run(source: bytes, float_nodes: tuple[str, ...]) -> tuple[bytes, list[str]]:
+        ranges = pool_padding_ranges(source, calibration.ranges())
+        model = quantize_with_ranges(
             source,
-            pool_padding_ranges(source, calibration.ranges()),
+            ranges,
             input_type=plan.input_type,
             output_type=plan.output_type,
             per_channel=per_channel,
             float_nodes=float_nodes,
             cache=recipe.calibration.cache,
         )
+        return own_scales(model, named_ranges(source, ranges))
 
-    model = run(float_tflite, plan.float_nodes)
+    model, requantized = run(float_tflite, plan.float_nodes)
     fixes: list[BiasFix] = []
     if plan.bias_correction:
         corrected, fixes = correct_biases(float_tflite, model, cal_x, skip=set(plan.float_nodes))
-        model = run(corrected, plan.float_nodes)
+        model, requantized = run(corrected, plan.float_nodes)
     reference = float_tflite if rewritten else None
-    return Quantized(model, plan, calibration, tuple(fixes), pairs, reference, layer_norms=norms)
+    return Quantized(
+        model, plan, calibration, tuple(fixes), pairs, reference, layer_norms=norms, requantized=tuple(requantized)
+    )

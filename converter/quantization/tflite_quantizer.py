@@ -7,7 +7,8 @@ TensorFlow has no public call that quantizes an existing float .tflite. The stoc
 and zero points. We write *our* chosen ranges into the same fields
 (``schema_py_generated`` object API) and call the same ``mlir_quantize``, so every source
 format -- including float .tflite, which the stock converter cannot quantize -- takes one
-route, and with min/max ranges the result is the stock converter's, byte for byte.
+route, and with min/max ranges the result is the stock converter's, byte for byte (``quantize`` then edits one
+pattern the stock converter leaves coarse: ``concat_scales``).
 
 ``fully_quantize`` stays False, as in the stock converter: True forces int8 model I/O
 whatever ``input_data_type`` says (seen on TF 2.21). Full-integer output is verified
