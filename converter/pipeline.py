@@ -24,7 +24,7 @@ import numpy as np
 
 from converter.analysis import result_cache
 from converter.analysis.analyze import ACCURACY_GATES, AloneRun, LayerError, alone_decision, analyze, isolate
-from converter.analysis.evaluate import check_metric, evaluate_host, fidelity_warning
+from converter.analysis.evaluate import check_metric, coverage_warning, evaluate_host, fidelity_warning
 from converter.artifacts import OutputFolder
 from converter.boards import latency_cache
 from converter.boards.measure import TargetResult, measure_target, merge_measured
@@ -100,10 +100,10 @@ def _step(name: str, steps: list[dict[str, Any]]) -> Iterator[None]:
     spent = import_seconds() - imported
     if spent >= 0.05:  # TensorFlow already loaded (a Keras source) leaves only its converter module: no own line
         steps.append({"name": "import tf", "seconds": round(spent, 3)})
-        log.info("%-10s %6.1fs", "import tf", spent)
+        log.info("%-11s %6.1fs", "import tf", spent)
         seconds -= spent
     steps.append({"name": name, "seconds": round(seconds, 3)})
-    log.info("%-10s %6.1fs", name, seconds)
+    log.info("%-11s %6.1fs", name, seconds)
 
 
 def _timed(name: str, steps: list[dict[str, Any]], fn: Callable[[], T]) -> T:
@@ -235,6 +235,7 @@ def _run(
         log.warning("warning: %s", split.reason)
     elif split.held_x is not None:
         log.info("%s", split.reason)
+    all_x, all_ds = cal_x, cal_ds  # the written model is calibrated on every sample (``_refit``)
     cal_x, cal_ds = split.x, split.ds
     eval_raw = eval_ds.x if eval_ds is not None else None
     metric = recipe.data.evaluation.metric if recipe.data.evaluation else "auto"
@@ -279,11 +280,21 @@ def _run(
     with _step("tune", steps):
         tuned = tune(recipe, targets, model.float_tflite, first, accuracy, eval_x, eval_y, quantizer, split.held_x)
     chosen, accuracy = tuned.chosen, tuned.accuracy
+    held = _held_out(recipe, split, model, chosen.model, steps)
+    if split.held_x is not None and not chosen.plan.qat:
+        with _index_rows(all_ds, model.inputs, f"{where}.calibration"):
+            chosen = _timed(
+                "recalibrate",
+                steps,
+                lambda: quantize(
+                    model.float_tflite, all_x, recipe, prep, eight_bit_data=all_ds.eight_bit, plan=chosen.plan
+                ),
+            )
+        cal_x, cal_ds = all_x, all_ds
     quant, calibration = chosen.model, chosen.calibration
-    held = _held_out(recipe, split, model, quant, steps)
-    # Layers are compared on samples calibration did not see where there are some.
-    unseen = eval_x if eval_x is not None else split.held_x
-    analysis_x = (unseen if unseen is not None else cal_x)[: recipe.analysis.samples]
+    # Layers are compared on the evaluation data, else on the held-out samples.
+    shown_x = eval_x if eval_x is not None else split.held_x
+    analysis_x = (shown_x if shown_x is not None else cal_x)[: recipe.analysis.samples]
     layers = (
         _timed(
             "analyze",
@@ -405,6 +416,13 @@ def _fidelity(
     if warning is not None:
         log.warning("warning: %s", warning)
         report["warnings"].append(warning)
+    # Min/max ranges clip nothing calibration saw: values beyond them on the evaluation data are news.
+    if evaluation is not None and report["quantization"]["method"] == "minmax" and not recipe.calibration.rules:
+        shown = f"{report['analysis']['samples']} samples of the evaluation data"
+        uncovered = coverage_warning(layers, shown, layer_label)
+        if uncovered is not None:
+            log.warning("warning: %s", uncovered)
+            report["warnings"].append(uncovered)
 
 
 @contextmanager

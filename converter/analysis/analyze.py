@@ -100,6 +100,10 @@ class LayerError:
     matched_by: str
     alone_sqnr_db: float | None = None
     ceiling_db: float | None = None
+    # Share of the float tensor's values outside the int8 tensor's range, and how far the farthest lies beyond
+    # it (a fraction of the range's width); None for a float tensor.
+    clipped: float | None = None
+    clipped_by: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,8 +128,14 @@ class _Sums:
     ref_sq: float = 0.0
     test_sq: float = 0.0
     count: int = 0
+    outside: int = 0
+    farthest: float = 0.0  # beyond the range, in the tensor's units
 
-    def add(self, ref: np.ndarray, test: np.ndarray) -> None:
+    def add(self, ref: np.ndarray, test: np.ndarray, bounds: tuple[float, float] | None = None) -> None:
+        if bounds is not None:
+            lo, hi = bounds
+            self.outside += int(np.count_nonzero((ref < lo) | (ref > hi)))
+            self.farthest = max(self.farthest, float(lo - ref.min()), float(ref.max() - hi))
         channels = self.signal.shape[0]
         r = ref.astype(np.float64).reshape(-1, channels)
         t = test.astype(np.float64).reshape(-1, channels)
@@ -162,6 +172,16 @@ def _real(interpreter: Any, index: int, d: dict[str, Any]) -> np.ndarray:
         out -= np.float32(zero)  # in place: the same float32 arithmetic as (out - zero) * scale
         out *= np.float32(scale)
     return out
+
+
+def int_bounds(details: dict[str, Any]) -> tuple[float, float] | None:
+    """The real values an integer tensor can hold, to half a step beyond its end codes; None for float."""
+    scale, zero = details["quantization"]
+    dtype = np.dtype(details["dtype"])
+    if not scale or dtype.kind not in "iu":
+        return None
+    info = np.iinfo(dtype)
+    return (info.min - zero - 0.5) * scale, (info.max - zero + 0.5) * scale
 
 
 def channel_sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
@@ -216,6 +236,7 @@ def analyze(float_tflite: bytes, quant_tflite: bytes, x: np.ndarray) -> list[Lay
         )
         for j in matches
     }
+    bounds = {j: int_bounds(test_details[j]) for j in matches}
     ref_in = [TensorInfo.from_details(d) for d in ref_i.get_input_details()]
     test_in = [TensorInfo.from_details(d) for d in test_i.get_input_details()]
     for row in range(len(x)):
@@ -227,7 +248,7 @@ def analyze(float_tflite: bytes, quant_tflite: bytes, x: np.ndarray) -> list[Lay
         ref_i.invoke()
         test_i.invoke()
         for j, (i, _) in matches.items():
-            sums[j].add(_real(ref_i, i, ref_details[i]), _real(test_i, j, test_details[j]))
+            sums[j].add(_real(ref_i, i, ref_details[i]), _real(test_i, j, test_details[j]), bounds[j])
     sqnr = {j: float(np.median(_sqnr(s.signal, s.noise))) for j, s in sums.items()}
     results = []
     for j, (_, how) in matches.items():
@@ -238,6 +259,7 @@ def analyze(float_tflite: bytes, quant_tflite: bytes, x: np.ndarray) -> list[Lay
         rmse = float(np.sqrt(s.noise.sum() / max(s.count, 1)))
         ceiling = rounding_ceiling_db(s.ref_sq / max(s.count, 1), scale, d["dtype"])
         best = None if not inputs else min(min(inputs), ceiling) if ceiling is not None else min(inputs)
+        edges = bounds[j]
         results.append(
             LayerError(
                 d["name"],
@@ -248,6 +270,8 @@ def analyze(float_tflite: bytes, quant_tflite: bytes, x: np.ndarray) -> list[Lay
                 (best - sqnr[j]) if best is not None else None,
                 how,
                 ceiling_db=ceiling,
+                clipped=s.outside / max(s.count, 1) if edges else None,
+                clipped_by=max(s.farthest, 0.0) / (edges[1] - edges[0]) if edges else None,
             )
         )
     return sorted(results, key=lambda e: (e.sqnr_drop_db is None, -(e.sqnr_drop_db or 0), e.sqnr_db))

@@ -6,6 +6,7 @@ evaluation data, or without it on calibration samples held out for the purpose (
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -160,4 +161,36 @@ def fidelity_warning(
         f"int8 output '{worst['name']}' is at {worst['sqnr_db']:.1f} dB SQNR against float{shown} on {data}, "
         f"below {LOW_SQNR_DB:g} dB: the int8 model's outputs are far from the float model's. To improve it: "
         + "; ".join(tries)
+    )
+
+
+CLIPPED_WARN = 0.001  # a tensor clipping this share of its values on unseen data is worth a word
+CLIPPED_BY_WARN = 0.02  # ... when the farthest lies this far beyond its range (a fraction of its width: 5 steps)
+FIXED_RANGE_OPS = frozenset({"L2_NORMALIZATION", "LOG_SOFTMAX", "LOGISTIC", "SOFTMAX", "TANH"})  # not calibrated
+
+
+def coverage_warning(layers: list[dict[str, Any]], data: str, label: Callable[[str], str]) -> str | None:
+    """What to say when min/max ranges clip values of ``data`` (the evaluation samples the analysis ran on).
+
+    Min/max ranges cover every value of the calibration data by construction, so a value beyond a tensor's
+    int8 range on other data is one calibration never saw: the calibration set does not cover what the model
+    is evaluated on, and a few such samples can dominate the error (a few logits clipped by a third carry
+    most of the noise). ``layers``: ``analysis.layers`` of report.json; ``label`` shortens a tensor name.
+    """
+    clipping = [
+        layer
+        for layer in layers
+        if (layer.get("clipped") or 0.0) >= CLIPPED_WARN
+        and (layer.get("clipped_by") or 0.0) >= CLIPPED_BY_WARN
+        and layer.get("op") not in FIXED_RANGE_OPS
+    ]
+    if not clipping:
+        return None
+    worst = max(clipping, key=lambda layer: layer["clipped"])
+    return (
+        f"on {data}, {len(clipping)} tensor(s) of the int8 model hold values beyond their int8 range, values the "
+        f"calibration data never reached (ranges: minmax); most '{label(worst['name'])}' ({worst['op']}): "
+        f"{100 * worst['clipped']:.2g}% of its values, the farthest {100 * worst['clipped_by']:.0f}% of the "
+        "range's width beyond it. The calibration data do not cover the evaluation data: add samples like these "
+        "to data.calibration"
     )

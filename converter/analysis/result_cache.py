@@ -20,7 +20,7 @@ import numpy as np
 from converter import __version__
 from converter.cache import Store, digest
 
-VERSION = "results-v1"
+VERSION = "results-v2"  # v2: per-layer errors say what their int8 ranges clip
 STORE = Store("results", ".result", "result")
 T = TypeVar("T")
 
