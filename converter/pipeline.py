@@ -235,7 +235,6 @@ def _run(
         log.warning("warning: %s", split.reason)
     elif split.held_x is not None:
         log.info("%s", split.reason)
-    all_x, all_ds = cal_x, cal_ds  # the written model is calibrated on every sample (``_refit``)
     cal_x, cal_ds = split.x, split.ds
     eval_raw = eval_ds.x if eval_ds is not None else None
     metric = recipe.data.evaluation.metric if recipe.data.evaluation else "auto"
@@ -280,21 +279,11 @@ def _run(
     with _step("tune", steps):
         tuned = tune(recipe, targets, model.float_tflite, first, accuracy, eval_x, eval_y, quantizer, split.held_x)
     chosen, accuracy = tuned.chosen, tuned.accuracy
-    held = _held_out(recipe, split, model, chosen.model, steps)
-    if split.held_x is not None and not chosen.plan.qat:
-        with _index_rows(all_ds, model.inputs, f"{where}.calibration"):
-            chosen = _timed(
-                "recalibrate",
-                steps,
-                lambda: quantize(
-                    model.float_tflite, all_x, recipe, prep, eight_bit_data=all_ds.eight_bit, plan=chosen.plan
-                ),
-            )
-        cal_x, cal_ds = all_x, all_ds
     quant, calibration = chosen.model, chosen.calibration
-    # Layers are compared on the evaluation data, else on the held-out samples.
-    shown_x = eval_x if eval_x is not None else split.held_x
-    analysis_x = (shown_x if shown_x is not None else cal_x)[: recipe.analysis.samples]
+    held = _held_out(recipe, split, model, quant, steps)
+    # Layers are compared on samples calibration did not see where there are some.
+    unseen = eval_x if eval_x is not None else split.held_x
+    analysis_x = (unseen if unseen is not None else cal_x)[: recipe.analysis.samples]
     layers = (
         _timed(
             "analyze",

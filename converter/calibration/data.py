@@ -175,10 +175,6 @@ def split_calibration(x: np.ndarray, ds: Dataset, seed: int, *, evaluation: bool
     """The calibration samples, and those held out of them (``holdout_positions``) for a recipe without evaluation
     data that keeps ``data.holdout`` on. With evaluation data calibration takes every sample, as it always did.
 
-    The held-out samples measure a model calibrated on the others; the model written is then calibrated on every
-    sample again (``pipeline``), as a cross-validated model is refitted on all its data: no sample given is
-    wasted, and the written model is the same whether ``data.holdout`` is on or off.
-
     ``x``: the preprocessed samples, ``ds`` the dataset they came from (same order); ``seed``: data.calibration's.
     """
     n = len(x)
@@ -199,8 +195,8 @@ def split_calibration(x: np.ndarray, ds: Dataset, seed: int, *, evaluation: bool
     keep = np.setdiff1d(np.arange(n), held)
     reason = (
         f"{len(held)} of the {n} calibration samples (a random choice seeded by data.calibration.seed) are held "
-        f"out to measure int8 against float, as the recipe has no data.evaluation: a model calibrated on the "
-        f"other {len(keep)} is measured on them, and the model written is calibrated on all {n}"
+        f"out to measure int8 against float, as the recipe has no data.evaluation; calibration uses the other "
+        f"{len(keep)}"
     )
     return Split(x[keep], subset(ds, keep), x[held], subset(ds, held), n, reason)
 

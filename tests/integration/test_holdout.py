@@ -70,8 +70,7 @@ def test_a_recipe_without_evaluation_data_gets_held_out_fidelity(
 ) -> None:
     recipe = _no_evaluation(tiny_recipe(tiny_model_dir, budgets={"accuracy_drop": 0.01}))
     report = _convert(write_recipe, recipe, tmp_path / "held")
-    assert report["calibration"]["samples"] == 100  # the model written: calibrated on every sample again
-    assert "recalibrate" in [step["name"] for step in report["steps"]]
+    assert report["calibration"]["samples"] == 80
     holdout = report["calibration"]["holdout"]
     assert (holdout["held_out"], holdout["selected"]) == (20, 100)
     assert holdout["reason"].startswith("20 of the 100 calibration samples (a random choice seeded by ")
@@ -97,12 +96,11 @@ def test_a_recipe_without_evaluation_data_gets_held_out_fidelity(
     assert f"int8 vs float: SQNR {output['sqnr_db']:.2f} dB" in page and "<h2>Warnings</h2>" not in page
 
 
-def test_the_figure_is_the_other_samples_model_on_the_held_out_and_the_model_written_takes_all(
+def test_calibration_uses_exactly_the_samples_not_held_out(
     tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """The held-out figure is that of a model calibrated on exactly the other 80 samples: the figure a recipe
-    calibrated on a file of just those 80 gets with the 20 as its evaluation data. The model written is then
-    calibrated on all 100, byte for byte the model of the same recipe with the hold-out off."""
+    """The int8 model changes only as calibrating on the other 80 samples implies: byte for byte the model a
+    recipe makes from a file of just those 80 (with the hold-out off)."""
     held = _convert(write_recipe, _no_evaluation(tiny_recipe(tiny_model_dir)), tmp_path / "held")
     train = np.load(tiny_model_dir / "train.npz")
     rows = select(len(train["x"]), 100, 0)
@@ -110,17 +108,12 @@ def test_the_figure_is_the_other_samples_model_on_the_held_out_and_the_model_wri
     assert positions is not None
     kept = rows[np.setdiff1d(np.arange(100), positions)]
     np.savez(tmp_path / "kept.npz", x=train["x"][kept], y=train["y"][kept])
-    np.savez(tmp_path / "held.npz", x=train["x"][rows[positions]], y=train["y"][rows[positions]])
-    recipe = tiny_recipe(tiny_model_dir)
-    recipe["data"] = {"calibration": {"path": str(tmp_path / "kept.npz")}, "evaluation": {"path": ""}}
-    recipe["data"]["evaluation"]["path"] = str(tmp_path / "held.npz")  # the 20, with their labels
+    recipe = _no_evaluation(tiny_recipe(tiny_model_dir), holdout=False)
+    recipe["data"]["calibration"] = {"path": str(tmp_path / "kept.npz")}
     alone = _convert(write_recipe, recipe, tmp_path / "kept")
-    assert alone["calibration"]["samples"] == 80 and alone["accuracy"]["samples"] == 20
-    assert alone["accuracy"]["worst_output"]["sqnr_db"] == held["accuracy"]["worst_output"]["sqnr_db"]
-    everything = _convert(write_recipe, _no_evaluation(tiny_recipe(tiny_model_dir), holdout=False), tmp_path / "all")
-    assert everything["calibration"]["samples"] == 100 and everything["accuracy"]["worst_output"] is None
-    assert held["artifacts"]["int8"]["sha256"] == everything["artifacts"]["int8"]["sha256"]
-    assert held["artifacts"]["int8"]["sha256"] != alone["artifacts"]["int8"]["sha256"]
+    assert alone["calibration"]["samples"] == 80 and alone["calibration"]["holdout"]["held_out"] == 0
+    assert alone["accuracy"]["data"] is None and alone["accuracy"]["worst_output"] is None
+    assert held["artifacts"]["int8"]["sha256"] == alone["artifacts"]["int8"]["sha256"]
 
 
 def test_evaluation_data_leaves_the_int8_model_and_figures_as_they_were(
@@ -174,7 +167,7 @@ def test_a_model_far_from_float_is_warned_about_on_held_out_samples(
     result = CliRunner().invoke(main, ["convert", "--recipe", str(write_recipe(recipe)), "--out", str(out)])
     assert result.exit_code == 0, result.output  # no budget: a warning, not a failed gate
     report = json.loads((out / "report.json").read_text())
-    assert report["calibration"]["samples"] == 200 and report["calibration"]["holdout"]["held_out"] == 40
+    assert report["calibration"]["samples"] == 160 and report["calibration"]["holdout"]["held_out"] == 40
     worst = report["accuracy"]["worst_output"]
     assert worst["name"] == "head" and worst["sqnr_db"] < 5.0 and worst["agreement"] < 0.6
     (warning,) = report["warnings"]
@@ -265,7 +258,7 @@ def test_the_demo_without_evaluation_data_stays_above_the_warning(tmp_path: Path
     raw["benchmark"] = {"enabled": False}
     (tmp_path / "demo.yaml").write_text(yaml.safe_dump(raw))
     report = convert(load_recipe(tmp_path / "demo.yaml"), tmp_path / "out").report
-    assert report["calibration"]["samples"] == 200 and report["accuracy"]["samples"] == 40
+    assert report["calibration"]["samples"] == 160 and report["accuracy"]["samples"] == 40
     worst = report["accuracy"]["worst_output"]
     assert worst["sqnr_db"] > 25.0 and worst["agreement"] >= 0.95
     assert report["warnings"] == []
