@@ -100,10 +100,10 @@ def _step(name: str, steps: list[dict[str, Any]]) -> Iterator[None]:
     spent = import_seconds() - imported
     if spent >= 0.05:  # TensorFlow already loaded (a Keras source) leaves only its converter module: no own line
         steps.append({"name": "import tf", "seconds": round(spent, 3)})
-        log.info("%-11s %6.1fs", "import tf", spent)
+        log.info("%-10s %6.1fs", "import tf", spent)
         seconds -= spent
     steps.append({"name": name, "seconds": round(seconds, 3)})
-    log.info("%-11s %6.1fs", name, seconds)
+    log.info("%-10s %6.1fs", name, seconds)
 
 
 def _timed(name: str, steps: list[dict[str, Any]], fn: Callable[[], T]) -> T:
