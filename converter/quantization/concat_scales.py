@@ -5,7 +5,7 @@ quantizer meets that by giving each input the concatenation's range: it drops th
 propagates the output's back to the op that wrote it. When that tensor is also read elsewhere, those readers pay
 for the wider range too. A U-Net's skip connection is the usual case: the encoder's post-ReLU tensor goes down
 to the next block (max-pool, conv) and across to the decoder's concatenation, whose range spans the upsampled
-tensor's negative values as well; the encoder tensor loses a third of its steps (0.043 instead of 0.027 per
+tensor's negative values as well; the encoder tensor loses a quarter of its steps (0.043 instead of 0.033 per
 step in the zoo's U-Net) and every layer below inherits the coarser input.
 
 litert-torch's PT2E route keeps that tensor at its own scale and requantizes it into the concatenation (an
