@@ -1,4 +1,5 @@
-"""Hub architectures (``tools/hub_models.py``) through edgeconv's ``.pt2`` and ONNX routes, with numbers.
+"""Hub architectures (``tools/hub_models.py``) through edgeconv from ``.pt2``, ONNX and litert-torch's float
+``.tflite``, with numbers.
 
 Real transformers model classes from small configs (ResNet, ViT, BERT with integer ``input_ids`` and
 ``attention_mask``, ...), trained for seconds on shipped or seeded data, exported and converted full-integer by
@@ -52,13 +53,15 @@ EXPECT: dict[tuple[str, str], tuple[float, float, str | None]] = {
     ("segformer", "pt2"): (30.0, 0.97, None),  # 39.1 dB, 100 % of pixels
     ("bert", "pt2"): (40.0, 0.97, None),  # integer ids and mask; 48.6 dB, 100 %
     ("bert", "onnx"): (40.0, 0.97, None),  # 48.9 dB, 100 %
+    ("bert", "tflite"): (40.0, 0.97, None),  # litert-torch's float .tflite, inputs args_0/args_1: 48.6 dB, 100 %
     # LayerNorm as L2_NORMALIZATION (the loop's first fix) took ViT from 11.6 to 19.7 dB; what is left is the first
     # LayerNorm's input, where blank patches and the class token spread a hundredth as wide as textured patches
     ("vit", "pt2"): (25.0, 0.95, "exit 0 at 19.7 dB, 93 % agreement: the first LayerNorm's low-spread tokens"),
     ("vit", "onnx"): (25.0, 0.95, "exit 0 at 19.9 dB, 94 % agreement: the first LayerNorm's low-spread tokens"),
     ("resnet", "pt2"): (33.0, 0.97, None),  # max-pool padding (PADV2 -inf): 38.2 dB, 100 %
     ("resnet", "onnx"): (33.0, 0.97, None),  # 38 dB
-    ("swin", "pt2"): (25.0, 0.95, "exit 0 at 19.9 dB, 94.5 % agreement"),
+    ("resnet", "tflite"): (33.0, 0.97, None),  # 38.2 dB
+    ("swin", "pt2"): (25.0, 0.95, "exit 0 at 19.9 dB, 94.5 %: evaluation logits beyond the calibrated range"),
     ("regnet", "onnx"): (28.0, 0.97, None),  # onnx2tf's --output_signaturedefs remedy taken: 33.8 dB, 99 %
 }
 # onnx2tf writes a float model that runs and computes something else (3-4 dB against onnxruntime on random
@@ -67,6 +70,8 @@ WRONG_FLOAT = {"swin": "3.0 dB", "segformer": "3.5 dB"}
 FAST = {("bert", "pt2"), ("resnet", "pt2")}  # the default tier: integer ids and a mask; a max-pool stem
 # The full tier (what CI runs) adds these; every other case runs with EDGECONV_ZOO=full (minutes each on 2 cores).
 FULL = {
+    ("bert", "tflite"),
+    ("resnet", "tflite"),
     ("mobilenet_v3", "pt2"),
     ("mobilenet_v3", "onnx"),
     ("bert", "onnx"),
@@ -119,11 +124,21 @@ def _convert(
         for proxy in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
             env[proxy] = os.environ[proxy]  # onnx_env points them at a closed port: nothing is downloaded
     m = _model(exported, name)
+    if route == "tflite" and "tflite" not in exported[name]:  # litert-torch's own float model of the .pt2
+        made = m["pt2"].parent / "float.tflite"
+        cmd = [sys.executable, "-c", bench_hub.FLOAT_TFLITE, str(m["pt2"]), str(made)]
+        assert bench_hub.run_child(cmd, env, tmp_path / "float.txt", limit=600)["exit"] == 0
+        exported[name]["tflite"] = m["tflite"] = made
+    cal = m["pt2"].parent / "cal.npz"
+    if route == "tflite":  # litert-torch names the float model's inputs by position: the data is keyed so
+        cal = tmp_path / "cal.npz"
+        positional: dict[str, Any] = {f"args_{i}": a for i, a in enumerate(m["case"].cal.values())}
+        np.savez(cal, **positional)
     recipe = {
         "version": 1,
         "name": f"{name}-{route}",
         "model": str(m[route]),
-        "data": {"calibration": {"path": str(m["pt2"].parent / "cal.npz")}},
+        "data": {"calibration": {"path": str(cal)}},
         "quantization": {"input_type": "int8", "output_type": "int8"},
         "benchmark": {"enabled": False},
         "analysis": {"samples": 0},
