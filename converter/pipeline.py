@@ -53,7 +53,7 @@ from converter.quantization.tflite_quantizer import (
     import_seconds,
     quantize_with_ranges,
 )
-from converter.quantization.tune import accuracy_budget, tune
+from converter.quantization.tune import accuracy_budget, own_kernels_only, tune
 from converter.recipe import BenchmarkSpec, DataSource, Recipe, TargetSpec
 from converter.reports.ci_outputs import finalize
 from converter.reports.gates import LOWER_BOUNDS, Gate, evaluate
@@ -254,7 +254,15 @@ def _run(
             if train_y is None:
                 raise DataError(f"{recipe.source}: tuning.qat.data: {spec.data.path} has no labels; QAT trains on them")
             return quantize_qat(recipe, model.format, plan, train_x, train_y, cal_x)
-        return quantize(model.float_tflite, cal_x, recipe, prep, eight_bit_data=cal_ds.eight_bit, plan=plan)
+        return quantize(
+            model.float_tflite,
+            cal_x,
+            recipe,
+            prep,
+            eight_bit_data=cal_ds.eight_bit,
+            plan=plan,
+            concat_scales=own_kernels_only(targets),
+        )
 
     with _index_rows(cal_ds, model.inputs, f"{where}.calibration"):
         first = _timed("calibrate", steps, lambda: _first_model(recipe, targets, quantizer))

@@ -180,8 +180,13 @@ def quantize(
     *,
     eight_bit_data: bool,
     plan: Plan | None = None,
+    concat_scales: bool = True,
 ) -> Quantized:
-    """The quantized model for ``plan`` (default: the recipe's)."""
+    """The quantized model for ``plan`` (default: the recipe's).
+
+    ``concat_scales``: keep shared concatenation inputs at their own scale (``concat_scales``), for targets that
+    run LiteRT's or TFLite Micro's kernels (``tune.own_kernels_only``).
+    """
     plan = plan or Plan.of(recipe)
     per_channel = recipe.quantization.per_channel
     if plan.activations == "int16":
@@ -225,7 +230,7 @@ def quantize(
             float_nodes=float_nodes,
             cache=recipe.calibration.cache,
         )
-        return own_scales(model, named_ranges(source, ranges))
+        return own_scales(model, named_ranges(source, ranges)) if concat_scales else (model, [])
 
     model, requantized = run(float_tflite, plan.float_nodes)
     fixes: list[BiasFix] = []

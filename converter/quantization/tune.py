@@ -275,7 +275,7 @@ def tune(
 
     if budget is None:
         fidelity = _fidelity_loop(
-            recipe, float_tflite, first, first_accuracy, eval_x, eval_y, held_x, quantizer, _l2_norm_runs(targets)
+            recipe, float_tflite, first, first_accuracy, eval_x, eval_y, held_x, quantizer, own_kernels_only(targets)
         )
         return fidelity or skipped("no accuracy_drop budget")
     if not recipe.tuning.enabled:
@@ -288,7 +288,7 @@ def tune(
         return _result(loop, best, "the recipe's result meets the budget", None)
     plan = first.plan
     if plan.activations == "int8":
-        best = _full_integer_fixes(loop, best, plan, _l2_norm_runs(targets))
+        best = _full_integer_fixes(loop, best, plan, own_kernels_only(targets))
         post_training = best
         qat = recipe.tuning.qat
         if not best.meets and qat is not None:
@@ -325,14 +325,16 @@ def tune(
     return _fallbacks(loop, best_ptq, recipe, float_tflite, eval_x, targets)
 
 
-# Runtimes with an int8 L2_NORMALIZATION kernel (LiteRT's CPU kernels, TFLite Micro's l2norm); the NPU
-# compilers' op lists are not relied on, and TensorRT's Q/DQ ONNX is made from the float model.
-L2_NORM_RUNTIMES = frozenset({"litert", "tflm"})
+# Runtimes whose own kernels run the int8 model as written (LiteRT's CPU kernels, TFLite Micro's): graph edits the
+# stock converter never makes (L2_NORMALIZATION for LayerNorm, an int8-to-int8 QUANTIZE before a concatenation)
+# are made only for them. The NPU compilers' importers are not relied on (rknn-toolkit2 rejects that QUANTIZE),
+# and TensorRT's Q/DQ ONNX is made from the float model.
+OWN_KERNEL_RUNTIMES = frozenset({"litert", "tflm"})
 
 
-def _l2_norm_runs(targets: dict[str, DeviceProfile]) -> bool:
-    """Whether every target runs L2_NORMALIZATION in int8 (no target: the host's LiteRT)."""
-    return all(p.runtime in L2_NORM_RUNTIMES for p in targets.values())
+def own_kernels_only(targets: dict[str, DeviceProfile]) -> bool:
+    """Whether every target runs on LiteRT's or TFLite Micro's kernels (no target: the host's LiteRT)."""
+    return all(p.runtime in OWN_KERNEL_RUNTIMES for p in targets.values())
 
 
 def _full_integer_fixes(loop: Loop, best: Attempt, plan: Plan, layer_norm: bool = False) -> Attempt:

@@ -66,6 +66,8 @@ def test_the_skip_tensor_keeps_its_own_scale_and_the_output_gains(unet: bytes, t
     widened = quantize_with_ranges(
         unet, pool_padding_ranges(unet, q.calibration.ranges()), input_type="int8", output_type="int8", per_channel=True
     )  # what TensorFlow's quantizer gives alone
+    npu = quantize(unet, cal, recipe, Preprocess(), eight_bit_data=False, plan=plan, concat_scales=False)
+    assert npu.model == widened and npu.requantized == ()  # for NPU targets: the stock converter's graph
 
     after, before = TFLiteModel(model_content=q.model), TFLiteModel(model_content=widened)
     scale = {t["name"]: t["quantization"] for t in before.interpreter.get_tensor_details()}
