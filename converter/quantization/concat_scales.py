@@ -21,6 +21,7 @@ scale, and only where the new scale is at least ``MIN_GAIN`` times finer.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,18 +131,9 @@ def _scaled_bias(model: Any, op: Any, slot: int, ratio: float) -> np.ndarray | N
 
 
 def _set_bias(model: Any, op: Any, slot: int, values: np.ndarray, ratio: float) -> None:
-    """Give the bias ``values``, in its own buffer where another tensor shares it, and its scale divided by ratio."""
-    schema = tflite_schema.schema()
-    tensors = model.subgraphs[0].tensors
-    tensor = tensors[int(op.inputs[slot])]
-    raw = np.frombuffer(values.tobytes(), dtype=np.uint8)
-    if sum(t.buffer == tensor.buffer for t in tensors) == 1:
-        model.buffers[tensor.buffer].data = raw
-    else:
-        buffer = schema.BufferT()
-        buffer.data = raw
-        model.buffers.append(buffer)
-        tensor.buffer = len(model.buffers) - 1
+    """Give the bias ``values`` (``flatbuf.set_data``), and its scale divided by ``ratio``."""
+    tensor = model.subgraphs[0].tensors[int(op.inputs[slot])]
+    flatbuf.set_data(model, tensor, values, "<i4")
     tensor.quantization.scale = [float(np.float32(s / ratio)) for s in tensor.quantization.scale]
 
 
@@ -156,15 +148,19 @@ def _quantize_op(model: Any, schema: Any, source: int, target: int) -> Any:
     return op
 
 
-def own_scales(int8_model: bytes, ranges: dict[str, tuple[float, float]]) -> tuple[bytes, list[str]]:
+def own_scales(int8_model: bytes, ranges: Callable[[], dict[str, tuple[float, float]]]) -> tuple[bytes, list[str]]:
     """``int8_model`` with each shared concatenation input at its own scale; the names of those inputs.
 
-    ``ranges``: tensor name -> the (min, max) calibration chose for it, as given to the quantizer.
+    ``ranges()``: tensor name -> the (min, max) calibration chose for it, as given to the quantizer; called only
+    when the model has a concatenation (reading names from the float model costs a parse).
     """
     schema = tflite_schema.schema()
     model = flatbuf.load(int8_model)
     graph = model.subgraphs[0]
     g = _graph(model)
+    if "CONCATENATION" not in g.codes:
+        return int8_model, []
+    named = ranges()
     inserts: list[tuple[int, Any]] = []  # (before op, QUANTIZE op)
     done: list[str] = []
     for k, code in enumerate(g.codes):
@@ -175,13 +171,13 @@ def own_scales(int8_model: bytes, ranges: dict[str, tuple[float, float]]) -> tup
             tensor = graph.tensors[t]
             name = tensor.name.decode()
             old = _int8_params(tensor)
-            if old is None or name not in ranges or g.writer.get(t) is None or g.codes[g.writer[t]] not in WRITERS:
+            if old is None or name not in named or g.writer.get(t) is None or g.codes[g.writer[t]] not in WRITERS:
                 continue
             if len(g.readers.get(t, [])) < 2 or [int(i) for i in concat.inputs].count(t) != 1:
                 continue
             # Its own minimum, the concatenation's maximum: what it never reaches is dropped, nothing is clipped.
             lowest, highest = (-128 - old[1]) * old[0], (127 - old[1]) * old[0]
-            own = asymmetric(max(ranges[name][0], lowest), highest)
+            own = asymmetric(max(named[name][0], lowest), highest)
             scale, zero = float(np.float32(own.scale)), int(own.zero_point)
             if scale * MIN_GAIN > old[0]:
                 continue

@@ -230,7 +230,7 @@ def quantize(
             float_nodes=float_nodes,
             cache=recipe.calibration.cache,
         )
-        return own_scales(model, named_ranges(source, ranges)) if concat_scales else (model, [])
+        return own_scales(model, lambda: named_ranges(source, ranges)) if concat_scales else (model, [])
 
     model, requantized = run(float_tflite, plan.float_nodes)
     fixes: list[BiasFix] = []

@@ -83,11 +83,12 @@ def bias_tensor(model: Any, op: Any, size: int, name: str) -> Any:
     return tensor
 
 
-def set_data(model: Any, tensor: Any, values: np.ndarray) -> None:
-    """Give ``tensor`` new float32 contents; in a buffer of its own when it shares one (after deduplication)."""
+def set_data(model: Any, tensor: Any, values: np.ndarray, dtype: str = "<f4") -> None:
+    """Give ``tensor`` new contents (float32 unless ``dtype`` says otherwise); in a buffer of its own when it
+    shares one (after deduplication)."""
     schema = tflite_schema.schema()
 
-    raw = np.asarray(values, dtype="<f4").reshape(-1).tobytes()
+    raw = np.asarray(values, dtype=dtype).reshape(-1).tobytes()
     sharing = sum(t.buffer == tensor.buffer for t in model.subgraphs[0].tensors) if tensor.buffer else 0
     if sharing == 1:
         model.buffers[tensor.buffer].data = np.frombuffer(raw, dtype=np.uint8)

@@ -84,7 +84,7 @@ def test_the_skip_tensor_keeps_its_own_scale_and_the_output_gains(unet: bytes, t
     gained = sorted(_sqnr(w, a) - _sqnr(w, b) for w, a, b in zip(want, now, then, strict=True))
     assert gained[-1] > 3.0, gained  # the head reading the encoder tensor: measured +5.9 dB
     assert gained[0] > -0.5, gained  # the segmentation, through the concatenation's scale as before: +0.05 dB
-    assert own_scales(q.model, {}) == (q.model, [])  # nothing named: nothing changes
+    assert own_scales(q.model, dict) == (q.model, [])  # nothing named: nothing changes
 
     micro = validate(q.model, held[:4])
     assert micro.loaded and micro.samples == 4, micro.error
