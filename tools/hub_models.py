@@ -425,10 +425,23 @@ def _hf(name: str, **kw: Any) -> Any:
 
 
 def _model(cls: str, config: Any) -> nn.Module:
+    """The model class, seeded, with every BatchNorm starting at scale 1 and shift 0 as torch starts them.
+
+    transformers 5 draws EfficientNet's and MobileViT's BatchNorm scales from N(0, 0.02) like a Linear's
+    weights: each block then shrinks its input about 100-fold, and by the last block EfficientNet's activations
+    are 1e-40, so its logits do not depend on the image and no training in a few hundred steps revives it.
+    Pretrained checkpoints overwrite that initialisation; a zoo trained from scratch must not inherit it.
+    """
     import transformers
 
     torch.manual_seed(0)
-    return getattr(transformers, cls)(config)
+    model = getattr(transformers, cls)(config)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:  # noqa: SLF001
+            with torch.no_grad():
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+    return model
 
 
 VISION: dict[str, Callable[[], tuple[str, Any]]] = {

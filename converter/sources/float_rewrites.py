@@ -376,3 +376,149 @@ def soften_mask_constants(content: bytes) -> tuple[bytes, int]:
         return content, 0
     log.info("replaced %d masking constant(s) (-3.4e38/-inf) by %g", changed, MASK_VALUE)
     return flatbuf.dump(model), changed
+
+
+# Linear ops whose float weights (input 1) can absorb a constant factor on their input 0.
+_SCALABLE_READERS = ("FULLY_CONNECTED", "CONV_2D")
+
+
+def rewrite_padded_global_pools(content: bytes) -> tuple[bytes, int]:
+    """Replace each zero PAD feeding a global AVERAGE_POOL_2D by a pool over the unpadded map; how many went.
+
+    Hugging Face's EfficientNet pools with ``nn.AvgPool2d(hidden_dim, ceil_mode=True)``: a window of 1280 (B0)
+    over a 7x7 map. litert-torch lowers it as a zero PAD of the map to 1280x1280, an AVERAGE_POOL_2D over all of
+    it (dividing by 1280**2 instead of 49), and the factor folded into the classifier's weights. The padded
+    tensor is 1280**3 values (8 GB in float), and since TFLite's int8 AVERAGE_POOL_2D keeps its input's scale, an
+    output 1/33,000 of its input rounds to the zero point: the int8 model's logits no longer depend on the image.
+    Here the pool covers the map itself and the factor (map area over window area) moves into the weights of
+    the FULLY_CONNECTED or CONV_2D ops reading the pool, or, where another op reads it, into a MUL after it. The
+    float numbers are the same up to float rounding; a model without the pattern keeps its bytes.
+    """
+    if not _has_op(content, "AVERAGE_POOL_2D"):
+        return content, 0
+    model = flatbuf.load(content)
+    names = flatbuf.enum_names("BuiltinOperator")
+    schema = tflite_schema.schema()
+    graph = model.subgraphs[0]
+    readers: dict[int, list[Any]] = {}
+    for op in graph.operators:
+        for i in op.inputs if op.inputs is not None else []:
+            readers.setdefault(int(i), []).append(op)
+    producer = {int(o): op for op in graph.operators for o in (op.outputs if op.outputs is not None else [])}
+    outputs = {int(o) for o in graph.outputs}
+    dropped: list[Any] = []
+    for pool in list(graph.operators):
+        if flatbuf.op_code(model, pool, names) != "AVERAGE_POOL_2D":
+            continue
+        padded = int(pool.inputs[0])
+        pad = producer.get(padded)
+        window = _global_window(model, graph, pad, pool, names, readers, outputs)
+        if pad is None or window is None:
+            continue
+        height, width = window
+        factor = height * width / (pool.builtinOptions.filterHeight * pool.builtinOptions.filterWidth)
+        pool.inputs = [int(pad.inputs[0])]
+        pool.builtinOptions.filterHeight, pool.builtinOptions.filterWidth = height, width
+        pool.builtinOptions.strideH = pool.builtinOptions.strideW = 1
+        pooled = int(pool.outputs[0])
+        if not _scale_readers(model, graph, readers.get(pooled, []), pooled, factor, names, readers, outputs):
+            _multiply_after(model, graph, schema, pool, factor)
+        dropped.append(pad)
+    if not dropped:
+        return content, 0
+    graph.operators = [op for op in graph.operators if not any(op is d for d in dropped)]
+    _drop_unused_opcodes(model)
+    log.info("pooled %d zero-padded global average pool(s) over their maps (no padded copy)", len(dropped))
+    return flatbuf.dump(model), len(dropped)
+
+
+def _has_op(content: bytes, name: str) -> bool:
+    ops = make_interpreter(model_content=content, delegate="none")._get_ops_details()  # noqa: SLF001 - see list_ops
+    return any(op["op_name"] == name for op in ops)
+
+
+def _global_window(
+    model: Any, graph: Any, pad: Any, pool: Any, names: dict[int, str], readers: dict[int, list[Any]], outputs: set[int]
+) -> tuple[int, int] | None:
+    """The unpadded map's (height, width) when ``pad`` zero-pads only it for ``pool``, whose window covers it all."""
+    if pad is None or flatbuf.op_code(model, pad, names) not in ("PAD", "PADV2"):
+        return None
+    padded = int(pad.outputs[0])
+    if padded in outputs or len(readers.get(padded, [])) != 1:
+        return None
+    source, paddings = graph.tensors[int(pad.inputs[0])], graph.tensors[int(pad.inputs[1])]
+    if flatbuf.type_name(source.type) != "FLOAT32" or not paddings.buffer or len(source.shape) != 4:
+        return None
+    if len(pad.inputs) > 2 and int(pad.inputs[2]) >= 0:
+        value = graph.tensors[int(pad.inputs[2])]
+        if not value.buffer or np.any(flatbuf.data(model, value, "<f4") != 0):
+            return None
+    dtype = "<i8" if flatbuf.type_name(paddings.type) == "INT64" else "<i4"
+    amounts = flatbuf.data(model, paddings, dtype).reshape(-1, 2)
+    options = pool.builtinOptions
+    if amounts.shape != (4, 2) or amounts[0].any() or amounts[3].any() or options.padding != 1:  # 1: VALID
+        return None
+    height, width = int(source.shape[1]), int(source.shape[2])
+    if (height + int(amounts[1].sum()), width + int(amounts[2].sum())) != (options.filterHeight, options.filterWidth):
+        return None
+    if list(graph.tensors[int(pool.outputs[0])].shape)[1:3] != [1, 1] or options.fusedActivationFunction != 0:
+        return None
+    return height, width
+
+
+def _scale_readers(
+    model: Any,
+    graph: Any,
+    ops: list[Any],
+    pooled: int,
+    factor: float,
+    names: dict[int, str],
+    readers: dict[int, list[Any]],
+    outputs: set[int],
+) -> bool:
+    """Multiply the weights of every op reading ``pooled`` by ``factor``; False (nothing changed) if one cannot."""
+    if not ops or pooled in outputs:
+        return False
+    for op in ops:
+        weights = graph.tensors[int(op.inputs[1])] if len(op.inputs) > 1 else None
+        if (
+            flatbuf.op_code(model, op, names) not in _SCALABLE_READERS
+            or int(op.inputs[0]) != pooled
+            or weights is None
+            or not weights.buffer
+            or flatbuf.type_name(weights.type) != "FLOAT32"
+            or len(readers.get(int(op.inputs[1]), [])) != 1
+        ):
+            return False
+    for op in ops:
+        weights = graph.tensors[int(op.inputs[1])]
+        flatbuf.set_data(model, weights, flatbuf.data(model, weights, "<f4") * np.float32(factor))
+    return True
+
+
+def _multiply_after(model: Any, graph: Any, schema: Any, pool: Any, factor: float) -> None:
+    """Make ``pool`` write a new tensor and a MUL by ``factor`` write the tensor it wrote."""
+    result = int(pool.outputs[0])
+    mean = schema.TensorT()
+    mean.shape = list(graph.tensors[result].shape)
+    mean.type = schema.TensorType.FLOAT32
+    mean.name = graph.tensors[result].name + b"/mean"
+    graph.tensors.append(mean)
+    pool.outputs = [len(graph.tensors) - 1]
+    constant = schema.TensorT()
+    constant.shape = [1]
+    constant.type = schema.TensorType.FLOAT32
+    constant.name = graph.tensors[result].name + b"/window_share"
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(np.array([factor], dtype="<f4").tobytes(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    constant.buffer = len(model.buffers) - 1
+    graph.tensors.append(constant)
+    mul = schema.OperatorT()
+    mul.opcodeIndex = _opcode(model, schema, int(schema.BuiltinOperator.MUL))
+    mul.inputs = [len(graph.tensors) - 2, len(graph.tensors) - 1]
+    mul.outputs = [result]
+    mul.builtinOptionsType = schema.BuiltinOptions.MulOptions
+    mul.builtinOptions = schema.MulOptionsT()
+    at = next(i for i, op in enumerate(graph.operators) if op is pool)
+    graph.operators.insert(at + 1, mul)

@@ -39,6 +39,7 @@ from converter.sources.float_rewrites import (
     narrow_int64,
     rewrite_dangling_splits,
     rewrite_neg,
+    rewrite_padded_global_pools,
     rewrite_square,
     soften_mask_constants,
 )
@@ -197,6 +198,10 @@ def load_model(
         loader += (
             f"; {squares} SQUARE op{'s' if squares > 1 else ''} rewritten as MUL of x by x (no int8 SQUARE kernel)"
         )
+    content, pools = rewrite_padded_global_pools(content)
+    if pools:
+        plural = "s" if pools > 1 else ""
+        loader += f"; {pools} zero-padded global average pool{plural} computed over the unpadded map"
     content, sliced = rewrite_dangling_splits(content)
     if sliced:
         loader += f"; {sliced} SPLIT op{'s' if sliced > 1 else ''} with unused outputs rewritten as SLICE ops"

@@ -63,6 +63,8 @@ EXPECT: dict[tuple[str, str], tuple[float, float, str | None]] = {
     ("resnet", "tflite"): (33.0, 0.97, None),  # 38.2 dB
     ("swin", "pt2"): (25.0, 0.95, "exit 0 at 19.9 dB, 94.5 %: evaluation logits beyond the calibrated range"),
     ("regnet", "onnx"): (28.0, 0.97, None),  # onnx2tf's --output_signaturedefs remedy taken: 33.8 dB, 99 %
+    # litert-torch pads the map to AvgPool2d's 320 window; pooled over the map instead: 32.4 dB, 100 %
+    ("efficientnet", "pt2"): (28.0, 0.97, None),
 }
 # onnx2tf writes a float model that runs and computes something else (3-4 dB against onnxruntime on random
 # inputs): the load's float check stops the run, exit 3, instead of an int8 model measured against it.
@@ -80,6 +82,7 @@ FULL = {
     ("vit", "pt2"),
     ("wav2vec2", "pt2"),
     ("swin", "onnx"),
+    ("efficientnet", "pt2"),
 }
 ZOO_FULL = os.environ.get("EDGECONV_ZOO") == "full"
 
