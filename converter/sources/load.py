@@ -190,6 +190,9 @@ def load_model(
     content, dropped = load_torch.drop_metadata(content, load_torch.DROPPED_METADATA)
     if dropped:
         loader += f"; metadata {', '.join(d.decode() for d in dropped)} removed (it keeps conv/dense float)"
+    if dropped and fmt == "tflite":  # litert-torch wrote it: its names are module paths, up to 2,000 characters
+        content, shortened = load_torch.tidy_names(content, None)
+        loader += f"; {shortened} tensor names shortened to module paths" if shortened else ""
     content, rewritten = rewrite_neg(content)
     if rewritten:
         loader += f"; {rewritten} NEG op{'s' if rewritten > 1 else ''} rewritten as MUL by -1 (NEG has no int8 kernel)"
