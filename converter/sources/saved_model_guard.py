@@ -134,7 +134,7 @@ RESTORE_WHY = (
 _CALL_OPS = frozenset({"StatefulPartitionedCall", "PartitionedCall"})
 
 _LOAD_TIME_COLLECTIONS = ("saved_model_main_op", "legacy_init_op", "table_initializer", "local_init_op")
-_INIT_SIGNATURE = "__saved_model_init_op"
+INIT_SIGNATURE = "__saved_model_init_op"
 
 ADVICE = (
     "edgeconv never runs a model's load-time ops it cannot prove harmless; re-export the model "
@@ -270,8 +270,8 @@ class _MetaGraphCheck:
                 var = variable_pb2.VariableDef()
                 var.ParseFromString(raw)
                 nodes.extend(n for n in (var.initializer_name, var.snapshot_name) if n)
-        if _INIT_SIGNATURE in self.meta.signature_def:
-            nodes.extend(t.name for t in self.meta.signature_def[_INIT_SIGNATURE].outputs.values())
+        if INIT_SIGNATURE in self.meta.signature_def:
+            nodes.extend(t.name for t in self.meta.signature_def[INIT_SIGNATURE].outputs.values())
         objects = self.meta.object_graph_def.nodes
 
         def object_functions(index: int) -> Iterable[str]:
