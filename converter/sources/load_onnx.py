@@ -197,18 +197,33 @@ def load_onnx(path: Path, timeout_s: float = TIMEOUT_S, layout: str = "nhwc") ->
                 "TFLite has, or convert the model from PyTorch (.pt2) instead"
             ) from e
         raise ConversionError(f"onnx2tf wrote a .tflite for {path} that the TFLite interpreter cannot open: {e}") from e
+    square = ", ".join(f"{t['name']!r} {t['shape']}" for t in answer.get("square_tensors") or [])
+    layout = (
+        "onnx2tf cannot tell channels-first from channels-last where a 4-D tensor's channels, height and width "
+        f"are equal, and this model has such tensors ({square}): "
+        "exported for another input size it may convert faithfully; otherwise "
+        if square
+        else "onnx2tf mis-converts an op of this model: "
+    )
     check_note = float_check.loader_note(
         path,
         answer.get("float_check") or {},
         "onnx2tf",
         "ONNX",
         "onnxruntime",
-        "onnx2tf mis-converts an op of this model: convert it from PyTorch instead (torch.export.save to a .pt2), "
-        "or report the model to onnx2tf",
+        f"{layout}convert it from PyTorch instead (torch.export.save to a .pt2), or report the model to onnx2tf",
     )
     loader = f"onnx2tf {answer['onnx2tf']} in its own virtualenv ({time.perf_counter() - start:.1f} s; inputs: "
     erf = answer.get("erf_as_tanh", 0)
     erf_note = f"; {erf} Erf as tanh(u*(a+b*u^2)), the tanh GELU form, error <= 3.6e-4" if erf else ""
+    pads, pools = answer.get("explicit_valid_pads", 0), answer.get("global_pools", 0)
+    erf_note += f"; auto_pad VALID written as zero pads on {pads} node{'s' * (pads > 1)}" if pads else ""
+    erf_note += (
+        f"; {pools} AveragePool{'s' * (pools > 1)} over the whole input as GlobalAveragePool (the mean PyTorch "
+        "computes, where onnx2tf and onnxruntime divide by the window's area)"
+        if pools
+        else ""
+    )
     osd_note = (
         "; converted again with onnx2tf's --output_signaturedefs, the remedy it named for an op name its SavedModel "
         "step rejected"

@@ -27,6 +27,15 @@ onnx2tf's traps, each handled here (checked against onnx2tf 1.29.24's source):
 - Its LSTM/GRU/RNN become a WHILE loop, on which TensorFlow's calibrator crashes and which has no int8
   kernel: ``enable_rnn_unroll`` unrolls them into plain ops.
 - It calls ``sys.exit`` deep inside: SystemExit is caught and answered as a failure.
+- onnxsim folds a Pad into the next Conv's ``pads`` but keeps its ``auto_pad="VALID"`` (Hugging Face's
+  EfficientNet exports both), and onnx2tf then honours VALID and drops the padding: every VALID becomes
+  explicit zero pads first (``explicit_valid_pads``, the same meaning).
+- An AveragePool whose window covers its whole input (PyTorch's ``AvgPool2d(k, ceil_mode=True)`` with k above
+  the map, EfficientNet's pooler) is padded to the window and divided by its area, by onnx2tf and by
+  onnxruntime alike, where PyTorch averages the map: it becomes a GlobalAveragePool (``whole_window_pools``).
+- It cannot tell channel-first from channel-last for a 4-D tensor whose channels, height and width are equal
+  and may then transpose it wrongly; when the float check fails, the answer names such tensors
+  (``square_tensors``) so the message can say so.
 
 Security: an ONNX file is protobuf and loading it runs no code. Tensors stored as external data name
 files by path: the worker reads them itself (``inline_external_data``), each key once, only regular
@@ -388,6 +397,8 @@ def convert(request: dict[str, Any]) -> dict[str, Any]:
         check_domains(model)
         check_model(model)
         check_static_sizes(model)
+        valid_pads = explicit_valid_pads(model)
+        global_pools = whole_window_pools(model)
         reference = model.SerializeToString()  # what onnxruntime runs to check onnx2tf's result: Erf as written
         replaced_erf = replace_erf(model)
     except ModelRefused:
@@ -448,6 +459,9 @@ def convert(request: dict[str, Any]) -> dict[str, Any]:
         "inputs": [{"name": n, "onnx_shape": s, "kept": n in keep} for n, s in shapes.items()],
         "external_data": external,
         "erf_as_tanh": replaced_erf,
+        "explicit_valid_pads": valid_pads,
+        "global_pools": global_pools,
+        "square_tensors": square_tensors(model) if _failed(check) else [],
         "output_signaturedefs": signaturedefs,
         "float_check": check,
         "onnxsim": shutil.which("onnxsim"),  # the virtualenv's own, first on PATH
@@ -456,6 +470,113 @@ def convert(request: dict[str, Any]) -> dict[str, Any]:
 
 
 CHECK_SAMPLES = 4  # converter.sources.float_check.SAMPLES
+CHECK_MIN_DB = 40.0  # converter.sources.float_check.MIN_DB
+
+
+def _failed(check: dict[str, Any]) -> bool:
+    return bool(check.get("checked")) and min(float(o["sqnr_db"]) for o in check["outputs"]) < CHECK_MIN_DB
+
+
+POOLS_AND_CONVS = ("Conv", "ConvTranspose", "AveragePool", "MaxPool", "LpPool")
+
+
+def explicit_valid_pads(model: Any) -> int:
+    """Every ``auto_pad="VALID"`` of a conv or pool as explicit zero ``pads`` (the same meaning); how many."""
+    from onnx import helper
+
+    weights = {t.name: len(t.dims) for t in model.graph.initializer}
+    count = 0
+    for node in _all_nodes(model.graph):
+        auto = next((a for a in node.attribute if a.name == "auto_pad"), None)
+        if node.op_type not in POOLS_AND_CONVS or auto is None or auto.s != b"VALID":
+            continue
+        kernel = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), None)
+        rank = len(kernel) if kernel else weights.get(node.input[1], 0) - 2 if len(node.input) > 1 else -1
+        if rank < 1:
+            continue  # a conv whose weights are computed: its rank is not known here
+        node.attribute.remove(auto)
+        if not any(a.name == "pads" for a in node.attribute):
+            node.attribute.append(helper.make_attribute("pads", [0] * (2 * rank)))
+        count += 1
+    return count
+
+
+def _static_shapes(model: Any) -> dict[str, list[int | None]]:
+    """Every tensor's shape that onnx's shape inference finds (empty where it fails)."""
+    from onnx import shape_inference
+
+    try:
+        inferred = shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - inference is a help here, never a requirement
+        return {}
+    graph = inferred.graph
+    return {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in [*graph.value_info, *graph.input, *graph.output]
+    }
+
+
+def whole_window_pools(model: Any) -> int:
+    """Each unpadded AveragePool with one output position whose window covers its input: GlobalAveragePool."""
+    from onnx import helper
+
+    pools = [n for n in model.graph.node if n.op_type == "AveragePool"]
+    shapes = _static_shapes(model) if pools else {}
+    unknown = [n.input[0] for n in pools if None in (shapes.get(n.input[0]) or [None])[2:]]
+    shapes.update(_runtime_shapes(model, unknown) if unknown else {})
+    count = 0
+    for node in pools:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        spatial = (shapes.get(node.input[0]) or [])[2:]
+        kernel = list(attrs.get("kernel_shape", []))
+        if not spatial or None in spatial or len(kernel) != len(spatial) or any(attrs.get("pads", [])):
+            continue
+        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID") or set(attrs.get("dilations", [])) - {1}:
+            continue
+        strides = list(attrs.get("strides", [1] * len(kernel)))
+        rounding = math.ceil if attrs.get("ceil_mode", 0) else math.floor
+        outputs = [rounding((n - k) / st) + 1 for n, k, st in zip(spatial, kernel, strides, strict=True)]
+        if any(k < n for k, n in zip(kernel, spatial, strict=True)) or any(o != 1 for o in outputs):
+            continue
+        node.CopyFrom(helper.make_node("GlobalAveragePool", [node.input[0]], [node.output[0]], name=node.name))
+        count += 1
+    return count
+
+
+def _runtime_shapes(model: Any, names: list[str]) -> dict[str, list[int | None]]:
+    """The shapes of tensors ``names`` as onnxruntime computes them on zero inputs (empty where it cannot).
+
+    Shape inference leaves a map's size unknown after a Pad whose amounts are computed (as torch.onnx writes
+    them); one run of the model settles it.
+    """
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        feed = {}
+        for spec in session.get_inputs():
+            kind = spec.type[len("tensor(") : -1]
+            dtype = {"float": "float32", "double": "float64"}.get(kind, kind)
+            feed[spec.name] = np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in spec.shape], dtype)
+        values = session.run(names, feed)
+    except Exception:  # noqa: BLE001 - a help here, never a requirement
+        return {}
+    return {n: list(v.shape) for n, v in zip(names, values, strict=True)}
+
+
+def square_tensors(model: Any, most: int = 3) -> list[dict[str, Any]]:
+    """4-D tensors whose channels, height and width are equal (more than 1): where onnx2tf guesses the layout."""
+    found = []
+    for name, shape in _static_shapes(model).items():
+        dims = [d for d in shape if d is not None]
+        if len(shape) == len(dims) == 4 and dims[1] == dims[2] == dims[3] > 1:
+            found.append({"name": name, "shape": dims})
+    return found[:most]
 
 
 def float_check(reference: bytes, tflite: Path, kept: tuple[str, ...] = ()) -> dict[str, Any]:
