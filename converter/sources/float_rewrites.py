@@ -1,8 +1,8 @@
 """Exact rewrites of a float .tflite that let it quantize to full integer.
 
-Each rewrite computes the same float numbers, bit for bit, with ops that have int8 kernels in LiteRT
-and TFLite Micro; a model without the pattern keeps its bytes. Applied by ``load.load_model`` to the
-float reference of every source format.
+Each rewrite computes the same float numbers with ops that have int8 kernels in LiteRT and TFLite Micro,
+bit for bit unless its docstring says otherwise; a model without the pattern keeps its bytes. Applied by
+``load.load_model`` to the float reference of every source format.
 """
 
 from __future__ import annotations
