@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from converter.analysis.side_by_side import side_by_side
 from converter.errors import ConversionError
 from converter.progress import named
 from converter.runtime.accuracy import SQNR_CAP_DB, sqnr_db
@@ -239,16 +240,16 @@ def analyze(float_tflite: bytes, quant_tflite: bytes, x: np.ndarray) -> list[Lay
     bounds = {j: int_bounds(test_details[j]) for j in matches}
     ref_in = [TensorInfo.from_details(d) for d in ref_i.get_input_details()]
     test_in = [TensorInfo.from_details(d) for d in test_i.get_input_details()]
-    for row in range(len(x)):
-        for interpreter, infos in ((ref_i, ref_in), (test_i, test_in)):
-            for info, values in zip(infos, input_arrays(x[row : row + 1], infos), strict=True):
-                interpreter.set_tensor(info.index, quantize(values, info))
-        ref_i.reset_all_variables()  # a fused LSTM's state starts from zero for each sample
-        test_i.reset_all_variables()
-        ref_i.invoke()
-        test_i.invoke()
-        for j, (i, _) in matches.items():
-            sums[j].add(_real(ref_i, i, ref_details[i]), _real(test_i, j, test_details[j]), bounds[j])
+    with side_by_side() as pair:
+        for row in range(len(x)):
+            for interpreter, infos in ((ref_i, ref_in), (test_i, test_in)):
+                for info, values in zip(infos, input_arrays(x[row : row + 1], infos), strict=True):
+                    interpreter.set_tensor(info.index, quantize(values, info))
+            ref_i.reset_all_variables()  # a fused LSTM's state starts from zero for each sample
+            test_i.reset_all_variables()
+            pair.run(ref_i.invoke, test_i.invoke)
+            for j, (i, _) in matches.items():
+                sums[j].add(_real(ref_i, i, ref_details[i]), _real(test_i, j, test_details[j]), bounds[j])
     sqnr = {j: float(np.median(_sqnr(s.signal, s.noise))) for j, s in sums.items()}
     results = []
     for j, (_, how) in matches.items():

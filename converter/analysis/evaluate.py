@@ -7,11 +7,13 @@ evaluation data, or without it on calibration samples held out for the purpose (
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from converter.analysis import result_cache
+from converter.analysis.side_by_side import side_by_side
 from converter.calibration.stats import refused_index
 from converter.errors import DataError
 from converter.progress import Progress
@@ -69,11 +71,11 @@ def evaluate_host(
     names = [keys.get(o.index, o.name) for o in ref.outputs]
     ref_out: list[list[np.ndarray]] = [[] for _ in ref.outputs]
     quant_out: list[list[np.ndarray]] = [[] for _ in quant.outputs]
-    with Progress("evaluate", len(x)) as progress:
+    with Progress("evaluate", len(x)) as progress, side_by_side() as pair:
         for start in range(0, len(x), CHUNK):
             chunk = x[start : start + CHUNK]
             try:
-                ref_chunk = ref.predict(chunk)
+                ref_chunk, quant_chunk = pair.run(partial(ref.predict, chunk), partial(quant.predict, chunk))
             except (RuntimeError, ValueError) as e:
                 refused = refused_index(float_tflite, x, e, start)
                 if refused is None:
@@ -81,7 +83,7 @@ def evaluate_host(
                 raise refused from e
             for acc, out in zip(ref_out, ref_chunk, strict=True):
                 acc.append(out)
-            for acc, out in zip(quant_out, quant.predict(chunk), strict=True):
+            for acc, out in zip(quant_out, quant_chunk, strict=True):
                 acc.append(out)
             progress.advance(len(chunk))
     try:
