@@ -385,11 +385,11 @@ _SCALABLE_READERS = ("FULLY_CONNECTED", "CONV_2D")
 def rewrite_padded_global_pools(content: bytes) -> tuple[bytes, int]:
     """Replace each zero PAD feeding a global AVERAGE_POOL_2D by a pool over the unpadded map; how many went.
 
-    Hugging Face's EfficientNet pools with ``nn.AvgPool2d(hidden_dim, ceil_mode=True)``: a window of 1280 (B0)
-    over a 7x7 map. litert-torch lowers it as a zero PAD of the map to 1280x1280, an AVERAGE_POOL_2D over all of
-    it (dividing by 1280**2 instead of 49), and the factor folded into the classifier's weights. The padded
-    tensor is 1280**3 values (8 GB in float), and since TFLite's int8 AVERAGE_POOL_2D keeps its input's scale, an
-    output 1/33,000 of its input rounds to the zero point: the int8 model's logits no longer depend on the image.
+    Hugging Face's EfficientNet pools with ``nn.AvgPool2d(hidden_dim, ceil_mode=True)``, a window far wider than
+    the map (B0: 1280 over 7x7). litert-torch lowers it as a zero PAD of the map to the window, an AVERAGE_POOL_2D
+    over all of it, and the factor folded into the classifier's weights: for the zoo's model a 1x1x320 map padded
+    to 320x320x320 values and divided by 102,400. TFLite's int8 AVERAGE_POOL_2D keeps its input's scale, so an
+    output 1/102,400 of its input rounds to the zero point: the int8 logits no longer depend on the image.
     Here the pool covers the map itself and the factor (map area over window area) moves into the weights of
     the FULLY_CONNECTED or CONV_2D ops reading the pool, or, where another op reads it, into a MUL after it. The
     float numbers are the same up to float rounding; a model without the pattern keeps its bytes.

@@ -215,10 +215,10 @@ def load_onnx(path: Path, timeout_s: float = TIMEOUT_S, layout: str = "nhwc") ->
     )
     loader = f"onnx2tf {answer['onnx2tf']} in its own virtualenv ({time.perf_counter() - start:.1f} s; inputs: "
     erf = answer.get("erf_as_tanh", 0)
-    erf_note = f"; {erf} Erf as tanh(u*(a+b*u^2)), the tanh GELU form, error <= 3.6e-4" if erf else ""
+    rewrites = f"; {erf} Erf as tanh(u*(a+b*u^2)), the tanh GELU form, error <= 3.6e-4" if erf else ""
     pads, pools = answer.get("explicit_valid_pads", 0), answer.get("global_pools", 0)
-    erf_note += f"; auto_pad VALID written as zero pads on {pads} node{'s' * (pads > 1)}" if pads else ""
-    erf_note += (
+    rewrites += f"; auto_pad VALID written as zero pads on {pads} node{'s' * (pads > 1)}" if pads else ""
+    rewrites += (
         f"; {pools} AveragePool{'s' * (pools > 1)} over the whole input as GlobalAveragePool (the mean PyTorch "
         "computes, where onnx2tf and onnxruntime divide by the window's area)"
         if pools
@@ -230,4 +230,4 @@ def load_onnx(path: Path, timeout_s: float = TIMEOUT_S, layout: str = "nhwc") ->
         if answer.get("output_signaturedefs")
         else ""
     )
-    return content, loader + _describe_inputs(answer["inputs"], model) + erf_note + osd_note + check_note + ")"
+    return content, loader + _describe_inputs(answer["inputs"], model) + rewrites + osd_note + check_note + ")"
