@@ -167,9 +167,9 @@ def test_hub_model_converts_full_integer_near_pytorch(
     int8 = TFLiteModel(model_path=str(tmp_path / "out" / "model_int8.tflite"))
     if case.family == "text":  # the ids and the mask stay integer: fed as integers, never quantized
         assert [np.dtype(i.dtype).kind for i in int8.inputs] == ["i", "i"], int8.inputs
-    # litert-torch names tensors by module path, up to 2,000 characters each, in the .pt2's float .tflite too
-    longest = max(len(t["name"]) for t in int8.interpreter.get_tensor_details())
-    assert longest <= 120, longest
+    if route != "onnx":  # litert-torch names tensors by module path, up to 2,000 characters, in its .tflite too
+        longest = max(len(t["name"]) for t in int8.interpreter.get_tensor_details())
+        assert longest <= 120, longest
     print(f"\nFIGURES hub {name} {route} {json.dumps({**got, **cost})}")
     assert got["full_integer"], got["float_ops"]
     floor_db, min_agreement, _ = EXPECT[name, route]

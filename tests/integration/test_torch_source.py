@@ -272,7 +272,10 @@ def test_litert_torch_tflite_source_goes_full_integer_too(tmp_path: Path) -> Non
     done, out = _convert_cli(tmp_path, _recipe(tmp_path / "cnn.tflite", tmp_path / "cal.npy", tmp_path / "eval.npz"))
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    assert report["model"]["loader"] == "file; metadata keep_stablehlo_constant removed (it keeps conv/dense float)"
+    assert report["model"]["loader"] == (
+        "file; metadata keep_stablehlo_constant removed (it keeps conv/dense float); "
+        "12 tensor names shortened to module paths"  # litert-torch's names, as on the .pt2 route
+    )
     assert _float_ops(out / INT8_NAME) == []
     float_meta = [bytes(m.name) for m in tflite_schema.load((out / FLOAT_NAME).read_bytes()).metadata or []]
     assert b"keep_stablehlo_constant" not in float_meta
