@@ -224,6 +224,14 @@ def load_onnx(path: Path, timeout_s: float = TIMEOUT_S, layout: str = "nhwc") ->
         if pools
         else ""
     )
+    fixes = answer.get("layout_fixes", 0)
+    rewrites += (
+        f"; converted again with {fixes} onnx2tf parameter replacement{'s' * (fixes > 1)} that make its layout "
+        "guess true on 4-D tensors whose channels, height and width are equal (the first conversion computed "
+        f"something else: {answer.get('layout_first_sqnr_db', float('nan')):.1f} dB against onnxruntime)"
+        if fixes
+        else ""
+    )
     osd_note = (
         "; converted again with onnx2tf's --output_signaturedefs, the remedy it named for an op name its SavedModel "
         "step rejected"

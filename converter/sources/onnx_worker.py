@@ -34,7 +34,9 @@ onnx2tf's traps, each handled here (checked against onnx2tf 1.29.24's source):
   the map, EfficientNet's pooler) is padded to the window and divided by its area, by onnx2tf and by
   onnxruntime alike, where PyTorch averages the map: it becomes a GlobalAveragePool (``whole_window_pools``).
 - It cannot tell channel-first from channel-last for a 4-D tensor whose channels, height and width are equal
-  and may then transpose it wrongly; when the float check fails, the answer names such tensors
+  and may then transpose it wrongly. When the float check fails on a model with such tensors, the worker
+  converts again with onnx2tf's ``param_replacement_file`` set to make its guess true (``onnx_layout``) and
+  keeps that model only if the check then passes; otherwise the answer names the tensors
   (``square_tensors``) so the message can say so.
 
 Security: an ONNX file is protobuf and loading it runs no code. Tensors stored as external data name
@@ -441,18 +443,23 @@ def convert(request: dict[str, Any]) -> dict[str, Any]:
     if code is not None and OSD_ADVICE in said:
         # Its SavedModel step rejects a name (a leading "/" from torch.onnx's node names): onnx2tf's own remedy.
         shutil.rmtree(work / "out", ignore_errors=True)
-        signaturedefs = True
-        code, said = _onnx2tf(onnx2tf, {**options, "output_signaturedefs": True}, work)
+        signaturedefs = options["output_signaturedefs"] = True
+        code, said = _onnx2tf(onnx2tf, options, work)
     if code is not None:
         raise RuntimeError(f"onnx2tf gave up (exit {code}): {_errors(said) or 'without a message'}")
     seconds["onnx2tf"] = round(time.perf_counter() - start, 3)
     produced = work / "out" / "model_float32.tflite"
     if not produced.is_file():
         raise RuntimeError(f"onnx2tf finished without writing {produced.name}")
-    out.write_bytes(produced.read_bytes())
     start = time.perf_counter()
     check = float_check(reference, produced, tuple(keep))
     seconds["float_check"] = round(time.perf_counter() - start, 3)
+    layout_fixes, first_db = 0, None
+    if _failed(check) and square_tensors(model):
+        start, first_db = time.perf_counter(), min(float(o["sqnr_db"]) for o in check["outputs"])
+        layout_fixes, check = _with_layout_fix(onnx2tf, model, options, work, reference, tuple(keep), check)
+        seconds["layout_fix"] = round(time.perf_counter() - start, 3)
+    out.write_bytes(produced.read_bytes())
     return {
         "ok": True,
         "onnx2tf": _version("onnx2tf"),
@@ -462,6 +469,8 @@ def convert(request: dict[str, Any]) -> dict[str, Any]:
         "explicit_valid_pads": valid_pads,
         "global_pools": global_pools,
         "square_tensors": square_tensors(model) if _failed(check) else [],
+        "layout_fixes": layout_fixes,
+        "layout_first_sqnr_db": first_db if layout_fixes else None,
         "output_signaturedefs": signaturedefs,
         "float_check": check,
         "onnxsim": shutil.which("onnxsim"),  # the virtualenv's own, first on PATH
@@ -475,6 +484,63 @@ CHECK_MIN_DB = 40.0  # converter.sources.float_check.MIN_DB
 
 def _failed(check: dict[str, Any]) -> bool:
     return bool(check.get("checked")) and min(float(o["sqnr_db"]) for o in check["outputs"]) < CHECK_MIN_DB
+
+
+def _with_layout_fix(
+    onnx2tf: Any,
+    model: Any,
+    options: dict[str, Any],
+    work: Path,
+    reference: bytes,
+    kept: tuple[str, ...],
+    failed: dict[str, Any],
+) -> tuple[int, dict[str, Any]]:
+    """Convert again with ``onnx_layout``'s corrections; kept only if the float check then passes.
+
+    Returns how many corrections the kept model has (0: none kept) and its float check. The first model stays
+    in ``out`` unless the corrected one passes, so a failed correction leaves the first failure to report.
+    """
+    import onnx
+
+    layout = _sibling("onnx_layout")
+    try:
+        simplified = layout.simplified(model, work)
+        operations = layout.replacements(simplified, kept)
+    except Exception:  # noqa: BLE001 - a correction that cannot be worked out leaves the first result
+        return 0, failed
+    if not operations:
+        return 0, failed
+    folder = work / "layout"
+    folder.mkdir()
+    (folder / "replacements.json").write_text(json.dumps({"format_version": 1, "operations": operations}))
+    onnx.save(simplified, str(folder / "model.onnx"))
+    retry = {
+        **options,
+        "input_onnx_file_path": str(folder / "model.onnx"),
+        "output_folder_path": str(folder / "out"),
+        "param_replacement_file": str(folder / "replacements.json"),
+    }
+    code, _ = _onnx2tf(onnx2tf, retry, work)
+    produced = folder / "out" / "model_float32.tflite"
+    if code is not None or not produced.is_file():
+        return 0, failed
+    check = float_check(reference, produced, kept)
+    if _failed(check):
+        return 0, failed
+    shutil.copyfile(produced, work / "out" / "model_float32.tflite")
+    return len(operations), check
+
+
+def _sibling(name: str) -> Any:
+    """A module beside this file, loaded by path (``python -I`` puts no script folder on ``sys.path``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / f"{name}.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 POOLS_AND_CONVS = ("Conv", "ConvTranspose", "AveragePool", "MaxPool", "LpPool")

@@ -66,11 +66,12 @@ EXPECT: dict[tuple[str, str], tuple[float, float, str | None]] = {
     # litert-torch pads the map to AvgPool2d's 320 window; pooled over the map instead: 32.4 dB, 100 %
     ("efficientnet", "pt2"): (28.0, 0.97, None),
     ("efficientnet", "onnx"): (28.0, 0.97, None),  # VALID pads made explicit, the pooler global: 32.4 dB, 100 %
+    # 32x32 images give a [1, 16, 16, 16] tensor whose layout onnx2tf guesses wrong (its float model 3-21 dB
+    # against onnxruntime); converted again with parameter replacements that make the guess true
+    ("poolformer", "onnx"): (28.0, 0.97, None),  # 31.7 dB, 100 %
+    ("segformer", "onnx"): (30.0, 0.97, None),  # 39.5 dB, 100 % of pixels
+    ("swin", "onnx"): (25.0, 0.95, "exit 0 at 20.1 dB, 94 %: evaluation logits beyond the calibrated range"),
 }
-# onnx2tf writes a float model that runs and computes something else (3-4 dB against onnxruntime on random
-# inputs): the load's float check stops the run, exit 3, instead of an int8 model measured against it. The cause
-# is the zoo's small images: a [1, 16, 16, 16] tensor, whose channel axis onnx2tf cannot tell and guesses wrong.
-WRONG_FLOAT = {"swin": "3.0 dB", "segformer": "3.5 dB"}
 FAST = {("bert", "pt2"), ("resnet", "pt2")}  # the default tier: integer ids and a mask; a max-pool stem
 # The full tier (what CI runs) adds these; every other case runs with EDGECONV_ZOO=full (minutes each on 2 cores).
 FULL = {
@@ -83,7 +84,7 @@ FULL = {
     ("regnet", "onnx"),
     ("vit", "pt2"),
     ("wav2vec2", "pt2"),
-    ("swin", "onnx"),
+    ("poolformer", "onnx"),
     ("efficientnet", "pt2"),
     ("efficientnet", "onnx"),
 }
@@ -175,18 +176,3 @@ def test_hub_model_converts_full_integer_near_pytorch(
     floor_db, min_agreement, _ = EXPECT[name, route]
     assert got["sqnr_db"] is None or got["sqnr_db"] >= floor_db, got
     assert got["agreement"] >= min_agreement, got
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, id=f"{n}-onnx", marks=_marks(n, "onnx")) for n in WRONG_FLOAT])
-def test_a_wrong_onnx2tf_float_model_stops_the_run(
-    name: str, exported: dict[str, Any], tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    cost = _convert(name, "onnx", exported, tmp_path, request)
-    log = (tmp_path / "log.txt").read_text(errors="replace")
-    assert cost["exit"] == 3, log[-3000:]
-    assert "does not compute what the ONNX model does: on 4 seeded random inputs, output" in log, log[-3000:]
-    # 32x32 images give a [1, 16, 16, 16] tensor, whose layout onnx2tf guesses: the message names it
-    assert "channels, height and width are equal, and this model has such tensors (" in log, log[-3000:]
-    assert not (tmp_path / "out" / "model_int8.tflite").exists()
-    said = bench_hub.first_error(tmp_path / "log.txt", 3)
-    print(f"\nFIGURES hub {name} onnx wrong float, measured {WRONG_FLOAT[name]}: {said}")

@@ -1,0 +1,61 @@
+"""A [1, 16, 16, 16] map from a Reshape, as PoolFormer's token mixer makes one at 32x32: onnx2tf guesses it wrong.
+
+PyTorch exports ``GroupNorm(1, 16)`` as Reshape -> InstanceNormalization -> Reshape. onnx2tf decides per tensor
+whether it is channel-last by comparing shapes, cannot tell where channels, height and width are all 16, takes
+the Reshape's output (in ONNX order in its graph) as channel-last, and the average pool after it then pools over
+channels and height. Its float model computes something else (the float check fails); converted again with
+parameter replacements that make the guess true (``converter/sources/onnx_layout.py``) it matches PyTorch. The
+zoo's PoolFormer, Swin and SegFormer at 32x32 are the same case (``tools/hub_models.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from converter.runtime.model import TFLiteModel
+from converter.sources.load import load_model
+from tests.integration.test_onnx import _export, _run_tflite
+
+
+def _pool_mixer() -> Any:
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    class PoolMixer(nn.Module):
+        """PoolFormer's block at its smallest: normalise, pool, subtract (a 16x16 map with 16 channels)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+            self.norm = nn.GroupNorm(1, 16)
+            self.pool = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+            self.head = nn.Conv2d(16, 4, 1)
+
+        def forward(self, x: Any) -> Any:
+            y = self.stem(x)
+            z = self.norm(y)
+            y = y + self.pool(z) - z
+            return self.head(y).mean(dim=(2, 3))
+
+    torch.manual_seed(0)
+    return PoolMixer().eval()
+
+
+def test_a_square_map_after_a_reshape_is_converted_again_and_matches_pytorch(onnx_env: Path, tmp_path: Path) -> None:
+    import torch
+
+    module = _pool_mixer()
+    _export(module, (1, 3, 32, 32), tmp_path / "m.onnx")
+    loaded = load_model(tmp_path / "m.onnx")
+    assert "onnx2tf parameter replacement" in loaded.loader, loaded.loader
+    assert "make its layout guess true" in loaded.loader, loaded.loader
+    model = TFLiteModel(model_content=loaded.float_tflite)
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    got = np.concatenate([_run_tflite(model, np.moveaxis(row[None], 1, -1)) for row in x])
+    np.testing.assert_allclose(got, want, atol=1e-4)
