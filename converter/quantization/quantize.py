@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,25 +120,36 @@ def prep_json(prep: Preprocess) -> dict[str, Any]:
 
 
 def _no_16x8(error: ConversionError, float_tflite: bytes) -> ConversionError:
-    """TensorFlow's 16x8 failure, said in words for a model with integer inputs (else as it was).
+    """TensorFlow's 16x8 failure, said in words: an op it has no 16x8 kernel for, or integer inputs.
 
     Seen with TensorFlow 2.21: "Quantization to 16x8-bit not yet supported for op: 'EMBEDDING_LOOKUP'"
-    (the .pt2 route's embedding) and "Max and min for dynamic tensors should be recorded during
-    calibration: Failed for tensor serving_default_ids:0" (the ONNX route's int64 ids). The remedy is the
-    recipe's (int8 activations), so it is ``NoIntegerKernelError``: exit 2 for the run, and one skipped
+    (the .pt2 route's embedding; SELECT_V2 in a ViT) and "Max and min for dynamic tensors should be recorded
+    during calibration: Failed for tensor serving_default_ids:0" (the ONNX route's int64 ids). The remedy is
+    the recipe's (int8 activations), so it is ``NoIntegerKernelError``: exit 2 for the run, and one skipped
     attempt for the accuracy loop, as any ``ConversionError``.
     """
     model = TFLiteModel(model_content=float_tflite, delegate="none")
     keys = signature_names(model.interpreter)
     integer = [keys.get(i.index, i.name) for i in model.inputs if i.scale is None and np.dtype(i.dtype).kind in "biu"]
-    if not integer:
-        return error
     said = " ".join(str(error).split()).rstrip(".")  # TensorFlow's sentence spans lines
+    if integer:
+        return NoIntegerKernelError(
+            f"{said}; the model has integer inputs ({', '.join(repr(n) for n in integer)}), and TensorFlow's 16x8 "
+            "quantizer (quantization.activations: int16) handles neither them nor the lookups they feed "
+            "(EMBEDDING_LOOKUP, GATHER): use activations: int8, which keeps the ids integer and quantizes the rest"
+        )
+    ops = sorted(set(_NOT_16X8.findall(said)))
+    if not ops:
+        return error
     return NoIntegerKernelError(
-        f"{said}; the model has integer inputs ({', '.join(repr(n) for n in integer)}), and TensorFlow's 16x8 "
-        "quantizer (quantization.activations: int16) handles neither them nor the lookups they feed "
-        "(EMBEDDING_LOOKUP, GATHER): use activations: int8, which keeps the ids integer and quantizes the rest"
+        f"{said}; TensorFlow's 16x8 quantizer (quantization.activations: int16) has no 16x8 kernel for "
+        f"{', '.join(ops)}, which this model uses: use activations: int8 (without an accuracy budget the accuracy "
+        "loop still tries its full-integer fixes; with budgets.accuracy_drop on a CPU target it may keep the "
+        "layers that lose most float)"
     )
+
+
+_NOT_16X8 = re.compile(r"16x8-bit not yet supported for op: '(\w+)'")
 
 
 def pool_padding_ranges(model: bytes, ranges: dict[int, tuple[float, float]]) -> dict[int, tuple[float, float]]:
