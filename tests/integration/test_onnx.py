@@ -114,6 +114,21 @@ def _run_tflite(model: TFLiteModel, x: np.ndarray) -> np.ndarray:
     return np.asarray(model.interpreter.get_tensor(model.outputs[0].index))
 
 
+def float_against_pytorch(module: Any, shape: tuple[int, ...], tmp_path: Path) -> tuple[str, np.ndarray, np.ndarray]:
+    """``module`` exported to ONNX and loaded: the loader's line, and the float .tflite's outputs on 4 seeded
+    random NCHW samples (fed channel-last) beside PyTorch's."""
+    import torch
+
+    _export(module, shape, tmp_path / "m.onnx")
+    loaded = load_model(tmp_path / "m.onnx")
+    model = TFLiteModel(model_content=loaded.float_tflite)
+    x = np.random.default_rng(0).standard_normal((4, *shape[1:])).astype(np.float32)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    got = np.concatenate([_run_tflite(model, np.moveaxis(row[None], 1, -1)) for row in x])
+    return loaded.loader, got, want
+
+
 @pytest.mark.parametrize(
     ("name", "shape", "loader"),
     [

@@ -16,9 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converter.runtime.model import TFLiteModel
-from converter.sources.load import load_model
-from tests.integration.test_onnx import _export, _run_tflite
+from tests.integration.test_onnx import float_against_pytorch
 
 
 def _efficientnet_ends() -> Any:
@@ -37,16 +35,7 @@ def _efficientnet_ends() -> Any:
 
 
 def test_padding_and_whole_window_pool_match_pytorch(onnx_env: Path, tmp_path: Path) -> None:
-    import torch
-
-    module = _efficientnet_ends()
-    _export(module, (1, 3, 16, 16), tmp_path / "m.onnx")
-    loaded = load_model(tmp_path / "m.onnx")
-    assert "auto_pad VALID written as zero pads on 1 node" in loaded.loader, loaded.loader
-    assert "1 AveragePool over the whole input as GlobalAveragePool" in loaded.loader, loaded.loader
-    model = TFLiteModel(model_content=loaded.float_tflite)
-    x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
-    with torch.no_grad():
-        want = module(torch.from_numpy(x)).numpy()
-    got = np.concatenate([_run_tflite(model, np.moveaxis(row[None], 1, -1)) for row in x])
+    loader, got, want = float_against_pytorch(_efficientnet_ends(), (1, 3, 16, 16), tmp_path)
+    assert "auto_pad VALID written as zero pads on 1 node" in loader, loader
+    assert "1 AveragePool over the whole input as GlobalAveragePool" in loader, loader
     np.testing.assert_allclose(got, want, atol=1e-5)  # dividing by the window's area instead: 64x smaller
