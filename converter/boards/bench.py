@@ -43,6 +43,7 @@ class BenchRequest:
     warmup: int = 10
     runs: int = 50
     min_seconds: float = 1.0
+    max_runs: int = 100_000
     top_k: int | None = None
     label: str = "host"
 
@@ -62,6 +63,8 @@ class BenchRequest:
             str(self.runs),
             "--min-seconds",
             str(self.min_seconds),
+            "--max-runs",
+            str(self.max_runs),
         ]
         if self.float_model:
             args += ["--float", where[self.float_model]]

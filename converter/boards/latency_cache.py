@@ -53,6 +53,7 @@ def entry(request: BenchRequest) -> str:
         "warmup": request.warmup,
         "runs": request.runs,
         "min_seconds": request.min_seconds,
+        "max_runs": request.max_runs,
         "label": request.label,
     }
     float_bytes = request.float_model.read_bytes() if request.float_model is not None else None

@@ -107,6 +107,7 @@ def request_for(
         warmup=bench.warmup,
         runs=bench.runs,
         min_seconds=bench.min_seconds,
+        max_runs=bench.max_runs,
         top_k=bench.top_k,
         **kw,
     )

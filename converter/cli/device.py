@@ -434,6 +434,13 @@ def _accuracy_line(acc: dict[str, Any] | None) -> str | None:
     help="And at least this long.",
 )
 @click.option(
+    "--max-runs",
+    type=Bounded(int, 1, "the most timed runs (at least one)", "e.g. --max-runs 1000"),
+    default=1000,
+    show_default=True,
+    help="Stop at this many timed runs (or --runs, if more) even before --min-seconds.",
+)
+@click.option(
     "--top-k",
     type=Bounded(int, 2, "top-k accuracy needs k >= 2 (top-1 is always reported)", "e.g. --top-k 5"),
     help="Also report top-k accuracy.",
@@ -467,7 +474,8 @@ def bench(**kw: Any) -> None:
         if kw["fleet_path"]:
             return _bench_fleet(kw, BenchRequest(
                 model=kw["model"], float_model=kw["float_model"], data=kw["data"], preprocess=_bench_preprocess(kw),
-                warmup=kw["warmup"], runs=kw["runs"], min_seconds=kw["min_seconds"], top_k=kw["top_k"],
+                warmup=kw["warmup"], runs=kw["runs"], min_seconds=kw["min_seconds"], max_runs=kw["max_runs"],
+                top_k=kw["top_k"],
             ))  # fmt: skip
         name = kw["device"] or ("host" if not kw["ssh_host"] else None)
         profile = load_device(name) if name else _generic_ssh_profile()
@@ -491,6 +499,7 @@ def bench(**kw: Any) -> None:
             warmup=kw["warmup"],
             runs=kw["runs"],
             min_seconds=kw["min_seconds"],
+            max_runs=kw["max_runs"],
             top_k=kw["top_k"],
             label=profile.name if kw["ssh_host"] else "host",
         )

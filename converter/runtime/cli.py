@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=10)
     bench.add_argument("--runs", type=int, default=50)
     bench.add_argument("--min-seconds", type=float, default=1.0)
+    bench.add_argument("--max-runs", type=int, default=100_000, help="at most this many timed runs")
     bench.add_argument("--top-k", type=int)
     bench.add_argument("--label", default="device", help="where this runs, recorded with the accuracy")
     sub.add_parser("info", help="the machine and interpreter this would run with")
@@ -213,7 +214,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     for key, model in models.items():
         sample = data[0][:1] if data is not None else None
         latency = measure(
-            model, sample, warmup=args.warmup, runs=args.runs, min_seconds=args.min_seconds, threads=args.threads
+            model,
+            sample,
+            warmup=args.warmup,
+            runs=args.runs,
+            min_seconds=args.min_seconds,
+            max_runs=args.max_runs,
+            threads=args.threads,
         )
         out["models"][key] = {
             "path": args.model.name if key == "model" else args.float_model.name,
@@ -256,7 +263,13 @@ def _npu(args: argparse.Namespace, models: dict[str, Any], data: Any, prediction
         raise RuntimeInputError(f"{args.rknn}: .rknn file not found")
     x = data[0] if data is not None else None
     block = measure(
-        str(args.rknn), models["model"], x, warmup=args.warmup, runs=args.runs, min_seconds=args.min_seconds
+        str(args.rknn),
+        models["model"],
+        x,
+        warmup=args.warmup,
+        runs=args.runs,
+        min_seconds=args.min_seconds,
+        max_runs=args.max_runs,
     )
     npu = block.pop("outputs", None)
     if npu is None or not predictions:

@@ -1,5 +1,8 @@
 """Latency of one model: warm-up, then timed invocations until enough runs and time have passed.
 
+Past ``runs``, timing goes on for ``min_seconds`` unless ``max_runs`` invocations come first: a model that
+runs in 0.05 ms would otherwise be timed 10,000 times where 1,000 give the same percentiles.
+
 numpy + interpreter only. Only ``invoke()`` is timed; the input is set once, as a camera
 loop would overwrite it in place.
 """
@@ -62,7 +65,7 @@ def measure(
     times: list[int] = []
     start = time.perf_counter_ns()
     deadline = start + int(min_seconds * 1e9)
-    while len(times) < max_runs and (len(times) < runs or time.perf_counter_ns() < deadline):
+    while len(times) < runs or (len(times) < max_runs and time.perf_counter_ns() < deadline):
         t0 = time.perf_counter_ns()
         interpreter.invoke()
         times.append(time.perf_counter_ns() - t0)

@@ -98,17 +98,17 @@ def _quantized(model: RknnModel, sample: np.ndarray | None) -> list[np.ndarray]:
     return [quantize(v.reshape(info.shape), info) for v, info in zip(values, infos, strict=True)]
 
 
-def _latency(model: RknnModel, q: list[np.ndarray], warmup: int, runs: int, min_seconds: float) -> Latency:
+def _latency(
+    model: RknnModel, q: list[np.ndarray], warmup: int, runs: int, min_seconds: float, max_runs: int
+) -> Latency:
     for _ in range(warmup):
         model.raw(q)
     times: list[int] = []
     deadline = time.perf_counter_ns() + int(min_seconds * 1e9)
-    while len(times) < runs or time.perf_counter_ns() < deadline:
+    while len(times) < runs or (len(times) < max_runs and time.perf_counter_ns() < deadline):
         t0 = time.perf_counter_ns()
         model.raw(q)
         times.append(time.perf_counter_ns() - t0)
-        if len(times) >= 100_000:
-            break
     return summarize(times, warmup=warmup, threads=None, delegate="rknn-npu")
 
 
@@ -120,6 +120,7 @@ def measure(
     warmup: int,
     runs: int,
     min_seconds: float,
+    max_runs: int = 100_000,
 ) -> dict[str, Any]:
     """report.json's ``npu`` block: the .rknn's latency and (with samples) its outputs against the TFLite int8's."""
     try:
@@ -129,7 +130,7 @@ def measure(
     info = reference.inputs[0]
     try:
         first = x[:1] if x is not None and len(x) else None
-        latency = _latency(model, _quantized(model, first), warmup, runs, min_seconds)
+        latency = _latency(model, _quantized(model, first), warmup, runs, min_seconds, max_runs)
         block: dict[str, Any] = {
             "measured": True,
             "runtime": PACKAGE,

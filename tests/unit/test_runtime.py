@@ -74,3 +74,14 @@ def test_runtime_runs_without_tensorflow(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[[2.0, 3.0]]"
+
+
+def test_latency_stops_at_max_runs_before_min_seconds_and_never_below_runs() -> None:
+    from converter.runtime.latency import measure
+    from converter.runtime.model import TFLiteModel
+
+    model = TFLiteModel(model_path=str(ROOT / "tests" / "data" / "add_one_float.tflite"))
+    # 60 s would be the time floor: the cap ends it at 300 runs (a model this small runs in microseconds)
+    assert measure(model, warmup=0, runs=10, min_seconds=60, max_runs=300).runs == 300
+    assert measure(model, warmup=0, runs=500, min_seconds=60, max_runs=300).runs == 500  # runs wins over the cap
+    assert measure(model, warmup=0, runs=10, min_seconds=0, max_runs=300).runs == 10  # no time floor: runs only
