@@ -520,11 +520,12 @@ def _with_layout_fix(
         "output_folder_path": str(folder / "out"),
         "param_replacement_file": str(folder / "replacements.json"),
     }
-    code, _ = _onnx2tf(onnx2tf, retry, work)
     produced = folder / "out" / "model_float32.tflite"
-    if code is not None or not produced.is_file():
+    try:
+        code, _ = _onnx2tf(onnx2tf, retry, work)
+        check = float_check(reference, produced, kept) if code is None and produced.is_file() else failed
+    except Exception:  # noqa: BLE001 - onnx2tf raises anything; the first conversion's failure is what to report
         return 0, failed
-    check = float_check(reference, produced, kept)
     if _failed(check):
         return 0, failed
     shutil.copyfile(produced, work / "out" / "model_float32.tflite")
