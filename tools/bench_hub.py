@@ -309,11 +309,10 @@ def bench_model(
         shutil.rmtree(run, ignore_errors=True)
         run.mkdir()
         float_model: Path | None = None
-        source = {"edgeconv-pt2": pt2, "edgeconv-onnx": onnx_path, "edgeconv-tflite": run / "float.tflite"}
         from_tflite = route in ("edgeconv-tflite", "aeq-int8", "aeq-int8-minmax")
-        source[route] = source.get(route, run / "float.tflite")
+        source = {"edgeconv-pt2": pt2, "edgeconv-onnx": onnx_path}.get(route, run / "float.tflite")
         if from_tflite:  # litert-torch's float model first, its time apart from ours
-            made = run_child([sys.executable, "-c", FLOAT_TFLITE, str(pt2), str(source[route])], env, run / "float.txt")
+            made = run_child([sys.executable, "-c", FLOAT_TFLITE, str(pt2), str(source)], env, run / "float.txt")
             if made["exit"] != 0:
                 failed = {**made, "error": "litert-torch: " + (first_error(run / "float.txt", made["exit"]) or "")}
                 result["routes"][route] = failed
@@ -328,7 +327,7 @@ def bench_model(
             recipe = {
                 "version": 1,
                 "name": f"{name}-{route}",
-                "model": str(source[route]),
+                "model": str(source),
                 "data": {"calibration": {"path": str(cal_path)}},
                 "quantization": {"input_type": "int8", "output_type": "int8"},
                 "benchmark": {"enabled": False},
@@ -343,7 +342,7 @@ def bench_model(
             assert aeq_python is not None
             int8 = run / "int8.tflite"
             ranges = "minmax" if route.endswith("minmax") else "default"
-            cmd = [str(aeq_python), "-c", AEQ, str(source[route]), str(cal_path), str(int8), ranges]
+            cmd = [str(aeq_python), "-c", AEQ, str(source), str(cal_path), str(int8), ranges]
             cost = run_child(cmd, env, run / "log.txt")
         elif route == "litert-torch-pt2e":
             int8 = run / "int8.tflite"

@@ -209,8 +209,7 @@ def fold_shape_arithmetic(content: bytes) -> tuple[bytes, int]:
     """
     schema = tflite_schema.schema()
 
-    ops = make_interpreter(model_content=content, delegate="none")._get_ops_details()  # noqa: SLF001 - see list_ops
-    if not any(op["op_name"] == "SHAPE" for op in ops):
+    if not _has_op(content, "SHAPE"):
         return content, 0
     model = flatbuf.load(content)
     if len(model.subgraphs) != 1:
