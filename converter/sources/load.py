@@ -134,7 +134,7 @@ def _saved_model_source(
     path: Path, fmt: ModelFormat, custom_objects: tuple[str, ...], layout: Layout
 ) -> tuple[bytes, str]:
     _import_custom_objects(custom_objects)
-    return _saved_model_to_tflite(path), "tf.lite.TFLiteConverter.from_saved_model"
+    return _saved_model_to_tflite(path, native=not custom_objects)
 
 
 def _onnx_source(path: Path, fmt: ModelFormat, custom_objects: tuple[str, ...], layout: Layout) -> tuple[bytes, str]:
@@ -631,22 +631,75 @@ def _unique_op_names(names: list[str]) -> list[str]:
     return out
 
 
-@named("TensorFlow's float converter (SavedModel)")
-def _saved_model_to_tflite(path: Path) -> bytes:
-    # TFLiteConverter.from_saved_model works on Keras 2 SavedModels where
-    # tf.saved_model.load fails (optimizer slots), so it is the one route here. It runs the
-    # model's load-time ops (restore, init and table ops): the guard refuses any it cannot prove harmless.
-    tf = require("tensorflow")
-    from converter.sources.saved_model_guard import check_saved_model
+SAVED_MODEL_LOADER = "tf.lite.TFLiteConverter.from_saved_model"
+NATIVE_SAVED_MODEL_LOADER = "TensorFlow's MLIR converter called directly (the bytes of " + SAVED_MODEL_LOADER + ")"
 
-    check_saved_model(path)
+
+@named("TensorFlow's float converter (SavedModel)")
+def _saved_model_to_tflite(path: Path, native: bool = True) -> tuple[bytes, str]:
+    """The float .tflite and how it was made: TensorFlow's converter, natively where it can be.
+
+    TFLiteConverter.from_saved_model works on Keras 2 SavedModels where tf.saved_model.load fails (optimizer
+    slots), so it is the one route here, taken without importing TensorFlow where ``saved_model_native`` can
+    (one serving signature, a verified TensorFlow). Its MLIR importer runs the model's load-time ops
+    (restore, init and table ops): the guard refuses any it cannot prove harmless, before either route.
+    """
+    from converter.sources.saved_model_guard import check_saved_model, read_proto
+    from converter.tfnative.extensions import package_folder
+
+    if package_folder() is None:
+        require("tensorflow")  # not installed: says which extra to install
+    proto = read_proto(path)
+    check_saved_model(path, proto)
     try:
-        return bytes(_saved_model_converter(tf, path).convert())
+        if native:
+            content = _native_saved_model(path, proto)
+            if content is not None:
+                return content, NATIVE_SAVED_MODEL_LOADER
+        tf = require("tensorflow")
+        return bytes(_saved_model_converter(tf, path, proto).convert()), SAVED_MODEL_LOADER
+    except ModelLoadError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"model: {path}: TensorFlow cannot convert this SavedModel: {_converter_said(e)}") from e
 
 
-def _saved_model_converter(tf: Any, path: Path) -> Any:
+def _serving_key(proto: Any) -> str | None:
+    """The signature ``from_saved_model`` converts, where it converts one, read from the protobuf; else None.
+
+    That is the one signature of the one serving MetaGraph, or ``serving_default`` in a Keras ``model.export``
+    folder (a ``serve`` endpoint on the root and no ``_default_save_signature``: ``from_saved_model`` takes
+    its ``serving_default`` copy). Several signatures otherwise: ``from_saved_model`` decides.
+    """
+    from converter.sources.saved_model_guard import INIT_SIGNATURE
+
+    serving = [m for m in proto.meta_graphs if set(m.meta_info_def.tags) == {"serve"}]
+    if len(serving) != 1:
+        return None
+    keys = [k for k in serving[0].signature_def if k != INIT_SIGNATURE]
+    if len(keys) == 1:
+        return str(keys[0])
+    nodes = serving[0].object_graph_def.nodes
+    root = {child.local_name for child in nodes[0].children} if len(nodes) else set()
+    exported = "serve" in root and "_default_save_signature" not in root
+    return "serving_default" if exported and "serving_default" in keys else None
+
+
+def _native_saved_model(path: Path, proto: Any) -> bytes | None:
+    """``saved_model_native.convert`` where ``from_saved_model`` would import the signature the same way.
+
+    ``TFLiteSavedModelConverterV2`` reads the ``serving_default`` signature and takes the SavedModel import
+    only for schema versions 1 and 2; anything else goes through TensorFlow as it is.
+    """
+    from converter.sources import saved_model_native
+
+    key = _serving_key(proto)
+    if key != "serving_default" or proto.saved_model_schema_version not in (1, 2):
+        return None
+    return saved_model_native.convert(path, key, int(proto.saved_model_schema_version))
+
+
+def _saved_model_converter(tf: Any, path: Path, proto: Any) -> Any:
     """``TFLiteConverter.from_saved_model(path)``, without its eager load of the model where that load is unused.
 
     ``from_saved_model`` loads the whole SavedModel into Python (1.7 s of DS-CNN KWS's 3.5 s conversion) to list
@@ -655,17 +708,14 @@ def _saved_model_converter(tf: Any, path: Path) -> Any:
     arguments and conversion metadata, so the same bytes. Anything else (several signatures, a TensorFlow
     without these internals, a model the MLIR importer cannot take) goes through ``from_saved_model``.
     """
-    from converter.sources.saved_model_guard import INIT_SIGNATURE, read_proto
-
-    serving = [m for m in read_proto(path).meta_graphs if set(m.meta_info_def.tags) == {"serve"}]
-    keys = [k for k in serving[0].signature_def if k != INIT_SIGNATURE] if len(serving) == 1 else []
-    if len(keys) == 1:
+    key = _serving_key(proto)
+    if key is not None:
         try:
             from tensorflow.lite.python import conversion_metadata_schema_py_generated as metadata
             from tensorflow.lite.python.lite import TFLiteConverterBase, TFLiteSavedModelConverterV2
 
             TFLiteConverterBase._set_original_model_type(metadata.ModelType.TF_SAVED_MODEL)  # noqa: SLF001
-            converter = TFLiteSavedModelConverterV2(str(path), {"serve"}, keys)
+            converter = TFLiteSavedModelConverterV2(str(path), {"serve"}, [key])
             if converter.saved_model_dir:
                 return converter
         except (ImportError, AttributeError, TypeError) as e:

@@ -17,8 +17,11 @@ the ops in ``DANGEROUS_OPS`` (code, files, network).
 It relies on TensorFlow internals, all checked on TensorFlow 2.21 (and the layouts written by
 TF 2.16-2.21 and Keras 3 ``model.export``):
 
-- ``tensorflow.core.protobuf.saved_model_pb2`` / ``meta_graph_pb2`` (public protos, private path);
-- ``tensorflow.python.framework.op_def_registry.get`` (private): an op's ``OpDef.is_stateful``;
+- ``saved_model.proto`` / ``meta_graph.proto`` (public protos), read by ``tfnative.protos`` from the
+  descriptors TensorFlow's generated modules carry, or TensorFlow's own classes where that cannot be done;
+- the C++ op registry (``_op_def_registry``, private): an op's ``OpDef.is_stateful``, looked up through the
+  extension alone (``tfnative.extensions``) and, for an op it does not know, through TensorFlow's
+  ``op_def_registry`` after importing TensorFlow (ops that only the full import registers);
 - the load-time roots: collection keys ``saved_model_main_op``, ``legacy_init_op``,
   ``table_initializer``, ``local_init_op``, the ``local_variables`` initializers (TF1
   ``Scaffold.default_local_init_op``), the ``__saved_model_init_op`` signature, ``saver_def.restore_op_name``,
@@ -31,6 +34,7 @@ model stops being refused, or the real SavedModels stop converting).
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -153,13 +157,23 @@ class _Op:
     node: Any
 
 
+def _message(proto_file: str, full_name: str) -> Any:
+    """A TensorFlow protobuf class, without importing TensorFlow where ``tfnative.protos`` can build it."""
+    from converter.tfnative import protos
+
+    try:
+        return protos.message(proto_file, full_name)
+    except protos.ProtoUnavailable:
+        module = importlib.import_module(proto_file.removesuffix(".proto").replace("/", ".") + "_pb2")
+        return getattr(module, full_name.rsplit(".", 1)[1])
+
+
 def read_proto(path: Path) -> Any:
     """The SavedModel protobuf, parsed (binary or text) without TensorFlow running anything of it."""
     from google.protobuf import text_format
     from google.protobuf.message import DecodeError
-    from tensorflow.core.protobuf import saved_model_pb2
 
-    proto = saved_model_pb2.SavedModel()
+    proto = _message("tensorflow/core/protobuf/saved_model.proto", "tensorflow.SavedModel")()
     binary, text = path / "saved_model.pb", path / "saved_model.pbtxt"
     try:
         if binary.is_file():
@@ -221,15 +235,47 @@ def _dangerous(node: Any) -> str | None:
     return next((why for pattern, why in DANGEROUS_PATTERNS if pattern.search(op)), None)
 
 
+class _OpDefs:
+    """``OpDef`` by op name: from the C++ registry alone, else from TensorFlow's ``op_def_registry``.
+
+    Loading the registry's extension registers the ops of TensorFlow's core library; an op it does not know
+    is looked up again after importing TensorFlow (which registers every op), so a verdict never depends on
+    which of the two answered.
+    """
+
+    MODULE = "tensorflow.python.framework._op_def_registry"
+
+    def __init__(self) -> None:
+        from converter.tfnative import extensions
+
+        native = None
+        if extensions.load("tensorflow.compiler.mlir.lite.python._pywrap_converter_api", "Convert") is not None:
+            native = extensions.load(self.MODULE, "get")  # the op registrations come with the converter's library
+        self.native = native
+        self.op_def = _message("tensorflow/core/framework/op_def.proto", "tensorflow.OpDef") if native else None
+        self.known: dict[str, Any] = {}
+
+    def get(self, name: str) -> Any:
+        if name in self.known:
+            return self.known[name]
+        raw = self.native.get(name) if self.native is not None else None
+        if raw is not None and self.op_def is not None:
+            found = self.op_def.FromString(raw)
+        else:
+            from tensorflow.python.framework import op_def_registry
+
+            found = op_def_registry.get(name)
+        self.known[name] = found
+        return found
+
+
 class _MetaGraphCheck:
     """The checks for one MetaGraph."""
 
     def __init__(self, path: Path, meta_graph: Any) -> None:
-        from tensorflow.python.framework import op_def_registry
-
         self.path = path
         self.meta = meta_graph
-        self.registry = op_def_registry
+        self.registry = _OpDefs()
         self.nodes = {n.name: n for n in meta_graph.graph_def.node}
         self.functions = {f.signature.name: f for f in meta_graph.graph_def.library.function}
 
@@ -264,10 +310,9 @@ class _MetaGraphCheck:
             if key in self.meta.collection_def:
                 nodes.extend(self.meta.collection_def[key].node_list.value)
         if "local_variables" in self.meta.collection_def:
-            from tensorflow.core.framework import variable_pb2
-
+            variable_def = _message("tensorflow/core/framework/variable.proto", "tensorflow.VariableDef")
             for raw in self.meta.collection_def["local_variables"].bytes_list.value:
-                var = variable_pb2.VariableDef()
+                var = variable_def()
                 var.ParseFromString(raw)
                 nodes.extend(n for n in (var.initializer_name, var.snapshot_name) if n)
         if INIT_SIGNATURE in self.meta.signature_def:
@@ -386,12 +431,13 @@ class _MetaGraphCheck:
         return functions
 
 
-def check_saved_model(path: Path) -> None:
+def check_saved_model(path: Path, proto: Any | None = None) -> None:
     """Raise ``ModelLoadError`` unless loading the SavedModel at ``path`` can only run harmless ops.
 
-    Needs TensorFlow importable (for its protobuf classes and op registry) but executes nothing.
+    Needs TensorFlow installed (its protobuf descriptors and op registry) but executes nothing of the model;
+    TensorFlow itself is imported only for an op its core library does not register.
     """
-    proto = read_proto(path)
+    proto = read_proto(path) if proto is None else proto
     for meta_graph in proto.meta_graphs:
         check = _MetaGraphCheck(path, meta_graph)
         check.check_load_time()  # first: "would run while loading" is the more useful message

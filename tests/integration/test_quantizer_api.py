@@ -139,7 +139,7 @@ def test_a_tflite_source_quantizes_without_tensorflow_to_the_same_bytes(
     for mode in ("native", "off"):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGECONV_CACHE_DIR": str(tmp_path / f"cache-{mode}")}
         if mode == "off":
-            env["EDGECONV_NATIVE_QUANTIZER"] = "off"
+            env["EDGECONV_NATIVE_TENSORFLOW"] = "off"
         done = subprocess.run(
             [sys.executable, "-m", "converter", "convert", "--recipe", str(recipe), "--out", str(tmp_path / mode)],
             env=env,
