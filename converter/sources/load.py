@@ -537,7 +537,7 @@ def _keras_to_tflite(model: Any, path: Path) -> bytes:
     # Trace with a batch-1 input (MCU and Edge TPU runtimes need static shapes; a fixed batch
     # also keeps a dynamic batch's SHAPE/PACK ops out of the graph) and freeze the variables
     # ourselves: 3x faster than from_keras_model, which round-trips a SavedModel on disk.
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2_as_graph
 
     # One input keeps the name "input" (calibration rules and caches name it); several keep their Keras
     # names, which is how a data file keys them.
@@ -551,13 +551,38 @@ def _keras_to_tflite(model: Any, path: Path) -> bytes:
             concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(specs[0])
         else:
             concrete = tf.function(lambda *xs: model(list(xs), training=False)).get_concrete_function(*specs)
-        frozen = convert_variables_to_constants_v2(concrete)
-        content = bytes(tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
+        frozen, graph_def = convert_variables_to_constants_v2_as_graph(concrete)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+        _freeze_once(tf, converter, frozen, graph_def)
+        content = bytes(converter.convert())
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"model: {path}: TensorFlow cannot convert it to TFLite: {_converter_said(e)}") from e
     outputs = [str(n) for n in getattr(model, "output_names", None) or []]
     content = _name_outputs(content, outputs) if len(outputs) > 1 else content
     return add_signature(content, names, outputs)
+
+
+# Ops whose graphs TensorFlow's second freeze (lower_control_flow=False) writes differently from the first.
+_CONTROL_FLOW = frozenset(
+    {"If", "StatelessIf", "While", "StatelessWhile", "Case", "StatelessCase", "PartitionedCall",
+     "StatefulPartitionedCall", "Switch", "Merge", "Enter", "Exit", "NextIteration", "LoopCond"}
+)  # fmt: skip
+
+
+def _freeze_once(tf: Any, converter: Any, frozen: Any, graph_def: Any) -> None:
+    """Let ``converter`` take the frozen graph as it is instead of freezing the frozen function again.
+
+    ``TFLiteFrozenGraphConverterV2.convert`` starts by freezing its function, which here is frozen already:
+    on MobileNetV2-224 that second pass is 0.3-0.5 s of nothing. On a graph without control flow and without
+    functions it returns this very graph, so the converter is handed it (the same bytes; checked in
+    ``tests/integration/test_convert.py``); a graph with either keeps TensorFlow's pass, whose output differs.
+    """
+    if graph_def.library.function or any(node.op in _CONTROL_FLOW for node in graph_def.node):
+        return
+    if not callable(getattr(converter, "_freeze_concrete_function", None)):
+        return
+    inputs = [t for t in frozen.inputs if t.dtype != tf.resource]
+    converter._freeze_concrete_function = lambda: (graph_def, inputs, frozen.outputs, frozen)  # noqa: SLF001
 
 
 def add_signature(content: bytes, inputs: list[str], outputs: list[str]) -> bytes:

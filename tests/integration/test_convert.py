@@ -154,3 +154,25 @@ def test_float_reference_matches_keras(source: str, tiny_model_dir: Path) -> Non
     got = TFLiteModel(model_content=loaded.float_tflite).predict(x[:20].astype(np.float32))[0]
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert loaded.input_shape == (1, 12, 12, 3)
+
+
+def test_a_frozen_keras_graph_is_not_frozen_twice(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The converter takes the graph already frozen (no second pass) and writes the bytes it writes after one."""
+    import keras
+
+    from converter.sources import load
+
+    model = keras.models.load_model(tiny_model_dir / "tiny.keras")
+    skipped: list[bool] = []
+    original = load._freeze_once
+
+    def spy(tf: Any, converter: Any, frozen: Any, graph_def: Any) -> None:
+        original(tf, converter, frozen, graph_def)
+        skipped.append("_freeze_concrete_function" in vars(converter))
+
+    monkeypatch.setattr(load, "_freeze_once", spy)
+    once = load._keras_to_tflite(model, tiny_model_dir / "tiny.keras")
+    monkeypatch.setattr(load, "_freeze_once", lambda *args: None)
+    twice = load._keras_to_tflite(model, tiny_model_dir / "tiny.keras")
+    assert skipped == [True]
+    assert once == twice
