@@ -16,7 +16,7 @@ from typing import Any
 
 from converter.tfnative import extensions
 
-MODULE = "tensorflow.compiler.mlir.lite.python._pywrap_converter_api"
+MODULE = extensions.CONVERTER_API
 # compiler/mlir/lite/types.proto: IODataType numbers for the model I/O types edgeconv writes, and the
 # inference type of an int8 model (QUANTIZED_INT8), as convert.mlir_quantize maps TensorFlow dtypes.
 IO_TYPES = {"float32": 1, "int8": 18, "uint8": 17, "int16": 19, "int32": 3, "int64": 4}

@@ -249,7 +249,7 @@ class _OpDefs:
         from converter.tfnative import extensions
 
         native = None
-        if extensions.load("tensorflow.compiler.mlir.lite.python._pywrap_converter_api", "Convert") is not None:
+        if extensions.load(extensions.CONVERTER_API, "Convert") is not None:
             native = extensions.load(self.MODULE, "get")  # the op registrations come with the converter's library
         self.native = native
         self.op_def = _message("tensorflow/core/framework/op_def.proto", "tensorflow.OpDef") if native else None

@@ -21,7 +21,6 @@ from converter.tfnative import extensions, protos
 
 log = logging.getLogger(__name__)
 
-CONVERTER = "tensorflow.compiler.mlir.lite.python._pywrap_converter_api"
 FUNCTION_LIBRARY = "tensorflow.compiler.mlir.quantization.tensorflow.python.pywrap_function_lib"
 # TensorFlow releases whose Python converter sets exactly the flags below for a float SavedModel conversion.
 VERIFIED = ("2.21.",)
@@ -105,7 +104,7 @@ def _pieces() -> tuple[str, Any, Any] | None:
     version = extensions.tensorflow_version()
     if not extensions.enabled() or version is None or not version.startswith(VERIFIED):
         return None
-    native = extensions.load(CONVERTER, "Convert")
+    native = extensions.load(extensions.CONVERTER_API, "Convert")
     library = extensions.load(FUNCTION_LIBRARY, "PyFunctionLibrary")
     return None if native is None or library is None else (version, native, library)
 

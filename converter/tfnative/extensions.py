@@ -19,6 +19,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# The MLIR converter and quantizer (pybind); loading it loads TensorFlow's native library and its op registry.
+CONVERTER_API = "tensorflow.compiler.mlir.lite.python._pywrap_converter_api"
 OFF_ENV = "EDGECONV_NATIVE_TENSORFLOW"  # off: import TensorFlow instead (a comparison, a debug)
 
 _LOCK = threading.Lock()
