@@ -158,8 +158,10 @@ def _describe_inputs(inputs: list[dict[str, Any]], model: TFLiteModel) -> str:
 
 
 def cache_facts(layout: str) -> tuple[str, ...]:
-    """What besides the file decides the float model: the layout, when it keeps the ONNX model's NCHW."""
-    return () if layout == "nhwc" else (f"layout {layout}",)
+    """What besides the file decides the float model: the layout, when it keeps the ONNX model's NCHW, and the
+    layout retry when the worker's ``EDGECONV_ONNX_LAYOUT_RETRY`` switches it off."""
+    retry = os.environ.get("EDGECONV_ONNX_LAYOUT_RETRY", "").lower() in ("off", "0", "no", "false")
+    return (*(() if layout == "nhwc" else (f"layout {layout}",)), *(("no layout retry",) if retry else ()))
 
 
 def load_onnx(path: Path, timeout_s: float = TIMEOUT_S, layout: str = "nhwc") -> tuple[bytes, str]:

@@ -48,3 +48,19 @@ def test_a_square_map_after_a_reshape_is_converted_again_and_matches_pytorch(onn
     assert "onnx2tf parameter replacement" in loader, loader
     assert "make its layout guess true" in loader, loader
     np.testing.assert_allclose(got, want, atol=1e-4)  # without the second conversion: 0.4 dB against onnxruntime
+
+
+def test_without_the_second_conversion_the_error_names_the_square_tensors(
+    onnx_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a model gets where the corrections do not make onnx2tf's float model match: exit 3 naming the
+    tensors whose layout onnx2tf cannot tell, and what to do."""
+    from converter.errors import ConversionError
+
+    monkeypatch.setenv("EDGECONV_ONNX_LAYOUT_RETRY", "off")
+    with pytest.raises(ConversionError) as raised:
+        float_against_pytorch(_pool_mixer(), (1, 3, 32, 32), tmp_path)
+    said = str(raised.value)
+    assert "cannot tell channels-first from channels-last" in said, said
+    assert "[1, 16, 16, 16]" in said, said
+    assert "convert it from PyTorch instead" in said, said
