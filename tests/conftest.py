@@ -287,3 +287,25 @@ def assert_accuracy_drop_below(report: dict[str, Any], points: float) -> None:
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Calibration statistics go to a per-session folder, never the user's ~/.cache."""
     monkeypatch.setenv("EDGECONV_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "calibration-cache"))
+
+
+def native_and_tensorflow(
+    argv: Callable[[str], list[str]], env: Callable[[str], dict[str, str]] = lambda mode: {}
+) -> dict[str, str]:
+    """A command run in two fresh processes, with TensorFlow's native pieces (mode ``native``) and with
+    ``EDGECONV_NATIVE_TENSORFLOW=off`` (``off``): each one's stdout; each must exit 0. ``argv(mode)`` is the
+    command, ``env(mode)`` more variables."""
+    out = {}
+    for mode in ("native", "off"):
+        extra = {"EDGECONV_NATIVE_TENSORFLOW": "off"} if mode == "off" else {}
+        done = subprocess.run(
+            argv(mode),
+            env={**os.environ, "PYTHONPATH": str(ROOT), **extra, **env(mode)},
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        out[mode] = done.stdout
+    return out

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -20,7 +18,7 @@ import yaml
 
 from converter.quantization import tflite_quantizer
 from converter.runtime.model import TFLiteModel
-from tests.conftest import ROOT, tiny_recipe
+from tests.conftest import ROOT, native_and_tensorflow, tiny_recipe
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -135,20 +133,21 @@ def test_a_tflite_source_quantizes_without_tensorflow_to_the_same_bytes(
     spec = tiny_recipe(tiny_model_dir, "tiny.tflite", benchmark={"enabled": False})
     spec["quantization"] = {"input_type": io, "output_type": io}
     recipe.write_text(yaml.safe_dump(spec))
+    native_and_tensorflow(
+        lambda mode: [
+            sys.executable,
+            "-m",
+            "converter",
+            "convert",
+            "--recipe",
+            str(recipe),
+            "--out",
+            str(tmp_path / mode),
+        ],
+        lambda mode: {"EDGECONV_CACHE_DIR": str(tmp_path / f"cache-{mode}")},
+    )
     runs = {}
     for mode in ("native", "off"):
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGECONV_CACHE_DIR": str(tmp_path / f"cache-{mode}")}
-        if mode == "off":
-            env["EDGECONV_NATIVE_TENSORFLOW"] = "off"
-        done = subprocess.run(
-            [sys.executable, "-m", "converter", "convert", "--recipe", str(recipe), "--out", str(tmp_path / mode)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
         report = json.loads((tmp_path / mode / "report.json").read_text())
         runs[mode] = ((tmp_path / mode / "model_int8.tflite").read_bytes(), report["cache"]["tensorflow_loaded"])
     assert runs["native"][1] is False and runs["off"][1] is True  # TensorFlow imported only when asked for

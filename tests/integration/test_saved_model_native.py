@@ -11,7 +11,6 @@ keeps the native route off for releases not checked.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -23,7 +22,7 @@ import pytest
 
 from converter.sources import load, saved_model_native
 from converter.sources.saved_model_guard import read_proto
-from tests.conftest import REALDATA, ROOT
+from tests.conftest import REALDATA, native_and_tensorflow
 
 MODULE_BUILD = textwrap.dedent(
     """
@@ -119,21 +118,8 @@ def test_a_saved_model_source_converts_without_importing_tensorflow(tiny_model_d
                           "tensorflow": "tensorflow" in sys.modules}))
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    runs = {}
-    for mode in ("native", "off"):
-        if mode == "off":
-            env["EDGECONV_NATIVE_TENSORFLOW"] = "off"
-        done = subprocess.run(
-            [sys.executable, "-c", code, str(tiny_model_dir / "tiny_savedmodel")],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    said = native_and_tensorflow(lambda mode: [sys.executable, "-c", code, str(tiny_model_dir / "tiny_savedmodel")])
+    runs = {mode: json.loads(out.strip().splitlines()[-1]) for mode, out in said.items()}
     if saved_model_native.usable() is None:
         pytest.skip("the native route is off for this TensorFlow")
     assert runs["native"]["tensorflow"] is False and runs["off"]["tensorflow"] is True
