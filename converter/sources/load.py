@@ -713,13 +713,13 @@ def _serving_key(proto: Any) -> str | None:
 def _native_saved_model(path: Path, proto: Any) -> bytes | None:
     """``saved_model_native.convert`` where ``from_saved_model`` would import the signature the same way.
 
-    ``TFLiteSavedModelConverterV2`` reads the ``serving_default`` signature and takes the SavedModel import
-    only for schema versions 1 and 2; anything else goes through TensorFlow as it is.
+    ``TFLiteSavedModelConverterV2`` takes the SavedModel import only for schema versions 1 and 2; anything else
+    goes through TensorFlow as it is.
     """
     from converter.sources import saved_model_native
 
     key = _serving_key(proto)
-    if key != "serving_default" or proto.saved_model_schema_version not in (1, 2):
+    if key is None or proto.saved_model_schema_version not in (1, 2):
         return None
     return saved_model_native.convert(path, key, int(proto.saved_model_schema_version))
 

@@ -3,7 +3,8 @@
 ``sources/saved_model_native.py`` builds the converter's flags itself and finishes its output as ``lite.py``
 does, without importing TensorFlow. These tests hold it to ``tf.lite.TFLiteConverter.from_saved_model`` on
 the layouts users hand us (Keras 3 ``model.export``, ``tf.saved_model.save`` of a Keras model, a
-``tf.Module`` with a variable and a dict output, the MLPerf Tiny KWS Keras 2 SavedModel): the same flags on
+``tf.Module`` with a variable and a dict output, the same under a signature named ``predict``, the MLPerf Tiny
+KWS Keras 2 SavedModel): the same flags on
 the wire and the same model bytes. A TensorFlow upgrade that changes either fails here, and ``VERIFIED``
 keeps the native route off for releases not checked.
 """
@@ -39,7 +40,8 @@ MODULE_BUILD = textwrap.dedent(
             return {"y": tf.nn.relu(tf.matmul(x, self.w)) + tf.constant([1.0, 2.0, 3.0])}
 
     module = Affine()
-    tf.saved_model.save(module, sys.argv[1], signatures=module.__call__)
+    tf.saved_model.save(module, sys.argv[1] + "/module", signatures=module.__call__)
+    tf.saved_model.save(module, sys.argv[1] + "/named", signatures={"predict": module.__call__})
     """
 )
 
@@ -53,9 +55,9 @@ def saved_models(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     import tensorflow as tf
 
     tf.saved_model.save(model, str(folder / "keras_saved"))
-    subprocess.run([sys.executable, "-c", MODULE_BUILD, str(folder / "module")], check=True, timeout=300)
+    subprocess.run([sys.executable, "-c", MODULE_BUILD, str(folder)], check=True, timeout=300)
     found = {"export": tiny_model_dir / "tiny_savedmodel", "keras_saved": folder / "keras_saved"}
-    found["module"] = folder / "module"
+    found.update(module=folder / "module", named=folder / "named")
     kws = REALDATA / "kws-dscnn" / "kws_ref_model"
     if (kws / "saved_model.pb").is_file():
         found["kws"] = kws
@@ -87,7 +89,7 @@ def _tensorflows(path: Path) -> bytes:
     return bytes(tf.lite.TFLiteConverter.from_saved_model(str(path)).convert())
 
 
-@pytest.mark.parametrize("layout", ["export", "keras_saved", "module", "kws"])
+@pytest.mark.parametrize("layout", ["export", "keras_saved", "module", "named", "kws"])
 def test_native_conversion_is_tensorflows_flags_and_bytes(
     saved_models: dict[str, Path], spied_flags: list[tuple[bytes, bytes]], layout: str
 ) -> None:
@@ -98,8 +100,13 @@ def test_native_conversion_is_tensorflows_flags_and_bytes(
     path = saved_models[layout]
     reference = _tensorflows(path)
     assert len(spied_flags) == 1
-    version = int(read_proto(path).saved_model_schema_version)
-    ours = saved_model_native.model_flags(path, "serving_default", version), saved_model_native.converter_flags()
+    proto = read_proto(path)
+    key = load._serving_key(proto)
+    assert key == ("predict" if layout == "named" else "serving_default")
+    ours = (
+        saved_model_native.model_flags(path, key, proto.saved_model_schema_version),
+        saved_model_native.converter_flags(),
+    )
     assert spied_flags[0] == ours
     content, loader = load._saved_model_to_tflite(path)
     assert loader == load.NATIVE_SAVED_MODEL_LOADER
