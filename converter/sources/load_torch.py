@@ -151,6 +151,8 @@ def _run_worker(job: Path, path: Path) -> dict[str, Any]:
 
 def drop_metadata(content: bytes, names: tuple[bytes, ...]) -> tuple[bytes, tuple[bytes, ...]]:
     """``content`` without the metadata entries ``names`` (their buffers emptied); which were there."""
+    if not any(name in content for name in names):  # an entry's name is stored as its bytes: none can be there
+        return content, ()
     model = tflite_schema.load(content)
     entries = list(model.metadata or [])
     dropped = tuple(bytes(m.name) for m in entries if bytes(m.name) in names)

@@ -66,10 +66,10 @@ def _add(proto_file: str) -> None:
         return
     except KeyError:
         pass
-    described = descriptor_pb2.FileDescriptorProto.FromString(_serialized(proto_file))
-    for dependency in described.dependency:
+    serialized = _serialized(proto_file)
+    for dependency in descriptor_pb2.FileDescriptorProto.FromString(serialized).dependency:
         _add(dependency)
-    pool.Add(described)
+    pool.AddSerializedFile(serialized)  # what generated modules call; every protobuf release has it
 
 
 def message(proto_file: str, full_name: str) -> Any:

@@ -155,3 +155,20 @@ def test_the_guards_op_registry_answers_as_tensorflows() -> None:
     for name in names:
         assert ops.get(name).is_stateful == op_def_registry.get(name).is_stateful, name
     assert ops.get("NoSuchOpAnywhere") is None
+
+
+def test_the_private_protobuf_classes_read_what_tensorflows_read(saved_models: dict[str, Path]) -> None:
+    """``tfnative.protos`` builds TensorFlow's classes from their descriptors: the same message, field for field."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from converter.tfnative import protos
+
+    for path in saved_models.values():
+        raw = (path / "saved_model.pb").read_bytes()
+        ours = read_proto(path)
+        assert type(ours).__module__ != saved_model_pb2.__name__  # not TensorFlow's own class
+        assert ours.SerializeToString(deterministic=True) == saved_model_pb2.SavedModel.FromString(
+            raw
+        ).SerializeToString(deterministic=True)
+    with pytest.raises(protos.ProtoUnavailable):
+        protos.message("tensorflow/core/no_such.proto", "tensorflow.Nothing")
