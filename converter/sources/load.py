@@ -537,8 +537,6 @@ def _keras_to_tflite(model: Any, path: Path) -> bytes:
     # Trace with a batch-1 input (MCU and Edge TPU runtimes need static shapes; a fixed batch
     # also keeps a dynamic batch's SHAPE/PACK ops out of the graph) and freeze the variables
     # ourselves: 3x faster than from_keras_model, which round-trips a SavedModel on disk.
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2_as_graph
-
     # One input keeps the name "input" (calibration rules and caches name it); several keep their Keras
     # names, which is how a data file keys them.
     names = ["input"] if len(inputs) == 1 else _unique_op_names([_keras_input_name(t) for t in inputs])
@@ -551,10 +549,7 @@ def _keras_to_tflite(model: Any, path: Path) -> bytes:
             concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(specs[0])
         else:
             concrete = tf.function(lambda *xs: model(list(xs), training=False)).get_concrete_function(*specs)
-        frozen, graph_def = convert_variables_to_constants_v2_as_graph(concrete)
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
-        _freeze_once(tf, converter, frozen, graph_def)
-        content = bytes(converter.convert())
+        content = bytes(_frozen_converter(tf, concrete).convert())
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"model: {path}: TensorFlow cannot convert it to TFLite: {_converter_said(e)}") from e
     outputs = [str(n) for n in getattr(model, "output_names", None) or []]
@@ -562,27 +557,52 @@ def _keras_to_tflite(model: Any, path: Path) -> bytes:
     return add_signature(content, names, outputs)
 
 
-# Ops whose graphs TensorFlow's second freeze (lower_control_flow=False) writes differently from the first.
+# Ops whose graphs TensorFlow's own freeze (lower_control_flow=False) writes differently from ours.
 _CONTROL_FLOW = frozenset(
     {"If", "StatelessIf", "While", "StatelessWhile", "Case", "StatelessCase", "PartitionedCall",
      "StatefulPartitionedCall", "Switch", "Merge", "Enter", "Exit", "NextIteration", "LoopCond"}
 )  # fmt: skip
 
 
-def _freeze_once(tf: Any, converter: Any, frozen: Any, graph_def: Any) -> None:
-    """Let ``converter`` take the frozen graph as it is instead of freezing the frozen function again.
+def _frozen_graph_def(concrete: Any) -> Any | None:
+    """The traced function's graph with its variables as constants (``convert_variables_to_constants_v2``'s graph),
+    without building a function around it; None where TensorFlow's internals differ."""
+    try:
+        from tensorflow.python.framework import convert_to_constants as freezing
 
-    ``TFLiteFrozenGraphConverterV2.convert`` starts by freezing its function, which here is frozen already:
-    on MobileNetV2-224 that second pass is 0.3-0.5 s of nothing. On a graph without control flow and without
-    functions it returns this very graph, so the converter is handed it (the same bytes; checked in
-    ``tests/integration/test_convert.py``); a graph with either keeps TensorFlow's pass, whose output differs.
+        data = freezing._FunctionConverterDataInEager(  # noqa: SLF001
+            func=concrete, lower_control_flow=True, aggressive_inlining=False
+        )
+        return freezing._replace_variables_by_constants(converter_data=data)[0]  # noqa: SLF001
+    except (ImportError, AttributeError, TypeError) as e:
+        log.debug("freezing the graph alone failed (%s): convert_variables_to_constants_v2", e)
+        return None
+
+
+def _frozen_converter(tf: Any, concrete: Any) -> Any:
+    """TensorFlow's converter for the traced function, its variables frozen once.
+
+    ``convert_variables_to_constants_v2`` freezes the graph and then builds a function around it (0.5-0.6 s on
+    MobileNetV2-224), and ``TFLiteFrozenGraphConverterV2.convert`` starts by freezing that function again. On a
+    graph without control flow and without functions both steps give back the graph frozen once, so the
+    converter is handed that graph, with the traced function's own input and output tensors (the same names,
+    shapes and types): the same bytes, checked in ``tests/integration/test_convert.py``, 1.7 -> 0.8 s of
+    MobileNetV2-224's conversion. A graph with either keeps TensorFlow's two passes, whose output differs there.
     """
-    if graph_def.library.function or any(node.op in _CONTROL_FLOW for node in graph_def.node):
-        return
-    if not callable(getattr(converter, "_freeze_concrete_function", None)):
-        return
-    inputs = [t for t in frozen.inputs if t.dtype != tf.resource]
-    converter._freeze_concrete_function = lambda: (graph_def, inputs, frozen.outputs, frozen)  # noqa: SLF001
+    graph_def = _frozen_graph_def(concrete)
+    straight = graph_def is not None and not (
+        graph_def.library.function or any(node.op in _CONTROL_FLOW for node in graph_def.node)
+    )
+    if straight:
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+        if callable(getattr(converter, "_freeze_concrete_function", None)):
+            inputs = [t for t in concrete.inputs if t.dtype != tf.resource]
+            frozen = (graph_def, inputs, concrete.outputs, concrete)
+            converter._freeze_concrete_function = lambda: frozen  # noqa: SLF001
+            return converter
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    return tf.lite.TFLiteConverter.from_concrete_functions([convert_variables_to_constants_v2(concrete)])
 
 
 def add_signature(content: bytes, inputs: list[str], outputs: list[str]) -> bytes:

@@ -156,23 +156,25 @@ def test_float_reference_matches_keras(source: str, tiny_model_dir: Path) -> Non
     assert loaded.input_shape == (1, 12, 12, 3)
 
 
-def test_a_frozen_keras_graph_is_not_frozen_twice(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The converter takes the graph already frozen (no second pass) and writes the bytes it writes after one."""
+def test_a_keras_graph_is_frozen_once_to_the_same_bytes(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The converter takes the graph frozen once (no function built around it, no second freeze) and writes the
+    bytes TensorFlow's two passes write."""
     import keras
 
     from converter.sources import load
 
     model = keras.models.load_model(tiny_model_dir / "tiny.keras")
-    skipped: list[bool] = []
-    original = load._freeze_once
+    handed: list[bool] = []
+    original = load._frozen_converter
 
-    def spy(tf: Any, converter: Any, frozen: Any, graph_def: Any) -> None:
-        original(tf, converter, frozen, graph_def)
-        skipped.append("_freeze_concrete_function" in vars(converter))
+    def spy(tf: Any, concrete: Any) -> Any:
+        converter = original(tf, concrete)
+        handed.append("_freeze_concrete_function" in vars(converter))
+        return converter
 
-    monkeypatch.setattr(load, "_freeze_once", spy)
+    monkeypatch.setattr(load, "_frozen_converter", spy)
     once = load._keras_to_tflite(model, tiny_model_dir / "tiny.keras")
-    monkeypatch.setattr(load, "_freeze_once", lambda *args: None)
+    monkeypatch.setattr(load, "_frozen_graph_def", lambda concrete: None)  # TensorFlow's own passes
     twice = load._keras_to_tflite(model, tiny_model_dir / "tiny.keras")
-    assert skipped == [True]
+    assert handed == [True, False]
     assert once == twice
