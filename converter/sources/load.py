@@ -564,19 +564,23 @@ _CONTROL_FLOW = frozenset(
 )  # fmt: skip
 
 
-def _frozen_graph_def(concrete: Any) -> Any | None:
-    """The traced function's graph with its variables as constants (``convert_variables_to_constants_v2``'s graph),
-    without building a function around it; None where TensorFlow's internals differ."""
+def _frozen_graph_def(tf: Any, concrete: Any) -> tuple[Any, list[Any]] | None:
+    """The traced function's graph with its variables and captured tensors as constants
+    (``convert_variables_to_constants_v2``'s graph) and the inputs left (the function's own), without building a
+    function around it; None where TensorFlow's internals differ."""
     try:
         from tensorflow.python.framework import convert_to_constants as freezing
 
         data = freezing._FunctionConverterDataInEager(  # noqa: SLF001
             func=concrete, lower_control_flow=True, aggressive_inlining=False
         )
-        return freezing._replace_variables_by_constants(converter_data=data)[0]  # noqa: SLF001
-    except (ImportError, AttributeError, TypeError) as e:
+        graph_def, converted = freezing._replace_variables_by_constants(converter_data=data)  # noqa: SLF001
+        captures = concrete.graph.internal_captures  # what ``converted`` indexes, as _construct_concrete_function
+        frozen = {id(captures[int(i)]) for i in converted}
+    except (ImportError, AttributeError, TypeError, IndexError) as e:
         log.debug("freezing the graph alone failed (%s): convert_variables_to_constants_v2", e)
         return None
+    return graph_def, [t for t in concrete.inputs if id(t) not in frozen and t.dtype != tf.resource]
 
 
 def _frozen_converter(tf: Any, concrete: Any) -> Any:
@@ -589,14 +593,14 @@ def _frozen_converter(tf: Any, concrete: Any) -> Any:
     shapes and types): the same bytes, checked in ``tests/integration/test_convert.py``, 1.7 -> 0.8 s of
     MobileNetV2-224's conversion. A graph with either keeps TensorFlow's two passes, whose output differs there.
     """
-    graph_def = _frozen_graph_def(concrete)
+    found = _frozen_graph_def(tf, concrete)
+    graph_def, inputs = found if found is not None else (None, [])
     straight = graph_def is not None and not (
         graph_def.library.function or any(node.op in _CONTROL_FLOW for node in graph_def.node)
     )
     if straight:
         converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
         if callable(getattr(converter, "_freeze_concrete_function", None)):
-            inputs = [t for t in concrete.inputs if t.dtype != tf.resource]
             frozen = (graph_def, inputs, concrete.outputs, concrete)
             converter._freeze_concrete_function = lambda: frozen  # noqa: SLF001
             return converter

@@ -163,7 +163,11 @@ def test_a_keras_graph_is_frozen_once_to_the_same_bytes(tiny_model_dir: Path, mo
 
     from converter.sources import load
 
-    model = keras.models.load_model(tiny_model_dir / "tiny.keras")
+    tiny = keras.models.load_model(tiny_model_dir / "tiny.keras")
+    # A Normalization with given statistics captures them as tensors, not variables (as EfficientNet's stem).
+    inputs = keras.Input((12, 12, 3))
+    normalized = keras.layers.Normalization(mean=[100.0, 110.0, 120.0], variance=[900.0, 1000.0, 1100.0])(inputs)
+    model = keras.Model(inputs, tiny(normalized * 255.0))
     handed: list[bool] = []
     original = load._frozen_converter
 
@@ -174,7 +178,8 @@ def test_a_keras_graph_is_frozen_once_to_the_same_bytes(tiny_model_dir: Path, mo
 
     monkeypatch.setattr(load, "_frozen_converter", spy)
     once = load._keras_to_tflite(model, tiny_model_dir / "tiny.keras")
-    monkeypatch.setattr(load, "_frozen_graph_def", lambda concrete: None)  # TensorFlow's own passes
+    assert len(TFLiteModel(model_content=once).inputs) == 1
+    monkeypatch.setattr(load, "_frozen_graph_def", lambda tf, concrete: None)  # TensorFlow's own passes
     twice = load._keras_to_tflite(model, tiny_model_dir / "tiny.keras")
     assert handed == [True, False]
     assert once == twice
