@@ -1,5 +1,5 @@
 """``python -m converter`` runs the ``edgeconv`` command line."""
 
-from converter.cli.main import main
+from converter.cli.main import program
 
-main()
+program()

@@ -34,7 +34,7 @@ from converter.cli.init import init
 from converter.cli.profiles import devices
 from converter.cli.setup import setup
 from converter.errors import UserInputError
-from converter.supervise import SupervisedGroup
+from converter.supervise import SupervisedGroup, run_program
 
 if TYPE_CHECKING:
     from converter.cli.batch import JobResult
@@ -89,6 +89,11 @@ def main() -> None:
       edgeconv init model.keras --target arduino-nano-33-ble-sense --out recipe.yaml
       edgeconv convert --recipe recipe.yaml
     """
+
+
+def program() -> None:
+    """The ``edgeconv`` console script and ``python -m converter``: ``main`` as a program (``run_program``)."""
+    run_program(main)
 
 
 @main.command()

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from converter.errors import ConversionError, ConverterError, InvalidModelError, NoIntegerKernelError
-from converter.extras import require, unused_integrations_skipped
+from converter.extras import framework_import, require
 from converter.progress import named
 from converter.quantization import native_quantizer, quant_cache
 from converter.quantization.lstm_intermediates import add_intermediates
@@ -69,7 +69,7 @@ def import_tensorflow() -> None:
     while _PREFETCH:  # an import started while a child process converted: wait for its end (counted here)
         _PREFETCH.pop().join()
     require("tensorflow")
-    with unused_integrations_skipped():  # TFLite's utilities import JAX when it is installed
+    with framework_import():  # TFLite's utilities import JAX when it is installed
         from tensorflow.lite.python import convert  # noqa: F401  # a move of this private module is our bug: exit 3
 
     _IMPORT_SECONDS[0] += time.perf_counter() - start
@@ -95,7 +95,8 @@ def import_quantizer() -> None:
 def _import_quietly() -> None:
     with contextlib.suppress(Exception):  # any failure is met again, and said, by import_quantizer
         if not native_quantizer.available():
-            from tensorflow.lite.python import convert  # noqa: F401
+            with framework_import():
+                from tensorflow.lite.python import convert  # noqa: F401
 
 
 def prefetch_tensorflow() -> None:

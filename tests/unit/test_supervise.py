@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import signal
+import sys
+import threading
+import time
+from pathlib import Path
 
-from converter.supervise import _heavy_command, crash_message, running_step
+import pytest
+
+from converter import supervise
+from converter.supervise import _heavy_command, crash_message, exit_status, run_program, running_step
 
 
 def test_running_step_is_the_last_line_of_that_process() -> None:
@@ -40,3 +49,53 @@ def test_an_abort_between_steps_says_after_which() -> None:
         "edgeconv convert was killed (SIGKILL) outside any named step. SIGKILL comes from outside the process, most "
         "likely from the kernel's out-of-memory killer (its peak memory was 2.0 GB of this machine's "
     )
+
+
+def test_exit_status_is_what_sys_exit_would_end_with(capsys: pytest.CaptureFixture[str]) -> None:
+    assert [exit_status(None), exit_status(0), exit_status(2), exit_status(130)] == [0, 0, 2, 130]
+    assert exit_status("error: no recipe") == 1
+    assert capsys.readouterr().err == "error: no recipe\n"
+
+
+@pytest.mark.parametrize(("ending", "status"), [("return", 0), ("exit 4", 4), ("exit None", 0)])
+def test_a_supervised_child_ends_after_its_threads_and_exit_handlers(tmp_path: Path, ending: str, status: int) -> None:
+    """The quick end keeps what Python's exit does that matters: threads joined, then atexit handlers, then
+    the streams flushed; and the command's exit status."""
+    log = tmp_path / "log"
+
+    def command() -> None:
+        def late() -> None:
+            time.sleep(0.2)
+            with log.open("a") as f:
+                f.write("thread\n")
+
+        threading.Thread(target=late).start()  # not a daemon: the exit waits for it
+        atexit.register(lambda: log.open("a").write("atexit\n"))
+        sys.stdout.write("unflushed")  # buffered: only the flush before os._exit shows it
+        if ending != "return":
+            sys.exit(None if ending == "exit None" else int(ending.split()[1]))
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child, as a supervised one
+        os.close(read)
+        os.dup2(write, 1)
+        sys.stdout = os.fdopen(1, "w", buffering=1 << 16)
+        supervise._supervisor = os.getppid()
+        run_program(command)
+    os.close(write)
+    with os.fdopen(read) as out:
+        printed = out.read()
+    _, code = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(code) == status
+    assert log.read_text() == "thread\natexit\n"
+    assert printed == "unflushed"
+
+
+def test_outside_a_supervised_child_the_program_ends_the_ordinary_way() -> None:
+    with pytest.raises(SystemExit) as ended:
+        run_program(lambda: sys.exit(6))
+    assert ended.value.code == 6
+    with pytest.raises(SystemExit) as ended:
+        run_program(lambda: None)
+    assert ended.value.code == 0
