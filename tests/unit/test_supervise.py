@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,7 @@ def test_a_supervised_child_ends_after_its_threads_and_exit_handlers(tmp_path: P
     """The quick end keeps what Python's exit does that matters: threads joined, then atexit handlers, then
     the streams flushed; and the command's exit status."""
     log = tmp_path / "log"
+    kept: list[ThreadPoolExecutor] = []  # alive until the end, as a pool held by a module would be
 
     def command() -> None:
         def late() -> None:
@@ -70,6 +72,9 @@ def test_a_supervised_child_ends_after_its_threads_and_exit_handlers(tmp_path: P
                 f.write("thread\n")
 
         threading.Thread(target=late).start()  # not a daemon: the exit waits for it
+        pool = ThreadPoolExecutor(max_workers=1)  # left open: its idle worker must be told to stop, not waited for
+        pool.submit(lambda: None).result()
+        kept.append(pool)
         atexit.register(lambda: log.open("a").write("atexit\n"))
         sys.stdout.write("unflushed")  # buffered: only the flush before os._exit shows it
         if ending != "return":
@@ -84,12 +89,25 @@ def test_a_supervised_child_ends_after_its_threads_and_exit_handlers(tmp_path: P
         supervise._supervisor = os.getppid()
         run_program(command)
     os.close(write)
+    code = _wait(pid, timeout=60)  # before reading: a child that hangs keeps the pipe open
     with os.fdopen(read) as out:
         printed = out.read()
-    _, code = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(code) == status
     assert log.read_text() == "thread\natexit\n"
     assert printed == "unflushed"
+
+
+def _wait(pid: int, timeout: float) -> int:
+    """The child's wait status; a child still running after ``timeout`` seconds is killed and fails the test."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        done, code = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return code
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"the child did not end within {timeout:g} s")
 
 
 def test_outside_a_supervised_child_the_program_ends_the_ordinary_way() -> None:
