@@ -51,6 +51,8 @@ operator, refused with its name (onnx2tf has no conversion for them and loads no
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import math
 import os
@@ -58,9 +60,10 @@ import re
 import shutil
 import stat
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 CALIBRATION_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"  # onnx2tf's download_test_image_data
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
@@ -816,5 +819,20 @@ def main() -> int:
     return 0
 
 
+def _end(code: int) -> NoReturn:
+    """End the worker without Python's teardown of TensorFlow and onnx2tf (0.9-1.0 s), once the answer is out.
+
+    What the interpreter's exit does first is kept, in its order: threads joined (``threading._shutdown``),
+    ``atexit`` handlers run, streams flushed; then ``os._exit``. ``converter.supervise.quick_exit`` does the
+    same for edgeconv's own processes; this worker imports nothing from edgeconv, so it has its own.
+    """
+    threading._shutdown()  # type: ignore[attr-defined]  # noqa: SLF001 - the interpreter's own first exit step
+    atexit._run_exitfuncs()  # noqa: SLF001 - what the interpreter runs next; no public name
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _end(main())

@@ -19,6 +19,7 @@ from typing import Any
 from converter.errors import ModelLoadError
 from converter.sources.float_check import SAMPLES, sqnr_db
 from converter.sources.pt2_guard import EXPORT_HINT, check_archive
+from converter.supervise import quick_exit
 
 
 class _TorchView:
@@ -185,4 +186,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    quick_exit(main())  # not Python's exit: its teardown of PyTorch and TensorFlow took 1.3-1.5 s
