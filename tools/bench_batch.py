@@ -36,6 +36,10 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tools.bench_calibration import compile_package  # noqa: E402
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "minmax": {},
     "percentile": {"calibration": {"method": "percentile", "percentile": 99.9}},
@@ -108,6 +112,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
     args = parser.parse_args()
+    compile_package()
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     with tempfile.TemporaryDirectory(prefix="edgeconv-bench-batch-") as tmp:
         recipes = write_recipes(Path(tmp) / "recipes")

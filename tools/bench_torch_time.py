@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from converter.sources import onnx_setup  # noqa: E402
-from tools.bench_calibration import run_child  # noqa: E402
+from tools.bench_calibration import compile_package, run_child  # noqa: E402
 from tools.bench_torch_onnx import case, export  # noqa: E402
 
 FLOAT_PT2 = """
@@ -146,6 +146,7 @@ def main() -> None:
     venv = args.onnx_venv or Path.home() / ".cache" / "edgeconv-tests" / "onnx-venv"
     onnx_python = onnx_setup.installed(venv)
     os.environ["EDGECONV_ONNX_VENV"] = str(venv)
+    compile_package()
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="bench-torch-time-") as tmp:
         results = [bench(name, Path(tmp), args.repeats, onnx_python) for name in args.models.split(",")]
