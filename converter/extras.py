@@ -89,8 +89,8 @@ def long_lived() -> Iterator[None]:
 
     Importing TensorFlow and Keras makes a few hundred thousand objects that live as long as the process and
     are never garbage: each full collection walks all of them again. On a MobileNetV2-224 conversion the
-    collector ran 8 full collections (6 while importing, none of which found anything) for 0.8-1.0 s of a
-    9-11 s run. Frozen, they are left out of every later collection, which then walks only what the conversion
+    collector ran 8 full collections (6 while importing, none of which found anything) for 0.7-1.0 s of an
+    11-13 s run. Frozen, they are left out of every later collection, which then walks only what the conversion
     made (the Keras model, TensorFlow's graphs) and still frees it. A cycle that was garbage already when the
     import ended stays in memory; there are few (the collections during the import found none).
     """

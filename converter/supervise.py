@@ -153,8 +153,8 @@ def quick_exit(code: int) -> NoReturn:
     first tells thread pools left open to stop), the ``atexit`` handlers run (temporary folders, logging,
     TensorFlow's generated sources), the standard streams flushed. What Python does besides is skipped: a
     full garbage collection of everything TensorFlow made and the teardown of its modules and C++ libraries,
-    0.7-1.0 s after a MobileNetV2-224 conversion, with nothing left for them to write. ``os._exit`` is the
-    documented end of a process forked without exec, which a supervised child is.
+    0.7-1.0 s after a MobileNetV2-224 conversion, with nothing left for them to write. Used by the supervised
+    child (forked without exec, where ``os._exit`` is the documented end) and by the PyTorch worker.
     """
     threading._shutdown()  # type: ignore[attr-defined]  # noqa: SLF001 - the interpreter's own first exit step
     atexit._run_exitfuncs()  # noqa: SLF001 - what the interpreter runs next; no public name
