@@ -86,6 +86,7 @@ def test_a_supervised_child_ends_after_its_threads_and_exit_handlers(tmp_path: P
         os.close(read)
         os.dup2(write, 1)
         sys.stdout = os.fdopen(1, "w", buffering=1 << 16)
+        atexit._clear()  # the pytest worker's own exit handlers, copied by the fork, are not this child's to run
         supervise._supervisor = os.getppid()
         run_program(command)
     os.close(write)
