@@ -230,6 +230,20 @@ def _script(folder: Path, name: str, text: str) -> Path:
     return path
 
 
+def _listed(pattern: str) -> str:
+    """``pgrep -f``'s list of the processes whose command line matches ``pattern`` (zombies left out)."""
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    alive = [pid for pid in found if not _zombie(pid)]
+    return " ".join(alive)
+
+
+def _zombie(pid: str) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True  # gone already
+
+
 def test_timeout_names_the_stalled_step_and_ends_it(fleet: Fleet) -> None:
     s = fleet.boards["pi-b"]
     sleeper = _script(fleet.folder, "sleepy-python", "#!/bin/sh\nexec sleep 120\n")
@@ -242,8 +256,13 @@ def test_timeout_names_the_stalled_step_and_ends_it(fleet: Fleet) -> None:
     assert "error: run: ssh (" in result.stderr and "the run step stalled: no answer within" in result.stderr
     assert "the board's timeout of 4 s ran out" in result.stderr
     assert "ended the runtime still running there (killed" in result.stderr
-    left = subprocess.run(["pgrep", "-f", "sleep 120$"], capture_output=True, text=True)
-    assert left.stdout.strip() == ""  # the stalled "runtime" was killed on the board
+    # The stalled "runtime" was killed on the board. A process killed a moment ago can stay listed until its
+    # parent (the board's sshd session, itself ending) reaps it, so the list is read until it empties (an
+    # unkilled one would stay there for 120 s).
+    deadline = time.monotonic() + 10
+    while (left := _listed("sleep 120$")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == ""
     assert list(s.tmp.iterdir()) == []
 
 
