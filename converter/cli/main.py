@@ -380,17 +380,20 @@ def _io_line(q: dict[str, Any]) -> str:
     inputs, outputs = q.get("inputs") or [q["input"]], q.get("outputs") or [q["output"]]
     if len(inputs) == 1 and len(outputs) == 1:
         i = q["input"]
-        return f"  I/O    {i['dtype']} in ({_io_input(i)}), {q['output']['dtype']} out"
-    ins = ", ".join(f"{i['name']} {i['dtype']} ({_io_input(i)})" for i in inputs)
+        return f"  I/O    {i['dtype']} in{_io_input(i)}, {q['output']['dtype']} out"
+    ins = ", ".join(f"{i['name']} {i['dtype']}{_io_input(i)}" for i in inputs)
     outs = ", ".join(f"{o['name']} {o['dtype']}" for o in outputs)
     return f"  I/O    {len(inputs)} in: {ins}; {len(outputs)} out: {outs}"
 
 
 def _io_input(i: dict[str, Any]) -> str:
-    """How one int8 model input is quantized; an integer input without a scale takes raw integers."""
-    if i["scale"] is None:
-        return "ids/indices, fed as integers"
-    return f"scale {i['scale']}, zero point {i['zero_point']}"
+    """How one model input is fed, in brackets: its scale and zero point where quantized, raw integers where an
+    integer input has none (token ids, indices); nothing for a float input, which takes float values as they are."""
+    if i["scale"] is not None:
+        return f" (scale {i['scale']}, zero point {i['zero_point']})"
+    if str(i["dtype"]).startswith(("float", "bfloat")):
+        return ""
+    return " (ids/indices, fed as integers)"
 
 
 def summary(out_dir: Path, report: dict[str, Any]) -> str:

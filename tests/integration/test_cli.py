@@ -68,6 +68,17 @@ def test_set_override_reaches_the_run(tiny_model_dir: Path, write_recipe: Callab
     assert report["quantization"]["input"]["dtype"] == "uint8"
 
 
+def test_float_io_is_said_as_float(tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path) -> None:
+    """A float input takes float values as they are: the summary gives it no scale and does not call it ids."""
+    recipe = write_recipe(tiny_recipe(tiny_model_dir))
+    io = ("--set", "quantization.input_type=float32", "--set", "quantization.output_type=float32")
+    result = _convert(recipe, tmp_path / "out", *io)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["quantization"]["input"]["dtype"] == "float32" and report["quantization"]["input"]["scale"] is None
+    assert "  I/O    float32 in, float32 out\n" in result.stdout, result.stdout
+
+
 def test_missing_recipe(tmp_path: Path) -> None:
     _assert_user_error(_convert(tmp_path / "none.yaml", tmp_path / "out"), "none.yaml: recipe not found")
 
