@@ -17,7 +17,7 @@ from converter.analysis.side_by_side import side_by_side
 from converter.calibration.stats import refused_index
 from converter.errors import DataError
 from converter.progress import Progress
-from converter.runtime.accuracy import Accuracy, MetricError, compare, pick_metric
+from converter.runtime.accuracy import Accuracy, MetricError, classifies, compare, is_reconstruction, pick_metric
 from converter.runtime.model import TFLiteModel, signature_names
 
 CHUNK = 64  # samples between progress updates
@@ -31,9 +31,30 @@ def check_metric(float_tflite: bytes, x: np.ndarray, labels: np.ndarray | None, 
     outputs = TFLiteModel(model_content=float_tflite).outputs
     shaped = [np.empty((len(x), *o.shape[1:]), dtype=np.float32) for o in outputs]
     try:
-        return pick_metric(metric, shaped, x, labels)
+        chosen = pick_metric(metric, shaped, x, labels)
     except MetricError as e:
         raise DataError(f"{where}: {e}") from e
+    if chosen == "top1" and labels is not None and len(labels):
+        _check_label_range(labels, shaped, x, where.removesuffix(".metric"))
+    return chosen
+
+
+def _check_label_range(labels: np.ndarray, outputs: list[np.ndarray], x: np.ndarray, where: str) -> None:
+    """Top-1 labels index the class-score output top-1 reads: one outside it matches no prediction.
+
+    Labels of another numbering (1-based, a dataset's global class ids) would score 0 % for float and int8 alike
+    and the run would pass as if that were the model's accuracy.
+    """
+    scores = next(o for o in outputs if classifies(o, is_reconstruction(o, x)))
+    classes = int(scores.shape[1])
+    low, high = int(np.min(labels)), int(np.max(labels))
+    if low < 0 or high >= classes:
+        raise DataError(
+            f"{where}: the labels run from {low} to {high}, but the model's class-score output has {classes} classes "
+            f"(0 to {classes - 1}), so top-1 could never match them; give the labels as class indices 0 to "
+            f"{classes - 1} in the order of the model's outputs (e.g. subtract 1 from 1-based labels), or set "
+            "data.evaluation.metric: mse to compare int8 with float without labels"
+        )
 
 
 def evaluate_host(

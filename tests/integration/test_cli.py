@@ -79,6 +79,27 @@ def test_float_io_is_said_as_float(tiny_model_dir: Path, write_recipe: Callable[
     assert "  I/O    float32 in, float32 out\n" in result.stdout, result.stdout
 
 
+def test_labels_outside_the_classes_are_refused_before_calibration(
+    tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Labels of another numbering (here shifted by 10) would score 0 % for both models and pass unnoticed."""
+    import numpy as np
+
+    with np.load(tiny_model_dir / "test.npz") as data:
+        x, y = data["x"], data["y"]
+    classes = int(y.max()) + 1
+    np.savez(tmp_path / "shifted.npz", x=x, y=y + 10)
+    recipe = tiny_recipe(tiny_model_dir)
+    recipe["data"]["evaluation"]["path"] = str(tmp_path / "shifted.npz")
+    result = _convert(write_recipe(recipe), tmp_path / "out")
+    _assert_user_error(
+        result,
+        f"data.evaluation: the labels run from {int(y.min()) + 10} to {int(y.max()) + 10}",
+        f"has {classes} classes (0 to {classes - 1})",
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_recipe(tmp_path: Path) -> None:
     _assert_user_error(_convert(tmp_path / "none.yaml", tmp_path / "out"), "none.yaml: recipe not found")
 
