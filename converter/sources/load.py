@@ -187,6 +187,10 @@ def load_model(
         release_memory()  # the Keras model and TensorFlow's conversion buffers: about 250 MB on MobileNetV2-224
         if key:
             model_cache.save(key, content, fmt, loader)
+    if fmt != "tflite":  # checked on opening; a SavedModel's open dimension survives its conversion
+        from converter.sources.tflite_check import check_static_inputs
+
+        _checked(check_static_inputs, content, path)
     content, dropped = load_torch.drop_metadata(content, load_torch.DROPPED_METADATA)
     if dropped:
         loader += f"; metadata {', '.join(d.decode() for d in dropped)} removed (it keeps conv/dense float)"
@@ -307,6 +311,7 @@ def _read_float_tflite(path: Path) -> bytes:
         check_names,
         check_ops,
         check_runs,
+        check_static_inputs,
         vhlo_meaning,
     )
 
@@ -314,6 +319,7 @@ def _read_float_tflite(path: Path) -> bytes:
     if len(content) < 8 or content[4:8] != b"TFL3":
         raise ModelLoadError(f"model: {path}: not a TFLite flatbuffer (no 'TFL3' identifier); is the file corrupt?")
     _checked(check_before_open, content, path)
+    _checked(check_static_inputs, content, path)
     try:
         ref = TFLiteModel(model_content=content)
     except Exception as e:  # noqa: BLE001 - the interpreter raises bare RuntimeError/ValueError

@@ -155,6 +155,36 @@ def check_before_open(content: bytes, path: Path) -> None:
                 )
 
 
+STATIC_SHAPES = (
+    "save or export the model with a fixed input size (a Keras Input(shape=...) without None, a tf.TensorSpec "
+    "without None past the batch for a SavedModel or the TFLite converter): microcontrollers and NPUs run "
+    "static shapes, and int8 ranges are measured for one size"
+)
+
+
+def check_static_inputs(content: bytes, path: Path) -> None:
+    """Every input's size is known past the batch (its ``shape_signature``, where the file has one).
+
+    A converter writes -1 there for a dimension left open (a Keras ``None``, a dynamic sequence length) and a
+    placeholder of 1 in the shape, with which LiteRT's prepare step fails deep inside an op ("CONV_2D failed to
+    prepare"); said here, the file is not called damaged and no step is called a bug.
+    """
+    model = _root(content)
+    if not model.SubgraphsLength():
+        return
+    subgraph = model.Subgraphs(0)
+    inputs = [int(i) for i in subgraph.InputsAsNumpy()] if subgraph.InputsLength() else []
+    for index in inputs:
+        if not 0 <= index < subgraph.TensorsLength():
+            continue  # check_before_open's to say
+        tensor = subgraph.Tensors(index)
+        signature = [int(d) for d in tensor.ShapeSignatureAsNumpy()] if tensor.ShapeSignatureLength() else []
+        if any(d < 0 for d in signature[1:]):
+            shown = [None if d < 0 else d for d in signature]
+            which = f" {_quoted(tensor.Name() or b'')}" if len(inputs) > 1 else ""
+            raise ModelLoadError(f"model: {path}: input{which} shape {shown} has unknown dimensions; {STATIC_SHAPES}")
+
+
 def check_ops(content: bytes, path: Path) -> None:
     """What the interpreter would quietly work around but TensorFlow's quantizer reads as written.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -78,3 +79,40 @@ def test_custom_objects_spec_errors(tmp_path: Path) -> None:
         load_model(tmp_path / "m.keras", ["no_colon"])
     with pytest.raises(ModelLoadError, match="cannot import"):
         load_model(tmp_path / "m.keras", ["no_such_module_xyz:Thing"])
+
+
+def _open_length_model() -> Any:
+    """Conv1D over a sequence of any length (``None`` past the batch), as sequence models are often saved."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(shape=(None, 3))
+    x = keras.layers.Conv1D(4, 3, activation="relu")(inputs)
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(x))
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("kind", ["keras", "saved_model", "tflite"])
+def test_an_open_input_dimension_is_named_in_every_source(kind: str, tmp_path: Path) -> None:
+    """An input size left open is exit 2 naming the shape and the fix, never a prepare failure inside an op.
+
+    Before, the SavedModel's open length reached LiteRT as a 1 and failed "CONV_2D failed to prepare" (exit 3,
+    "a bug in edgeconv"), and the float .tflite was called damaged.
+    """
+    import tensorflow as tf
+
+    model = _open_length_model()
+    if kind == "keras":
+        path = tmp_path / "model.keras"
+        model.save(path)
+    elif kind == "saved_model":
+        path = tmp_path / "exported"
+        model.export(str(path), verbose=False)
+    else:
+        path = tmp_path / "model.tflite"
+        path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    with pytest.raises(ModelLoadError) as e:
+        load_model(path)
+    assert "shape [None, None, 3] has unknown dimensions" in str(e.value), str(e.value)
+    assert "fixed input size" in str(e.value)
+    assert "damaged" not in str(e.value)
