@@ -475,8 +475,9 @@ def _explain_keras_error(path: Path, errors: Iterable[Exception]) -> ModelLoadEr
         found = _MISSING_CLASS.search(text)
         if found:
             name = found.group(1).rsplit(">", 1)[-1]
-            registered = _REGISTERED.search(text)
-            as_registered = f" (registered as '{registered.group(1)}')" if registered else ""
+            # The config dump holds every enclosing object's registered_name too (the model's first): the class's own.
+            registered = next((r for r in _REGISTERED.findall(text) if r.rsplit(">", 1)[-1] == name), None)
+            as_registered = f" (registered as '{registered}')" if registered and registered != name else ""
             return ModelLoadError(
                 f"model: {path}: uses the custom class '{name}'{as_registered}, which is not among the recipe's "
                 f"custom_objects; add the class to the recipe's custom_objects as 'module:{name}', naming the Python "

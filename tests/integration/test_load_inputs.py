@@ -35,7 +35,9 @@ def _recipe(tmp_path: Path, model_dir: Path, model: str) -> Path:
     return path
 
 
-def test_missing_custom_class_is_one_paragraph_naming_it_and_the_recipe_key(tmp_path: Path) -> None:
+@pytest.mark.parametrize("api", ["sequential", "functional"])
+def test_missing_custom_class_is_one_paragraph_naming_it_and_the_recipe_key(api: str, tmp_path: Path) -> None:
+    """The class's own registered name is given, not the enclosing model's (Keras's config dump names it first)."""
     # Saved in another process: the class is registered there only, as on a user's machine without it.
     script = textwrap.dedent(
         """
@@ -46,10 +48,15 @@ def test_missing_custom_class_is_one_paragraph_naming_it_and_the_recipe_key(tmp_
             def call(self, x):
                 return x * 2
 
-        keras.Sequential([keras.Input((4,)), Doubler(), keras.layers.Dense(2)]).save(sys.argv[1])
+        if sys.argv[2] == "sequential":
+            model = keras.Sequential([keras.Input((4,)), Doubler(), keras.layers.Dense(2)])
+        else:
+            inputs = keras.Input((4,))
+            model = keras.Model(inputs, keras.layers.Dense(2)(Doubler()(inputs)))
+        model.save(sys.argv[1])
         """
     )
-    subprocess.run([sys.executable, "-c", script, str(tmp_path / "custom.keras")], check=True, env=ENV)
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "custom.keras"), api], check=True, env=ENV)
     with pytest.raises(ModelLoadError) as info:
         load_model(tmp_path / "custom.keras")
     assert str(info.value) == (
