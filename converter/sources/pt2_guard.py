@@ -56,10 +56,17 @@ _TARGET = re.compile(
     r"|torch\.(?:sym_float|sym_int|sym_max|sym_min|sym_not|sym_ite|sym_sqrt|sym_sum|_sym_sqrt)"
     r"|math\.(?:ceil|floor|trunc|sqrt)"
 )
-# Names a shape expression may use: symbols (s0, u3, ...) and the sympy functions torch writes.
+# Names a shape expression may use: symbols (s0, u3, ...), the sympy functions torch writes and the sympy
+# constructors of srepr's form (Max(Integer(1), Add(Symbol('s16', ...), Integer(-2)))).
 _SYMBOL = re.compile(r"[a-z]{1,4}[0-9]+")
 _FUNCTIONS = frozenset(
     {
+        # sympy's own constructors, as srepr writes an expression (torch.export.save's form for dynamic sizes)
+        "Integer",
+        "Rational",
+        "Add",
+        "Mul",
+        "Pow",
         "FloorDiv",
         "ModularIndexing",
         "Where",
@@ -103,6 +110,13 @@ _FUNCTIONS = frozenset(
     }
 )
 _GUARD_WORDS = frozenset({"and", "or", "not", "True", "False", "_size"})
+# A symbol as sympy's srepr writes it with its assumptions, which torch.export.save writes for every dynamic
+# dimension: Symbol('s77', positive=True, integer=True). Read as the bare symbol (the assumptions are keywords
+# of sympy's own Symbol, nothing else can appear in the match).
+_SYMBOL_REPR = re.compile(
+    r"Symbol\(\s*'([a-z]{1,4}[0-9]+)'(?:\s*,\s*(?:positive|negative|nonnegative|nonpositive|integer|real|finite)"
+    r"\s*=\s*(?:True|False))*\s*\)"
+)
 # One token of an expression: a number, a name, or an operator; nothing else (no quotes, dots, brackets).
 _TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d+)?(?:e[+-]?\d+)?)|([A-Za-z_][A-Za-z0-9_]*)|(\*\*|//|==|!=|<=|>=|[-+*/%<>(),]))")
 # An input's size in a guard: L['x'].size()[0] or L['args'][0].size()[1].
@@ -436,6 +450,7 @@ def _check_program(path: Path, name: str, program: Any) -> None:
 
 def _safe_expression(text: str, *, guard: bool = False) -> bool:
     """Whether ``text`` is numbers, size symbols, known functions and operators, and nothing else."""
+    text = _SYMBOL_REPR.sub(r" \1 ", text)
     position = 0
     while position < len(text):
         m = _TOKEN.match(text, position)

@@ -84,6 +84,18 @@ def _input_names(exported: Any, count: int) -> list[str] | None:
     return names
 
 
+def _dynamic_dims(exported: Any, count: int) -> list[list[int]]:
+    """For each user input, the dimensions the program was exported with as symbols (``dynamic_shapes``)."""
+    placeholders = {n.name: n for n in exported.graph.nodes if n.op == "placeholder"}
+    names = [s.arg.name for s in exported.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    dims: list[list[int]] = []
+    for name in names[:count]:
+        value = placeholders[name].meta.get("val") if name in placeholders else None
+        shape = getattr(value, "shape", ())
+        dims.append([d for d, size in enumerate(shape) if not isinstance(size, int)])
+    return dims + [[] for _ in range(count - len(dims))]
+
+
 def convert(job: dict[str, Any]) -> dict[str, Any]:
     """The conversion itself: load, optionally wrap for channel-last I/O, convert, write the .tflite."""
     path = Path(job["model"])
@@ -109,8 +121,30 @@ def convert(job: dict[str, Any]) -> dict[str, Any]:
         return {"refused": f"the program takes keyword inputs ({', '.join(kwargs)}); export it with positional ones"}
     if not all(isinstance(a, torch.Tensor) for a in args):
         return {"refused": "the program's example inputs are not all tensors; export it with tensor inputs only"}
+    names = _input_names(exported, len(args))
+    dynamic = _dynamic_dims(exported, len(args))
+    fixed = [(i, d) for i, dims in enumerate(dynamic) for d in dims if d != 0]
+    if fixed:
+        i, d = fixed[0]
+        which = f"'{names[i]}'" if names else str(i)
+        return {
+            "refused": f"input {which} was exported with dimension {d} dynamic (torch.export's dynamic_shapes); "
+            "edgeconv converts for one input size (microcontrollers and NPUs run static shapes, and int8 ranges are "
+            "measured for one size): export it with that dimension fixed, e.g. torch.export.export(model.eval(), "
+            "(example_input,)) without dynamic_shapes"
+        }
+    # A dynamic batch is converted at batch 1, the batch every target runs (the example may hold several).
+    args = tuple(a[:1] if 0 in dims else a for a, dims in zip(args, dynamic, strict=True))
     inputs = [list(a.shape) for a in args]
-    outputs = module(*args)
+    try:
+        outputs = module(*args)
+    except Exception as e:  # noqa: BLE001 - torch checks the program's ranges on the call
+        if not any(dynamic):
+            raise
+        return {
+            "refused": f"the program does not take a batch of 1 ({type(e).__name__}: {_first_line(e)}); export it "
+            "with a batch dimension whose range starts at 1 (Dim('batch', min=1)) or with a static batch of 1"
+        }
     outputs = list(outputs) if isinstance(outputs, list | tuple) else [outputs]
     channel_last_in = [i for i, a in enumerate(args) if a.ndim == 4] if job["layout"] == "nhwc" else []
     channel_last_out = [i for i, o in enumerate(outputs) if o.ndim == 4] if job["layout"] == "nhwc" else []
@@ -125,7 +159,7 @@ def convert(job: dict[str, Any]) -> dict[str, Any]:
         "torch": torch.__version__,
         "litert_torch": litert_torch.__version__,
         "inputs": inputs,
-        "input_names": _input_names(exported, len(args)),  # the parent names the .tflite's inputs so
+        "input_names": names,  # the parent names the .tflite's inputs so
         "channel_last_inputs": channel_last_in,
         "channel_last_outputs": channel_last_out,
         "float_check": check,

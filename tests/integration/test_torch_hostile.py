@@ -146,6 +146,12 @@ def _add_expression(program: dict[str, Any]) -> None:
     program["graph_module"]["graph"]["sym_int_values"] = {"x": {"as_expr": {"expr_str": "__import__('os').getpid()"}}}
 
 
+def _add_srepr_expression(program: dict[str, Any]) -> None:
+    """A payload inside srepr's form, the form torch.export.save writes for a dynamic size (which passes)."""
+    payload = "Add(Symbol('s0', positive=True, integer=True), Symbol('s1').__class__.__init__.__globals__)"
+    program["graph_module"]["graph"]["sym_int_values"] = {"x": {"as_expr": {"expr_str": payload}}}
+
+
 def _pickle_weight(name: str, data: bytes) -> bytes:
     if not name.endswith("_weights_config.json"):
         return data
@@ -159,12 +165,21 @@ def _pickle_weight(name: str, data: bytes) -> bytes:
     [
         (_program_edit(_set_target), None, "the graph calls 'torch.os.system', which is not an ATen operator"),
         (_program_edit(_add_expression), None, "the shape expression \"__import__('os').getpid()\""),
+        (_program_edit(_add_srepr_expression), None, "the shape expression \"Add(Symbol('s0', positive=True"),
         (_pickle_weight, None, "is stored as a pickled Python object"),
         (lambda n, d: d, {"data/aotinductor/model/model.so": b"\x7fELF"}, "holds an AOTInductor package"),
         (lambda n, d: None if n == "archive_version" else d, None, "archive format 'pt2' version ''"),
         (lambda n, d: d, {"data/weights/model.pt": b"x"}, "stores its weights in the legacy pickled form"),
     ],
-    ids=["node_target", "sympy_expression", "pickled_weight", "aotinductor", "legacy_layout", "legacy_weights"],
+    ids=[
+        "node_target",
+        "sympy_expression",
+        "srepr_expression",
+        "pickled_weight",
+        "aotinductor",
+        "legacy_layout",
+        "legacy_weights",
+    ],
 )
 def test_guard_refuses_before_torch_reads(
     edit: Callable[[str, bytes], bytes | None], add: dict[str, bytes] | None, message: str, clean_pt2: Path,

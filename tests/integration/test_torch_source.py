@@ -255,6 +255,53 @@ def test_reshape_feeds_8x8_images_to_a_64_input_model(tmp_path: Path) -> None:
     assert _float_ops(out / INT8_NAME) == []
 
 
+def test_a_dynamic_batch_export_converts_at_batch_1(tmp_path: Path) -> None:
+    """``dynamic_shapes`` on the batch, exported from a batch of 8: converted for batch 1, the batch targets run.
+
+    torch.export.save writes such a dimension as ``Symbol('s77', positive=True, integer=True)``, which the archive
+    guard once refused as code; and litert-torch traced the example's batch of 8.
+    """
+    images, labels = _digits()
+    model = _train(MLP(), images[:1200].reshape(-1, 64), labels[:1200], 60)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    example = torch.from_numpy(images[:8].reshape(8, 64))
+    exported = torch.export.export(model.eval(), (example,), dynamic_shapes={"x": {0: batch}})
+    torch.export.save(exported, str(tmp_path / "mlp.pt2"))
+    assert "Symbol(" in _member(tmp_path / "mlp.pt2", "models/model.json")  # the form the guard must read
+    np.save(tmp_path / "cal.npy", images[:200].reshape(-1, 64))
+    np.savez(tmp_path / "eval.npz", x=images[1200:].reshape(-1, 64), y=labels[1200:])
+    done, out = _convert_cli(tmp_path, _recipe(tmp_path / "mlp.pt2", tmp_path / "cal.npy", tmp_path / "eval.npz"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["input_shape"] == [1, 64], report["model"]
+    acc = report["accuracy"]
+    assert acc["float"] >= 0.8 and acc["drop"] <= 0.02, acc
+
+
+def test_a_dynamic_length_export_is_refused_naming_the_dimension(tmp_path: Path) -> None:
+    """A dynamic dimension past the batch cannot be converted for one size: exit 2 naming the input and dimension."""
+    model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    length = torch.export.Dim("length", min=4, max=64)
+    exported = torch.export.export(model, (torch.ones(1, 2, 16),), dynamic_shapes=({2: length},))
+    torch.export.save(exported, str(tmp_path / "seq.pt2"))
+    np.save(tmp_path / "cal.npy", np.ones((4, 2, 16), np.float32))
+    recipe = _recipe(tmp_path / "seq.pt2", tmp_path / "cal.npy", tmp_path / "cal.npy")
+    del recipe["data"]["evaluation"]
+    done, out = _convert_cli(tmp_path, recipe)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "was exported with dimension 2 dynamic (torch.export's dynamic_shapes)" in done.stderr, done.stderr[-2000:]
+    assert "without dynamic_shapes" in done.stderr
+    assert not out.exists()
+
+
+def _member(archive: Path, name: str) -> str:
+    """One member of a .pt2 archive (under its root folder), as text."""
+    import zipfile
+
+    with zipfile.ZipFile(archive) as z:
+        return z.read(next(n for n in z.namelist() if n.endswith("/" + name))).decode()
+
+
 @pytest.mark.full  # a third .pt2-derived conversion
 def test_litert_torch_tflite_source_goes_full_integer_too(tmp_path: Path) -> None:
     """The trap: litert-torch's metadata keep_stablehlo_constant kept CONV_2D/FULLY_CONNECTED float in int8."""
