@@ -28,7 +28,15 @@ from converter.analysis.evaluate import check_metric, coverage_warning, evaluate
 from converter.artifacts import OutputFolder
 from converter.boards import latency_cache
 from converter.boards.measure import TargetResult, measure_target, merge_measured
-from converter.calibration.data import Dataset, ModelInput, Split, check_preprocess, read_samples, split_calibration
+from converter.calibration.data import (
+    Dataset,
+    ModelInput,
+    Split,
+    check_preprocess,
+    range_mismatch,
+    read_samples,
+    split_calibration,
+)
 from converter.calibration.stats import INDEX_ADVICE, IndexRefused
 from converter.calibration.transform_check import TransformRejected
 from converter.devices import DeviceProfile, load_device
@@ -227,6 +235,9 @@ def _run(
     cal_x, cal_ds, _ = _timed("data", steps, lambda: read("calibration"))
     _log_integer_inputs(model.inputs, recipe.quantization.input_type)
     eval_x, eval_ds, eval_y = read("evaluation") if recipe.data.evaluation else (None, None, None)
+    mismatch = range_mismatch(cal_x, eval_x, f"{where}.evaluation") if eval_x is not None else None
+    if mismatch is not None:
+        log.warning("warning: %s", mismatch)
     # Without evaluation data, int8 is measured against float on calibration samples held out for it.
     split = split_calibration(
         cal_x, cal_ds, recipe.data.calibration.seed, evaluation=eval_x is not None, holdout=recipe.data.holdout
@@ -342,6 +353,8 @@ def _run(
     alone = _alone(recipe, report, baseline, chosen, model.float_tflite, layers, analysis_x, steps)
     report["analysis"]["layers"] = [e.to_json() for e in layers]
     report["analysis"]["alone"] = alone.to_json()
+    if mismatch is not None:
+        report["warnings"].append(mismatch)
     _fidelity(recipe, targets, report, split, held)
     # Which layout the model's image inputs have, and how the data was brought to the model's shape.
     report["model"]["layout"] = model.layout

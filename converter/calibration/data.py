@@ -171,6 +171,42 @@ def subset(ds: Dataset, positions: np.ndarray) -> Dataset:
     )
 
 
+# Calibration and evaluation inputs whose spans differ by this factor are data of two kinds (0-255 and 0-1).
+SCALE_MISMATCH = 8.0
+
+
+def range_mismatch(calibration: np.ndarray, evaluation: np.ndarray, where: str) -> str | None:
+    """A warning when the evaluation inputs are not on the calibration inputs' scale, else None.
+
+    int8 ranges come from the calibration data; evaluation data preprocessed another way (0-1 against 0-255,
+    centred against not) is clipped or squeezed into a few steps by them, and the accuracy that follows blames
+    the model. Float inputs only (token ids and indices have no scale); compared after preprocessing, as the
+    model sees them, per input for several.
+    """
+    for name in calibration.dtype.names or (None,):
+        cal = calibration[name] if name else calibration
+        ev = evaluation[name] if name else evaluation
+        if not (np.issubdtype(cal.dtype, np.floating) and np.issubdtype(ev.dtype, np.floating)) or not cal.size:
+            continue
+        if not ev.size:
+            continue
+        cal_lo, cal_hi, ev_lo, ev_hi = float(cal.min()), float(cal.max()), float(ev.min()), float(ev.max())
+        cal_span, ev_span = cal_hi - cal_lo, ev_hi - ev_lo
+        if not (cal_span > 0 and ev_span > 0 and np.isfinite(cal_span) and np.isfinite(ev_span)):
+            continue
+        overlap = min(cal_hi, ev_hi) - max(cal_lo, ev_lo)
+        if max(cal_span, ev_span) / min(cal_span, ev_span) < SCALE_MISMATCH and overlap >= 0.5 * min(cal_span, ev_span):
+            continue
+        which = f" of input '{name}'" if name else ""
+        return (
+            f"{where}: the evaluation values{which} span [{ev_lo:.4g}, {ev_hi:.4g}] and the calibration values "
+            f"[{cal_lo:.4g}, {cal_hi:.4g}] (after the recipe's preprocessing): int8 ranges come from the calibration "
+            "data, so evaluation data of another scale or offset is measured outside them. Give both sets in the "
+            "same form (e.g. both 0-255 or both 0-1), preprocessed as the model was trained"
+        )
+    return None
+
+
 def split_calibration(x: np.ndarray, ds: Dataset, seed: int, *, evaluation: bool, holdout: bool) -> Split:
     """The calibration samples, and those held out of them (``holdout_positions``) for a recipe without evaluation
     data that keeps ``data.holdout`` on. With evaluation data calibration takes every sample, as it always did.

@@ -100,6 +100,24 @@ def test_labels_outside_the_classes_are_refused_before_calibration(
     assert not (tmp_path / "out").exists()
 
 
+def test_evaluation_data_on_another_scale_is_warned(
+    tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Evaluation data as 0-1 floats where calibration has 0-255 bytes: said on the console and in the report, not
+    only as a collapsed accuracy that blames the model's layers."""
+    import numpy as np
+
+    with np.load(tiny_model_dir / "test.npz") as data:
+        np.savez(tmp_path / "scaled.npz", x=data["x"].astype(np.float32) / 255, y=data["y"])
+    recipe = tiny_recipe(tiny_model_dir)
+    recipe["data"]["evaluation"]["path"] = str(tmp_path / "scaled.npz")
+    result = _convert(write_recipe(recipe), tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "data.evaluation: the evaluation values span [" in result.stderr, result.stderr
+    warnings = json.loads((tmp_path / "out" / "report.json").read_text())["warnings"]
+    assert any("and the calibration values [" in w for w in warnings), warnings
+
+
 def test_missing_recipe(tmp_path: Path) -> None:
     _assert_user_error(_convert(tmp_path / "none.yaml", tmp_path / "out"), "none.yaml: recipe not found")
 

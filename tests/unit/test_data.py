@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from converter.calibration.data import Dataset, load_dataset, prepare, select
+from converter.calibration.data import Dataset, load_dataset, prepare, range_mismatch, select
 from converter.errors import DataError
 from converter.runtime.preprocess import Preprocess
 
@@ -147,3 +147,28 @@ def test_prepare_rejects_nan_and_inf() -> None:
     x[3, 0] = np.inf
     with pytest.raises(DataError, match=r"2 NaN/Inf values in 2 samples \(first: sample 2\)"):
         prepare(_ds(x), Preprocess(), (1, 3), W)
+
+
+def test_range_mismatch_names_both_spans_and_the_input() -> None:
+    rng = np.random.default_rng(0)
+    unit = rng.random((50, 4, 4, 1)).astype(np.float32)
+    message = range_mismatch(unit * 255, unit, "r.yaml: data.evaluation")
+    assert message is not None and message.startswith("r.yaml: data.evaluation: the evaluation values span [")
+    assert "and the calibration values [" in message and "both 0-255 or both 0-1" in message
+    # Shifted, same scale: centred calibration data against uncentred evaluation data.
+    assert range_mismatch(unit - 0.5, unit + 0.5, "w") is not None
+    packed = np.zeros(50, dtype=[("ids", np.int32, (3,)), ("x", np.float32, (2,))])
+    packed["x"] = rng.random((50, 2))
+    scaled = packed.copy()
+    scaled["x"] *= 100
+    assert "of input 'x'" in (range_mismatch(packed, scaled, "w") or "")
+
+
+def test_range_mismatch_is_quiet_for_data_of_one_kind() -> None:
+    rng = np.random.default_rng(1)
+    cal, ev = rng.normal(size=(200, 8)).astype(np.float32), rng.normal(size=(100, 8)).astype(np.float32)
+    assert range_mismatch(cal, ev, "w") is None
+    assert range_mismatch(cal, ev * 3, "w") is None  # louder, same kind: under the factor
+    ids = rng.integers(0, 1000, (50, 16))
+    assert range_mismatch(ids, ids * 100, "w") is None  # token ids have no scale
+    assert range_mismatch(np.zeros((4, 2), np.float32), np.ones((4, 2), np.float32), "w") is None  # constant
