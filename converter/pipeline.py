@@ -79,6 +79,7 @@ from converter.reports.report import (
 )
 from converter.runtime.accuracy import Accuracy, not_measured
 from converter.runtime.preprocess import Preprocess
+from converter.schema import blame_override
 from converter.sources.load import LoadedModel, detect_format, load_model
 from converter.targets import check_targets, early_warnings, rknn, rknn_setup, tensorrt
 
@@ -140,6 +141,16 @@ def convert(
             "those Python modules, and a recipe alone may not run code here (recipes arrive in pull requests and "
             "CI runs them); if you trust these modules, pass --allow-custom-objects to edgeconv convert"
         )
+    try:
+        return _convert(recipe, out, force, baseline, baseline_path)
+    except UserInputError as e:  # found while running: a value a --set option gave is blamed on it
+        e.args = (blame_override(str(e), str(recipe.source), recipe.overrides), *e.args[1:])
+        raise
+
+
+def _convert(
+    recipe: Recipe, out: Path, force: bool, baseline: dict[str, Any] | None, baseline_path: str | None
+) -> RunResult:
     try:
         source_format = detect_format(recipe.model)  # also checks the source's extra or virtualenv (load.SOURCES)
     except ModelLoadError as e:

@@ -382,6 +382,9 @@ class Recipe:
     source: Path = field(default=Path("recipe.yaml"), init=False, compare=False)
 
     sha256: str = field(default="", init=False, compare=False)
+    # The key paths --set options replaced, each with the option's text (``schema.Where.overrides``), so an
+    # error found while running names the option rather than the file (``schema.blame_override``).
+    overrides: tuple[tuple[str, str], ...] = field(default=(), init=False, compare=False)
 
     def preprocess(self) -> Preprocess:
         """The preprocessing contract this recipe declares."""
@@ -480,6 +483,7 @@ def recipe_from_mapping(
         _check_files(recipe, where)
     object.__setattr__(recipe, "source", source)
     object.__setattr__(recipe, "sha256", recipe_sha256(raw))
+    object.__setattr__(recipe, "overrides", origin)
     return recipe
 
 

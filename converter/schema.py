@@ -25,6 +25,32 @@ T = TypeVar("T")
 _FIELD_PREFIX = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[\d+\])?: ")
 
 
+_KEY_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\[\d+\])?(?:\.[A-Za-z_][A-Za-z0-9_]*(?:\[\d+\])?)*")
+
+
+def blame_override(message: str, source: str, overrides: tuple[tuple[str, str], ...]) -> str:
+    """``message`` ("recipe.yaml: key.path: ...", found while running) blaming the ``--set`` that gave the value.
+
+    Validation blames options through ``Where``; an error found later (the data file a ``--set`` named, an
+    ``input`` section a ``--set`` added) is raised with the recipe file's name. The option is blamed when it set
+    the key the message names or a mapping above it, or a key below it whose value the message quotes.
+    """
+    prefix = f"{source}: "
+    if not overrides or not message.startswith(prefix):
+        return message
+    rest = message[len(prefix) :]
+    key = rest.partition(": ")[0]
+    if not _KEY_PATH.fullmatch(key):
+        return message
+    for path, text in reversed(overrides):  # a later option wins, as it did when they were applied
+        value = text.partition("=")[2].strip()
+        if key == path:
+            return f"--set {text}: {rest.partition(': ')[2]}"
+        if key.startswith(path + ".") or (path.startswith(key + ".") and value and value in rest):
+            return f"--set {text}: {rest}"
+    return message
+
+
 @dataclass(frozen=True)
 class Where:
     """The file being read, its key path, and the folder relative paths resolve against.

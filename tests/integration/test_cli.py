@@ -118,6 +118,19 @@ def test_evaluation_data_on_another_scale_is_warned(
     assert any("and the calibration values [" in w for w in warnings), warnings
 
 
+def test_a_data_file_given_by_set_is_blamed_on_the_option(
+    tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The file's problem is found while reading it, after validation: the message names the --set, not the recipe."""
+    import numpy as np
+
+    np.savez(tmp_path / "other.npz", z=np.zeros((4, 12, 12, 3), np.float32))
+    option = f"data.calibration.path={tmp_path / 'other.npz'}"
+    result = _convert(write_recipe(tiny_recipe(tiny_model_dir)), tmp_path / "out", "--set", option)
+    _assert_user_error(result, f"error: --set {option}: ")
+    assert "recipe.yaml" not in result.stderr.splitlines()[-1]
+
+
 def test_missing_recipe(tmp_path: Path) -> None:
     _assert_user_error(_convert(tmp_path / "none.yaml", tmp_path / "out"), "none.yaml: recipe not found")
 

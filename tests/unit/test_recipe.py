@@ -11,6 +11,7 @@ import pytest
 
 from converter.errors import RecipeError
 from converter.recipe import Recipe, load_recipe, recipe_json_schema
+from converter.schema import blame_override
 from tests.conftest import ROOT
 
 GOOD: dict[str, Any] = {
@@ -243,3 +244,28 @@ def test_every_device_profile_loads() -> None:
         profile = load_device(name)
         assert profile.name == name
         assert (profile.delegate == "edgetpu") == (profile.runtime == "edgetpu") == profile.needs_compiled_model
+
+
+def test_an_error_found_while_running_blames_the_set_option_that_gave_the_value() -> None:
+    sets = (("input", "input={scale: 0.5}"), ("data.calibration.path", "data.calibration.path=cal2.npz"))
+    # The key the option set, stated by the option as validation states it.
+    assert (
+        blame_override("r.yaml: input: scale applies to single-input models", "r.yaml", sets)
+        == "--set input={scale: 0.5}: scale applies to single-input models"
+    )
+    # A key below a mapping the option set.
+    assert blame_override("r.yaml: input.scale: too large", "r.yaml", sets).startswith("--set input={scale: 0.5}: ")
+    # A mapping above the option's key, when the message quotes the value it gave.
+    assert (
+        blame_override("r.yaml: data.calibration: /d/cal2.npz: no array 'x'", "r.yaml", sets)
+        == "--set data.calibration.path=cal2.npz: data.calibration: /d/cal2.npz: no array 'x'"
+    )
+    # Keys the options did not give stay the file's, as do messages of another shape.
+    for message in (
+        "r.yaml: data.calibration: /d/cal.npz: no array 'x'",
+        "r.yaml: data.evaluation: labels missing",
+        "r.yaml: model: m.keras: cannot load",
+        "something else: input: x",
+    ):
+        assert blame_override(message, "r.yaml", sets) == message
+    assert blame_override("r.yaml: input: x", "r.yaml", ()) == "r.yaml: input: x"
