@@ -200,11 +200,18 @@ def load_onnx(path: Path, timeout_s: float = TIMEOUT_S, layout: str = "nhwc") ->
             ) from e
         raise ConversionError(f"onnx2tf wrote a .tflite for {path} that the TFLite interpreter cannot open: {e}") from e
     square = ", ".join(f"{t['name']!r} {t['shape']}" for t in answer.get("square_tensors") or [])
+    rnn = ", ".join(
+        f"{r['op']} {r['name']!r}: {r['steps']} steps, hidden size {r['hidden']}"
+        for r in answer.get("rnn_equal_dims") or []
+    )
     layout = (
         "onnx2tf cannot tell channels-first from channels-last where a 4-D tensor's channels, height and width "
         f"are equal, and this model has such tensors ({square}): "
         "exported for another input size it may convert faithfully; otherwise "
         if square
+        else "onnx2tf mis-converts a recurrent layer whose sequence length equals its hidden size, and this model "
+        f"has one ({rnn}): exported for another sequence length it may convert faithfully; otherwise "
+        if rnn
         else "onnx2tf mis-converts an op of this model: "
     )
     check_note = float_check.loader_note(

@@ -466,6 +466,7 @@ def convert(request: dict[str, Any]) -> dict[str, Any]:
     out.write_bytes(produced.read_bytes())
     return {
         "ok": True,
+        "rnn_equal_dims": rnn_equal_dims(model) if _failed(check) else [],
         "onnx2tf": _version("onnx2tf"),
         "inputs": [{"name": n, "onnx_shape": s, "kept": n in keep} for n, s in shapes.items()],
         "external_data": external,
@@ -648,6 +649,27 @@ def square_tensors(model: Any, most: int = 3) -> list[dict[str, Any]]:
         dims = [d for d in shape if d is not None]
         if len(shape) == len(dims) == 4 and dims[1] == dims[2] == dims[3] > 1:
             found.append({"name": name, "shape": dims})
+    return found[:most]
+
+
+def rnn_equal_dims(model: Any, most: int = 3) -> list[dict[str, Any]]:
+    """LSTM/GRU/RNN nodes whose sequence length equals their hidden size (more than 1).
+
+    Measured: onnx2tf's unrolled LSTM computes something else exactly then (16 steps of hidden 16, 10 of 10,
+    12 of 12: 3-8 dB against onnxruntime), and faithfully at 16 steps of hidden 12 or 12 of 16.
+    """
+    shapes = _static_shapes(model)
+    found = []
+    for node in _all_nodes(model.graph):
+        if node.op_type not in ("LSTM", "GRU", "RNN") or not node.input:
+            continue
+        attributes = {a.name: a.i for a in node.attribute if a.name in ("hidden_size", "layout")}
+        x = shapes.get(node.input[0]) or []
+        if len(x) != 3 or not attributes.get("hidden_size"):
+            continue
+        steps = x[1] if attributes.get("layout") else x[0]  # layout 1: [batch, steps, features]
+        if steps == attributes["hidden_size"] and steps is not None and steps > 1:
+            found.append({"op": node.op_type, "name": node.name, "steps": steps, "hidden": steps})
     return found[:most]
 
 

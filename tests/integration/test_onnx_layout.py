@@ -64,3 +64,30 @@ def test_without_the_second_conversion_the_error_names_the_square_tensors(
     assert "cannot tell channels-first from channels-last" in said, said
     assert "[1, 16, 16, 16]" in said, said
     assert "convert it from PyTorch instead" in said, said
+
+
+@pytest.mark.full  # one onnx2tf conversion
+def test_an_lstm_whose_steps_equal_its_hidden_size_is_named_with_the_remedy(onnx_env: Path, tmp_path: Path) -> None:
+    """onnx2tf's unrolled LSTM computes something else when the sequence length equals the hidden size (measured
+    at 10, 12 and 16; 16 steps of hidden 12 converts faithfully): exit 3 naming the layer, both sizes and the way
+    out, where the message could only say that some op was mis-converted."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from converter.errors import ConversionError
+
+    class Last(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn, self.head = nn.LSTM(4, 10, batch_first=True), nn.Linear(10, 3)
+
+        def forward(self, x: Any) -> Any:
+            return self.head(self.rnn(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    with pytest.raises(ConversionError) as raised:
+        float_against_pytorch(Last().eval(), (1, 10, 4), tmp_path)
+    said = str(raised.value)
+    assert "a recurrent layer whose sequence length equals its hidden size" in said, said
+    assert ": 10 steps, hidden size 10)" in said, said
+    assert "exported for another sequence length" in said and "convert it from PyTorch instead" in said, said
