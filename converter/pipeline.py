@@ -220,7 +220,12 @@ def _run(
         )
     except ModelLoadError as e:
         raise ModelLoadError(f"{recipe.source}: {e}") from e
-    log.info("loaded %s (%s) with %s; input %s", recipe.model.name, model.format, model.loader, list(model.input_shape))
+    shapes = (
+        f"input {list(model.input_shape)}"
+        if len(model.inputs) == 1
+        else f"{len(model.inputs)} inputs: " + ", ".join(f"{i.name} {list(i.shape)}" for i in model.inputs)
+    )
+    log.info("loaded %s (%s) with %s; %s", recipe.model.name, model.format, model.loader, shapes)
     for warning in early_warnings(recipe, targets):
         log.warning("warning: %s", warning)
     prep = recipe.preprocess()

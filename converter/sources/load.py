@@ -531,7 +531,9 @@ def _load_keras(path: Path, fmt: ModelFormat, objects: dict[str, Any]) -> tuple[
             f"model: {path}: cannot load this .h5 with Keras 3 ({_short(first_error)}) nor with tf_keras "
             f"({_short(e)}); is the file complete and a Keras model?"
         ) from e
-    log.info("Keras 3 could not read %s (%s); loaded with tf_keras %s", path.name, first_error, tf_keras.__version__)
+    log.info(  # Keras 3's message can hold the whole model config: its first lines are enough here
+        "Keras 3 could not read %s (%s); loaded with tf_keras %s", path.name, _short(first_error), tf_keras.__version__
+    )
     return model, f"tf_keras {tf_keras.__version__} (Keras 3 failed: {type(first_error).__name__})"
 
 

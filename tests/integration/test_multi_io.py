@@ -137,6 +137,9 @@ def test_converts_full_integer_with_both_inputs_and_outputs(source: str, model_d
     out = tmp_path / source.replace("-", "_")
     result = _run(_recipe(model_dir, SOURCES[source], out), out)
     assert result.exit_code == 0, result.output
+    loaded = next(line for line in result.stderr.splitlines() if line.startswith("loaded "))
+    named = loaded.rpartition("; 2 inputs: ")[2]  # every input, in the model's own order
+    assert f"image [1, {SIDE}, {SIDE}, 1]" in named and f"features [1, {FEATURES}]" in named, loaded
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
 
     int8 = (out / INT8_NAME).read_bytes()
