@@ -513,7 +513,13 @@ def _fallbacks(
             Plan("minmax", activations="int16", input_type=io[0], output_type=io[1]),
         )
         if a is not None and a.meets:
-            return _result(loop, a, "met with 16x8 activations (CPU targets only)", None)
+            io_said = (
+                f"; model I/O {io[0]} in, {io[1]} out instead of the recipe's {base.input_type}/{base.output_type}, "
+                "which a 16x8 model cannot take"
+                if changed
+                else ""
+            )
+            return _result(loop, a, f"met with 16x8 activations (CPU targets only{io_said})", None)
     plans = [(a, a.quantized.plan) for a in loop.attempts]
     full_integer = [a for a, p in plans if not p.float_nodes and p.activations == base.activations]
     return _result(loop, min(full_integer, key=Attempt.score), "no fix met the budget; kept the best int8 result", None)

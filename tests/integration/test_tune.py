@@ -139,6 +139,18 @@ def test_16x8_is_tried_when_no_layer_may_stay_float(
     sixteen = attempts["16x8"]
     assert sixteen["plan"]["activations"] == "int16" and "I/O becomes float32" in sixteen["detail"]
     assert sixteen["drop"] < attempts["recipe"]["drop"] / 10  # 16-bit steps resolve the small channels
+    # Chosen (a budget only it meets), it changes the recipe's int8 I/O: the outcome, which the summary's tuning
+    # line shows, says so.
+    earlier = min(a["drop"] for step, a in attempts.items() if step != "16x8")
+    assert sixteen["drop"] < earlier
+    only_sixteen = _recipe(outlier_pooled, tuning={"max_float_layers": 0})
+    only_sixteen["budgets"] = {"accuracy_drop": (sixteen["drop"] + earlier) / 2}
+    _, report = _convert(write_recipe(only_sixteen, "sixteen.yaml"), tmp_path / "sixteen")
+    assert report["tuning"]["outcome"] == (
+        "met with 16x8 activations (CPU targets only; model I/O float32 in, float32 out instead of the recipe's "
+        "int8/int8, which a 16x8 model cannot take)"
+    ), report["tuning"]["outcome"]
+    assert report["quantization"]["input"]["dtype"] == "float32"
 
 
 def test_no_budget_no_float_layers(outlier_digits: Path, write_recipe: Callable[..., Path], tmp_path: Path) -> None:
