@@ -23,9 +23,7 @@ Writes ``memory_floor.json`` and ``memory_floor.md`` to ``--out`` (default: ``--
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -185,22 +183,9 @@ def main() -> None:
     if args.aeq_python is None:
         print("no ai-edge-quantizer virtualenv (see tools/aeq_convert.py): its row is left out", file=sys.stderr)
     compile_package()
-    names = [n for n in args.models.split(",") if n]
-    missing = [n for n in names if n in realdata.REAL_PATHS and not realdata.REALDATA.is_dir()]
-    if missing:
-        print(f"skipping {', '.join(missing)}: {realdata.REALDATA} not found", file=sys.stderr)
-    results = [bench_model(n, args) for n in names if n not in missing]
-    machine = {
-        "machine": platform.platform(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "load_1min": os.getloadavg()[0],
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "memory_floor.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
-    (args.out / "memory_floor.md").write_text(markdown(results))
-    print(markdown(results))
+    results = realdata.run_models(args.models, lambda name: bench_model(name, args))
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "load_1min": os.getloadavg()[0]}
+    realdata.write_results(args.out, "memory_floor", results, markdown, **meta)
 
 
 if __name__ == "__main__":

@@ -75,12 +75,24 @@ def bench_main(
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
     args = parser.parse_args()
     out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    names = [n for n in args.models.split(",") if n]
+    results = run_models(args.models, lambda name: bench_model(name, out))
+    write_results(out, stem, results, markdown, **meta)
+
+
+def run_models(models: str, bench_model: Callable[[str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """``bench_model`` for each of the comma-separated ``models``; real ones skipped, and said, without REALDATA."""
+    names = [n for n in models.split(",") if n]
     missing = [n for n in names if n in REAL_PATHS and not REALDATA.is_dir()]
     if missing:
         print(f"skipping {', '.join(missing)}: {REALDATA} not found", file=sys.stderr)
-    results = [bench_model(n, out) for n in names if n not in missing]
+    return [bench_model(n) for n in names if n not in missing]
+
+
+def write_results(
+    out: Path, stem: str, results: list[dict[str, Any]], markdown: Callable[[list[dict[str, Any]]], str], **meta: Any
+) -> None:
+    """STEM.json (the machine and the results) and STEM.md into ``out``; the Markdown printed too."""
+    out.mkdir(parents=True, exist_ok=True)
     machine = {
         "machine": platform.platform(),
         "processor": platform.processor(),
