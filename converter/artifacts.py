@@ -215,7 +215,7 @@ def _pause(variable: str) -> None:
 
 
 @contextlib.contextmanager
-def _signals_deferred() -> Iterator[list[int]]:
+def signals_deferred() -> Iterator[list[int]]:
     """Record SIGINT/SIGTERM instead of acting on them; the caller raises for them after the block.
 
     Python runs signal handlers in the main thread between bytecodes, whichever thread the kernel
@@ -347,7 +347,7 @@ class OutputFolder:
             raise
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
-        with _signals_deferred() as caught:  # cleaning up is not cut short by a second Ctrl-C
+        with signals_deferred() as caught:  # cleaning up is not cut short by a second Ctrl-C
             try:
                 self._recover()
             finally:
@@ -412,7 +412,7 @@ class OutputFolder:
         for folder in sorted({self.staging, *((self.staging / n).parent for n in files)}, key=lambda p: -len(p.parts)):
             _fsync_dir(folder)
         _pause(PAUSE_BEFORE_SWITCH)
-        with _signals_deferred() as caught:
+        with signals_deferred() as caught:
             if not self.path.exists():
                 self.staging.rename(self.path)
             elif _exchange(self.staging, self.path):  # the staging name holds the previous set now
@@ -429,7 +429,7 @@ class OutputFolder:
 
     def _recover_now(self) -> None:
         """``_recover`` at the start of a run, with a signal during it raised only once it is done."""
-        with _signals_deferred() as caught:
+        with signals_deferred() as caught:
             self._recover()
         if caught:
             raise Interrupted(caught[0], self.outcome())
@@ -584,7 +584,7 @@ def _replace_files(
             if target.exists() and not target.is_file():
                 raise OSError(f"{target} exists and is not a file")
             staged.append((_stage(target, data), target))
-        with _signals_deferred() as caught:
+        with signals_deferred() as caught:
             for stage, target in staged:
                 stage.replace(target)
                 replaced += 1

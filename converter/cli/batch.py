@@ -34,12 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from converter.artifacts import signals_deferred
 from converter.boards.bench import die_with_parent
 from converter.errors import UserInputError
 from converter.reports.report import REPORT_NAME
 from converter.supervise import CRASHES, crash_message, running_step
 from converter.yamlio import not_regular
 
+STOP_GRACE_S = 5.0  # an interrupted recipe's time to end as a single convert does, before its worker is killed
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what an interrupted convert exits with
 JOB_MEMORY = 2 * 1024**3  # bytes one convert may peak at (1.4 GB measured on MobileNetV2-224), rounded up
 RECIPE_SUFFIXES = (".yaml", ".yml")
 TIMEOUT_S = 4 * 3600
@@ -162,19 +165,30 @@ class _Worker:
         )
 
         self.peak_kb = 0
+        self.busy = False  # a recipe handed over and its exit code not yet back
 
     def convert(self, argv: list[str], stderr: Path, steps: Path) -> int | None:
         """Run one ``edgeconv`` command line; its exit code, or None when the worker died on it."""
         assert self.proc.stdin is not None and self.proc.stdout is not None  # noqa: S101 - PIPE above
+        self.busy = True
         try:
-            self.proc.stdin.write(json.dumps({"argv": argv, "stderr": str(stderr), "steps": str(steps)}) + "\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            return None
-        line = self.proc.stdout.readline()
-        if not line:
-            return None
-        return int(json.loads(line)["code"])
+            try:
+                self.proc.stdin.write(json.dumps({"argv": argv, "stderr": str(stderr), "steps": str(steps)}) + "\n")
+                self.proc.stdin.flush()
+            except (BrokenPipeError, OSError):
+                return None
+            line = self.proc.stdout.readline()
+            if not line:
+                return None
+            return int(json.loads(line)["code"])
+        finally:
+            self.busy = False
+
+    def interrupt(self) -> None:
+        """SIGINT to the worker's group, as Ctrl-C gives a single convert: the recipe it runs ends as one does
+        (its output folder's staging removed, nothing published) and the worker answers 130."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGINT)
 
     def kill(self) -> int:
         """End the worker and its whole group (the runtime bundle's children too); its exit status (Popen's sign).
@@ -217,7 +231,7 @@ class _Children:
         thread = threading.get_ident()
         with self.lock:
             if self.stopping:
-                return 3, "error: not started: the batch was interrupted"
+                return EXIT_INTERRUPTED, "error: not started: the batch was interrupted"
             worker = self.workers.get(thread)
             if worker is None or worker.proc.poll() is not None:
                 worker = self.workers[thread] = _Worker()
@@ -247,6 +261,8 @@ class _Children:
             self.workers.pop(thread, None)
         if expired.is_set():
             return 3, stderr + f"\nerror: did not finish within {timeout:.0f} s"
+        if self.stopping:  # ended by the batch's own stop: an interruption, not a crash
+            return EXIT_INTERRUPTED, stderr + f"\nerror: {INTERRUPTED}"
         if status < 0 and signal.Signals(-status) in CRASHES and not self.stopping:
             log = steps.read_text(encoding="utf-8", errors="replace") if steps.exists() else ""
             step, last = running_step(log, worker.proc.pid)
@@ -259,12 +275,22 @@ class _Children:
         for worker in workers:
             worker.close()
 
-    def stop_all(self) -> None:
+    def stop_all(self, grace: float = STOP_GRACE_S) -> None:
+        """Start nothing more; interrupt the recipes running, give them ``grace`` seconds to end as an interrupted
+        convert does (nothing published, staging removed), then end every worker."""
         with self.lock:
             self.stopping = True
-            workers, self.workers = list(self.workers.values()), {}
-        for worker in workers:
+            workers = list(self.workers.values())
+        running = [w for w in workers if w.busy]
+        for worker in running:
+            worker.interrupt()
+        deadline = time.monotonic() + grace
+        while any(w.busy for w in running) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for worker in workers:  # idle now, or past the grace (a native step that did not return): killed
             worker.kill()
+        with self.lock:
+            self.workers = {}
 
 
 def serve() -> None:
@@ -330,7 +356,7 @@ def run_one(job: Job, args: Sequence[str], children: _Children) -> JobResult:
     start = time.perf_counter()
     code, stderr = children.run([*command, *args], TIMEOUT_S)
     seconds = time.perf_counter() - start
-    if code < 0 or code > 3:  # killed by a signal, or an interpreter failure: a failed step
+    if code < 0 or (code > 3 and code != EXIT_INTERRUPTED):  # killed by a signal, an interpreter failure
         stderr += f"\nerror: the convert worker ended with {code}"
         code = 3
     report = None
@@ -341,6 +367,11 @@ def run_one(job: Job, args: Sequence[str], children: _Children) -> JobResult:
         except (OSError, ValueError):
             report = None
     return JobResult(job, code, seconds, report, None if code in (0, 1) else _last_error(stderr))
+
+
+INTERRUPTED = (
+    "interrupted: the batch was stopped (Ctrl-C or SIGTERM) before this recipe finished; nothing of it was published"
+)
 
 
 def run_all(
@@ -359,11 +390,18 @@ def run_all(
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="edgeconv-job")
     try:
         results = list(pool.map(one, jobs))
-    except BaseException:  # Ctrl-C or SIGTERM: end every running convert now, start no other
-        children.stop_all()
+    except BaseException as stopped:  # Ctrl-C or SIGTERM: end every running convert now, start no other
+        # Not cut short by the next signal: Ctrl-C reaches this process twice (from the terminal, and forwarded
+        # by the supervising parent), and a stop abandoned halfway left a worker converting and publishing.
+        with signals_deferred():
+            children.stop_all()
+            pool.shutdown(wait=True, cancel_futures=True)
+        if isinstance(stopped, KeyboardInterrupt):
+            stopped.outcome = (  # type: ignore[attr-defined]
+                "recipes shown done with exit 0 or 1 above were published; every other one published nothing"
+            )
         raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    pool.shutdown(wait=True)
     children.close_all()
     return results
 

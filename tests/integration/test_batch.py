@@ -144,3 +144,46 @@ def test_two_recipes_with_one_name_are_refused_before_any_work(recipes: Path, tm
     done = _convert([str(recipes / "minmax.yaml"), str(twin), "--out", str(tmp_path / "o")], tmp_path / "c", tmp_path)
     assert done.returncode == 2
     assert "are both named 'minmax'" in done.stderr and not (tmp_path / "o").exists()
+
+
+def test_ctrl_c_stops_every_worker_and_publishes_nothing_half_done(recipes: Path, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while both workers convert.
+
+    The batch process gets it twice (from the terminal, and forwarded by its supervising parent); a stop cut
+    short by the second left one worker converting until it published, and the workers it did kill were
+    reported as crashes (exit 3, "ended with -9") with their staging folders left behind.
+    """
+    import signal
+    import time
+
+    out = tmp_path / "o"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGECONV_CACHE_DIR": str(tmp_path / "cache")}
+    names = ("minmax", "mse", "entropy", "percentile")
+    batch = subprocess.Popen(
+        [sys.executable, "-m", "converter", "convert", *(str(recipes / f"{n}.yaml") for n in names), "--jobs", "2"]
+        + ["--out", str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out.glob(".*.edgeconv-new"))) < 2 and batch.poll() is None:
+        time.sleep(0.05)  # both workers inside a recipe: their staging folders exist
+    assert len(list(out.glob(".*.edgeconv-new"))) == 2, "the workers never got to convert"
+    time.sleep(0.5)
+    os.killpg(batch.pid, signal.SIGINT)
+    _, stderr = batch.communicate(timeout=60)
+    assert batch.returncode == 130, stderr
+    left = subprocess.run(["pgrep", "-g", str(batch.pid)], capture_output=True, text=True).stdout.split()
+    assert left == [], f"processes of the batch still running: {left}"
+    rows = [line for line in stderr.splitlines() if line.startswith("done ")]
+    assert rows and not any("ended with" in r or "(exit 3)" in r for r in rows), stderr
+    published = {p.name for p in out.iterdir()} if out.exists() else set()
+    for row in rows:  # published exactly when its row says it finished (exit 0 or 1)
+        name = row.split()[2]
+        assert (name in published) == ("(exit 0)" in row or "(exit 1)" in row), (row, published)
+        assert "(exit 130): interrupted" in row or name in published, row
+    assert not [p.name for p in out.glob(".*")] if out.exists() else True, "staging or lock files left"
+    assert stderr.rstrip().endswith("every other one published nothing"), stderr
