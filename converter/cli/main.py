@@ -241,7 +241,9 @@ def batch_table(results: list[JobResult]) -> str:
             accuracy = "n/a"
         gates = report.get("gates") or []
         failed = sum(g["status"] == "failed" for g in gates)
-        gate_text = f"{len(gates) - failed} ok, {failed} failed" if gates else "none"
+        skipped = sum(g["status"] == "skipped" for g in gates)
+        skipped_text = f", {skipped} skipped" if skipped else ""  # a skipped gate is never a passed one
+        gate_text = f"{len(gates) - failed - skipped} ok, {failed} failed{skipped_text}" if gates else "none"
         size = ((report.get("artifacts") or {}).get("int8") or {}).get("bytes")
         rows.append(
             [
