@@ -32,6 +32,7 @@ from converter.calibration.data import (
     Dataset,
     ModelInput,
     Split,
+    align_classes,
     check_preprocess,
     range_mismatch,
     read_samples,
@@ -251,6 +252,10 @@ def _run(
     cal_x, cal_ds, _ = _timed("data", steps, lambda: read("calibration"))
     _log_integer_inputs(model.inputs, recipe.quantization.input_type)
     eval_x, eval_ds, eval_y = read("evaluation") if recipe.data.evaluation else (None, None, None)
+    if eval_ds is not None:
+        eval_y, said = align_classes(cal_ds, eval_ds, f"{where}.evaluation")
+        if said is not None:
+            (log.warning if said.startswith("warning: ") else log.info)("%s", said)
     mismatch = range_mismatch(cal_x, eval_x, f"{where}.evaluation") if eval_x is not None else None
     if mismatch is not None:
         log.warning("warning: %s", mismatch)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from converter.calibration.data import Dataset, load_dataset, prepare, range_mismatch, select
+from converter.calibration.data import Dataset, align_classes, load_dataset, prepare, range_mismatch, select
 from converter.errors import DataError
 from converter.runtime.preprocess import Preprocess
 
@@ -112,6 +112,46 @@ def test_image_folder_mixed_sizes(tmp_path: Path) -> None:
     resized = load_dataset(tmp_path, where=W, channels=3, image_size=(6, 6))
     assert resized.x.shape == (2, 6, 6, 3) and resized.x.dtype == np.float32
     assert resized.eight_bit  # still 8-bit image data: the input keeps the contract's 0..255 range
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_sixteen_bit_images_are_the_eight_bit_picture_not_clipped(tmp_path: Path, channels: int) -> None:
+    """A 16-bit grayscale PNG beside 8-bit ones: read as the same picture in 8 bits (PIL's convert clipped every
+    value above 255, so most of such an image read as white)."""
+    picture = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(picture).save(tmp_path / "imgs" / "a8.png")
+    Image.fromarray(picture.astype(np.uint16) * 257).save(tmp_path / "imgs" / "b16.png")
+    with Image.open(tmp_path / "imgs" / "b16.png") as im:
+        assert im.mode.startswith("I")  # PIL reads it as 16-bit
+    ds = load_dataset(tmp_path / "imgs", where=W, channels=channels)
+    assert ds.x.dtype == np.uint8 and ds.x.shape == (2, 3, 4, channels)
+    np.testing.assert_array_equal(ds.x[1], ds.x[0])
+    np.testing.assert_array_equal(ds.x[1, ..., 0], picture)
+
+
+def test_an_evaluation_folder_without_a_class_keeps_the_calibration_numbering(tmp_path: Path) -> None:
+    """Sorted sub-folders give labels: without 'b', 'c' would be 1 instead of 2 and top-1 would be wrong."""
+    for cls, value in [("a", 10), ("b", 100), ("c", 200)]:
+        _png(tmp_path / "cal" / cls / "0.png", value)
+        if cls != "b":
+            _png(tmp_path / "ev" / cls / "0.png", value)
+    cal = load_dataset(tmp_path / "cal", where=W, channels=3, samples=2, seed=0)  # a subset keeps the classes
+    ev = load_dataset(tmp_path / "ev", where="r.yaml: data.evaluation", channels=3)
+    assert cal.classes == ("a", "b", "c") and ev.classes == ("a", "c") and ev.y is not None
+    assert ev.y.tolist() == [0, 1]
+    labels, said = align_classes(cal, ev, "r.yaml: data.evaluation")
+    assert labels is not None and labels.tolist() == [0, 2]
+    assert said == (
+        "r.yaml: data.evaluation: the evaluation folder has 2 of the calibration folder's 3 classes (no b): its "
+        "labels are numbered by class name as the calibration folder's"
+    )
+    # A class calibration lacks: each keeps its own numbering, and a warning says the folders differ.
+    _png(tmp_path / "ev" / "d" / "0.png", 50)
+    ev = load_dataset(tmp_path / "ev", where="r.yaml: data.evaluation", channels=3)
+    labels, said = align_classes(cal, ev, "r.yaml: data.evaluation")
+    assert labels is ev.y and said is not None and said.startswith("warning: ") and "(d)" in said
+    assert align_classes(cal, cal, "w") == (cal.y, None)
 
 
 def test_image_folder_without_images(tmp_path: Path) -> None:
