@@ -187,3 +187,13 @@ def test_ctrl_c_stops_every_worker_and_publishes_nothing_half_done(recipes: Path
         assert "(exit 130): interrupted" in row or name in published, row
     assert not [p.name for p in out.glob(".*")] if out.exists() else True, "staging or lock files left"
     assert stderr.rstrip().endswith("every other one published nothing"), stderr
+
+
+def test_the_table_counts_skipped_gates_apart_from_passed_ones() -> None:
+    from converter.cli.batch import Job, JobResult
+    from converter.cli.main import batch_table
+
+    gates = [{"status": s} for s in ("passed", "passed", "failed", "skipped")]
+    report = {"gates": gates, "accuracy": {}, "artifacts": {"int8": {"bytes": 5112}}}
+    table = batch_table([JobResult(Job(Path("r.yaml"), "r", Path("b")), 1, 2.0, report, None)])
+    assert "2 ok, 1 failed, 1 skipped" in table, table
