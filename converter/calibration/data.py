@@ -797,8 +797,11 @@ def _load_folder(
     depth = 1 if channels == 1 else 3
     shapes = [(h, w, depth) for w, h in (_image_size(files[i], where) for i in idx)]
     if len(set(shapes)) > 1 and image_size is None:
+        j = next(k for k, s in enumerate(shapes) if s != shapes[0])  # the first image of another size
+        a, b = files[idx[0]].relative_to(path), files[idx[j]].relative_to(path)
         raise DataError(
-            f"{where}.path: {path}: images differ in size ({', '.join(str(s) for s in sorted(set(shapes)))}); "
+            f"{where}.path: {path}: images differ in size ({', '.join(str(s) for s in sorted(set(shapes)))}: "
+            f"{a} is {shapes[0][0]}x{shapes[0][1]}, {b} is {shapes[j][0]}x{shapes[j][1]}, height x width); "
             "set input.resize so they can be brought to one size"
         )
     resize_to = image_size if len(set(shapes)) > 1 else None

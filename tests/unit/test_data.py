@@ -107,7 +107,7 @@ def test_image_folder_grayscale_and_flat(tmp_path: Path) -> None:
 def test_image_folder_mixed_sizes(tmp_path: Path) -> None:
     _png(tmp_path / "a.png", 10, (4, 4))
     _png(tmp_path / "b.png", 10, (8, 8))
-    with pytest.raises(DataError, match="images differ in size"):
+    with pytest.raises(DataError, match=r"images differ in size \(.*: a\.png is 4x4, b\.png is 8x8, height x width\)"):
         load_dataset(tmp_path, where=W, channels=3)
     resized = load_dataset(tmp_path, where=W, channels=3, image_size=(6, 6))
     assert resized.x.shape == (2, 6, 6, 3) and resized.x.dtype == np.float32
