@@ -854,6 +854,12 @@ def analyze(**kw: Any) -> None:
         float_tflite = (out / FLOAT_NAME).read_bytes()
         report_path = out / REPORT_NAME
         report = read_report(report_path, str(report_path)) if report_path.is_file() else {}
+        made_by = (report.get("recipe") or {}).get("name")
+        if made_by not in (None, recipe.name):  # convert refuses another recipe's folder too (without --force)
+            raise OutputError(
+                f"{out}: holds the conversion of recipe '{made_by}', not of {recipe.source} ('{recipe.name}'); "
+                f"nothing was written. Analyze it with the recipe that made it, or give --out this recipe's folder"
+            )
         q = report.get("quantization") or {}
         if q.get("layer_norm") and (report.get("calibration") or {}).get("route") == "edgeconv":
             from converter.quantization.layer_norm import as_l2_normalization

@@ -78,3 +78,10 @@ def test_analyze_command_and_report(tiny_model_dir: Path, write_recipe: Callable
     assert result.exit_code == 0 and "per-layer error on 16 samples" in result.stdout and "dB lost" in result.stdout
     missing = runner.invoke(main, ["analyze", "--recipe", str(recipe), "--out", str(tmp_path / "none")])
     assert missing.exit_code == 2 and "run edgeconv convert" in missing.stderr
+    # Another recipe's folder: refused as convert refuses it, and its report left as it was.
+    before = (tmp_path / "o" / "report.json").read_bytes()
+    other = write_recipe({**tiny_recipe(tiny_model_dir), "name": "other"}, "other.yaml")
+    refused = runner.invoke(main, ["analyze", "--recipe", str(other), "--out", str(tmp_path / "o")])
+    assert refused.exit_code == 2, refused.output
+    assert "holds the conversion of recipe 'tiny', not of" in refused.stderr and "nothing was written" in refused.stderr
+    assert (tmp_path / "o" / "report.json").read_bytes() == before
