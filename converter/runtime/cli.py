@@ -160,6 +160,11 @@ def _samples(args: argparse.Namespace, info: Any) -> tuple[Any, Any]:
     shape = info.shape
     try:
         with np.load(args.data, allow_pickle=False) as npz:
+            if "x" not in npz.files:  # a data file of several inputs, or keyed by the input's name
+                raise RuntimeInputError(
+                    f"{args.data}: no array 'x'; it has {', '.join(npz.files) or 'none'}. This model has one input "
+                    f"('{info.name}'): store its samples as x (and the labels as y)"
+                )
             x, y = npz["x"], (npz["y"] if "y" in npz.files else None)
     except (OSError, KeyError, ValueError) as e:
         raise RuntimeInputError(f"{args.data}: cannot read x[, y] from it: {e}") from e

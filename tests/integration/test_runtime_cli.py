@@ -102,5 +102,8 @@ def test_runtime_errors_are_json_with_exit_codes(tmp_path: Path) -> None:
     (tmp_path / "d.npz").write_bytes(b"garbage")
     code, doc = run("bench", "--model", str(ADD_ONE), "--float", str(ADD_ONE), "--data", str(tmp_path / "d.npz"))
     assert code == 2 and "cannot read x[, y]" in str(doc["error"])
+    np.savez(tmp_path / "keyed.npz", image=np.zeros((2, 1), np.float32), features=np.zeros((2, 1), np.float32))
+    code, doc = run("bench", "--model", str(ADD_ONE), "--float", str(ADD_ONE), "--data", str(tmp_path / "keyed.npz"))
+    assert code == 2 and "no array 'x'; it has image, features. This model has one input" in str(doc["error"]), doc
     code, doc = run("info")
     assert code == 0 and "machine" in doc
