@@ -418,7 +418,8 @@ def summary(out_dir: Path, report: dict[str, Any]) -> str:
     lines = [
         f"edgeconv {report['tool']['version']} · {report['recipe']['name']}",
         f"  float  {art['float']['path']:<20} {f_bytes:>11,} bytes",
-        f"  int8   {art['int8']['path']:<20} {q_bytes:>11,} bytes ({100 * q_bytes / f_bytes:.1f}% of float)",
+        f"  int8   {art['int8']['path']:<20} {q_bytes:>11,} bytes ({100 * q_bytes / f_bytes:.1f}% of float"
+        + ("; 16x8: int16 activations, int8 weights)" if q.get("activations") == "int16" else ")"),
         _io_line(q),
         f"  calibration {report['calibration']['method']} on {report['calibration']['samples']} samples "
         f"in {report['calibration']['seconds']:.1f}s",

@@ -131,6 +131,17 @@ def test_a_data_file_given_by_set_is_blamed_on_the_option(
     assert "recipe.yaml" not in result.stderr.splitlines()[-1]
 
 
+def test_a_16x8_model_is_said_as_one(tiny_model_dir: Path, write_recipe: Callable[..., Path], tmp_path: Path) -> None:
+    """model_int8.tflite holds int16 activations with 16x8: the summary's size line says so."""
+    sets = [f"quantization.{k}=int16" for k in ("activations", "input_type", "output_type")]
+    result = _convert(
+        write_recipe(tiny_recipe(tiny_model_dir)), tmp_path / "out", *[a for s in sets for a in ("--set", s)]
+    )
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.stdout.splitlines() if line.startswith("  int8   model_int8.tflite"))
+    assert line.endswith("% of float; 16x8: int16 activations, int8 weights)"), line
+
+
 def test_missing_recipe(tmp_path: Path) -> None:
     _assert_user_error(_convert(tmp_path / "none.yaml", tmp_path / "out"), "none.yaml: recipe not found")
 
