@@ -185,7 +185,8 @@ def test_ctrl_c_stops_every_worker_and_publishes_nothing_half_done(recipes: Path
         name = row.split()[2]
         assert (name in published) == ("(exit 0)" in row or "(exit 1)" in row), (row, published)
         assert "(exit 130): interrupted" in row or name in published, row
-    assert not [p.name for p in out.glob(".*")] if out.exists() else True, "staging or lock files left"
+    leftovers = [p.name for p in out.glob(".*")] if out.exists() else []
+    assert leftovers == [], f"staging or lock files left: {leftovers}"
     assert stderr.rstrip().endswith("every other one published nothing"), stderr
 
 
