@@ -108,6 +108,12 @@ def torch_to_tflite(path: Path, layout: str) -> tuple[bytes, str]:
     loader = f"torch.export.load (torch {result['torch']}) + litert-torch {result['litert_torch']}"
     loader += ", channel-last I/O (NHWC)" if moved else ""
     loader += f", {shortened} tensor names shortened to module paths" if shortened else ""
+    dynamic = result.get("dynamic_batch") or []
+    loader += (
+        f", dimension 0 of {', '.join(repr(n) for n in dynamic)} exported as dynamic and converted at 1 (the batch)"
+        if dynamic
+        else ""
+    )
     note = float_check.loader_note(
         path,
         result.get("float_check") or {},

@@ -159,6 +159,8 @@ def convert(job: dict[str, Any]) -> dict[str, Any]:
         "torch": torch.__version__,
         "litert_torch": litert_torch.__version__,
         "inputs": inputs,
+        # Dimension 0 exported as dynamic, converted at 1 (the loader line says which: it is taken as the batch)
+        "dynamic_batch": [names[i] if names else str(i) for i, dims in enumerate(dynamic) if 0 in dims],
         "input_names": names,  # the parent names the .tflite's inputs so
         "channel_last_inputs": channel_last_in,
         "channel_last_outputs": channel_last_out,

@@ -274,6 +274,7 @@ def test_a_dynamic_batch_export_converts_at_batch_1(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["input_shape"] == [1, 64], report["model"]
+    assert "dimension 0 of 'x' exported as dynamic and converted at 1 (the batch)" in done.stderr, done.stderr[-2000:]
     acc = report["accuracy"]
     assert acc["float"] >= 0.8 and acc["drop"] <= 0.02, acc
 
